@@ -1,0 +1,382 @@
+//! Decoding X-ray files (PNG, JPEG, DICOM) into one grayscale image at full precision.
+//!
+//! The format is detected from the file's content, never from its extension. Every failure is
+//! an [`Error::BadFile`] that names the file and the reason (empty, truncated, not an image,
+//! too large, unsupported DICOM encoding, ...).
+//!
+//! * Colour is converted to gray with ITU-R BT.601 luma, `Y = 0.299 R + 0.587 G + 0.114 B`,
+//!   computed as OpenCV's `cvtColor(RGB2GRAY)` does for 8 bits (`(4899 R + 9617 G + 1868 B +
+//!   8192) >> 14`) and in floating point, rounded, for 16 bits. Alpha is ignored, as
+//!   `cv2.imread(..., IMREAD_GRAYSCALE)` does. Palette PNGs are expanded first.
+//! * 16-bit images stay 16-bit here; [`crate::data::preprocess`] narrows them to 8 bits only
+//!   for CLAHE, which the reference applies to 8-bit images.
+//! * DICOM: the modality LUT (rescale slope/intercept) and the first VOI LUT or window in the
+//!   file are applied (min-max normalisation when the file has none), MONOCHROME1 is inverted
+//!   so that bone is bright, and the result is scaled to the full 16-bit range. Only the
+//!   first frame of a multi-frame object is read.
+use std::io::Cursor;
+use std::path::Path;
+
+use crate::error::{Error, IoContext, Result};
+
+/// How decoding guards against hostile or absurd inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeLimits {
+    /// Largest accepted width × height (default 64 megapixels, e.g. 8000×8000).
+    pub max_pixels: u64,
+}
+
+impl Default for DecodeLimits {
+    fn default() -> Self {
+        DecodeLimits { max_pixels: 64_000_000 }
+    }
+}
+
+/// Grayscale samples at the precision the file had.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pixels {
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+}
+
+/// What was found in the file, for `magsd data inspect` and for error messages.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct SourceInfo {
+    /// "PNG", "JPEG" or "DICOM".
+    pub format: String,
+    /// Colour model of the stored samples ("gray", "gray+alpha", "RGB", "RGBA", "MONOCHROME1", ...).
+    pub color: String,
+    /// Bits per stored sample.
+    pub bits: u32,
+    /// Notes on conversions applied (colour to gray, rescale, window, inversion, ...).
+    pub notes: Vec<String>,
+}
+
+/// A decoded grayscale image, row-major.
+#[derive(Clone, Debug)]
+pub struct GrayImage {
+    pub width: usize,
+    pub height: usize,
+    pub pixels: Pixels,
+    pub source: SourceInfo,
+}
+
+impl GrayImage {
+    pub fn from_u8(width: usize, height: usize, data: Vec<u8>) -> Self {
+        assert_eq!(data.len(), width * height);
+        GrayImage { width, height, pixels: Pixels::U8(data), source: SourceInfo::default() }
+    }
+
+    /// Largest value the sample type can hold (255 or 65535).
+    pub fn max_value(&self) -> f64 {
+        match self.pixels {
+            Pixels::U8(_) => 255.0,
+            Pixels::U16(_) => 65535.0,
+        }
+    }
+
+    /// (min, max, mean) of the samples.
+    pub fn stats(&self) -> (f64, f64, f64) {
+        fn go<T: Copy + Into<f64>>(v: &[T]) -> (f64, f64, f64) {
+            let (mut lo, mut hi, mut sum) = (f64::INFINITY, f64::NEG_INFINITY, 0.0);
+            for &x in v {
+                let x: f64 = x.into();
+                lo = lo.min(x);
+                hi = hi.max(x);
+                sum += x;
+            }
+            (lo, hi, sum / v.len().max(1) as f64)
+        }
+        match &self.pixels {
+            Pixels::U8(v) => go(v),
+            Pixels::U16(v) => go(v),
+        }
+    }
+}
+
+/// The container formats we recognise by their first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Png,
+    Jpeg,
+    /// DICOM Part 10 file; the offset of the "DICM" magic (128 with a preamble, 0 without).
+    Dicom(usize),
+}
+
+fn sniff(bytes: &[u8]) -> Option<Format> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some(Format::Png)
+    } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        Some(Format::Jpeg)
+    } else if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+        Some(Format::Dicom(128))
+    } else if bytes.starts_with(b"DICM") {
+        Some(Format::Dicom(0))
+    } else {
+        None
+    }
+}
+
+/// Reads and decodes one image file.
+pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<GrayImage> {
+    let bytes = std::fs::read(path).at(path)?;
+    decode_bytes(path, &bytes, limits)
+}
+
+/// Decodes an image held in memory; `path` is used for messages only.
+pub fn decode_bytes(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage> {
+    if bytes.is_empty() {
+        return Err(Error::bad_file(path, "empty file (0 bytes)"));
+    }
+    match sniff(bytes) {
+        Some(Format::Png) => decode_raster(path, bytes, image::ImageFormat::Png, "PNG", limits),
+        Some(Format::Jpeg) => decode_raster(path, bytes, image::ImageFormat::Jpeg, "JPEG", limits),
+        Some(Format::Dicom(offset)) => decode_dicom(path, &bytes[offset..], limits),
+        None => {
+            let head: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            Err(Error::bad_file(
+                path,
+                format!("not a PNG, JPEG or DICOM file (first bytes: {head})"),
+            ))
+        }
+    }
+}
+
+fn check_size(path: &Path, width: u64, height: u64, limits: &DecodeLimits) -> Result<()> {
+    if width == 0 || height == 0 {
+        return Err(Error::bad_file(path, format!("image has no pixels ({width}×{height})")));
+    }
+    if width * height > limits.max_pixels {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "image is {width}×{height} = {} pixels, above the limit of {} (--max-pixels)",
+                width * height,
+                limits.max_pixels
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn decode_raster(
+    path: &Path,
+    bytes: &[u8],
+    format: image::ImageFormat,
+    name: &str,
+    limits: &DecodeLimits,
+) -> Result<GrayImage> {
+    let bad = |e: image::ImageError| Error::bad_file(path, format!("corrupt or truncated {name}: {e}"));
+    let (w, h) = image::ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(bad)?;
+    check_size(path, w as u64, h as u64, limits)?;
+    let mut reader = image::ImageReader::with_format(Cursor::new(bytes), format);
+    let mut img_limits = image::Limits::default();
+    // Room for the largest accepted image as 16-bit RGBA plus decoder scratch.
+    img_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(1 << 26));
+    reader.limits(img_limits);
+    let img = reader.decode().map_err(bad)?;
+    let mut out = dynamic_to_gray(path, img)?;
+    out.source.format = name.to_string();
+    Ok(out)
+}
+
+/// BT.601 luma in OpenCV's 14-bit fixed point (exact for equal channels).
+fn luma8(r: u8, g: u8, b: u8) -> u8 {
+    ((r as u32 * 4899 + g as u32 * 9617 + b as u32 * 1868 + (1 << 13)) >> 14) as u8
+}
+
+fn luma16(r: u16, g: u16, b: u16) -> u16 {
+    (0.299 * r as f64 + 0.587 * g as f64 + 0.114 * b as f64).round().min(65535.0) as u16
+}
+
+const LUMA_NOTE: &str = "colour converted to gray: Y = 0.299 R + 0.587 G + 0.114 B (BT.601)";
+
+fn dynamic_to_gray(path: &Path, img: image::DynamicImage) -> Result<GrayImage> {
+    use image::DynamicImage as D;
+    let (width, height) = (img.width() as usize, img.height() as usize);
+    let mut notes = Vec::new();
+    let (color, bits, pixels) = match img {
+        D::ImageLuma8(b) => ("gray", 8, Pixels::U8(b.into_raw())),
+        D::ImageLumaA8(b) => {
+            notes.push("alpha channel ignored".into());
+            ("gray+alpha", 8, Pixels::U8(b.pixels().map(|p| p[0]).collect()))
+        }
+        D::ImageRgb8(b) => {
+            notes.push(LUMA_NOTE.into());
+            ("RGB", 8, Pixels::U8(b.pixels().map(|p| luma8(p[0], p[1], p[2])).collect()))
+        }
+        D::ImageRgba8(b) => {
+            notes.push(LUMA_NOTE.into());
+            notes.push("alpha channel ignored".into());
+            ("RGBA", 8, Pixels::U8(b.pixels().map(|p| luma8(p[0], p[1], p[2])).collect()))
+        }
+        D::ImageLuma16(b) => ("gray", 16, Pixels::U16(b.into_raw())),
+        D::ImageLumaA16(b) => {
+            notes.push("alpha channel ignored".into());
+            ("gray+alpha", 16, Pixels::U16(b.pixels().map(|p| p[0]).collect()))
+        }
+        D::ImageRgb16(b) => {
+            notes.push(LUMA_NOTE.into());
+            ("RGB", 16, Pixels::U16(b.pixels().map(|p| luma16(p[0], p[1], p[2])).collect()))
+        }
+        D::ImageRgba16(b) => {
+            notes.push(LUMA_NOTE.into());
+            notes.push("alpha channel ignored".into());
+            ("RGBA", 16, Pixels::U16(b.pixels().map(|p| luma16(p[0], p[1], p[2])).collect()))
+        }
+        other => {
+            return Err(Error::bad_file(
+                path,
+                format!("unsupported sample type {:?}", other.color()),
+            ));
+        }
+    };
+    Ok(GrayImage {
+        width,
+        height,
+        pixels,
+        source: SourceInfo { format: String::new(), color: color.into(), bits, notes },
+    })
+}
+
+fn decode_dicom(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage> {
+    use dicom_dictionary_std::tags;
+    use dicom_pixeldata::{ConvertOptions, PixelDecoder};
+    use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+
+    let bad = |what: &str, e: &dyn std::fmt::Display| {
+        Error::bad_file(path, format!("{what}: {e}"))
+    };
+    let obj = dicom_object::OpenFileOptions::new()
+        .from_reader(bytes)
+        .map_err(|e| bad("corrupt or truncated DICOM", &e))?;
+    let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
+    let int = |tag| -> Option<u64> {
+        obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u64>().ok())
+    };
+    let text = |tag| -> Option<String> {
+        obj.element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim().to_string())
+    };
+    let rows = int(tags::ROWS).ok_or_else(|| Error::bad_file(path, "DICOM file has no Rows (0028,0010): not an image"))?;
+    let cols = int(tags::COLUMNS).ok_or_else(|| Error::bad_file(path, "DICOM file has no Columns (0028,0011): not an image"))?;
+    check_size(path, cols, rows, limits)?;
+    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+        return Err(Error::bad_file(path, "DICOM file has no Pixel Data (7FE0,0010)"));
+    }
+
+    let ts_name = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(&ts_uid)
+        .map(|ts| ts.name().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let decoded = obj.decode_pixel_data_frame(0).map_err(|e| {
+        Error::bad_file(
+            path,
+            format!(
+                "cannot decode DICOM pixel data with transfer syntax {ts_uid} ({ts_name}): {e}. \
+                 Supported: uncompressed (implicit/explicit VR), deflated, RLE lossless and \
+                 JPEG baseline/extended/lossless; convert others with e.g. `gdcmconv --raw`"
+            ),
+        )
+    })?;
+    let photometric = text(tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
+    let bits_stored = int(tags::BITS_STORED).unwrap_or(0) as u32;
+    let mut notes = vec![format!("transfer syntax {ts_uid} ({ts_name})")];
+    if let (Some(s), Some(i)) = (text(tags::RESCALE_SLOPE), text(tags::RESCALE_INTERCEPT)) {
+        notes.push(format!("modality rescale: slope {s}, intercept {i}"));
+    }
+    match (text(tags::WINDOW_CENTER), text(tags::WINDOW_WIDTH)) {
+        (Some(c), Some(w)) => notes.push(format!("VOI window from file: center {c}, width {w}")),
+        _ if obj.element_opt(tags::VOILUT_SEQUENCE).ok().flatten().is_some() => {
+            notes.push("VOI LUT sequence from file applied".into())
+        }
+        _ => notes.push("no VOI window in file: min-max normalised".into()),
+    }
+    if photometric == "MONOCHROME1" {
+        notes.push("MONOCHROME1 inverted to MONOCHROME2".into());
+    }
+    if int(tags::NUMBER_OF_FRAMES).unwrap_or(1) > 1 {
+        notes.push("multi-frame object: first frame used".into());
+    }
+    let img = decoded
+        .to_dynamic_image_with_options(0, &ConvertOptions::new().force_16bit())
+        .map_err(|e| bad("cannot convert DICOM pixel data", &e))?;
+    let mut out = dynamic_to_gray(path, img)?;
+    out.source = SourceInfo {
+        format: "DICOM".into(),
+        color: if photometric.is_empty() { out.source.color } else { photometric },
+        bits: bits_stored,
+        notes: notes.into_iter().chain(out.source.notes).collect(),
+    };
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn encode(img: image::DynamicImage, fmt: image::ImageFormat) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, fmt).unwrap();
+        buf.into_inner()
+    }
+
+    fn p() -> PathBuf {
+        PathBuf::from("case.img")
+    }
+
+    #[test]
+    fn png_gray8_rgb8_rgba8_and_gray16_decode_to_expected_gray() {
+        let lim = DecodeLimits::default();
+        let g = image::GrayImage::from_fn(5, 3, |x, y| image::Luma([(x * 40 + y) as u8]));
+        let out = decode_bytes(&p(), &encode(g.clone().into(), image::ImageFormat::Png), &lim).unwrap();
+        assert_eq!((out.width, out.height), (5, 3));
+        assert_eq!(out.pixels, Pixels::U8(g.into_raw()));
+
+        let rgb = image::RgbImage::from_fn(2, 1, |x, _| if x == 0 { image::Rgb([255, 0, 0]) } else { image::Rgb([10, 10, 10]) });
+        let out = decode_bytes(&p(), &encode(rgb.into(), image::ImageFormat::Png), &lim).unwrap();
+        // 255*4899/16384 = 76.25 -> 76; equal channels stay exact.
+        assert_eq!(out.pixels, Pixels::U8(vec![76, 10]));
+        assert_eq!(out.source.color, "RGB");
+
+        let rgba = image::RgbaImage::from_pixel(1, 1, image::Rgba([0, 255, 0, 7]));
+        let out = decode_bytes(&p(), &encode(rgba.into(), image::ImageFormat::Png), &lim).unwrap();
+        assert_eq!(out.pixels, Pixels::U8(vec![150])); // 255*9617/16384 = 149.7
+
+        let g16 = image::ImageBuffer::<image::Luma<u16>, _>::from_raw(2, 1, vec![1000u16, 65535]).unwrap();
+        let out = decode_bytes(&p(), &encode(g16.into(), image::ImageFormat::Png), &lim).unwrap();
+        assert_eq!(out.pixels, Pixels::U16(vec![1000, 65535]));
+        assert_eq!(out.source.bits, 16);
+    }
+
+    #[test]
+    fn jpeg_is_detected_by_content_not_extension() {
+        let g = image::GrayImage::from_pixel(16, 16, image::Luma([128]));
+        let bytes = encode(g.into(), image::ImageFormat::Jpeg);
+        let out = decode_bytes(Path::new("misnamed.png"), &bytes, &DecodeLimits::default()).unwrap();
+        assert_eq!(out.source.format, "JPEG");
+        let (lo, hi, _) = out.stats();
+        assert!((lo - 128.0).abs() <= 1.0 && (hi - 128.0).abs() <= 1.0);
+    }
+
+    #[test]
+    fn bad_inputs_name_the_file_and_the_reason() {
+        let lim = DecodeLimits::default();
+        let err = |bytes: &[u8]| decode_bytes(Path::new("x/bad.png"), bytes, &lim).unwrap_err().to_string();
+        assert!(err(b"").contains("x/bad.png: empty file"));
+        assert!(err(b"hello, world").contains("not a PNG, JPEG or DICOM"));
+        let png = encode(image::GrayImage::from_pixel(64, 64, image::Luma([3])).into(), image::ImageFormat::Png);
+        assert!(err(&png[..png.len() / 2]).contains("corrupt or truncated PNG"), "{}", err(&png[..png.len() / 2]));
+        let jpg = encode(image::GrayImage::from_pixel(64, 64, image::Luma([3])).into(), image::ImageFormat::Jpeg);
+        assert!(err(&jpg[..40]).contains("corrupt or truncated JPEG"));
+        let small = DecodeLimits { max_pixels: 100 };
+        let e = decode_bytes(Path::new("big.png"), &png, &small).unwrap_err().to_string();
+        assert!(e.contains("above the limit"), "{e}");
+    }
+}
