@@ -1,5 +1,12 @@
+use clap::Parser;
+
 fn main() {
-    println!("cuda: {}", tch::Cuda::is_available());
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0, 3.0]);
-    t.print();
+    let cli = magsd::cli::Cli::parse();
+    match magsd::cli::run(cli) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    }
 }

@@ -1,3 +1,9 @@
-//! Everything between files on disk and `[B, 1, H, W]` tensors.
+//! Everything between files on disk and `[B, 1, H, W]` tensors:
+//! `decode` → `preprocess` → `augment` → `loader`, with `dataset` and `split` describing which
+//! files there are and how they are divided.
+pub mod augment;
+pub mod dataset;
 pub mod decode;
+pub mod loader;
 pub mod preprocess;
+pub mod split;

@@ -1,0 +1,374 @@
+//! Datasets: an ImageFolder root (one folder per class) or a CSV manifest.
+//!
+//! `--data` takes either everywhere. A folder that holds a `manifest.csv` is read through that
+//! manifest; any other folder is an ImageFolder root, whose class names are its sub-folders in
+//! sorted order and whose images are every PNG/JPEG/DICOM-looking file below them (by
+//! extension `png`, `jpg`, `jpeg`, `dcm`, `dicom`, or none, as DICOM files often have none).
+//!
+//! A manifest needs a `path` column (relative to the manifest's folder, or absolute) and the
+//! label column (`label` unless told otherwise, e.g. `label3`). `patient_id` is used for
+//! patient-level splits when present; images without one count as their own patient. Every
+//! other column is kept as metadata (`source_repo`, `dataset`, `mask`, ...), so results can be
+//! broken down by it.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+
+/// One labelled image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sample {
+    /// Where to read it.
+    pub path: PathBuf,
+    /// The path as the dataset names it (manifest cell, or relative to the ImageFolder root):
+    /// the key that split files store.
+    pub name: String,
+    /// Index into [`Dataset::classes`].
+    pub label: usize,
+    /// `patient_id` if the source gives one.
+    pub patient_id: Option<String>,
+    /// Other manifest columns.
+    pub meta: BTreeMap<String, String>,
+}
+
+impl Sample {
+    /// The grouping key for patient-level splits: the patient id, or the image itself.
+    pub fn patient_key(&self) -> String {
+        match &self.patient_id {
+            Some(p) => format!("patient:{p}"),
+            None => format!("image:{}", self.name),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    ImageFolder,
+    Manifest,
+}
+
+/// How to read a dataset.
+#[derive(Clone, Debug)]
+pub struct DatasetOptions {
+    /// Manifest column holding the label (default `label`).
+    pub label_column: String,
+    /// Keep only these classes, in this order; `None` keeps every label found (sorted).
+    pub classes: Option<Vec<String>>,
+}
+
+impl Default for DatasetOptions {
+    fn default() -> Self {
+        DatasetOptions { label_column: "label".into(), classes: None }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    /// The folder or manifest file given.
+    pub source: PathBuf,
+    pub kind: SourceKind,
+    pub classes: Vec<String>,
+    pub samples: Vec<Sample>,
+    /// Rows/files left out because their label is not among the chosen classes: label → count.
+    pub excluded: BTreeMap<String, usize>,
+    /// Rows or files that could not be used, each naming the row/file and the reason.
+    pub problems: Vec<String>,
+}
+
+const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "dcm", "dicom"];
+
+fn looks_like_image(path: &Path) -> bool {
+    match path.extension().and_then(|e| e.to_str()) {
+        None => true,
+        Some(e) => IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()),
+    }
+}
+
+fn is_hidden(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
+}
+
+impl Dataset {
+    /// Opens a folder (ImageFolder, or through its `manifest.csv`) or a manifest CSV file.
+    pub fn open(path: &Path, opts: &DatasetOptions) -> Result<Dataset> {
+        let meta = std::fs::metadata(path).at(path)?;
+        if meta.is_dir() {
+            let manifest = path.join("manifest.csv");
+            if manifest.is_file() {
+                Self::from_manifest(&manifest, opts)
+            } else {
+                Self::from_image_folder(path, opts)
+            }
+        } else {
+            Self::from_manifest(path, opts)
+        }
+    }
+
+    fn from_image_folder(root: &Path, opts: &DatasetOptions) -> Result<Dataset> {
+        let mut found: Vec<String> = Vec::new();
+        for entry in std::fs::read_dir(root).at(root)? {
+            let entry = entry.at(root)?;
+            if entry.file_type().at(entry.path())?.is_dir() && !is_hidden(&entry.path()) {
+                found.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        found.sort();
+        if found.is_empty() {
+            return Err(Error::Data(format!(
+                "{}: no class sub-folders and no manifest.csv: expected an ImageFolder root \
+                 (one folder per class) or a manifest",
+                root.display()
+            )));
+        }
+        let classes = choose_classes(&found, opts, root)?;
+        let mut samples = Vec::new();
+        let mut excluded = BTreeMap::new();
+        let mut problems = Vec::new();
+        for folder in &found {
+            let mut files = Vec::new();
+            walk_files(&root.join(folder), &mut files)?;
+            files.sort();
+            let label = classes.iter().position(|c| c == folder);
+            let (images, others): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| looks_like_image(f));
+            if !others.is_empty() {
+                problems.push(format!(
+                    "{}: {} file(s) skipped, not named like images (e.g. {})",
+                    root.join(folder).display(),
+                    others.len(),
+                    others[0].display()
+                ));
+            }
+            match label {
+                None => {
+                    excluded.insert(folder.clone(), images.len());
+                }
+                Some(label) => samples.extend(images.into_iter().map(|path| Sample {
+                    name: path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned(),
+                    path,
+                    label,
+                    patient_id: None,
+                    meta: BTreeMap::from([("folder".to_string(), folder.clone())]),
+                })),
+            }
+        }
+        Ok(Dataset { source: root.to_path_buf(), kind: SourceKind::ImageFolder, classes, samples, excluded, problems })
+    }
+
+    fn from_manifest(csv_path: &Path, opts: &DatasetOptions) -> Result<Dataset> {
+        let base = csv_path.parent().unwrap_or(Path::new("."));
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(false)
+            .from_path(csv_path)
+            .map_err(|e| Error::bad_file(csv_path, format!("cannot read manifest: {e}")))?;
+        let headers = reader
+            .headers()
+            .map_err(|e| Error::bad_file(csv_path, format!("cannot read manifest header: {e}")))?
+            .clone();
+        let col = |name: &str| headers.iter().position(|h| h.trim() == name);
+        let columns = headers.iter().collect::<Vec<_>>().join(", ");
+        let path_col = col("path").ok_or_else(|| {
+            Error::bad_file(csv_path, format!("manifest has no 'path' column (columns: {columns})"))
+        })?;
+        let label_col = col(&opts.label_column).ok_or_else(|| {
+            Error::bad_file(
+                csv_path,
+                format!("manifest has no '{}' column for labels (columns: {columns})", opts.label_column),
+            )
+        })?;
+        let patient_col = col("patient_id");
+
+        struct Row {
+            path: PathBuf,
+            name: String,
+            label: String,
+            patient_id: Option<String>,
+            meta: BTreeMap<String, String>,
+        }
+        let mut rows = Vec::new();
+        let mut problems = Vec::new();
+        for (i, record) in reader.records().enumerate() {
+            let line = i + 2; // 1-based, after the header
+            let record = record.map_err(|e| Error::bad_file(csv_path, format!("line {line}: {e}")))?;
+            let cell = |c: usize| record.get(c).unwrap_or("").trim().to_string();
+            let name = cell(path_col);
+            let label = cell(label_col);
+            if name.is_empty() {
+                problems.push(format!("{}: line {line}: empty path, row skipped", csv_path.display()));
+                continue;
+            }
+            if label.is_empty() {
+                problems.push(format!("{}: line {line}: empty '{}', row skipped", csv_path.display(), opts.label_column));
+                continue;
+            }
+            let path = if Path::new(&name).is_absolute() { PathBuf::from(&name) } else { base.join(&name) };
+            let patient_id = patient_col.map(cell).filter(|p| !p.is_empty());
+            let meta = headers
+                .iter()
+                .enumerate()
+                .filter(|(c, _)| *c != path_col && Some(*c) != patient_col)
+                .map(|(c, h)| (h.trim().to_string(), cell(c)))
+                .collect();
+            rows.push(Row { path, name, label, patient_id, meta });
+        }
+        let mut found: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
+        found.sort();
+        found.dedup();
+        let classes = choose_classes(&found, opts, csv_path)?;
+        let mut samples = Vec::new();
+        let mut excluded = BTreeMap::new();
+        for r in rows {
+            match classes.iter().position(|c| *c == r.label) {
+                None => *excluded.entry(r.label).or_insert(0) += 1,
+                Some(label) => {
+                    if !r.path.is_file() {
+                        problems.push(format!("{}: listed in the manifest but not found, skipped", r.path.display()));
+                        continue;
+                    }
+                    samples.push(Sample { path: r.path, name: r.name, label, patient_id: r.patient_id, meta: r.meta });
+                }
+            }
+        }
+        Ok(Dataset { source: csv_path.to_path_buf(), kind: SourceKind::Manifest, classes, samples, excluded, problems })
+    }
+
+    /// Images per class, in class order.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes.len()];
+        for s in &self.samples {
+            counts[s.label] += 1;
+        }
+        counts
+    }
+
+    /// Number of distinct patients (images without an id count as their own).
+    pub fn patient_count(&self) -> usize {
+        self.samples.iter().map(|s| s.patient_key()).collect::<std::collections::HashSet<_>>().len()
+    }
+
+    /// A dataset of the given samples (same classes).
+    pub fn subset(&self, indices: &[usize]) -> Dataset {
+        Dataset {
+            samples: indices.iter().map(|&i| self.samples[i].clone()).collect(),
+            excluded: BTreeMap::new(),
+            problems: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Counts of a metadata column's values per class: value → counts in class order.
+    pub fn breakdown(&self, column: &str) -> BTreeMap<String, Vec<usize>> {
+        let mut out: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for s in &self.samples {
+            let v = s.meta.get(column).cloned().unwrap_or_default();
+            out.entry(v).or_insert_with(|| vec![0; self.classes.len()])[s.label] += 1;
+        }
+        out
+    }
+}
+
+fn choose_classes(found: &[String], opts: &DatasetOptions, source: &Path) -> Result<Vec<String>> {
+    match &opts.classes {
+        None => Ok(found.to_vec()),
+        Some(wanted) => {
+            let missing: Vec<&String> = wanted.iter().filter(|c| !found.contains(c)).collect();
+            if !missing.is_empty() {
+                return Err(Error::Data(format!(
+                    "{}: class(es) {:?} not found; the labels there are {:?}",
+                    source.display(),
+                    missing,
+                    found
+                )));
+            }
+            Ok(wanted.clone())
+        }
+    }
+}
+
+fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in std::fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let path = entry.path();
+        if is_hidden(&path) {
+            continue;
+        }
+        let ft = entry.file_type().at(&path)?;
+        if ft.is_dir() {
+            walk_files(&path, out)?;
+        } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(p: &Path) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn image_folder_classes_are_sorted_subfolders() {
+        let d = tempfile::tempdir().unwrap();
+        touch(&d.path().join("b/1.png"));
+        touch(&d.path().join("b/sub/2.jpg"));
+        touch(&d.path().join("a/3.dcm"));
+        touch(&d.path().join("a/notes.txt"));
+        touch(&d.path().join(".hidden/4.png"));
+        let ds = Dataset::open(d.path(), &DatasetOptions::default()).unwrap();
+        assert_eq!(ds.kind, SourceKind::ImageFolder);
+        assert_eq!(ds.classes, vec!["a", "b"]);
+        assert_eq!(ds.class_counts(), vec![1, 2]);
+        assert_eq!(ds.problems.len(), 1, "{:?}", ds.problems);
+        assert_eq!(ds.patient_count(), 3);
+
+        let only_b = DatasetOptions { classes: Some(vec!["b".into()]), ..Default::default() };
+        let ds = Dataset::open(d.path(), &only_b).unwrap();
+        assert_eq!(ds.class_counts(), vec![2]);
+        assert_eq!(ds.excluded.get("a"), Some(&1));
+    }
+
+    #[test]
+    fn manifest_keeps_metadata_patients_and_chosen_label_column() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["i/1.jpg", "i/2.jpg", "i/3.jpg"] {
+            touch(&d.path().join(f));
+        }
+        let csv = d.path().join("manifest.csv");
+        std::fs::write(
+            &csv,
+            "path,label,label3,patient_id,source_repo\n\
+             i/1.jpg,viral,pneu,p1,x\n\
+             i/2.jpg,bacterial,pneu,p1,y\n\
+             i/3.jpg,normal,normal,,x\n\
+             i/missing.jpg,normal,normal,p9,x\n",
+        )
+        .unwrap();
+        let ds = Dataset::open(d.path(), &DatasetOptions::default()).unwrap();
+        assert_eq!(ds.kind, SourceKind::Manifest);
+        assert_eq!(ds.classes, vec!["bacterial", "normal", "viral"]);
+        assert_eq!(ds.samples.len(), 3);
+        assert_eq!(ds.problems.len(), 1);
+        assert!(ds.problems[0].contains("missing.jpg"));
+        assert_eq!(ds.patient_count(), 2);
+        assert_eq!(ds.samples[0].meta["source_repo"], "x");
+        assert_eq!(ds.breakdown("source_repo")["x"], vec![0, 1, 1]);
+
+        let l3 = DatasetOptions { label_column: "label3".into(), classes: None };
+        let ds = Dataset::open(&csv, &l3).unwrap();
+        assert_eq!(ds.classes, vec!["normal", "pneu"]);
+        assert_eq!(ds.class_counts(), vec![1, 2]);
+
+        let bad = DatasetOptions { label_column: "nope".into(), classes: None };
+        let e = Dataset::open(&csv, &bad).unwrap_err().to_string();
+        assert!(e.contains("manifest.csv") && e.contains("no 'nope' column"), "{e}");
+        let e = Dataset::open(&csv, &DatasetOptions { classes: Some(vec!["covid".into()]), ..Default::default() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("covid"), "{e}");
+    }
+}
