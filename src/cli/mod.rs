@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod data;
+pub mod model;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -22,12 +23,16 @@ pub enum Command {
     /// Inspect, summarise, split and check image data.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Describe networks and weight files.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
 }
 
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> crate::Result<i32> {
     match cli.command {
         Command::Data(c) => data::run(c),
+        Command::Model(c) => model::run(c),
     }
 }
 

@@ -1,0 +1,61 @@
+//! Multiscale attention generator (paper §3.2, Fig. 3; spec §1.2).
+//!
+//! Per scale, a 1×1 convolution without bias → BatchNorm (eps 1e-3) → ReLU produces M maps;
+//! the 14×14 maps are average-pooled 2×2 and the 28×28 maps 4×4 to 7×7, and the scales are
+//! summed (`A = att7 + avgpool2(att14) [+ avgpool4(att28)]`, the paper's "residual
+//! connection"). Every map is non-negative. The authors' unused single-scale module has a bias
+//! on its convolution; here every scale uses the same bias-free head, since the BatchNorm that
+//! follows cancels a bias anyway.
+use tch::nn::{self, Module, ModuleT};
+use tch::Tensor;
+
+use super::config::{MagSdConfig, Scales};
+use super::resnet::{Features, batch_norm};
+
+#[derive(Debug)]
+struct Head {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+impl Head {
+    fn new(p: nn::Path, c_in: i64, maps: i64) -> Self {
+        let conv = nn::conv2d(&p / "conv", c_in, maps, 1, nn::ConvConfig { bias: false, ..Default::default() });
+        Head { conv, bn: batch_norm(&p / "bn", maps, 1e-3) }
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        self.bn.forward_t(&self.conv.forward(x), train).relu()
+    }
+}
+
+#[derive(Debug)]
+pub struct AttentionGenerator {
+    att7: Head,
+    att14: Option<Head>,
+    att28: Option<Head>,
+}
+
+impl AttentionGenerator {
+    pub fn new(p: &nn::Path, cfg: &MagSdConfig) -> Self {
+        let (c2, c3, c4) = cfg.resnet.channels();
+        let m = cfg.num_maps;
+        AttentionGenerator {
+            att7: Head::new(p / "att7", c4, m),
+            att14: cfg.scales.uses_14().then(|| Head::new(p / "att14", c3, m)),
+            att28: (cfg.scales == Scales::S7_14_28).then(|| Head::new(p / "att28", c2, m)),
+        }
+    }
+
+    /// Attention maps `A: [B, M, S/32, S/32]`, all ≥ 0.
+    pub fn forward_t(&self, f: &Features, train: bool) -> Tensor {
+        let mut a = self.att7.forward_t(&f.f4, train); // [B, M, 7, 7]
+        if let Some(h) = &self.att14 {
+            a = a + h.forward_t(&f.f3, train).avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None); // [B, M, 14, 14] -> [B, M, 7, 7]
+        }
+        if let Some(h) = &self.att28 {
+            a = a + h.forward_t(&f.f2, train).avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None); // [B, M, 28, 28] -> [B, M, 7, 7]
+        }
+        a
+    }
+}

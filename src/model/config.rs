@@ -1,0 +1,210 @@
+//! Model configuration: every field that changes the architecture, and the named presets.
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Residual block type (torchvision's `BasicBlock` / `Bottleneck`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Block {
+    Basic,
+    Bottleneck,
+}
+
+impl Block {
+    /// Output channels per block = planes × expansion.
+    pub fn expansion(self) -> i64 {
+        match self {
+            Block::Basic => 1,
+            Block::Bottleneck => 4,
+        }
+    }
+}
+
+/// A torchvision-structured ResNet: the same code builds ResNet18/34/50 and the tiny preset.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResNetConfig {
+    pub block: Block,
+    /// Blocks per stage (layer1..layer4).
+    pub layers: [usize; 4],
+    /// Output channels of the stem (conv1/bn1); 64 in torchvision.
+    pub stem_width: i64,
+    /// `planes` of layer1..layer4; [64, 128, 256, 512] in torchvision.
+    pub widths: [i64; 4],
+}
+
+impl ResNetConfig {
+    pub fn resnet18() -> Self {
+        ResNetConfig { block: Block::Basic, layers: [2, 2, 2, 2], stem_width: 64, widths: [64, 128, 256, 512] }
+    }
+    pub fn resnet34() -> Self {
+        ResNetConfig { block: Block::Basic, layers: [3, 4, 6, 3], stem_width: 64, widths: [64, 128, 256, 512] }
+    }
+    pub fn resnet50() -> Self {
+        ResNetConfig { block: Block::Bottleneck, layers: [3, 4, 6, 3], stem_width: 64, widths: [64, 128, 256, 512] }
+    }
+    /// Same code as ResNet50, one block per stage and 1/8 of the width: for CPU tests and the demo.
+    pub fn tiny() -> Self {
+        ResNetConfig { block: Block::Bottleneck, layers: [1, 1, 1, 1], stem_width: 8, widths: [8, 16, 32, 64] }
+    }
+
+    /// Channels out of layer2, layer3, layer4 (the 28×28, 14×14 and 7×7 maps at 224×224).
+    pub fn channels(&self) -> (i64, i64, i64) {
+        let e = self.block.expansion();
+        (self.widths[1] * e, self.widths[2] * e, self.widths[3] * e)
+    }
+}
+
+/// Which backbone feature maps feed the attention generator (Table 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scales {
+    /// layer4 only.
+    #[serde(rename = "7")]
+    S7,
+    /// layer4 + layer3: the paper's best and the default.
+    #[serde(rename = "7+14")]
+    S7_14,
+    /// layer4 + layer3 + layer2.
+    #[serde(rename = "7+14+28")]
+    S7_14_28,
+}
+
+impl Scales {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.replace(' ', "").as_str() {
+            "7" => Ok(Scales::S7),
+            "7+14" => Ok(Scales::S7_14),
+            "7+14+28" => Ok(Scales::S7_14_28),
+            other => Err(Error::Config(format!("scales '{other}': use 7, 7+14 or 7+14+28"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Scales::S7 => "7",
+            Scales::S7_14 => "7+14",
+            Scales::S7_14_28 => "7+14+28",
+        }
+    }
+    pub fn uses_14(self) -> bool {
+        self != Scales::S7
+    }
+    pub fn uses_28(self) -> bool {
+        self == Scales::S7_14_28
+    }
+}
+
+/// Classification head (Table 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Head {
+    /// Bilinear attention pooling (the method).
+    Bap,
+    /// Global average pooling of the layer4 features (ablation baseline).
+    Gap,
+    /// Global max pooling of the layer4 features (ablation baseline).
+    Gmp,
+}
+
+/// Everything that defines a MAG-SD network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MagSdConfig {
+    /// Name of the backbone preset ("resnet50", "tiny", ...), for people; `resnet` is what counts.
+    pub backbone: String,
+    pub resnet: ResNetConfig,
+    /// Input channels: 1 (grayscale, as the authors) or 3.
+    pub in_channels: i64,
+    pub num_classes: i64,
+    /// Attention maps per scale (M; 32 in the paper).
+    pub num_maps: i64,
+    pub scales: Scales,
+    pub head: Head,
+    /// Side of the square input; must be a multiple of 32.
+    pub image_size: i64,
+    /// Class names in output order (empty when unknown).
+    #[serde(default)]
+    pub class_names: Vec<String>,
+}
+
+impl MagSdConfig {
+    /// The paper's network: ResNet50, 1 channel, 32 maps, scales 7+14, BAP, 224×224.
+    pub fn paper(num_classes: i64) -> Self {
+        MagSdConfig {
+            backbone: "resnet50".into(),
+            resnet: ResNetConfig::resnet50(),
+            in_channels: 1,
+            num_classes,
+            num_maps: 32,
+            scales: Scales::S7_14,
+            head: Head::Bap,
+            image_size: 224,
+            class_names: Vec::new(),
+        }
+    }
+
+    /// A small network on 96×96 inputs with 8 maps, for CPU tests and the demo.
+    pub fn tiny(num_classes: i64) -> Self {
+        MagSdConfig {
+            backbone: "tiny".into(),
+            resnet: ResNetConfig::tiny(),
+            num_maps: 8,
+            image_size: 96,
+            ..Self::paper(num_classes)
+        }
+    }
+
+    /// Replaces the backbone by a named preset: resnet18, resnet34, resnet50 or tiny.
+    pub fn with_backbone(mut self, name: &str) -> Result<Self> {
+        self.resnet = match name {
+            "resnet18" => ResNetConfig::resnet18(),
+            "resnet34" => ResNetConfig::resnet34(),
+            "resnet50" => ResNetConfig::resnet50(),
+            "tiny" => ResNetConfig::tiny(),
+            other => {
+                return Err(Error::Config(format!("backbone '{other}': use resnet18, resnet34, resnet50 or tiny")));
+            }
+        };
+        self.backbone = name.to_string();
+        Ok(self)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.image_size <= 0 || self.image_size % 32 != 0 {
+            return Err(Error::Config(format!(
+                "image size {} must be a positive multiple of 32 (the backbone downsamples by 32)",
+                self.image_size
+            )));
+        }
+        if !matches!(self.in_channels, 1 | 3) {
+            return Err(Error::Config(format!("in_channels must be 1 or 3, got {}", self.in_channels)));
+        }
+        if self.num_classes < 2 || self.num_maps < 1 {
+            return Err(Error::Config(format!(
+                "need at least 2 classes and 1 map (got {} and {})",
+                self.num_classes, self.num_maps
+            )));
+        }
+        if !self.class_names.is_empty() && self.class_names.len() as i64 != self.num_classes {
+            return Err(Error::Config(format!(
+                "{} class names for {} classes",
+                self.class_names.len(),
+                self.num_classes
+            )));
+        }
+        Ok(())
+    }
+
+    /// True when two configs build networks with the same parameters (names and shapes).
+    pub fn same_architecture(&self, other: &MagSdConfig) -> bool {
+        self.resnet == other.resnet
+            && self.in_channels == other.in_channels
+            && self.num_classes == other.num_classes
+            && self.num_maps == other.num_maps
+            && self.scales == other.scales
+            && self.head == other.head
+    }
+
+    /// Side of the attention maps and layer4 features (7 at 224).
+    pub fn feature_size(&self) -> i64 {
+        self.image_size / 32
+    }
+}

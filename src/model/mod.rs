@@ -1,0 +1,11 @@
+//! The MAG-SD network and its weights. Nothing here knows about files except `weights` and `pth`.
+pub mod attention;
+pub mod config;
+pub mod magsd;
+pub mod pooling;
+pub mod pth;
+pub mod resnet;
+pub mod weights;
+
+pub use config::{Head, MagSdConfig, Scales};
+pub use magsd::{MagSd, MagSdOutput};

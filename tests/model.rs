@@ -1,0 +1,181 @@
+//! The MAG-SD network against torchvision's own ResNet code, the importer, and timm-style checks
+//! over every backbone × scale set × head.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use magsd::model::config::{Head, MagSdConfig, Scales};
+use magsd::model::weights::{
+    copy_exact, import_torchvision, load_model, load_tensors, model_config, parameter_count, save_model,
+};
+use magsd::model::MagSd;
+use tch::{Device, Kind, Tensor, nn};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size());
+    (a - b).abs().max().double_value(&[])
+}
+
+/// Builds the fixture's model with its weights; returns it with the fixture's other tensors.
+fn parity_model(name: &str) -> (nn::VarStore, MagSd, HashMap<String, Tensor>) {
+    let path = fixture(&format!("parity_{name}.safetensors"));
+    let (tensors, meta) = load_tensors(&path).unwrap();
+    let config = model_config(&meta, &path).unwrap().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = MagSd::new(&vs.root(), config).unwrap();
+    let (weights, rest): (Vec<_>, Vec<_>) =
+        tensors.into_iter().partition(|(n, _)| !(n == "input" || n.starts_with("eval.") || n.starts_with("train.")));
+    copy_exact(&vs, &weights, &path).unwrap();
+    (vs, model, rest.into_iter().collect())
+}
+
+#[test]
+fn forward_matches_torchvision_within_1e4() {
+    for name in ["bottleneck", "basic"] {
+        let (_vs, model, t) = parity_model(name);
+        let out = tch::no_grad(|| model.forward_t(&t["input"], false));
+        for (what, got, want) in [
+            ("eval logits", &out.logits, &t["eval.logits"]),
+            ("eval attention", &out.attention, &t["eval.attention"]),
+            ("eval f4", &out.features, &t["eval.f4"]),
+        ] {
+            let d = max_diff(got, want);
+            assert!(d < 1e-4, "{name}: {what} differs from torch by {d}");
+        }
+        let out = tch::no_grad(|| model.forward_t(&t["input"], true));
+        for (what, got, want) in [
+            ("train logits", &out.logits, &t["train.logits"]),
+            ("train attention", &out.attention, &t["train.attention"]),
+        ] {
+            let d = max_diff(got, want);
+            assert!(d < 1e-4, "{name}: {what} (batch statistics) differs from torch by {d}");
+        }
+    }
+}
+
+#[test]
+fn torchvision_pth_imports_into_the_backbone_with_a_full_report() {
+    let (ref_vs, _m, _) = parity_model("bottleneck");
+    let config = MagSd::new(&nn::VarStore::new(Device::Cpu).root(), {
+        let (t, meta) = load_tensors(&fixture("parity_bottleneck.safetensors")).unwrap();
+        drop(t);
+        model_config(&meta, Path::new("x")).unwrap().unwrap()
+    })
+    .unwrap()
+    .config;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _model = MagSd::new(&vs.root(), config).unwrap();
+    let report = import_torchvision(&vs, &fixture("torchvision_bottleneck.pth")).unwrap();
+    assert!(report.loaded.contains(&"layer3.0.downsample.1.running_var".to_string()));
+    assert!(report.adapted.is_empty());
+    assert!(report.unused.contains(&"fc.weight".to_string()));
+    assert!(report.unused.iter().any(|n| n.ends_with("num_batches_tracked")));
+    assert!(report.missing.iter().all(|n| n.starts_with("attention.") || n.starts_with("classifier.")), "{:?}", report.missing);
+    assert!(report.missing.contains(&"classifier.weight".to_string()));
+    let want = ref_vs.variables();
+    for (name, t) in vs.variables() {
+        if !(name.starts_with("attention.") || name.starts_with("classifier.")) {
+            assert_eq!(max_diff(&t, &want[&name]), 0.0, "{name}");
+        }
+    }
+}
+
+#[test]
+fn rgb_stem_is_summed_for_gray_input_and_mismatches_are_refused() {
+    // The "basic" fixture is a 3-channel network; import it into a 1-channel one.
+    let (rgb_vs, _m, _) = parity_model("basic");
+    let mut config = {
+        let (_t, meta) = load_tensors(&fixture("parity_basic.safetensors")).unwrap();
+        model_config(&meta, Path::new("x")).unwrap().unwrap()
+    };
+    config.in_channels = 1;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _gray = MagSd::new(&vs.root(), config).unwrap();
+    let report = import_torchvision(&vs, &fixture("torchvision_basic.pth")).unwrap();
+    assert!(report.adapted.contains_key("conv1.weight"));
+    let want = rgb_vs.variables()["conv1.weight"].sum_dim_intlist(&[1i64][..], true, Kind::Float);
+    assert_eq!(max_diff(&vs.variables()["conv1.weight"], &want), 0.0);
+
+    // A bottleneck checkpoint does not fit a basic-block model: refused, naming the tensor.
+    let e = import_torchvision(&vs, &fixture("torchvision_bottleneck.pth")).unwrap_err().to_string();
+    assert!(e.contains("torchvision_bottleneck.pth") && e.contains("shape"), "{e}");
+
+    // Not a checkpoint at all.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.pth");
+    std::fs::write(&junk, b"definitely not a checkpoint").unwrap();
+    let e = import_torchvision(&vs, &junk).unwrap_err().to_string();
+    assert!(e.contains("junk.pth"), "{e}");
+}
+
+#[test]
+fn paper_resnet50_has_23_796_800_parameters() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _m = MagSd::new(&vs.root(), MagSdConfig::paper(3)).unwrap();
+    assert_eq!(parameter_count(&vs), 23_796_800);
+}
+
+#[test]
+fn saved_model_loads_back_identically() {
+    let (vs, model, t) = parity_model("bottleneck");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    save_model(&path, &vs, &model.config).unwrap();
+    let loaded = load_model(&path, Device::Cpu).unwrap();
+    assert_eq!(loaded.model.config, model.config);
+    let a = tch::no_grad(|| model.forward_t(&t["input"], false).logits);
+    let b = tch::no_grad(|| loaded.model.forward_t(&t["input"], false).logits);
+    assert_eq!(max_diff(&a, &b), 0.0);
+    // A model file for another architecture is refused.
+    let mut other = model.config.clone();
+    other.num_maps += 1;
+    let vs2 = nn::VarStore::new(Device::Cpu);
+    let _m2 = MagSd::new(&vs2.root(), other).unwrap();
+    let (tensors, _) = load_tensors(&path).unwrap();
+    let e = copy_exact(&vs2, &tensors, &path).unwrap_err().to_string();
+    assert!(e.contains("shape"), "{e}");
+}
+
+#[test]
+fn every_backbone_scale_and_head_gives_shapes_no_nan_and_gradients_everywhere() {
+    tch::manual_seed(0);
+    for backbone in ["tiny", "resnet18", "resnet34", "resnet50"] {
+        for scales in [Scales::S7, Scales::S7_14, Scales::S7_14_28] {
+            for head in [Head::Bap, Head::Gap, Head::Gmp] {
+                let mut cfg = MagSdConfig::paper(3).with_backbone(backbone).unwrap();
+                cfg.scales = scales;
+                cfg.head = head;
+                cfg.image_size = 64; // small input keeps this sweep fast on CPU
+                cfg.num_maps = 4;
+                let vs = nn::VarStore::new(Device::Cpu);
+                let m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
+                let x = Tensor::randn([2, 1, 64, 64], (Kind::Float, Device::Cpu));
+                let out = m.forward_t(&x, true);
+                let tag = format!("{backbone}/{}/{head:?}", scales.name());
+                assert_eq!(out.logits.size(), vec![2, 3], "{tag}");
+                assert_eq!(out.attention.size(), vec![2, 4, 2, 2], "{tag}");
+                assert_eq!(out.features.size()[0], 2, "{tag}");
+                assert!(out.attention.min().double_value(&[]) >= 0.0, "{tag}: negative attention");
+                assert!(!bool::try_from(out.logits.isnan().any()).unwrap(), "{tag}: NaN logits");
+                // The attention maps feed the loss only through BAP; for GAP/GMP heads they feed
+                // the augmentations, so sum them in to reach every parameter.
+                let loss = out.logits.sum(Kind::Float) + out.attention.sum(Kind::Float) * 1e-3;
+                loss.backward();
+                for (name, p) in vs.trainable_variables().iter().enumerate().map(|(i, p)| (i, p)) {
+                    let g = p.grad();
+                    assert!(g.defined(), "{tag}: parameter #{name} has no gradient");
+                }
+                let named = vs.variables();
+                let missing: Vec<&String> = named
+                    .iter()
+                    .filter(|(_, t)| t.requires_grad() && !t.grad().defined())
+                    .map(|(n, _)| n)
+                    .collect();
+                assert!(missing.is_empty(), "{tag}: some parameters are missing gradients: {missing:?}");
+            }
+        }
+    }
+}
