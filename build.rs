@@ -6,6 +6,8 @@
 //! `--no-as-needed` keeps it. An rpath to the build machine's libtorch lets the binary run
 //! there without `LD_LIBRARY_PATH`; elsewhere (the GPU machine) `LD_LIBRARY_PATH` wins,
 //! because the linker writes a RUNPATH, which is searched after it.
+//!
+//! It also compiles `src/ffi/autocast.cpp`, two libtorch calls that tch does not expose.
 use std::path::PathBuf;
 
 fn main() {
@@ -14,6 +16,7 @@ fn main() {
         return;
     };
     let lib = PathBuf::from(lib);
+    compile_shim(&lib);
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
@@ -21,4 +24,22 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+}
+
+/// Compiles the C++ shim against the headers that sit beside libtorch's `lib/` folder.
+fn compile_shim(lib: &std::path::Path) {
+    println!("cargo:rerun-if-changed=src/ffi/autocast.cpp");
+    let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("src/ffi/autocast.cpp")
+        .include(&include)
+        .include(include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag_if_supported("-Wno-deprecated-declarations")
+        .flag_if_supported("-Wno-unused-parameter")
+        // PyTorch wheels are built with the C++11 ABI since torch 2.7.
+        .define("_GLIBCXX_USE_CXX11_ABI", "1")
+        .warnings(false)
+        .compile("magsd_shim");
 }

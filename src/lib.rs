@@ -10,7 +10,9 @@
 //! `report`; `cli` is a thin front door over the library.
 pub mod cli;
 pub mod data;
+pub mod device;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod rng;
 

@@ -1,0 +1,109 @@
+//! Where tensors live and in what precision: `--device auto|cpu|cuda`, bf16 autocast and
+//! channels-last memory layout (both CUDA-only options).
+use serde::{Deserialize, Serialize};
+use tch::{Cuda, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceChoice {
+    /// CUDA when a GPU is visible, otherwise CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl DeviceChoice {
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => Ok(Device::cuda_if_available()),
+            DeviceChoice::Cuda if Cuda::is_available() => Ok(Device::Cuda(0)),
+            DeviceChoice::Cuda => Err(Error::Config(
+                "--device cuda, but libtorch sees no CUDA device (is the GPU driver visible, and \
+                 libtorch_cuda on LD_LIBRARY_PATH?)"
+                    .into(),
+            )),
+        }
+    }
+}
+
+/// Human-readable name of a device (GPU model where known).
+pub fn describe(device: Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
+        Device::Cuda(i) => format!("cuda:{i} ({} visible)", Cuda::device_count()),
+        other => format!("{other:?}"),
+    }
+}
+
+unsafe extern "C" {
+    fn magsd_set_cuda_autocast_bf16(bf16: i32) -> i32;
+    fn magsd_cuda_autocast_is_bf16() -> i32;
+}
+
+/// Runs `f` under CUDA autocast with bfloat16 when `enabled` and `device` is CUDA; otherwise
+/// runs it as is (fp32). Mirrors `torch.autocast("cuda", dtype=torch.bfloat16)`.
+pub fn autocast_bf16<T>(enabled: bool, device: Device, f: impl FnOnce() -> T) -> T {
+    if !enabled || !device.is_cuda() {
+        return f();
+    }
+    set_autocast_bf16();
+    tch::autocast(true, f)
+}
+
+/// Selects bfloat16 as the CUDA autocast dtype (float16 is libtorch's default).
+pub fn set_autocast_bf16() {
+    // SAFETY: plain C functions without arguments that own nothing.
+    let rc = unsafe { magsd_set_cuda_autocast_bf16(1) };
+    assert_eq!(rc, 0, "libtorch refused to set the autocast dtype");
+}
+
+/// True when the CUDA autocast dtype is bfloat16.
+pub fn autocast_is_bf16() -> bool {
+    // SAFETY: as above.
+    unsafe { magsd_cuda_autocast_is_bf16() == 1 }
+}
+
+/// The same values in channels-last (NHWC) memory order, still indexed as `[N, C, H, W]`:
+/// `permute → contiguous → permute back` gives the strides cuDNN's NHWC kernels want.
+pub fn channels_last(t: &Tensor) -> Tensor {
+    if t.dim() != 4 {
+        return t.shallow_clone();
+    }
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// Converts every 4-D variable of the store to channels-last in place.
+pub fn vars_to_channels_last(vs: &tch::nn::VarStore) {
+    tch::no_grad(|| {
+        for (_, mut v) in vs.variables() {
+            if v.dim() == 4 {
+                let nhwc = channels_last(&v);
+                v.set_data(&nhwc);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autocast_dtype_can_be_switched_to_bf16() {
+        set_autocast_bf16();
+        assert!(autocast_is_bf16());
+    }
+
+    #[test]
+    fn channels_last_keeps_values_and_changes_strides() {
+        let t = Tensor::arange(2 * 3 * 4 * 5, (tch::Kind::Float, Device::Cpu)).view([2, 3, 4, 5]);
+        let c = channels_last(&t);
+        assert_eq!(c.size(), t.size());
+        assert!(c.equal(&t));
+        assert_eq!(c.stride(), vec![60, 1, 15, 3]);
+    }
+}

@@ -1,0 +1,201 @@
+//! Classification metrics with the correct definitions (spec §5), matching scikit-learn:
+//! accuracy; per-class one-vs-rest sensitivity TP/(TP+FN), specificity TN/(TN+FP) (the
+//! authors' code computes the negative predictive value TN/(TN+FN) instead), precision and
+//! F1 = 2TP/(2TP+FP+FN); ROC AUC per class (one-vs-rest, ties counted half, as
+//! `roc_auc_score`); unweighted means over classes; the confusion matrix; mean ± std over folds.
+//!
+//! Macro averages run over the classes present in the true or predicted labels, as
+//! scikit-learn does when no label list is given; the macro AUC over classes that have both
+//! positives and negatives. For two classes the macro AUC is the binary AUC of class 1
+//! (what `roc_auc_score` returns for binary problems). Undefined ratios (0/0) count as 0.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PerClass {
+    pub class: String,
+    pub support: usize,
+    pub sensitivity: f64,
+    pub specificity: f64,
+    pub precision: f64,
+    pub f1: f64,
+    /// `None` when the class has no positives or no negatives.
+    pub auc: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub n: usize,
+    pub accuracy: f64,
+    pub sensitivity: f64,
+    pub specificity: f64,
+    pub f1: f64,
+    pub auc: Option<f64>,
+    pub per_class: Vec<PerClass>,
+    /// `confusion[true][predicted]`.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Index of the largest probability; the first on ties (numpy's argmax).
+pub fn argmax(p: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &v) in p.iter().enumerate() {
+        if v > p[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// Binary ROC AUC of `scores` for `positive` labels, ties counted half (Mann–Whitney U).
+/// `None` unless both classes are present.
+pub fn binary_auc(positive: &[bool], scores: &[f64]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    // Average ranks (1-based) over runs of equal scores.
+    let mut rank_sum_pos = 0.0;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum_pos += avg_rank * order[i..=j].iter().filter(|&&k| positive[k]).count() as f64;
+        i = j + 1;
+    }
+    let u = rank_sum_pos - (n_pos * (n_pos + 1)) as f64 / 2.0;
+    Some(u / (n_pos as f64 * n_neg as f64))
+}
+
+/// Metrics of predictions `argmax(probs)` against `y_true`, for `classes` (names in order).
+pub fn compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Metrics {
+    assert_eq!(y_true.len(), probs.len());
+    let k = classes.len();
+    let n = y_true.len();
+    let y_pred: Vec<usize> = probs.iter().map(|p| argmax(p)).collect();
+    let mut confusion = vec![vec![0usize; k]; k];
+    for (&t, &p) in y_true.iter().zip(&y_pred) {
+        confusion[t][p] += 1;
+    }
+    let correct: usize = (0..k).map(|c| confusion[c][c]).sum();
+    let mut per_class = Vec::with_capacity(k);
+    for c in 0..k {
+        let tp = confusion[c][c];
+        let fn_ = (0..k).filter(|&p| p != c).map(|p| confusion[c][p]).sum::<usize>();
+        let fp = (0..k).filter(|&t| t != c).map(|t| confusion[t][c]).sum::<usize>();
+        let tn = n - tp - fn_ - fp;
+        let positive: Vec<bool> = y_true.iter().map(|&t| t == c).collect();
+        let scores: Vec<f64> = probs.iter().map(|p| p[c]).collect();
+        per_class.push(PerClass {
+            class: classes[c].clone(),
+            support: tp + fn_,
+            sensitivity: ratio(tp, tp + fn_),
+            specificity: ratio(tn, tn + fp),
+            precision: ratio(tp, tp + fp),
+            f1: ratio(2 * tp, 2 * tp + fp + fn_),
+            auc: binary_auc(&positive, &scores),
+        });
+    }
+    // Classes present among true or predicted labels (scikit-learn's `unique_labels`).
+    let present: Vec<&PerClass> = (0..k)
+        .filter(|&c| y_true.contains(&c) || y_pred.contains(&c))
+        .map(|c| &per_class[c])
+        .collect();
+    let mean = |f: &dyn Fn(&PerClass) -> f64| {
+        if present.is_empty() { 0.0 } else { present.iter().map(|m| f(m)).sum::<f64>() / present.len() as f64 }
+    };
+    let auc = if k == 2 {
+        per_class[1].auc
+    } else {
+        let aucs: Vec<f64> = per_class.iter().filter_map(|m| m.auc).collect();
+        (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
+    };
+    Metrics {
+        n,
+        accuracy: ratio(correct, n),
+        sensitivity: mean(&|m| m.sensitivity),
+        specificity: mean(&|m| m.specificity),
+        f1: mean(&|m| m.f1),
+        auc,
+        per_class,
+        confusion,
+    }
+}
+
+/// Mean and sample standard deviation (n − 1) of one metric over folds.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MeanStd {
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+}
+
+pub fn mean_std(values: &[f64]) -> MeanStd {
+    let n = values.len();
+    let mean = values.iter().sum::<f64>() / n.max(1) as f64;
+    let var = if n > 1 { values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
+    MeanStd { mean, std: var.sqrt(), n }
+}
+
+/// ACC, SEN, SPC, F1 and AUC as mean ± std over folds (AUC over the folds that have one).
+pub fn summarise(folds: &[Metrics]) -> BTreeMap<String, MeanStd> {
+    let mut out = BTreeMap::new();
+    let pick = |f: &dyn Fn(&Metrics) -> Option<f64>| folds.iter().filter_map(f).collect::<Vec<f64>>();
+    out.insert("accuracy".into(), mean_std(&pick(&|m| Some(m.accuracy))));
+    out.insert("sensitivity".into(), mean_std(&pick(&|m| Some(m.sensitivity))));
+    out.insert("specificity".into(), mean_std(&pick(&|m| Some(m.specificity))));
+    out.insert("f1".into(), mean_std(&pick(&|m| Some(m.f1))));
+    let aucs = pick(&|m| m.auc);
+    if !aucs.is_empty() {
+        out.insert("auc".into(), mean_std(&aucs));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(k: usize) -> Vec<String> {
+        (0..k).map(|c| format!("c{c}")).collect()
+    }
+
+    #[test]
+    fn auc_counts_ties_half_and_needs_both_classes() {
+        assert_eq!(binary_auc(&[false, true], &[0.1, 0.9]), Some(1.0));
+        assert_eq!(binary_auc(&[true, false], &[0.1, 0.9]), Some(0.0));
+        assert_eq!(binary_auc(&[true, false], &[0.5, 0.5]), Some(0.5));
+        // pos {0.8, 0.4}, neg {0.4, 0.2}: pairs (0.8>0.4) (0.8>0.2) (0.4=0.4 → ½) (0.4>0.2) → 3.5/4.
+        assert_eq!(binary_auc(&[true, true, false, false], &[0.8, 0.4, 0.4, 0.2]), Some(0.875));
+        assert_eq!(binary_auc(&[true, true], &[0.1, 0.2]), None);
+    }
+
+    #[test]
+    fn specificity_is_tn_over_tn_plus_fp_not_npv() {
+        // True: [0,0,0,1]; predicted: [0,0,1,1]. Class 0: TP 2, FN 1, FP 0, TN 1.
+        let probs = vec![vec![0.9, 0.1], vec![0.8, 0.2], vec![0.3, 0.7], vec![0.2, 0.8]];
+        let m = compute(&[0, 0, 0, 1], &probs, &names(2));
+        assert_eq!(m.per_class[0].specificity, 1.0); // TN/(TN+FP) = 1/1; NPV would be 1/2
+        assert_eq!(m.per_class[1].specificity, 2.0 / 3.0);
+        assert_eq!(m.confusion, vec![vec![2, 1], vec![0, 1]]);
+        assert_eq!(m.accuracy, 0.75);
+    }
+
+    #[test]
+    fn mean_std_uses_sample_std() {
+        let s = mean_std(&[1.0, 2.0, 3.0]);
+        assert_eq!(s.mean, 2.0);
+        assert_eq!(s.std, 1.0);
+    }
+}

@@ -1,0 +1,2 @@
+//! Evaluation: metrics, whole-dataset evaluation, and localisation from attention maps.
+pub mod metrics;
