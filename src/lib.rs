@@ -15,5 +15,6 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod rng;
+pub mod train;
 
 pub use error::{Error, Result};

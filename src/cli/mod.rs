@@ -3,6 +3,7 @@ use clap::{Parser, Subcommand};
 
 pub mod data;
 pub mod model;
+pub mod train;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,6 +27,8 @@ pub enum Command {
     /// Describe networks and weight files.
     #[command(subcommand)]
     Model(model::ModelCommand),
+    /// Train MAG-SD: patient-level cross-validation or a final model.
+    Train(train::TrainArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -33,6 +36,7 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
     match cli.command {
         Command::Data(c) => data::run(c),
         Command::Model(c) => model::run(c),
+        Command::Train(a) => train::run(a),
     }
 }
 
@@ -58,4 +62,17 @@ impl DataArgs {
     pub fn open(&self) -> crate::Result<crate::data::dataset::Dataset> {
         crate::data::dataset::Dataset::open(&self.data, &self.options())
     }
+}
+
+/// Ctrl-C asks training to stop after the current step and save a checkpoint; a second Ctrl-C
+/// exits at once.
+pub fn install_ctrl_c() {
+    use std::sync::atomic::Ordering;
+    use crate::train::trainer::INTERRUPTED;
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit now)...");
+    });
 }

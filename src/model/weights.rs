@@ -11,6 +11,10 @@ use crate::error::{Error, IoContext, Result};
 
 /// Metadata key under which a model file stores its [`MagSdConfig`] as JSON.
 pub const CONFIG_KEY: &str = "magsd.config";
+/// `format` metadata of training checkpoints (`crate::train::checkpoint`), which hold the model
+/// variables under their own names plus optimizer tensors under [`OPTIM_PREFIX`].
+pub const CHECKPOINT_FORMAT: &str = "magsd-checkpoint";
+pub const OPTIM_PREFIX: &str = "optim.";
 
 fn dtype_of(kind: Kind) -> Result<Dtype> {
     Ok(match kind {
@@ -144,9 +148,12 @@ pub struct LoadedModel {
     pub model: MagSd,
 }
 
-/// Loads a model saved by [`save_model`] onto `device`.
+/// Loads a model saved by [`save_model`] (or the model in a training checkpoint) onto `device`.
 pub fn load_model(path: &Path, device: Device) -> Result<LoadedModel> {
-    let (tensors, meta) = load_tensors(path)?;
+    let (mut tensors, meta) = load_tensors(path)?;
+    if meta.get("format").is_some_and(|f| f == CHECKPOINT_FORMAT) {
+        tensors.retain(|(n, _)| !n.starts_with(OPTIM_PREFIX));
+    }
     let config = model_config(&meta, path)?.ok_or_else(|| {
         Error::bad_file(
             path,

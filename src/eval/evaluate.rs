@@ -1,0 +1,166 @@
+//! Running a trained model over a dataset: each image exactly once, never augmented, in eval
+//! mode (BatchNorm running statistics), prediction from the raw image's logits as the authors
+//! report (spec §5). Images that cannot be read are listed and skipped, unless strict.
+use tch::{Device, Kind, Tensor};
+
+use crate::data::loader::Loader;
+use crate::device::{autocast_bf16, channels_last};
+use crate::error::{Error, Result};
+use crate::model::MagSd;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PredictOptions {
+    pub batch_size: usize,
+    pub bf16: bool,
+    pub channels_last: bool,
+    /// Keep each image's mean attention map (for localisation and overlays).
+    pub keep_attention: bool,
+    /// Fail on the first unreadable image instead of skipping it.
+    pub strict: bool,
+}
+
+/// Per-image outputs, in the order of `indices`.
+#[derive(Clone, Debug, Default)]
+pub struct Predictions {
+    /// Dataset indices that were predicted.
+    pub indices: Vec<usize>,
+    pub labels: Vec<usize>,
+    /// Softmax probabilities.
+    pub probs: Vec<Vec<f64>>,
+    /// Mean attention map per image, `side × side`, row-major (when asked for).
+    pub attention: Vec<Vec<f32>>,
+    pub attention_side: usize,
+    /// Images that could not be read: (dataset index, reason).
+    pub failures: Vec<(usize, String)>,
+}
+
+impl Predictions {
+    /// Mean cross-entropy of the predictions (for validation curves).
+    pub fn mean_ce(&self) -> f64 {
+        let n = self.probs.len().max(1) as f64;
+        self.probs.iter().zip(&self.labels).map(|(p, &y)| -(p[y].max(1e-12)).ln()).sum::<f64>() / n
+    }
+}
+
+/// Forward pass in eval mode without gradients: `(probabilities [B, K], mean attention [B, 1, h, w])`.
+pub fn infer(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> (Tensor, Tensor) {
+    tch::no_grad(|| {
+        let x = x.to_device(device);
+        let x = if cl { channels_last(&x) } else { x };
+        let out = autocast_bf16(bf16, device, || model.forward_t(&x, false));
+        (out.logits.to_kind(Kind::Float).softmax(1, Kind::Float), out.mean_attention())
+    })
+}
+
+/// Predicts `indices` of the loader's dataset with `model` on `device`.
+pub fn predict(model: &MagSd, loader: &Loader, indices: &[usize], device: Device, opts: &PredictOptions) -> Result<Predictions> {
+    let mut out = Predictions::default();
+    let ds = loader.dataset().clone();
+    for batch in loader.batches(indices.to_vec(), opts.batch_size.max(1), None, 2) {
+        if opts.strict
+            && let Some((i, e)) = batch.failures.first()
+        {
+            return Err(Error::Data(format!("{e} (image {} of the dataset; --strict)", i)));
+        }
+        out.failures.extend(batch.failures);
+        if batch.indices.is_empty() {
+            continue;
+        }
+        let (probs, att) = infer(model, &batch.images, device, opts.bf16, opts.channels_last);
+        let probs = probs.to_device(Device::Cpu).to_kind(Kind::Double);
+        let k = probs.size()[1] as usize;
+        let flat: Vec<f64> = Vec::try_from(probs.flatten(0, -1))?;
+        for (row, &i) in flat.chunks(k).zip(&batch.indices) {
+            out.indices.push(i);
+            out.labels.push(ds.samples[i].label);
+            out.probs.push(row.to_vec());
+        }
+        if opts.keep_attention {
+            let side = att.size()[2] as usize;
+            out.attention_side = side;
+            let flat: Vec<f32> = Vec::try_from(att.to_device(Device::Cpu).flatten(0, -1))?;
+            out.attention.extend(flat.chunks(side * side).map(|c| c.to_vec()));
+        }
+    }
+    Ok(out)
+}
+
+/// An image that could not be evaluated.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Unreadable {
+    pub path: String,
+    pub reason: String,
+}
+
+/// What `metrics.json` holds.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EvalReport {
+    pub data: String,
+    pub classes: Vec<String>,
+    pub overall: crate::eval::metrics::Metrics,
+    /// Metadata column → value → metrics of the images with that value (source confounding).
+    pub by: std::collections::BTreeMap<String, std::collections::BTreeMap<String, crate::eval::metrics::Metrics>>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+impl EvalReport {
+    pub fn new(ds: &crate::data::dataset::Dataset, p: &Predictions, by: &[String]) -> Self {
+        use crate::eval::metrics::compute;
+        let mut groups = std::collections::BTreeMap::new();
+        for col in by {
+            let mut per_value: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+            for (row, &i) in p.indices.iter().enumerate() {
+                let v = ds.samples[i].meta.get(col).cloned().unwrap_or_default();
+                per_value.entry(v).or_default().push(row);
+            }
+            let m = per_value
+                .into_iter()
+                .map(|(v, rows)| {
+                    let y: Vec<usize> = rows.iter().map(|&r| p.labels[r]).collect();
+                    let pr: Vec<Vec<f64>> = rows.iter().map(|&r| p.probs[r].clone()).collect();
+                    (if v.is_empty() { "(empty)".into() } else { v }, compute(&y, &pr, &ds.classes))
+                })
+                .collect();
+            groups.insert(col.clone(), m);
+        }
+        EvalReport {
+            data: ds.source.display().to_string(),
+            classes: ds.classes.clone(),
+            overall: compute(&p.labels, &p.probs, &ds.classes),
+            by: groups,
+            unreadable: p
+                .failures
+                .iter()
+                .map(|(i, reason)| Unreadable { path: ds.samples[*i].path.display().to_string(), reason: reason.clone() })
+                .collect(),
+        }
+    }
+
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).expect("report serialises");
+        crate::error::write_atomic(path, &json)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        use crate::error::IoContext;
+        let bytes = std::fs::read(path).at(path)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::bad_file(path, format!("not a magsd metrics.json: {e}")))
+    }
+}
+
+/// `predictions.csv`: path, true label, one probability column per class, predicted label.
+pub fn write_predictions_csv(path: &std::path::Path, ds: &crate::data::dataset::Dataset, p: &Predictions) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["path".to_string(), "true_label".to_string()];
+    header.extend(ds.classes.iter().map(|c| format!("prob_{c}")));
+    header.push("predicted_label".into());
+    w.write_record(&header).expect("in-memory write");
+    for (row, &i) in p.indices.iter().enumerate() {
+        let mut rec = vec![ds.samples[i].name.clone(), ds.classes[p.labels[row]].clone()];
+        rec.extend(p.probs[row].iter().map(|v| format!("{v:.6}")));
+        rec.push(ds.classes[crate::eval::metrics::argmax(&p.probs[row])].clone());
+        w.write_record(&rec).expect("in-memory write");
+    }
+    let bytes = w.into_inner().map_err(|e| Error::Data(e.to_string()))?;
+    crate::error::write_atomic(path, &bytes)
+}

@@ -1,0 +1,291 @@
+//! Training runs: k-fold patient-level cross-validation (`--folds k`) or one final model on
+//! everything given (`--folds 0`), in a run folder:
+//!
+//! ```text
+//! RUN/run.json            what was run: data, classes, folds, command line
+//! RUN/config.toml         the resolved training config
+//! RUN/split.json          the patient-level folds (k ≥ 2)
+//! RUN/fold-K/             per fold: train.jsonl, checkpoint-last/best.safetensors,
+//!                         model.safetensors, metrics.json, predictions.csv (held-out fold)
+//! RUN/cv-summary.json     per-fold metrics and mean ± std (k ≥ 2); cv-summary.md the same as a table
+//! RUN/train.jsonl, RUN/model.safetensors, ...   (k = 0: the final model, no held-out data)
+//! ```
+//!
+//! In each fold a patient-level `validation.fraction` of the training folds picks the best
+//! epoch; the held-out fold is evaluated once, with that model. Every fold starts from the same
+//! seed (same initial weights), so folds differ only in their data.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use super::config::TrainConfig;
+use super::trainer::{Finish, MODEL_FILE, TrainJob, train};
+use crate::data::dataset::Dataset;
+use crate::data::decode::DecodeLimits;
+use crate::data::loader::{InputPipeline, Loader};
+use crate::data::split::{SplitFile, check_split, holdout_split, stratified_patient_kfold};
+use crate::error::{Error, IoContext, Result};
+use crate::eval::evaluate::{EvalReport, PredictOptions, predict, write_predictions_csv};
+use crate::eval::metrics::{MeanStd, Metrics, summarise};
+use crate::model::weights::load_model;
+
+/// What a run folder was made from (`run.json`), enough to resume it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunSpec {
+    pub data: PathBuf,
+    pub label_column: String,
+    pub classes: Vec<String>,
+    pub folds: usize,
+    pub command: String,
+}
+
+pub struct RunOptions {
+    pub out: PathBuf,
+    pub device: Device,
+    pub resume: bool,
+    pub stop_after_steps: Option<u64>,
+    pub verbose: bool,
+    /// Metadata columns for per-group metrics in each fold's metrics.json.
+    pub by: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FoldResult {
+    pub fold: usize,
+    pub train_images: usize,
+    pub val_images: usize,
+    pub test_images: usize,
+    pub best_epoch: Option<usize>,
+    pub metrics: Metrics,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CvSummary {
+    pub folds: Vec<FoldResult>,
+    pub mean_std: std::collections::BTreeMap<String, MeanStd>,
+}
+
+pub enum RunResult {
+    CrossValidation(CvSummary),
+    Final { model: PathBuf },
+    Stopped,
+}
+
+pub const RUN_FILE: &str = "run.json";
+pub const CONFIG_FILE: &str = "config.toml";
+pub const SPLIT_FILE: &str = "split.json";
+pub const SUMMARY_FILE: &str = "cv-summary.json";
+
+pub fn input_pipeline(cfg: &TrainConfig) -> InputPipeline {
+    InputPipeline {
+        preprocess: cfg.preprocess(),
+        augment: cfg.data.augment,
+        limits: DecodeLimits { max_pixels: cfg.data.max_pixels },
+    }
+}
+
+/// A fresh run folder name under `runs/`: `runs/2026-11-25T19-37-42`.
+pub fn default_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    PathBuf::from("runs").join(format!("{y:04}-{m:02}-{d:02}T{:02}-{:02}-{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Writes `run.json` and `config.toml`, or on resume checks that they describe this run.
+pub fn prepare_run_dir(out: &Path, spec: &RunSpec, cfg: &TrainConfig, resume: bool) -> Result<()> {
+    std::fs::create_dir_all(out).at(out)?;
+    let run_path = out.join(RUN_FILE);
+    if resume && run_path.exists() {
+        let old: RunSpec = serde_json::from_slice(&std::fs::read(&run_path).at(&run_path)?)
+            .map_err(|e| Error::bad_file(&run_path, e.to_string()))?;
+        let cfg_path = out.join(CONFIG_FILE);
+        let old_cfg: TrainConfig = toml::from_str(&std::fs::read_to_string(&cfg_path).at(&cfg_path)?)
+            .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
+        if old.folds != spec.folds || old.classes != spec.classes || old_cfg != *cfg {
+            return Err(Error::Config(format!(
+                "{}: this run was made with other settings (folds, classes or config); resume it with \
+                 `magsd train --resume {}` alone",
+                out.display(),
+                out.display()
+            )));
+        }
+        return Ok(());
+    }
+    if !resume && run_path.exists() {
+        return Err(Error::Config(format!(
+            "{} already holds a run; choose another --out or continue it with --resume",
+            out.display()
+        )));
+    }
+    crate::error::write_atomic(&run_path, &serde_json::to_vec_pretty(spec).expect("serialises"))?;
+    crate::error::write_atomic(&out.join(CONFIG_FILE), cfg.to_toml().as_bytes())
+}
+
+/// Trains according to `cfg` on `ds` into `opts.out`, with `folds` as in [`RunSpec`].
+pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions) -> Result<RunResult> {
+    if folds == 1 {
+        return Err(Error::Config("--folds must be 0 (one final model) or at least 2".into()));
+    }
+    if ds.samples.is_empty() {
+        return Err(Error::Data(format!("{}: no images", ds.source.display())));
+    }
+    let mut model_config = cfg.model_config(ds.classes.len())?;
+    model_config.class_names = ds.classes.clone();
+    let loader = Loader::new(ds.clone(), input_pipeline(cfg), cfg.seed, cfg.performance.cache);
+    let all: Vec<usize> = (0..ds.samples.len()).collect();
+    let job = |train_idx: Vec<usize>, val_idx: Vec<usize>, dir: PathBuf, label: String| TrainJob {
+        config: cfg.clone(),
+        model_config: model_config.clone(),
+        loader: loader.clone(),
+        train_idx,
+        val_idx,
+        out_dir: dir,
+        device: opts.device,
+        resume: opts.resume,
+        stop_after_steps: opts.stop_after_steps,
+        label,
+        verbose: opts.verbose,
+    };
+
+    if folds == 0 {
+        let outcome = train(&job(all, Vec::new(), opts.out.clone(), "final".into()))?;
+        return Ok(match outcome.finish {
+            Finish::Stopped => RunResult::Stopped,
+            Finish::Completed => RunResult::Final { model: outcome.model_path },
+        });
+    }
+
+    let split_path = opts.out.join(SPLIT_FILE);
+    let split = if split_path.exists() {
+        SplitFile::load(&split_path)?.resolve(&ds, &split_path)?
+    } else {
+        let s = stratified_patient_kfold(&ds, &all, folds, cfg.seed)?;
+        SplitFile::new(&ds, &s).save(&split_path)?;
+        s
+    };
+    check_split(&ds, &split.folds)?;
+
+    let mut results = Vec::new();
+    for k in 0..folds {
+        let dir = opts.out.join(format!("fold-{k}"));
+        let metrics_path = dir.join("metrics.json");
+        let result_path = dir.join("fold.json");
+        if opts.resume && result_path.exists() {
+            let r: FoldResult = serde_json::from_slice(&std::fs::read(&result_path).at(&result_path)?)
+                .map_err(|e| Error::bad_file(&result_path, e.to_string()))?;
+            results.push(r);
+            continue;
+        }
+        let test = split.folds[k].clone();
+        let rest: Vec<usize> = split.folds.iter().enumerate().filter(|(j, _)| *j != k).flat_map(|(_, f)| f.clone()).collect();
+        let (train_idx, val_idx) = if cfg.validation.fraction > 0.0 {
+            holdout_split(&ds, &rest, cfg.validation.fraction, cfg.seed)?
+        } else {
+            (rest, Vec::new())
+        };
+        check_split(&ds, &[train_idx.clone(), val_idx.clone(), test.clone()])?;
+        let label = format!("fold {}/{folds}", k + 1);
+        let outcome = train(&job(train_idx.clone(), val_idx.clone(), dir.clone(), label))?;
+        if outcome.finish == Finish::Stopped {
+            return Ok(RunResult::Stopped);
+        }
+        // Evaluate the held-out fold once, with the selected model, never augmented.
+        let m = load_model(&dir.join(MODEL_FILE), opts.device)?;
+        let popts = PredictOptions {
+            batch_size: cfg.batch_size,
+            bf16: cfg.performance.bf16,
+            channels_last: cfg.performance.channels_last,
+            ..Default::default()
+        };
+        let p = predict(&m.model, &loader, &test, opts.device, &popts)?;
+        let report = EvalReport::new(&ds, &p, &opts.by);
+        report.save(&metrics_path)?;
+        write_predictions_csv(&dir.join("predictions.csv"), &ds, &p)?;
+        let r = FoldResult {
+            fold: k,
+            train_images: train_idx.len(),
+            val_images: val_idx.len(),
+            test_images: p.indices.len(),
+            best_epoch: outcome.best.map(|b| b.epoch),
+            metrics: report.overall,
+        };
+        crate::error::write_atomic(&result_path, &serde_json::to_vec_pretty(&r).expect("serialises"))?;
+        if opts.verbose {
+            eprintln!(
+                "fold {}/{folds}: held-out accuracy {:.4}, macro F1 {:.4}, AUC {}",
+                k + 1,
+                r.metrics.accuracy,
+                r.metrics.f1,
+                r.metrics.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
+            );
+        }
+        results.push(r);
+    }
+    let metrics: Vec<Metrics> = results.iter().map(|r| r.metrics.clone()).collect();
+    let summary = CvSummary { mean_std: summarise(&metrics), folds: results };
+    crate::error::write_atomic(&opts.out.join(SUMMARY_FILE), &serde_json::to_vec_pretty(&summary).expect("serialises"))?;
+    crate::error::write_atomic(&opts.out.join("cv-summary.md"), summary_markdown(&summary, &ds.classes).as_bytes())?;
+    Ok(RunResult::CrossValidation(summary))
+}
+
+/// The cross-validation table: one row per fold, then mean ± std.
+pub fn summary_markdown(s: &CvSummary, classes: &[String]) -> String {
+    let pct = |v: f64| format!("{:.2}", 100.0 * v);
+    let mut out = format!(
+        "# Cross-validation ({} folds, classes: {})\n\n| fold | images | ACC | SEN | SPC | F1 | AUC |\n|---|---|---|---|---|---|---|\n",
+        s.folds.len(),
+        classes.join(", ")
+    );
+    for f in &s.folds {
+        let m = &f.metrics;
+        out += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            f.fold,
+            m.n,
+            pct(m.accuracy),
+            pct(m.sensitivity),
+            pct(m.specificity),
+            pct(m.f1),
+            m.auc.map(pct).unwrap_or_else(|| "n/a".into())
+        );
+    }
+    let ms = |k: &str| s.mean_std.get(k).map(|v| format!("{} ± {}", pct(v.mean), pct(v.std))).unwrap_or_else(|| "n/a".into());
+    out += &format!(
+        "| mean ± std | | {} | {} | {} | {} | {} |\n\nSEN, SPC, F1 and AUC are unweighted means over classes (one-vs-rest); SPC = TN/(TN+FP); std over folds with n − 1.\n",
+        ms("accuracy"),
+        ms("sensitivity"),
+        ms("specificity"),
+        ms("f1"),
+        ms("auc")
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_782), (2026, 11, 25));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,9 @@
+//! Training MAG-SD: attention-guided augmentation, the soft-distance loss, the optimiser, the
+//! training loop with checkpoints, and cross-validation runs.
+pub mod attention_aug;
+pub mod checkpoint;
+pub mod config;
+pub mod cv;
+pub mod loss;
+pub mod optim;
+pub mod trainer;
