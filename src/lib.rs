@@ -14,6 +14,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod model;
+pub mod report;
 pub mod rng;
 pub mod train;
 

@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod data;
+pub mod eval;
 pub mod model;
 pub mod train;
 
@@ -29,6 +30,17 @@ pub enum Command {
     Model(model::ModelCommand),
     /// Train MAG-SD: patient-level cross-validation or a final model.
     Train(train::TrainArgs),
+    /// Evaluate a model on a dataset: metrics, figures, attention overlays, report.
+    Eval(eval::EvalArgs),
+    /// Evaluate localisation: IoU of attention boxes against lesion masks or boxes.
+    Localize(eval::EvalArgs),
+    /// Classify X-rays and show where the model looked.
+    Predict(eval::PredictArgs),
+    /// (Re)write report.md and report.html of a training run folder.
+    #[command(after_help = "Examples:\n  magsd report runs/2026-11-25T19-37-42")]
+    Report {
+        run: std::path::PathBuf,
+    },
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -37,6 +49,10 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
         Command::Data(c) => data::run(c),
         Command::Model(c) => model::run(c),
         Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::eval(a, false),
+        Command::Localize(a) => eval::eval(a, true),
+        Command::Predict(a) => eval::predict_images(a),
+        Command::Report { run } => eval::report(&run),
     }
 }
 

@@ -206,12 +206,14 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             Ok(130)
         }
         RunResult::Final { model } => {
-            println!("final model: {}", model.display());
+            let html = crate::report::run::write_run_report(&out)?;
+            println!("final model: {}\nreport: {}", model.display(), html.display());
             Ok(0)
         }
         RunResult::CrossValidation(s) => {
             print!("{}", cv::summary_markdown(&s, &ds.classes));
-            println!("\nrun folder: {}", out.display());
+            let html = crate::report::run::write_run_report(&out)?;
+            println!("\nrun folder: {}\nreport: {}", out.display(), html.display());
             Ok(0)
         }
     }

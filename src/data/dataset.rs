@@ -256,6 +256,21 @@ impl Dataset {
         }
     }
 
+    /// The same images relabelled to `classes` (a model's class order); images whose label is
+    /// not among them are left out and counted in `excluded`.
+    pub fn with_classes(&self, classes: &[String]) -> Dataset {
+        let mut excluded = self.excluded.clone();
+        let mut samples = Vec::new();
+        for s in &self.samples {
+            let name = &self.classes[s.label];
+            match classes.iter().position(|c| c == name) {
+                Some(label) => samples.push(Sample { label, ..s.clone() }),
+                None => *excluded.entry(name.clone()).or_insert(0) += 1,
+            }
+        }
+        Dataset { classes: classes.to_vec(), samples, excluded, ..self.clone() }
+    }
+
     /// Counts of a metadata column's values per class: value → counts in class order.
     pub fn breakdown(&self, column: &str) -> BTreeMap<String, Vec<usize>> {
         let mut out: BTreeMap<String, Vec<usize>> = BTreeMap::new();

@@ -1,3 +1,4 @@
 //! Evaluation: metrics, whole-dataset evaluation, and localisation from attention maps.
 pub mod evaluate;
+pub mod localize;
 pub mod metrics;

@@ -1,6 +1,7 @@
 //! Model configuration: every field that changes the architecture, and the named presets.
 use serde::{Deserialize, Serialize};
 
+use crate::data::preprocess::{ClaheConfig, PreprocessConfig, ZScore};
 use crate::error::{Error, Result};
 
 /// Residual block type (torchvision's `BasicBlock` / `Bottleneck`).
@@ -123,6 +124,16 @@ pub struct MagSdConfig {
     /// Class names in output order (empty when unknown).
     #[serde(default)]
     pub class_names: Vec<String>,
+    /// Input preprocessing the network was trained with: CLAHE on/off and the z-score mode
+    /// (kept with the weights so that evaluation prepares images the same way).
+    #[serde(default = "default_true")]
+    pub clahe: bool,
+    #[serde(default)]
+    pub zscore: ZScore,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl MagSdConfig {
@@ -138,6 +149,8 @@ impl MagSdConfig {
             head: Head::Bap,
             image_size: 224,
             class_names: Vec::new(),
+            clahe: true,
+            zscore: ZScore::PerImage,
         }
     }
 
@@ -201,6 +214,24 @@ impl MagSdConfig {
             && self.num_maps == other.num_maps
             && self.scales == other.scales
             && self.head == other.head
+    }
+
+    /// The deterministic input pipeline this network expects.
+    pub fn preprocess(&self) -> PreprocessConfig {
+        PreprocessConfig {
+            size: self.image_size as usize,
+            clahe: self.clahe.then(ClaheConfig::default),
+            zscore: self.zscore,
+        }
+    }
+
+    /// Class names, or "class 0", "class 1", ... when the file has none.
+    pub fn class_labels(&self) -> Vec<String> {
+        if self.class_names.is_empty() {
+            (0..self.num_classes).map(|c| format!("class {c}")).collect()
+        } else {
+            self.class_names.clone()
+        }
     }
 
     /// Side of the attention maps and layer4 features (7 at 224).

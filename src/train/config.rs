@@ -12,7 +12,7 @@ use super::attention_aug::{AttentionAug, AttentionAugConfig};
 use super::loss::LossConfig;
 use super::optim::LrSchedule;
 use crate::data::augment::AugmentPolicy;
-use crate::data::preprocess::{ClaheConfig, PreprocessConfig, ZScore};
+use crate::data::preprocess::{PreprocessConfig, ZScore};
 use crate::device::DeviceChoice;
 use crate::error::{Error, IoContext, Result};
 use crate::model::config::{Head, MagSdConfig, Scales};
@@ -261,6 +261,8 @@ impl TrainConfig {
             head: m.head,
             in_channels: m.in_channels,
             image_size: m.image_size,
+            clahe: self.data.clahe,
+            zscore: self.data.zscore,
             ..MagSdConfig::paper(num_classes as i64).with_backbone(&m.backbone)?
         };
         cfg.validate()?;
@@ -268,12 +270,8 @@ impl TrainConfig {
     }
 
     /// The deterministic input pipeline this config uses.
-    pub fn preprocess(&self) -> PreprocessConfig {
-        PreprocessConfig {
-            size: self.model.image_size as usize,
-            clahe: self.data.clahe.then(ClaheConfig::default),
-            zscore: self.data.zscore,
-        }
+    pub fn preprocess(&self) -> Result<PreprocessConfig> {
+        Ok(self.model_config(2)?.preprocess())
     }
 }
 

@@ -78,12 +78,12 @@ pub const CONFIG_FILE: &str = "config.toml";
 pub const SPLIT_FILE: &str = "split.json";
 pub const SUMMARY_FILE: &str = "cv-summary.json";
 
-pub fn input_pipeline(cfg: &TrainConfig) -> InputPipeline {
-    InputPipeline {
-        preprocess: cfg.preprocess(),
+pub fn input_pipeline(cfg: &TrainConfig) -> Result<InputPipeline> {
+    Ok(InputPipeline {
+        preprocess: cfg.preprocess()?,
         augment: cfg.data.augment,
         limits: DecodeLimits { max_pixels: cfg.data.max_pixels },
-    }
+    })
 }
 
 /// A fresh run folder name under `runs/`: `runs/2026-11-25T19-37-42`.
@@ -148,7 +148,7 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
     }
     let mut model_config = cfg.model_config(ds.classes.len())?;
     model_config.class_names = ds.classes.clone();
-    let loader = Loader::new(ds.clone(), input_pipeline(cfg), cfg.seed, cfg.performance.cache);
+    let loader = Loader::new(ds.clone(), input_pipeline(cfg)?, cfg.seed, cfg.performance.cache);
     let all: Vec<usize> = (0..ds.samples.len()).collect();
     let job = |train_idx: Vec<usize>, val_idx: Vec<usize>, dir: PathBuf, label: String| TrainJob {
         config: cfg.clone(),

@@ -1,0 +1,330 @@
+//! Localisation from attention (paper §4.5, Fig. 7; spec §5.1): the mean attention map is
+//! upsampled bilinearly (align_corners = false) to the original image, thresholded, split into
+//! 8-connected components, and each component becomes a box. The predicted region is the union
+//! of the boxes; its IoU is measured against a ground-truth mask (PNG, non-zero = lesion) or
+//! boxes (CSV `path,x0,y0,x1,y1`, end-exclusive pixel coordinates, several rows per image allowed).
+//!
+//! The authors threshold the mean map at an absolute 0.85 (`localize.py`); raw map values have
+//! no fixed scale, so the default here is relative: 0.5 × the map's maximum. Both are options.
+//! Images whose ground truth is empty (e.g. healthy lungs) have no IoU and are not counted.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
+pub enum Threshold {
+    /// A fraction of the map's maximum.
+    Relative(f32),
+    /// A value of the (mean) attention map itself.
+    Absolute(f32),
+}
+
+impl Threshold {
+    /// `rel:0.5` or `abs:0.85` (a bare number is relative).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = || Error::Config(format!("threshold '{s}': use rel:0.5 or abs:0.85"));
+        let (kind, v) = s.split_once(':').unwrap_or(("rel", s));
+        let v: f32 = v.trim().parse().map_err(|_| bad())?;
+        match kind.trim() {
+            "rel" | "relative" => Ok(Threshold::Relative(v)),
+            "abs" | "absolute" => Ok(Threshold::Absolute(v)),
+            _ => Err(bad()),
+        }
+    }
+
+    fn value(self, map: &[f32]) -> f32 {
+        match self {
+            Threshold::Absolute(v) => v,
+            Threshold::Relative(f) => f * map.iter().cloned().fold(f32::MIN, f32::max),
+        }
+    }
+}
+
+impl Default for Threshold {
+    fn default() -> Self {
+        Threshold::Relative(0.5)
+    }
+}
+
+/// A box, end-exclusive: columns `x0..x1`, rows `y0..y1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BBox {
+    pub x0: usize,
+    pub y0: usize,
+    pub x1: usize,
+    pub y1: usize,
+}
+
+impl BBox {
+    pub fn area(&self) -> usize {
+        (self.x1 - self.x0) * (self.y1 - self.y0)
+    }
+}
+
+/// `F.interpolate(bilinear, align_corners=False)` of a `side × side` map to `w × h`.
+pub fn upsample(map: &[f32], side: usize, w: usize, h: usize) -> Vec<f32> {
+    let taps = |n_out: usize| -> Vec<(usize, usize, f32)> {
+        let scale = side as f32 / n_out as f32;
+        (0..n_out)
+            .map(|d| {
+                let src = ((d as f32 + 0.5) * scale - 0.5).max(0.0);
+                let i0 = (src as usize).min(side - 1);
+                let i1 = (i0 + 1).min(side - 1);
+                (i0, i1, src - i0 as f32)
+            })
+            .collect()
+    };
+    let (xt, yt) = (taps(w), taps(h));
+    let mut out = vec![0.0; w * h];
+    for (y, &(y0, y1, fy)) in yt.iter().enumerate() {
+        for (x, &(x0, x1, fx)) in xt.iter().enumerate() {
+            let at = |yy: usize, xx: usize| map[yy * side + xx];
+            out[y * w + x] = (1.0 - fy) * ((1.0 - fx) * at(y0, x0) + fx * at(y0, x1)) + fy * ((1.0 - fx) * at(y1, x0) + fx * at(y1, x1));
+        }
+    }
+    out
+}
+
+/// Pixels at or above the threshold.
+pub fn threshold_mask(up: &[f32], t: Threshold) -> Vec<bool> {
+    let v = t.value(up);
+    up.iter().map(|&x| x >= v).collect()
+}
+
+/// Bounding boxes of the 8-connected components of `mask` (`w × h`), largest first.
+pub fn component_boxes(mask: &[bool], w: usize, h: usize) -> Vec<BBox> {
+    let mut seen = vec![false; w * h];
+    let mut boxes = Vec::new();
+    let mut stack = Vec::new();
+    for start in 0..w * h {
+        if !mask[start] || seen[start] {
+            continue;
+        }
+        let (mut b, mut area) = (BBox { x0: w, y0: h, x1: 0, y1: 0 }, 0usize);
+        seen[start] = true;
+        stack.push(start);
+        while let Some(i) = stack.pop() {
+            let (x, y) = (i % w, i / w);
+            area += 1;
+            b.x0 = b.x0.min(x);
+            b.y0 = b.y0.min(y);
+            b.x1 = b.x1.max(x + 1);
+            b.y1 = b.y1.max(y + 1);
+            for dy in -1i64..=1 {
+                for dx in -1i64..=1 {
+                    let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                    if nx < 0 || ny < 0 || nx >= w as i64 || ny >= h as i64 {
+                        continue;
+                    }
+                    let j = ny as usize * w + nx as usize;
+                    if mask[j] && !seen[j] {
+                        seen[j] = true;
+                        stack.push(j);
+                    }
+                }
+            }
+        }
+        boxes.push((area, b));
+    }
+    boxes.sort_by(|a, b| b.0.cmp(&a.0));
+    boxes.into_iter().map(|(_, b)| b).collect()
+}
+
+/// A `w × h` mask that is true inside any of the boxes.
+pub fn boxes_mask(boxes: &[BBox], w: usize, h: usize) -> Vec<bool> {
+    let mut m = vec![false; w * h];
+    for b in boxes {
+        for y in b.y0..b.y1.min(h) {
+            for x in b.x0..b.x1.min(w) {
+                m[y * w + x] = true;
+            }
+        }
+    }
+    m
+}
+
+/// Intersection over union of two masks; `None` when both are empty.
+pub fn iou(a: &[bool], b: &[bool]) -> Option<f64> {
+    let (mut inter, mut union) = (0usize, 0usize);
+    for (&x, &y) in a.iter().zip(b) {
+        inter += (x && y) as usize;
+        union += (x || y) as usize;
+    }
+    (union > 0).then(|| inter as f64 / union as f64)
+}
+
+/// Predicted boxes of one image from its mean attention map.
+pub fn predict_boxes(map: &[f32], side: usize, w: usize, h: usize, t: Threshold) -> Vec<BBox> {
+    component_boxes(&threshold_mask(&upsample(map, side, w, h), t), w, h)
+}
+
+/// Where the ground truth comes from.
+pub enum GroundTruth {
+    /// A manifest column holding mask image paths (relative to the manifest's folder).
+    MaskColumn(String),
+    /// A CSV of boxes: `path,x0,y0,x1,y1` (path as the dataset names the image).
+    Boxes(HashMap<String, Vec<BBox>>),
+}
+
+impl GroundTruth {
+    pub fn read_boxes(csv_path: &Path) -> Result<Self> {
+        let mut r = csv::Reader::from_path(csv_path).map_err(|e| Error::bad_file(csv_path, e.to_string()))?;
+        let mut out: HashMap<String, Vec<BBox>> = HashMap::new();
+        for (i, rec) in r.records().enumerate() {
+            let rec = rec.map_err(|e| Error::bad_file(csv_path, format!("line {}: {e}", i + 2)))?;
+            let num = |k: usize| -> Result<usize> {
+                rec.get(k)
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .map(|v| v.max(0.0).round() as usize)
+                    .ok_or_else(|| Error::bad_file(csv_path, format!("line {}: expected path,x0,y0,x1,y1", i + 2)))
+            };
+            let b = BBox { x0: num(1)?, y0: num(2)?, x1: num(3)?, y1: num(4)? };
+            out.entry(rec.get(0).unwrap_or("").trim().to_string()).or_default().push(b);
+        }
+        Ok(GroundTruth::Boxes(out))
+    }
+
+    /// The ground-truth mask of a sample at its original size, `None` when none is given.
+    pub fn mask(&self, sample: &crate::data::dataset::Sample, base: &Path, w: usize, h: usize) -> Result<Option<Vec<bool>>> {
+        match self {
+            GroundTruth::Boxes(map) => Ok(map.get(&sample.name).map(|b| boxes_mask(b, w, h))),
+            GroundTruth::MaskColumn(col) => {
+                let Some(rel) = sample.meta.get(col).filter(|v| !v.is_empty()) else { return Ok(None) };
+                let path: PathBuf = if Path::new(rel).is_absolute() { rel.into() } else { base.join(rel) };
+                let img = image::open(&path).map_err(|e| Error::bad_file(&path, format!("cannot read mask: {e}")))?.to_luma8();
+                let img = if (img.width() as usize, img.height() as usize) != (w, h) {
+                    image::imageops::resize(&img, w as u32, h as u32, image::imageops::FilterType::Nearest)
+                } else {
+                    img
+                };
+                Ok(Some(img.pixels().map(|p| p[0] > 0).collect()))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageLocalization {
+    pub path: String,
+    pub iou: f64,
+    pub boxes: Vec<BBox>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocalizationReport {
+    pub threshold: Threshold,
+    /// Images with a non-empty ground truth.
+    pub n: usize,
+    pub mean_iou: f64,
+    pub frac_iou_above_025: f64,
+    pub frac_iou_above_05: f64,
+    pub images: Vec<ImageLocalization>,
+}
+
+impl LocalizationReport {
+    pub fn from_images(threshold: Threshold, images: Vec<ImageLocalization>) -> Self {
+        let n = images.len();
+        let frac = |t: f64| if n == 0 { 0.0 } else { images.iter().filter(|i| i.iou > t).count() as f64 / n as f64 };
+        LocalizationReport {
+            threshold,
+            n,
+            mean_iou: if n == 0 { 0.0 } else { images.iter().map(|i| i.iou).sum::<f64>() / n as f64 },
+            frac_iou_above_025: frac(0.25),
+            frac_iou_above_05: frac(0.5),
+            images,
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::error::write_atomic(path, &serde_json::to_vec_pretty(self).expect("serialises"))
+    }
+}
+
+/// Localises every predicted image that has ground truth. `attention[i]` is the mean map of
+/// `indices[i]` (`side × side`); image sizes are read from the files' headers.
+pub fn localize(
+    ds: &crate::data::dataset::Dataset,
+    indices: &[usize],
+    attention: &[Vec<f32>],
+    side: usize,
+    gt: &GroundTruth,
+    t: Threshold,
+) -> Result<LocalizationReport> {
+    let base = match ds.kind {
+        crate::data::dataset::SourceKind::Manifest => ds.source.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        crate::data::dataset::SourceKind::ImageFolder => ds.source.clone(),
+    };
+    let mut images = Vec::new();
+    for (&i, map) in indices.iter().zip(attention) {
+        let s = &ds.samples[i];
+        let (w, h) = image_size(&s.path)?;
+        let Some(truth) = gt.mask(s, &base, w, h)? else { continue };
+        if !truth.iter().any(|&v| v) {
+            continue;
+        }
+        let boxes = predict_boxes(map, side, w, h, t);
+        let pred = boxes_mask(&boxes, w, h);
+        images.push(ImageLocalization { path: s.name.clone(), iou: iou(&pred, &truth).unwrap_or(0.0), boxes });
+    }
+    Ok(LocalizationReport::from_images(t, images))
+}
+
+/// Width and height of an image file without decoding its pixels (PNG/JPEG), or by decoding (DICOM).
+pub fn image_size(path: &Path) -> Result<(usize, usize)> {
+    let bytes = std::fs::read(path).at(path)?;
+    match image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().ok().and_then(|r| r.into_dimensions().ok()) {
+        Some((w, h)) => Ok((w as usize, h as usize)),
+        None => {
+            let img = crate::data::decode::decode_bytes(path, &bytes, &Default::default())?;
+            Ok((img.width, img.height))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corner_peak_gives_the_known_box_and_iou() {
+        // Top-left peak of a 2×2 map over 20×20: up(A) ≥ 0.5·max on rows/cols 0..=9.
+        let boxes = predict_boxes(&[1.0, 0.0, 0.0, 0.0], 2, 20, 20, Threshold::Relative(0.5));
+        assert_eq!(boxes, vec![BBox { x0: 0, y0: 0, x1: 10, y1: 10 }]);
+        let pred = boxes_mask(&boxes, 20, 20);
+        assert_eq!(iou(&pred, &boxes_mask(&boxes, 20, 20)), Some(1.0));
+        // Against the square [5, 15)²: intersection 25, union 175.
+        let truth = boxes_mask(&[BBox { x0: 5, y0: 5, x1: 15, y1: 15 }], 20, 20);
+        assert!((iou(&pred, &truth).unwrap() - 25.0 / 175.0).abs() < 1e-12);
+        // A uniform map selects everything: IoU = truth area / image area.
+        let all = predict_boxes(&[1.0; 4], 2, 20, 20, Threshold::Relative(0.5));
+        assert!((iou(&boxes_mask(&all, 20, 20), &truth).unwrap() - 100.0 / 400.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn components_are_8_connected_and_separate_blobs_give_separate_boxes() {
+        #[rustfmt::skip]
+        let m = [
+            1, 0, 0, 0, 0,
+            0, 1, 0, 0, 1,
+            0, 0, 0, 0, 1,
+        ].map(|v| v == 1);
+        let b = component_boxes(&m, 5, 3);
+        assert_eq!(b.len(), 2);
+        assert!(b.contains(&BBox { x0: 0, y0: 0, x1: 2, y1: 2 })); // diagonal neighbours join
+        assert!(b.contains(&BBox { x0: 4, y0: 1, x1: 5, y1: 3 }));
+    }
+
+    #[test]
+    fn thresholds_parse_and_apply() {
+        assert_eq!(Threshold::parse("abs:0.85").unwrap(), Threshold::Absolute(0.85));
+        assert_eq!(Threshold::parse("0.4").unwrap(), Threshold::Relative(0.4));
+        assert!(Threshold::parse("x:1").is_err());
+        let m = threshold_mask(&[0.2, 0.9, 1.0], Threshold::Absolute(0.85));
+        assert_eq!(m, vec![false, true, true]);
+        assert_eq!(iou(&[false], &[false]), None);
+    }
+}

@@ -1,0 +1,7 @@
+//! Human-facing output: figures, attention overlays, and report.md / report.html for
+//! evaluations and training runs.
+pub mod document;
+pub mod evaluation;
+pub mod overlay;
+pub mod plots;
+pub mod run;

@@ -1,0 +1,135 @@
+//! Attention overlays in the style of the paper's Fig. 5 and Fig. 7: the X-ray on the left; on
+//! the right the same image with the mean attention map (upsampled, colour-mapped) blended in,
+//! the threshold contour in white, the predicted boxes in green and, when known, the
+//! ground-truth outline in magenta.
+use image::{Rgb, RgbImage};
+
+use crate::data::decode::{GrayImage, Pixels};
+use crate::eval::localize::{BBox, Threshold, boxes_mask, component_boxes, threshold_mask, upsample};
+
+/// Longest side of the drawn panels.
+const DISPLAY: usize = 384;
+
+/// "Turbo"-like colour map, 0 → dark blue, 1 → dark red.
+pub fn colormap(v: f32) -> [u8; 3] {
+    let v = v.clamp(0.0, 1.0);
+    let stops: [(f32, [f32; 3]); 6] = [
+        (0.0, [48.0, 18.0, 59.0]),
+        (0.2, [40.0, 120.0, 245.0]),
+        (0.4, [30.0, 220.0, 170.0]),
+        (0.6, [165.0, 250.0, 55.0]),
+        (0.8, [250.0, 150.0, 30.0]),
+        (1.0, [122.0, 4.0, 3.0]),
+    ];
+    for w in stops.windows(2) {
+        let ((a, ca), (b, cb)) = (w[0], w[1]);
+        if v <= b {
+            let t = (v - a) / (b - a);
+            return [0, 1, 2].map(|i| (ca[i] + (cb[i] - ca[i]) * t).round() as u8);
+        }
+    }
+    [122, 4, 3]
+}
+
+/// The image as 8-bit gray at display size (longest side 384, aspect ratio kept).
+fn display_gray(img: &GrayImage) -> (Vec<u8>, usize, usize) {
+    let scale = DISPLAY as f64 / img.width.max(img.height) as f64;
+    let (w, h) = (((img.width as f64 * scale).round() as usize).max(1), ((img.height as f64 * scale).round() as usize).max(1));
+    let px = |x: usize, y: usize| -> u8 {
+        let (sx, sy) = ((x * img.width / w).min(img.width - 1), (y * img.height / h).min(img.height - 1));
+        match &img.pixels {
+            Pixels::U8(p) => p[sy * img.width + sx],
+            Pixels::U16(p) => (p[sy * img.width + sx] / 257) as u8,
+        }
+    };
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        for x in 0..w {
+            out.push(px(x, y));
+        }
+    }
+    (out, w, h)
+}
+
+fn outline(mask: &[bool], w: usize, h: usize) -> Vec<bool> {
+    (0..w * h)
+        .map(|i| {
+            let (x, y) = (i % w, i / w);
+            mask[i] && (x == 0 || y == 0 || x + 1 == w || y + 1 == h || !mask[i - 1] || !mask[i + 1] || !mask[i - w] || !mask[i + w])
+        })
+        .collect()
+}
+
+/// Draws the two panels. `map` is the `side × side` mean attention map; `truth`, if given, is
+/// the ground-truth mask at the image's original size. Returns the panel and the predicted
+/// boxes in original-image coordinates.
+pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold, truth: Option<&[bool]>) -> (RgbImage, Vec<BBox>) {
+    let (gray, w, h) = display_gray(img);
+    let up = upsample(map, side, w, h);
+    let max = up.iter().cloned().fold(f32::MIN, f32::max).max(1e-12);
+    let min = up.iter().cloned().fold(f32::MAX, f32::min);
+    let mask = threshold_mask(&up, t);
+    let contour = outline(&mask, w, h);
+    let boxes = component_boxes(&mask, w, h);
+    let box_edges = outline(&boxes_mask(&boxes, w, h), w, h);
+    let truth_edges = truth.map(|m| {
+        let small: Vec<bool> = (0..w * h)
+            .map(|i| {
+                let (x, y) = (i % w * img.width / w, i / w * img.height / h);
+                m[y.min(img.height - 1) * img.width + x.min(img.width - 1)]
+            })
+            .collect();
+        outline(&small, w, h)
+    });
+    let gap = 8;
+    let mut out = RgbImage::from_pixel((2 * w + gap) as u32, h as u32, Rgb([255, 255, 255]));
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let g = gray[i] as f32;
+            out.put_pixel(x as u32, y as u32, Rgb([gray[i]; 3]));
+            let heat = colormap((up[i] - min) / (max - min).max(1e-12));
+            let mut c = [0, 1, 2].map(|k| (0.55 * g + 0.45 * heat[k] as f32).round() as u8);
+            if contour[i] {
+                c = [255, 255, 255];
+            }
+            if box_edges[i] {
+                c = [0, 230, 64];
+            }
+            if truth_edges.as_ref().is_some_and(|e| e[i]) {
+                c = [255, 0, 200];
+            }
+            out.put_pixel((w + gap + x) as u32, y as u32, Rgb(c));
+        }
+    }
+    // Boxes back in original-image coordinates.
+    let (sx, sy) = (img.width as f64 / w as f64, img.height as f64 / h as f64);
+    let boxes = boxes
+        .iter()
+        .map(|b| BBox {
+            x0: (b.x0 as f64 * sx) as usize,
+            y0: (b.y0 as f64 * sy) as usize,
+            x1: ((b.x1 as f64 * sx).ceil() as usize).min(img.width),
+            y1: ((b.y1 as f64 * sy).ceil() as usize).min(img.height),
+        })
+        .collect();
+    (out, boxes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_has_two_panels_and_marks_the_hot_corner() {
+        let img = GrayImage::from_u8(96, 96, vec![100; 96 * 96]);
+        let (panel, boxes) = attention_overlay(&img, &[1.0, 0.0, 0.0, 0.0], 2, Threshold::Relative(0.5), None);
+        assert_eq!(panel.dimensions(), (2 * 384 + 8, 384)); // shown at 384 px
+        assert_eq!(boxes, vec![BBox { x0: 0, y0: 0, x1: 48, y1: 48 }]);
+        // Left panel is the plain image; the right panel is warmer top-left than bottom-right.
+        assert_eq!(panel.get_pixel(383, 383), &Rgb([100, 100, 100]));
+        let hot = panel.get_pixel(392 + 20, 20);
+        let cold = panel.get_pixel(392 + 360, 360);
+        assert!(hot[0] > cold[0] && cold[2] >= hot[2], "{hot:?} vs {cold:?}");
+    }
+}

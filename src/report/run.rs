@@ -1,0 +1,86 @@
+//! The report of a training run folder (see `train::cv` for its layout): settings, per-fold and
+//! mean ± std metrics, pooled out-of-fold ROC and confusion figures, training curves.
+use std::path::{Path, PathBuf};
+
+use super::document::Document;
+use super::evaluation::{metric_header, metric_row};
+use super::plots::{ConfusionFigure, CurvesFigure, RocFigure, save};
+use crate::error::{Error, IoContext, Result};
+use crate::eval::metrics::compute;
+use crate::train::cv::{CONFIG_FILE, CvSummary, RUN_FILE, RunSpec, SUMMARY_FILE};
+use crate::train::trainer::LOG_FILE;
+
+/// Reads a `predictions.csv` back: (true class index, probabilities).
+fn read_predictions(path: &Path, classes: &[String]) -> Result<Vec<(usize, Vec<f64>)>> {
+    let mut r = csv::Reader::from_path(path).map_err(|e| Error::bad_file(path, e.to_string()))?;
+    let mut out = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| Error::bad_file(path, e.to_string()))?;
+        let y = classes
+            .iter()
+            .position(|c| Some(c.as_str()) == rec.get(1))
+            .ok_or_else(|| Error::bad_file(path, format!("unknown label {:?}", rec.get(1))))?;
+        let probs = (0..classes.len())
+            .map(|k| rec.get(2 + k).and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| Error::bad_file(path, "bad probability")))
+            .collect::<Result<Vec<f64>>>()?;
+        out.push((y, probs));
+    }
+    Ok(out)
+}
+
+/// Writes `RUN/report.md` and `RUN/report.html`; returns the HTML's path.
+pub fn write_run_report(run: &Path) -> Result<PathBuf> {
+    let spec: RunSpec = serde_json::from_slice(&std::fs::read(run.join(RUN_FILE)).at(run.join(RUN_FILE))?)
+        .map_err(|e| Error::bad_file(run.join(RUN_FILE), e.to_string()))?;
+    let config = std::fs::read_to_string(run.join(CONFIG_FILE)).at(run.join(CONFIG_FILE))?;
+    let classes = &spec.classes;
+    let mut doc = Document::new(format!("MAG-SD training run {}", run.display()));
+    doc.p(format!("Data: {} (label column '{}'; classes {}).", spec.data.display(), spec.label_column, classes.join(", ")));
+    doc.p(format!("Command: {}", spec.command));
+
+    let summary_path = run.join(SUMMARY_FILE);
+    if summary_path.exists() {
+        let s: CvSummary = serde_json::from_slice(&std::fs::read(&summary_path).at(&summary_path)?)
+            .map_err(|e| Error::bad_file(&summary_path, e.to_string()))?;
+        doc.h(1, format!("{}-fold patient-level cross-validation", s.folds.len()));
+        let mut rows: Vec<Vec<String>> = s.folds.iter().map(|f| metric_row(&format!("fold {}", f.fold), &f.metrics)).collect();
+        let ms = |k: &str| {
+            s.mean_std.get(k).map(|v| format!("{:.2} ± {:.2}", 100.0 * v.mean, 100.0 * v.std)).unwrap_or_else(|| "n/a".into())
+        };
+        rows.push(vec!["mean ± std".into(), String::new(), ms("accuracy"), ms("sensitivity"), ms("specificity"), ms("f1"), ms("auc")]);
+        doc.table(metric_header("held-out fold"), rows);
+        doc.p("Each fold's model (best epoch on a patient-level validation split of its training folds) is evaluated once on its held-out fold. Std over folds uses n − 1.");
+
+        // Pooled out-of-fold predictions: every image predicted once, by the model that did not see it.
+        let mut labels = Vec::new();
+        let mut probs = Vec::new();
+        for f in &s.folds {
+            for (y, p) in read_predictions(&run.join(format!("fold-{}/predictions.csv", f.fold)), classes)? {
+                labels.push(y);
+                probs.push(p);
+            }
+        }
+        let pooled = compute(&labels, &probs, classes);
+        doc.h(2, "Pooled out-of-fold predictions");
+        doc.table(metric_header("set"), vec![metric_row("all folds", &pooled)]);
+        save(&RocFigure { title: "ROC, pooled out-of-fold".into(), classes, labels: &labels, probs: &probs }, &run.join("roc"))?;
+        save(&ConfusionFigure { title: "Confusion, pooled out-of-fold".into(), classes, confusion: &pooled.confusion }, &run.join("confusion"))?;
+        doc.image("roc.png", "ROC curves per class, out-of-fold predictions of all folds");
+        doc.image("confusion.png", "Confusion matrix (rows normalised), out-of-fold predictions of all folds");
+        doc.h(2, "Training curves");
+        for f in &s.folds {
+            let log = run.join(format!("fold-{}/{LOG_FILE}", f.fold));
+            let stem = run.join(format!("fold-{}/curves", f.fold));
+            save(&CurvesFigure::from_log(&format!("fold {}", f.fold), &log)?, &stem)?;
+            doc.image(format!("fold-{}/curves.png", f.fold), format!("fold {}: loss and accuracy per epoch", f.fold));
+        }
+    } else if run.join(LOG_FILE).exists() {
+        doc.h(1, "Final model (trained on all the data given)");
+        save(&CurvesFigure::from_log("final model", &run.join(LOG_FILE))?, &run.join("curves"))?;
+        doc.image("curves.png", "loss and accuracy per epoch");
+    }
+    doc.h(1, "Configuration");
+    doc.code(config);
+    let (_, html) = doc.write(run)?;
+    Ok(html)
+}
