@@ -10,6 +10,7 @@
 //! `report`; `cli` is a thin front door over the library.
 pub mod cli;
 pub mod data;
+pub mod demo;
 pub mod device;
 pub mod error;
 pub mod eval;

@@ -37,7 +37,7 @@ fn help_lists_every_command_and_each_has_examples() {
     let o = magsd(&["--help"]);
     assert!(o.status.success());
     let help = text(&o);
-    for cmd in ["data", "model", "train", "eval", "localize", "predict", "report"] {
+    for cmd in ["data", "model", "train", "eval", "localize", "predict", "report", "demo"] {
         assert!(help.contains(cmd), "magsd --help does not list {cmd}");
     }
     for cmd in [
@@ -45,12 +45,14 @@ fn help_lists_every_command_and_each_has_examples() {
         vec!["data", "summary"],
         vec!["data", "split"],
         vec!["data", "check"],
+        vec!["data", "synth"],
         vec!["model", "info"],
         vec!["train"],
         vec!["eval"],
         vec!["localize"],
         vec!["predict"],
         vec!["report"],
+        vec!["demo"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");

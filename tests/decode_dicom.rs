@@ -127,11 +127,15 @@ fn rescale_is_applied_before_the_window() {
 }
 
 #[test]
-fn without_window_the_image_is_min_max_normalised() {
+fn without_window_the_stored_bit_range_maps_linearly() {
     let dir = tempfile::tempdir().unwrap();
+    // 12 bits stored: 0..=4095 → 0..=65535.
     let v = gray16(&write_dicom(dir.path(), "n.dcm", Spec::default()));
-    assert_eq!((v[0], v[3]), (0, 65535));
-    assert!(v[1] < v[2] && v[2] < v[3]);
+    let want: Vec<u16> = [0.0, 1000.0, 2000.0, 4000.0].iter().map(|x: &f64| (x * 65535.0 / 4095.0).round() as u16).collect();
+    assert_eq!(v, want);
+    // MONOCHROME1 without a window is inverted too.
+    let m1 = gray16(&write_dicom(dir.path(), "m1.dcm", Spec { photometric: "MONOCHROME1", ..Default::default() }));
+    assert_eq!(m1, want.iter().map(|x| 65535 - x).collect::<Vec<_>>());
 }
 
 #[test]

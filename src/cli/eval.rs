@@ -176,6 +176,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
             threshold,
             overlays: args.overlays,
             model_description: describe(&m, &path),
+            intro: Vec::new(),
         },
     )?;
     let r = &o.report.overall;

@@ -2,6 +2,7 @@
 use clap::{Parser, Subcommand};
 
 pub mod data;
+pub mod demo;
 pub mod eval;
 pub mod model;
 pub mod train;
@@ -22,6 +23,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The embedded default: phantoms → train → evaluate → localise → report, no download.
+    Demo(demo::DemoArgs),
     /// Inspect, summarise, split and check image data.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -46,6 +49,7 @@ pub enum Command {
 /// Runs the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> crate::Result<i32> {
     match cli.command {
+        Command::Demo(a) => demo::run(a),
         Command::Data(c) => data::run(c),
         Command::Model(c) => model::run(c),
         Command::Train(a) => train::run(a),

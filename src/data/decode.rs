@@ -11,9 +11,11 @@
 //! * 16-bit images stay 16-bit here; [`crate::data::preprocess`] narrows them to 8 bits only
 //!   for CLAHE, which the reference applies to 8-bit images.
 //! * DICOM: the modality LUT (rescale slope/intercept) and the first VOI LUT or window in the
-//!   file are applied (min-max normalisation when the file has none), MONOCHROME1 is inverted
-//!   so that bone is bright, and the result is scaled to the full 16-bit range. Only the
-//!   first frame of a multi-frame object is read.
+//!   file are applied; without a window, the stored bit range (`Bits Stored`, after rescale) is
+//!   mapped linearly, so intensities mean the same in every image; data of at most 8 bits stays
+//!   8-bit (an 8-bit DICOM gives back its stored values), deeper data fills 16 bits.
+//!   MONOCHROME1 is inverted so that bone is bright. Only the first frame of a multi-frame
+//!   object is read.
 use std::io::Cursor;
 use std::path::Path;
 
@@ -290,23 +292,58 @@ fn decode_dicom(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<Gray
     if let (Some(s), Some(i)) = (text(tags::RESCALE_SLOPE), text(tags::RESCALE_INTERCEPT)) {
         notes.push(format!("modality rescale: slope {s}, intercept {i}"));
     }
-    match (text(tags::WINDOW_CENTER), text(tags::WINDOW_WIDTH)) {
-        (Some(c), Some(w)) => notes.push(format!("VOI window from file: center {c}, width {w}")),
-        _ if obj.element_opt(tags::VOILUT_SEQUENCE).ok().flatten().is_some() => {
-            notes.push("VOI LUT sequence from file applied".into())
+    let has_voi = match (text(tags::WINDOW_CENTER), text(tags::WINDOW_WIDTH)) {
+        (Some(c), Some(w)) => {
+            notes.push(format!("VOI window from file: center {c}, width {w}"));
+            true
         }
-        _ => notes.push("no VOI window in file: min-max normalised".into()),
-    }
+        _ if obj.element_opt(tags::VOILUT_SEQUENCE).ok().flatten().is_some() => {
+            notes.push("VOI LUT sequence from file applied".into());
+            true
+        }
+        _ => false,
+    };
     if photometric == "MONOCHROME1" {
         notes.push("MONOCHROME1 inverted to MONOCHROME2".into());
     }
     if int(tags::NUMBER_OF_FRAMES).unwrap_or(1) > 1 {
         notes.push("multi-frame object: first frame used".into());
     }
-    let img = decoded
-        .to_dynamic_image_with_options(0, &ConvertOptions::new().force_16bit())
-        .map_err(|e| bad("cannot convert DICOM pixel data", &e))?;
-    let mut out = dynamic_to_gray(path, img)?;
+    let samples_per_pixel = int(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let mut out = if has_voi || samples_per_pixel != 1 {
+        let img = decoded
+            .to_dynamic_image_with_options(0, &ConvertOptions::new().force_16bit())
+            .map_err(|e| bad("cannot convert DICOM pixel data", &e))?;
+        dynamic_to_gray(path, img)?
+    } else {
+        // No VOI: modality values, then the stored bit range mapped linearly to 0..=65535.
+        let values: Vec<f64> = decoded.to_vec_frame(0).map_err(|e| bad("cannot convert DICOM pixel data", &e))?;
+        let num = |tag| text(tag).and_then(|v| v.split('\\').next().and_then(|x| x.trim().parse::<f64>().ok()));
+        let (slope, intercept) = (num(tags::RESCALE_SLOPE).unwrap_or(1.0), num(tags::RESCALE_INTERCEPT).unwrap_or(0.0));
+        let bits = if bits_stored == 0 { int(tags::BITS_ALLOCATED).unwrap_or(16) as u32 } else { bits_stored };
+        let signed = int(tags::PIXEL_REPRESENTATION) == Some(1);
+        let (smin, smax) = if signed {
+            (-(2f64.powi(bits as i32 - 1)), 2f64.powi(bits as i32 - 1) - 1.0)
+        } else {
+            (0.0, 2f64.powi(bits as i32) - 1.0)
+        };
+        let (a, b) = (slope * smin + intercept, slope * smax + intercept);
+        let (lo, hi) = (a.min(b), a.max(b));
+        notes.push(format!("no VOI window in file: stored range {lo}..{hi} ({bits} bits) mapped linearly"));
+        let span = (hi - lo).max(f64::EPSILON);
+        // 8-bit sources stay 8-bit (like an 8-bit PNG); deeper ones become 16-bit.
+        let top = if bits <= 8 { 255.0 } else { 65535.0 };
+        let mut px: Vec<u16> = values.iter().map(|&v| ((v - lo) / span * top).round().clamp(0.0, top) as u16).collect();
+        if photometric == "MONOCHROME1" {
+            px.iter_mut().for_each(|v| *v = top as u16 - *v);
+        }
+        let expected = (rows * cols) as usize;
+        if px.len() != expected {
+            return Err(Error::bad_file(path, format!("DICOM pixel data holds {} samples, expected {expected}", px.len())));
+        }
+        let pixels = if bits <= 8 { Pixels::U8(px.into_iter().map(|v| v as u8).collect()) } else { Pixels::U16(px) };
+        GrayImage { width: cols as usize, height: rows as usize, pixels, source: SourceInfo::default() }
+    };
     out.source = SourceInfo {
         format: "DICOM".into(),
         color: if photometric.is_empty() { out.source.color } else { photometric },

@@ -7,3 +7,4 @@ pub mod decode;
 pub mod loader;
 pub mod preprocess;
 pub mod split;
+pub mod synth;

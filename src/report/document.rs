@@ -6,6 +6,7 @@ use base64::Engine;
 
 use crate::error::{IoContext, Result, write_atomic};
 
+#[derive(Clone, Debug)]
 pub enum Block {
     Heading(usize, String),
     Paragraph(String),

@@ -23,6 +23,8 @@ pub struct EvalOptions<'a> {
     pub overlays: usize,
     /// Lines describing the model, for the report.
     pub model_description: Vec<String>,
+    /// Blocks placed right after the title (a caller's summary, figures).
+    pub intro: Vec<super::document::Block>,
 }
 
 pub struct EvalOutput {
@@ -89,6 +91,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
     };
 
     let mut doc = Document::new(&opts.title);
+    doc.blocks.extend(opts.intro.iter().map(|b| b.clone()));
     doc.p(format!("Data: {} ({} images evaluated, each once, without augmentation).", report.data, p.indices.len()));
     for line in &opts.model_description {
         doc.p(line.clone());

@@ -176,7 +176,8 @@ impl TrainConfig {
         c.model.image_size = tiny.image_size;
         c.epochs = 3;
         c.batch_size = 8;
-        c.optim.lr = 0.01;
+        // BAP's ×100 scale makes the classifier steep: 1e-2 diverges early, 1e-3 does not.
+        c.optim.lr = 1e-3;
         c.optim.weight_decay = 5e-4;
         c.optim.nesterov = true;
         c.optim.schedule = LrSchedule::Cosine { min_lr: 1e-4 };

@@ -1,0 +1,58 @@
+//! `magsd demo`: the embedded default run.
+use std::path::PathBuf;
+
+use crate::data::dataset::DatasetOptions;
+use crate::demo::{DemoOptions, default_out, run as run_demo, summary_table};
+use crate::device::DeviceChoice;
+use crate::error::Result;
+use crate::train::config::TrainConfig;
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+  magsd demo                                   # phantoms, tiny model, a few minutes on a laptop CPU\n  \
+  magsd demo --out demo-report\n  \
+  magsd demo --data ../shared/data/cxr-demo --epochs 20\n  \
+  magsd demo --data my.csv --label-column label3 --set model.image_size=128")]
+pub struct DemoArgs {
+    /// Report folder (default: runs/demo-<timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Run on your data (ImageFolder root, folder with manifest.csv, or manifest CSV) instead of phantoms.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
+    /// Phantoms per class.
+    #[arg(long, default_value_t = 60)]
+    pub per_class: usize,
+    #[arg(long, default_value_t = 12)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Any training setting, as for `magsd train`.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+}
+
+pub fn run(a: DemoArgs) -> Result<i32> {
+    let out = a.out.clone().unwrap_or_else(default_out);
+    let mut overrides = DemoOptions::default_overrides();
+    overrides.extend([format!("epochs={}", a.epochs), format!("seed={}", a.seed)]);
+    overrides.extend(a.set.iter().cloned());
+    let mut o = DemoOptions::new(out.clone())?;
+    o.config = TrainConfig::resolve(Some("tiny"), None, &overrides)?;
+    o.device = a.device.resolve()?;
+    o.data = a.data.clone();
+    o.dataset = DatasetOptions { label_column: a.label_column.clone(), classes: a.classes.clone() };
+    o.per_class = a.per_class;
+    eprintln!("magsd demo on {} → {}", crate::device::describe(o.device), out.display());
+    super::install_ctrl_c();
+    let s = run_demo(&o)?;
+    println!("{}", summary_table(&s));
+    println!("report: {}", s.report.display());
+    Ok(0)
+}
