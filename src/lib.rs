@@ -8,6 +8,7 @@
 //!
 //! Data flows `data` (decode → preprocess → augment → batches) → `model` → `train` → `eval` →
 //! `report`; `cli` is a thin front door over the library.
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod demo;

@@ -37,7 +37,7 @@ fn help_lists_every_command_and_each_has_examples() {
     let o = magsd(&["--help"]);
     assert!(o.status.success());
     let help = text(&o);
-    for cmd in ["data", "model", "train", "eval", "localize", "predict", "report", "demo"] {
+    for cmd in ["data", "model", "train", "eval", "localize", "predict", "report", "demo", "bench"] {
         assert!(help.contains(cmd), "magsd --help does not list {cmd}");
     }
     for cmd in [
@@ -53,6 +53,7 @@ fn help_lists_every_command_and_each_has_examples() {
         vec!["predict"],
         vec!["report"],
         vec!["demo"],
+        vec!["bench"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");
@@ -214,4 +215,19 @@ fn model_info_counts_the_paper_network() {
     let o = magsd(&["model", "info", "--weights", fixture.to_str().unwrap(), "--backbone", "resnet18"]);
     assert!(!o.status.success(), "a bottleneck checkpoint must not load into ResNet18");
     assert!(text(&o).contains("shape") && text(&o).contains("torchvision_bottleneck.pth"), "{}", text(&o));
+}
+
+#[test]
+fn bench_prints_one_json_line_per_measurement() {
+    let o = magsd(&[
+        "bench", "--device", "cpu", "--backbone", "tiny", "--image-size", "64", "--maps", "4", "--batch", "4", "--warmup", "1",
+        "--iters", "1", "--infer-warmup", "1", "--infer-iters", "2", "--only", "train,infer,eval,predict,loader", "--data",
+        shared("data/cxr-demo").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = lines.iter().map(|l| l["bench"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["train_step", "inference", "eval_step", "predict", "loader"]);
+    assert!(lines[0]["train_img_s"].as_f64().unwrap() > 0.0 && lines[0]["loss_finite"] == true);
+    assert_eq!(lines[4]["images"], 32);
 }

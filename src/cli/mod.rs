@@ -1,6 +1,7 @@
 //! The `magsd` command line: argument parsing and printing only; the work is in the library.
 use clap::{Parser, Subcommand};
 
+pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod eval;
@@ -28,6 +29,8 @@ pub enum Command {
     /// Inspect, summarise, split and check image data.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Measure training/inference throughput, predict latency and loader speed (JSON lines).
+    Bench(bench::BenchArgs),
     /// Describe networks and weight files.
     #[command(subcommand)]
     Model(model::ModelCommand),
@@ -50,6 +53,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> crate::Result<i32> {
     match cli.command {
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Data(c) => data::run(c),
         Command::Model(c) => model::run(c),
         Command::Train(a) => train::run(a),

@@ -88,6 +88,44 @@ pub fn seeded_init(vs: &nn::VarStore, config: &MagSdConfig, seed: u64) -> Result
     MagSd::new(&vs.root(), config.clone())
 }
 
+/// What one step returns (on the device; reading them back costs a sync).
+pub struct StepOutput {
+    pub loss: super::loss::LossParts,
+    /// Correct raw-branch predictions in the batch.
+    pub correct: Tensor,
+}
+
+/// One MAG-SD training step on a batch already on `device` (spec §4): raw forward → three
+/// attention-guided views → three more forwards → soft-distance loss → backward → SGD.
+#[allow(clippy::too_many_arguments)]
+pub fn train_step(
+    model: &MagSd,
+    sgd: &mut Sgd,
+    x: &Tensor,
+    y: &Tensor,
+    random: &StepRandom,
+    cfg: &TrainConfig,
+    device: Device,
+    lr: f64,
+) -> StepOutput {
+    let (bf16, cl) = (cfg.performance.bf16, cfg.performance.channels_last && device.is_cuda());
+    let raw = autocast_bf16(bf16, device, || model.forward_t(x, true));
+    let views = augment_batch(x, &raw.attention, &cfg.method.augmentations, &cfg.method.attention, random);
+    let z_aux: Vec<Tensor> = views
+        .iter()
+        .map(|v| {
+            let v = if cl { channels_last(v) } else { v.shallow_clone() };
+            autocast_bf16(bf16, device, || model.forward_t(&v, true).logits)
+        })
+        .collect();
+    let loss = soft_distance_loss(&raw.logits, &z_aux, y, &cfg.method.loss);
+    sgd.zero_grad();
+    loss.total.backward();
+    sgd.step(lr);
+    let correct = tch::no_grad(|| raw.logits.argmax(1, false).eq_tensor(y).sum(Kind::Float));
+    StepOutput { loss, correct }
+}
+
 /// The image order of one epoch: seeded shuffles of `train_idx`, repeated as needed to fill
 /// `len` slots (for a fixed number of iterations per epoch).
 pub fn epoch_order(train_idx: &[usize], seed: u64, epoch: usize, len: usize) -> Vec<usize> {
@@ -237,7 +275,6 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
         )));
     }
     let cl = cfg.performance.channels_last && job.device.is_cuda();
-    let bf16 = cfg.performance.bf16;
     let to_device = |t: &Tensor| {
         let t = t.to_device(job.device);
         if cl { channels_last(&t) } else { t }
@@ -268,18 +305,9 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
                 let mut rng = Rng::derive(cfg.seed, &[1, epoch as u64, step as u64]);
                 let x = to_device(&batch.images);
                 let y = batch.labels.to_device(job.device);
-                let raw = autocast_bf16(bf16, job.device, || model.forward_t(&x, true));
                 let random = StepRandom::draw(&mut rng, batch.indices.len() as i64, job.device);
-                let views = augment_batch(&x, &raw.attention, &cfg.method.augmentations, &cfg.method.attention, &random);
-                let z_aux: Vec<Tensor> = views
-                    .iter()
-                    .map(|v| autocast_bf16(bf16, job.device, || model.forward_t(&to_device(v), true).logits))
-                    .collect();
-                let loss = soft_distance_loss(&raw.logits, &z_aux, &y, &cfg.method.loss);
-                sgd.zero_grad();
-                loss.total.backward();
-                sgd.step(lr);
-                let correct = tch::no_grad(|| raw.logits.argmax(1, false).eq_tensor(&y).sum(Kind::Float));
+                let out = train_step(&model, &mut sgd, &x, &y, &random, cfg, job.device, lr);
+                let (loss, correct) = (out.loss, out.correct);
                 let n = batch.indices.len();
                 let (l, c) = (loss.total.detach() * n as f64, loss.ce.detach() * n as f64);
                 win_loss += &l;

@@ -1,0 +1,120 @@
+//! `magsd bench`: speed measurements as JSON lines.
+use std::path::PathBuf;
+
+use super::model::ModelArgs;
+use crate::bench::{BenchOptions, Measure, run as run_bench};
+use crate::device::DeviceChoice;
+use crate::error::Result;
+use crate::train::config::TrainConfig;
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+  magsd bench --device cuda                                  # fp32, batch 32, ResNet50, 224 px\n  \
+  magsd bench --device cuda --bf16 --channels-last\n  \
+  magsd bench --device cpu --only predict --image chest.png   # single-image latency\n  \
+  magsd bench --only loader --data ../shared/data/cxr         # input pipeline images/s\n  \
+  magsd bench --device cpu --backbone tiny --image-size 96 --batch 8 --iters 3\n\n\
+Same settings and JSON fields as ../shared/reference/bench_magsd_torch.py (batch 32, 1x224x224,\n\
+3 classes, 32 maps, scales 7+14, SGD lr 1e-3 wd 1e-6); run both in one call and compare ratios.")]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Inference batch (default: --batch).
+    #[arg(long)]
+    pub infer_batch: Option<usize>,
+    #[arg(long, default_value_t = 3)]
+    pub classes: usize,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[arg(long)]
+    pub bf16: bool,
+    #[arg(long)]
+    pub channels_last: bool,
+    /// The authors' optimiser (weight decay 5e-4, Nesterov) instead of the paper's.
+    #[arg(long)]
+    pub code_optim: bool,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 3)]
+    pub infer_warmup: usize,
+    #[arg(long, default_value_t = 20)]
+    pub infer_iters: usize,
+    /// Measurements to run (default: train, infer, eval, predict; and loader with --data).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Measure>,
+    /// Dataset for the loader measurement.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Image for the predict latency (default: a generated 512-px phantom).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Any training setting, as for `magsd train`.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+}
+
+pub fn run(a: BenchArgs) -> Result<i32> {
+    let mut sets = vec![format!("batch_size={}", a.batch.max(2))];
+    if a.code_optim {
+        sets.extend(["optim.weight_decay=5e-4".to_string(), "optim.nesterov=true".to_string()]);
+    }
+    if a.bf16 {
+        sets.push("performance.bf16=true".into());
+    }
+    if a.channels_last {
+        sets.push("performance.channels_last=true".into());
+    }
+    let m = &a.model;
+    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
+    if let Some(v) = &m.backbone {
+        sets.push(format!("model.backbone={}", quoted(v)));
+    }
+    if let Some(v) = m.maps {
+        sets.push(format!("model.maps={v}"));
+    }
+    if let Some(v) = &m.scales {
+        sets.push(format!("model.scales={}", quoted(v)));
+    }
+    if let Some(v) = m.head {
+        sets.push(format!("model.head={}", quoted(&format!("{v:?}").to_lowercase())));
+    }
+    if let Some(v) = m.in_channels {
+        sets.push(format!("model.in_channels={v}"));
+    }
+    if let Some(v) = m.image_size {
+        sets.push(format!("model.image_size={v}"));
+    }
+    sets.extend(a.set.iter().cloned());
+    let config = TrainConfig::resolve(Some("paper"), None, &sets)?;
+    let measures = if a.only.is_empty() {
+        let mut m = vec![Measure::Train, Measure::Infer, Measure::Eval, Measure::Predict];
+        if a.data.is_some() {
+            m.push(Measure::Loader);
+        }
+        m
+    } else {
+        a.only.clone()
+    };
+    let o = BenchOptions {
+        device: a.device.resolve()?,
+        config,
+        classes: a.classes,
+        batch: a.batch,
+        infer_batch: a.infer_batch.unwrap_or(a.batch),
+        warmup: a.warmup,
+        iters: a.iters,
+        infer_warmup: a.infer_warmup,
+        infer_iters: a.infer_iters,
+        measures,
+        data: a.data.clone(),
+        image: a.image.clone(),
+    };
+    for line in run_bench(&o)? {
+        println!("{line}");
+    }
+    Ok(0)
+}
