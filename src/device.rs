@@ -30,6 +30,12 @@ impl DeviceChoice {
     }
 }
 
+/// A note for the user when CUDA-only options were asked for on another device.
+pub fn cuda_only_note(bf16: bool, channels_last: bool, device: Device) -> Option<String> {
+    ((bf16 || channels_last) && !device.is_cuda())
+        .then(|| "note: --bf16 and --channels-last apply on CUDA only; this run is fp32 in the default layout".to_string())
+}
+
 /// Human-readable name of a device (GPU model where known).
 pub fn describe(device: Device) -> String {
     match device {

@@ -68,26 +68,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     if a.channels_last {
         sets.push("performance.channels_last=true".into());
     }
-    let m = &a.model;
-    let quoted = |s: &str| toml::Value::String(s.to_string()).to_string();
-    if let Some(v) = &m.backbone {
-        sets.push(format!("model.backbone={}", quoted(v)));
-    }
-    if let Some(v) = m.maps {
-        sets.push(format!("model.maps={v}"));
-    }
-    if let Some(v) = &m.scales {
-        sets.push(format!("model.scales={}", quoted(v)));
-    }
-    if let Some(v) = m.head {
-        sets.push(format!("model.head={}", quoted(&format!("{v:?}").to_lowercase())));
-    }
-    if let Some(v) = m.in_channels {
-        sets.push(format!("model.in_channels={v}"));
-    }
-    if let Some(v) = m.image_size {
-        sets.push(format!("model.image_size={v}"));
-    }
+    sets.extend(a.model.overrides());
     sets.extend(a.set.iter().cloned());
     let config = TrainConfig::resolve(Some("paper"), None, &sets)?;
     let measures = if a.only.is_empty() {
@@ -99,8 +80,12 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     } else {
         a.only.clone()
     };
+    let device = a.device.resolve()?;
+    if let Some(note) = crate::device::cuda_only_note(a.bf16, a.channels_last, device) {
+        eprintln!("{note}");
+    }
     let o = BenchOptions {
-        device: a.device.resolve()?,
+        device,
         config,
         classes: a.classes,
         batch: a.batch,

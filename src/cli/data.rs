@@ -159,15 +159,7 @@ fn summary(args: &DataArgs, folds: usize, seed: u64, by: &[String]) -> Result<i3
             println!("  {l}: {n}");
         }
     }
-    let columns: Vec<String> = if by.is_empty() {
-        ["source_repo", "dataset"]
-            .iter()
-            .filter(|c| ds.samples.first().is_some_and(|s| s.meta.contains_key(**c)))
-            .map(|c| c.to_string())
-            .collect()
-    } else {
-        by.to_vec()
-    };
+    let columns = if by.is_empty() { ds.default_breakdown() } else { by.to_vec() };
     for col in columns {
         println!("\nby {col}:  {}", ds.classes.join(" / "));
         for (v, n) in ds.breakdown(&col) {

@@ -124,14 +124,6 @@ fn ground_truth(ds: &Dataset, masks_column: &Option<String>, boxes: &Option<Path
     })
 }
 
-fn default_by(ds: &Dataset) -> Vec<String> {
-    ["source_repo", "dataset"]
-        .iter()
-        .filter(|c| ds.samples.first().is_some_and(|s| s.meta.contains_key(**c)))
-        .map(|c| c.to_string())
-        .collect()
-}
-
 /// Opens the data relabelled to the model's classes.
 fn open_for(m: &LoadedModel, data: &DataArgs) -> Result<Dataset> {
     let ds = data.open()?;
@@ -164,7 +156,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     let p = predict(&m.model, &loader, &all, device, &opts)?;
     let name = args.data.data.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
     let out = args.out.clone().unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join(format!("eval-{name}")));
-    let by = if args.by.is_empty() { default_by(&ds) } else { args.by.clone() };
+    let by = if args.by.is_empty() { ds.default_breakdown() } else { args.by.clone() };
     let o = write_evaluation(
         &out,
         &ds,

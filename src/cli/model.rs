@@ -32,7 +32,36 @@ pub struct ModelArgs {
     pub image_size: Option<i64>,
 }
 
+/// A string as a TOML value (quoted and escaped), for `key=value` overrides.
+pub fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
 impl ModelArgs {
+    /// The given options as `model.*` overrides of a training config (see `TrainConfig::resolve`).
+    pub fn overrides(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        if let Some(v) = &self.backbone {
+            o.push(format!("model.backbone={}", toml_string(v)));
+        }
+        if let Some(v) = self.maps {
+            o.push(format!("model.maps={v}"));
+        }
+        if let Some(v) = &self.scales {
+            o.push(format!("model.scales={}", toml_string(v)));
+        }
+        if let Some(v) = self.head {
+            o.push(format!("model.head={}", toml_string(&format!("{v:?}").to_lowercase())));
+        }
+        if let Some(v) = self.in_channels {
+            o.push(format!("model.in_channels={v}"));
+        }
+        if let Some(v) = self.image_size {
+            o.push(format!("model.image_size={v}"));
+        }
+        o
+    }
+
     pub fn apply(&self, mut cfg: MagSdConfig) -> Result<MagSdConfig> {
         if let Some(b) = &self.backbone {
             cfg = cfg.with_backbone(b)?;

@@ -2,7 +2,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::model::ModelArgs;
+use super::model::{ModelArgs, toml_string};
 use crate::data::dataset::{Dataset, DatasetOptions};
 use crate::device::DeviceChoice;
 use crate::error::{Error, IoContext, Result};
@@ -79,10 +79,6 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-fn toml_string(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
-}
-
 impl TrainArgs {
     /// The explicit flags as `key=value` overrides, after any `--set`.
     fn overrides(&self) -> Vec<String> {
@@ -112,30 +108,12 @@ impl TrainArgs {
         if let Some(p) = &self.pretrained {
             push("model.pretrained", toml_string(&p.display().to_string()));
         }
-        let m = &self.model;
-        if let Some(v) = &m.backbone {
-            push("model.backbone", toml_string(v));
-        }
-        if let Some(v) = m.maps {
-            push("model.maps", v.to_string());
-        }
-        if let Some(v) = &m.scales {
-            push("model.scales", toml_string(v));
-        }
-        if let Some(v) = m.head {
-            push("model.head", toml_string(&format!("{v:?}").to_lowercase()));
-        }
-        if let Some(v) = m.in_channels {
-            push("model.in_channels", v.to_string());
-        }
-        if let Some(v) = m.image_size {
-            push("model.image_size", v.to_string());
-        }
         push("data.label_column", toml_string(&self.label_column));
         if let Some(c) = &self.classes {
             let list: Vec<String> = c.iter().map(|s| toml_string(s)).collect();
             push("data.classes", format!("[{}]", list.join(", ")));
         }
+        o.extend(self.model.overrides());
         o
     }
 }
@@ -173,15 +151,10 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     let spec = RunSpec { classes: ds.classes.clone(), ..spec };
     cv::prepare_run_dir(&out, &spec, &cfg, resume)?;
     let device = cfg.device.resolve()?;
-    let by = if args.by.is_empty() {
-        ["source_repo", "dataset"]
-            .iter()
-            .filter(|c| ds.samples.first().is_some_and(|s| s.meta.contains_key(**c)))
-            .map(|c| c.to_string())
-            .collect()
-    } else {
-        args.by.clone()
-    };
+    if let Some(note) = crate::device::cuda_only_note(cfg.performance.bf16, cfg.performance.channels_last, device) {
+        eprintln!("{note}");
+    }
+    let by = if args.by.is_empty() { ds.default_breakdown() } else { args.by.clone() };
     if !args.quiet {
         eprintln!(
             "magsd train: {} images, {} classes ({}), {} on {}, run folder {}",

@@ -16,7 +16,7 @@
 //! rounding to 8 bits after each one.
 use serde::{Deserialize, Serialize};
 
-use super::preprocess::Plane;
+use super::preprocess::{Plane, half_pixel_taps};
 use crate::rng::Rng;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -190,18 +190,7 @@ pub fn random_resized_crop(
 /// Bilinear resize of a crop to `out_w`×`out_h` (half-pixel centres, edge clamped — the
 /// `align_corners=False` convention).
 pub fn crop_resize(p: &Plane, top: usize, left: usize, h: usize, w: usize, out_w: usize, out_h: usize) -> Plane {
-    let taps = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
-        let scale = n_in as f32 / n_out as f32;
-        (0..n_out)
-            .map(|d| {
-                let src = ((d as f32 + 0.5) * scale - 0.5).max(0.0);
-                let i0 = (src as usize).min(n_in - 1);
-                let i1 = (i0 + 1).min(n_in - 1);
-                (i0, i1, src - i0 as f32)
-            })
-            .collect()
-    };
-    let (xt, yt) = (taps(w, out_w), taps(h, out_h));
+    let (xt, yt) = (half_pixel_taps(w, out_w), half_pixel_taps(h, out_h));
     let mut out = Plane::filled(out_w, out_h, 0.0);
     for (dy, &(y0, y1, fy)) in yt.iter().enumerate() {
         for (dx, &(x0, x1, fx)) in xt.iter().enumerate() {

@@ -271,6 +271,24 @@ impl Dataset {
         Dataset { classes: classes.to_vec(), samples, excluded, ..self.clone() }
     }
 
+    /// The folder relative paths in the data are resolved against (masks, images).
+    pub fn base_dir(&self) -> PathBuf {
+        match self.kind {
+            SourceKind::Manifest => self.source.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            SourceKind::ImageFolder => self.source.clone(),
+        }
+    }
+
+    /// Metadata columns worth breaking results down by, where present: the source collection
+    /// and dataset, because source confounding is the first thing to rule out.
+    pub fn default_breakdown(&self) -> Vec<String> {
+        ["source_repo", "dataset"]
+            .iter()
+            .filter(|c| self.samples.first().is_some_and(|s| s.meta.contains_key(**c)))
+            .map(|c| c.to_string())
+            .collect()
+    }
+
     /// Counts of a metadata column's values per class: value → counts in class order.
     pub fn breakdown(&self, column: &str) -> BTreeMap<String, Vec<usize>> {
         let mut out: BTreeMap<String, Vec<usize>> = BTreeMap::new();

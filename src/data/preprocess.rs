@@ -103,6 +103,21 @@ impl PreprocessConfig {
     }
 }
 
+/// Taps of bilinear resampling with half-pixel centres and clamped edges (PyTorch's
+/// `align_corners=False`), in float32: for each output index, the two source indices and the
+/// weight of the second, `src = max((d + 0.5)·n_in/n_out − 0.5, 0)` (spec §2.5).
+pub fn half_pixel_taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32)> {
+    let scale = n_in as f32 / n_out as f32;
+    (0..n_out)
+        .map(|d| {
+            let src = ((d as f32 + 0.5) * scale - 0.5).max(0.0);
+            let i0 = (src as usize).min(n_in - 1);
+            let i1 = (i0 + 1).min(n_in - 1);
+            (i0, i1, src - i0 as f32)
+        })
+        .collect()
+}
+
 /// 16 → 8 bits: `round(v · 255 / 65535)`, i.e. `(v + 128) / 257` rounded.
 pub fn narrow_to_u8(p: &[u16]) -> Vec<u8> {
     p.iter().map(|&v| ((v as u32 * 255 + 32767) / 65535) as u8).collect()

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::preprocess::half_pixel_taps;
 use crate::error::{Error, IoContext, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -67,18 +68,7 @@ impl BBox {
 
 /// `F.interpolate(bilinear, align_corners=False)` of a `side × side` map to `w × h`.
 pub fn upsample(map: &[f32], side: usize, w: usize, h: usize) -> Vec<f32> {
-    let taps = |n_out: usize| -> Vec<(usize, usize, f32)> {
-        let scale = side as f32 / n_out as f32;
-        (0..n_out)
-            .map(|d| {
-                let src = ((d as f32 + 0.5) * scale - 0.5).max(0.0);
-                let i0 = (src as usize).min(side - 1);
-                let i1 = (i0 + 1).min(side - 1);
-                (i0, i1, src - i0 as f32)
-            })
-            .collect()
-    };
-    let (xt, yt) = (taps(w), taps(h));
+    let (xt, yt) = (half_pixel_taps(side, w), half_pixel_taps(side, h));
     let mut out = vec![0.0; w * h];
     for (y, &(y0, y1, fy)) in yt.iter().enumerate() {
         for (x, &(x0, x1, fx)) in xt.iter().enumerate() {
@@ -254,10 +244,7 @@ pub fn localize(
     gt: &GroundTruth,
     t: Threshold,
 ) -> Result<LocalizationReport> {
-    let base = match ds.kind {
-        crate::data::dataset::SourceKind::Manifest => ds.source.parent().unwrap_or(Path::new(".")).to_path_buf(),
-        crate::data::dataset::SourceKind::ImageFolder => ds.source.clone(),
-    };
+    let base = ds.base_dir();
     let mut images = Vec::new();
     for (&i, map) in indices.iter().zip(attention) {
         let s = &ds.samples[i];

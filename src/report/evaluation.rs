@@ -141,10 +141,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
         doc.h(1, "Attention");
         doc.p("Left: the X-ray. Right: mean attention map, threshold contour (white), predicted boxes (green), ground truth (magenta).");
         std::fs::create_dir_all(dir.join("overlays")).at(dir.join("overlays"))?;
-        let base = match ds.kind {
-            crate::data::dataset::SourceKind::Manifest => ds.source.parent().unwrap_or(Path::new(".")).to_path_buf(),
-            crate::data::dataset::SourceKind::ImageFolder => ds.source.clone(),
-        };
+        let base = ds.base_dir();
         for row in overlay_rows(p, ds.classes.len(), opts.overlays) {
             let s = &ds.samples[p.indices[row]];
             let img = decode_file(&s.path, &DecodeLimits::default())?;
