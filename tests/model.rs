@@ -164,7 +164,7 @@ fn every_backbone_scale_and_head_gives_shapes_no_nan_and_gradients_everywhere() 
                 // the augmentations, so sum them in to reach every parameter.
                 let loss = out.logits.sum(Kind::Float) + out.attention.sum(Kind::Float) * 1e-3;
                 loss.backward();
-                for (name, p) in vs.trainable_variables().iter().enumerate().map(|(i, p)| (i, p)) {
+                for (name, p) in vs.trainable_variables().iter().enumerate() {
                     let g = p.grad();
                     assert!(g.defined(), "{tag}: parameter #{name} has no gradient");
                 }

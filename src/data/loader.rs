@@ -91,7 +91,7 @@ impl Loader {
             Some(c) => c[idx]
                 .get_or_init(|| self.prepare_uncached(idx).map_err(|e| e.to_string()))
                 .clone()
-                .map_err(|msg| Error::Data(msg)),
+                .map_err(Error::Data),
         }
     }
 

@@ -234,8 +234,8 @@ pub fn clahe(src: &[u8], w: usize, h: usize, cfg: &ClaheConfig) -> Vec<u8> {
     assert_eq!(src.len(), w * h);
     let (tx, ty) = (cfg.tiles_x, cfg.tiles_y);
     // Sizes not divisible by the grid are padded on the right/bottom with BORDER_REFLECT_101.
-    let ext_w = if w % tx == 0 { w } else { w + tx - w % tx };
-    let ext_h = if h % ty == 0 { h } else { h + ty - h % ty };
+    let ext_w = if w.is_multiple_of(tx) { w } else { w + tx - w % tx };
+    let ext_h = if h.is_multiple_of(ty) { h } else { h + ty - h % ty };
     let (tw, th) = (ext_w / tx, ext_h / ty);
     let tile_area = (tw * th) as i32;
     const BINS: usize = 256;

@@ -246,9 +246,9 @@ mod tests {
         let area = |c: usize, seed: u64| render(c, 96, &mut Rng::new(seed)).mask.iter().filter(|&&m| m).count();
         for seed in 0..5 {
             assert_eq!(area(3, seed), 0, "normal has no lesion");
-            for c in 0..3 {
+            for (c, name) in CLASSES.iter().enumerate().take(3) {
                 let n = area(c, seed);
-                assert!(n > 30 && n < 96 * 96 / 3, "class {} seed {seed}: lesion area {n}", CLASSES[c]);
+                assert!(n > 30 && n < 96 * 96 / 3, "class {name} seed {seed}: lesion area {n}");
             }
         }
         // COVID-19 lesions are bilateral: mask pixels in both halves.

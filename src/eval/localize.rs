@@ -120,7 +120,7 @@ pub fn component_boxes(mask: &[bool], w: usize, h: usize) -> Vec<BBox> {
         }
         boxes.push((area, b));
     }
-    boxes.sort_by(|a, b| b.0.cmp(&a.0));
+    boxes.sort_by_key(|b| std::cmp::Reverse(b.0));
     boxes.into_iter().map(|(_, b)| b).collect()
 }
 

@@ -48,6 +48,9 @@ impl AttentionGenerator {
     }
 
     /// Attention maps `A: [B, M, S/32, S/32]`, all ≥ 0.
+    // Out-of-place adds on purpose: `+=` on a tch tensor is in-place, and autograd still needs
+    // the ReLU output it would overwrite.
+    #[allow(clippy::assign_op_pattern)]
     pub fn forward_t(&self, f: &Features, train: bool) -> Tensor {
         let mut a = self.att7.forward_t(&f.f4, train); // [B, M, 7, 7]
         if let Some(h) = &self.att14 {

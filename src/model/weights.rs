@@ -9,6 +9,9 @@ use tch::{Device, Kind, Tensor, nn};
 use super::{MagSd, MagSdConfig};
 use crate::error::{Error, IoContext, Result};
 
+/// Tensors with their names, as files store them.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
 /// Metadata key under which a model file stores its [`MagSdConfig`] as JSON.
 pub const CONFIG_KEY: &str = "magsd.config";
 /// `format` metadata of training checkpoints (`crate::train::checkpoint`), which hold the model
@@ -65,7 +68,7 @@ pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap
 }
 
 /// Reads every tensor (on CPU) and the metadata of a safetensors file.
-pub fn load_tensors(path: &Path) -> Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
+pub fn load_tensors(path: &Path) -> Result<(NamedTensors, HashMap<String, String>)> {
     let bytes = std::fs::read(path).at(path)?;
     let bad = |e: safetensors::SafeTensorError| Error::bad_file(path, format!("not a valid safetensors file: {e}"));
     let st = SafeTensors::deserialize(&bytes).map_err(bad)?;

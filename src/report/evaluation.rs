@@ -91,7 +91,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
     };
 
     let mut doc = Document::new(&opts.title);
-    doc.blocks.extend(opts.intro.iter().map(|b| b.clone()));
+    doc.blocks.extend(opts.intro.iter().cloned());
     doc.p(format!("Data: {} ({} images evaluated, each once, without augmentation).", report.data, p.indices.len()));
     for line in &opts.model_description {
         doc.p(line.clone());

@@ -220,7 +220,7 @@ impl TrainConfig {
         }
         let cfg: TrainConfig = value
             .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(format!("{}", e.message())))?;
+            .map_err(|e: toml::de::Error| Error::Config(e.message().to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -323,7 +323,7 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
             state.global_step += 1;
             bar.inc(1);
             let stop = INTERRUPTED.load(Ordering::SeqCst) || job.stop_after_steps.is_some_and(|s| state.global_step >= s);
-            if (state.step % cfg.performance.log_every == 0 || state.step == iters || stop) && win_n > 0 {
+            if (state.step.is_multiple_of(cfg.performance.log_every) || state.step == iters || stop) && win_n > 0 {
                 let secs = win_t.elapsed().as_secs_f64();
                 let (loss, ce, acc) = (
                     win_loss.double_value(&[]) / win_n as f64,
@@ -355,7 +355,7 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
             "images_per_s": ep_n as f64 / secs.max(1e-9)});
         state.epoch += 1;
         state.step = 0;
-        let validate_now = !job.val_idx.is_empty() && (state.epoch % cfg.validation.every == 0 || state.epoch == cfg.epochs);
+        let validate_now = !job.val_idx.is_empty() && (state.epoch.is_multiple_of(cfg.validation.every) || state.epoch == cfg.epochs);
         let mut improved = job.val_idx.is_empty();
         if validate_now {
             let v = validate(job, &model)?;
