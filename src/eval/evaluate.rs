@@ -1,11 +1,16 @@
 //! Running a trained model over a dataset: each image exactly once, never augmented, in eval
 //! mode (BatchNorm running statistics), prediction from the raw image's logits as the authors
 //! report (spec §5). Images that cannot be read are listed and skipped, unless strict.
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use tch::{Device, Kind, Tensor};
 
+use crate::data::dataset::Dataset;
 use crate::data::loader::Loader;
 use crate::device::{autocast_bf16, channels_last};
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result, write_atomic};
+use crate::eval::metrics::{Metrics, argmax, compute};
 use crate::model::MagSd;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -97,18 +102,17 @@ pub struct Unreadable {
 pub struct EvalReport {
     pub data: String,
     pub classes: Vec<String>,
-    pub overall: crate::eval::metrics::Metrics,
+    pub overall: Metrics,
     /// Metadata column → value → metrics of the images with that value (source confounding).
-    pub by: std::collections::BTreeMap<String, std::collections::BTreeMap<String, crate::eval::metrics::Metrics>>,
+    pub by: BTreeMap<String, BTreeMap<String, Metrics>>,
     pub unreadable: Vec<Unreadable>,
 }
 
 impl EvalReport {
-    pub fn new(ds: &crate::data::dataset::Dataset, p: &Predictions, by: &[String]) -> Self {
-        use crate::eval::metrics::compute;
-        let mut groups = std::collections::BTreeMap::new();
+    pub fn new(ds: &Dataset, p: &Predictions, by: &[String]) -> Self {
+        let mut groups = BTreeMap::new();
         for col in by {
-            let mut per_value: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+            let mut per_value: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             for (row, &i) in p.indices.iter().enumerate() {
                 let v = ds.samples[i].meta.get(col).cloned().unwrap_or_default();
                 per_value.entry(v).or_default().push(row);
@@ -136,20 +140,18 @@ impl EvalReport {
         }
     }
 
-    pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self).expect("report serialises");
-        crate::error::write_atomic(path, &json)
+    pub fn save(&self, path: &Path) -> Result<()> {
+        write_atomic(path, &serde_json::to_vec_pretty(self).expect("report serialises"))
     }
 
-    pub fn load(path: &std::path::Path) -> Result<Self> {
-        use crate::error::IoContext;
+    pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).at(path)?;
         serde_json::from_slice(&bytes).map_err(|e| Error::bad_file(path, format!("not a magsd metrics.json: {e}")))
     }
 }
 
 /// `predictions.csv`: path, true label, one probability column per class, predicted label.
-pub fn write_predictions_csv(path: &std::path::Path, ds: &crate::data::dataset::Dataset, p: &Predictions) -> Result<()> {
+pub fn write_predictions_csv(path: &Path, ds: &Dataset, p: &Predictions) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["path".to_string(), "true_label".to_string()];
     header.extend(ds.classes.iter().map(|c| format!("prob_{c}")));
@@ -158,9 +160,9 @@ pub fn write_predictions_csv(path: &std::path::Path, ds: &crate::data::dataset::
     for (row, &i) in p.indices.iter().enumerate() {
         let mut rec = vec![ds.samples[i].name.clone(), ds.classes[p.labels[row]].clone()];
         rec.extend(p.probs[row].iter().map(|v| format!("{v:.6}")));
-        rec.push(ds.classes[crate::eval::metrics::argmax(&p.probs[row])].clone());
+        rec.push(ds.classes[argmax(&p.probs[row])].clone());
         w.write_record(&rec).expect("in-memory write");
     }
     let bytes = w.into_inner().map_err(|e| Error::Data(e.to_string()))?;
-    crate::error::write_atomic(path, &bytes)
+    write_atomic(path, &bytes)
 }
