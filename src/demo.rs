@@ -95,8 +95,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
     let (train_idx, test_idx) = holdout_split(&ds, &all, 0.2, cfg.seed)?;
     check_split(&ds, &[train_idx.clone(), test_idx.clone()])?;
 
-    let mut model_config = cfg.model_config(ds.classes.len())?;
-    model_config.class_names = ds.classes.clone();
+    let model_config = cfg.model_config_for(&ds.classes)?;
     let loader = Loader::new(ds.clone(), input_pipeline(cfg)?, cfg.seed, cfg.performance.cache);
     let train_dir = o.out.join("train");
     crate::error::write_atomic(&o.out.join("config.toml"), cfg.to_toml().as_bytes())?;

@@ -149,8 +149,12 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
         return Err(Error::Config("localisation needs ground truth: --masks-column COLUMN or --boxes CSV".into()));
     }
     let threshold = Threshold::parse(&args.threshold)?;
-    let pipeline = InputPipeline { preprocess: m.model.config.preprocess(), augment: Default::default(), limits: DecodeLimits::default() };
-    let loader = Loader::new(ds.clone(), InputPipeline { augment: crate::data::augment::AugmentPolicy::None, ..pipeline }, 0, false);
+    let pipeline = InputPipeline {
+        preprocess: m.model.config.preprocess(),
+        augment: crate::data::augment::AugmentPolicy::None,
+        limits: DecodeLimits::default(),
+    };
+    let loader = Loader::new(ds.clone(), pipeline, 0, false);
     let all: Vec<usize> = (0..ds.samples.len()).collect();
     let opts = PredictOptions { batch_size: args.run.batch_size, bf16: args.run.bf16, keep_attention: true, strict: args.strict, ..Default::default() };
     let p = predict(&m.model, &loader, &all, device, &opts)?;

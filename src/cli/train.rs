@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::model::{ModelArgs, toml_string};
 use crate::data::dataset::{Dataset, DatasetOptions};
 use crate::device::DeviceChoice;
-use crate::error::{Error, IoContext, Result};
+use crate::error::Result;
 use crate::train::config::TrainConfig;
 use crate::train::cv::{self, RunOptions, RunResult, RunSpec};
 
@@ -121,9 +121,7 @@ impl TrainArgs {
 pub fn run(args: TrainArgs) -> Result<i32> {
     let (cfg, spec, out, resume) = match &args.resume {
         Some(dir) => {
-            let run_path = dir.join(cv::RUN_FILE);
-            let spec: RunSpec = serde_json::from_slice(&std::fs::read(&run_path).at(&run_path)?)
-                .map_err(|e| Error::bad_file(&run_path, format!("not a magsd run: {e}")))?;
+            let spec = RunSpec::load(dir)?;
             let cfg = TrainConfig::resolve(None, Some(&dir.join(cv::CONFIG_FILE)), &[])?;
             (cfg, spec, dir.clone(), true)
         }

@@ -7,7 +7,7 @@ use super::evaluation::{metric_header, metric_row};
 use super::plots::{ConfusionFigure, CurvesFigure, RocFigure, save};
 use crate::error::{Error, IoContext, Result};
 use crate::eval::metrics::compute;
-use crate::train::cv::{CONFIG_FILE, CvSummary, RUN_FILE, RunSpec, SUMMARY_FILE};
+use crate::train::cv::{CONFIG_FILE, CvSummary, RunSpec, SUMMARY_FILE};
 use crate::train::trainer::LOG_FILE;
 
 /// Reads a `predictions.csv` back: (true class index, probabilities).
@@ -30,8 +30,7 @@ fn read_predictions(path: &Path, classes: &[String]) -> Result<Vec<(usize, Vec<f
 
 /// Writes `RUN/report.md` and `RUN/report.html`; returns the HTML's path.
 pub fn write_run_report(run: &Path) -> Result<PathBuf> {
-    let spec: RunSpec = serde_json::from_slice(&std::fs::read(run.join(RUN_FILE)).at(run.join(RUN_FILE))?)
-        .map_err(|e| Error::bad_file(run.join(RUN_FILE), e.to_string()))?;
+    let spec = RunSpec::load(run)?;
     let config = std::fs::read_to_string(run.join(CONFIG_FILE)).at(run.join(CONFIG_FILE))?;
     let classes = &spec.classes;
     let mut doc = Document::new(format!("MAG-SD training run {}", run.display()));

@@ -270,6 +270,21 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// The network for a dataset's classes (names kept, so outputs stay in this order).
+    pub fn model_config_for(&self, classes: &[String]) -> Result<MagSdConfig> {
+        Ok(MagSdConfig { class_names: classes.to_vec(), ..self.model_config(classes.len())? })
+    }
+
+    /// How this run predicts (validation and held-out evaluation): its batch size and precision.
+    pub fn predict_options(&self) -> crate::eval::evaluate::PredictOptions {
+        crate::eval::evaluate::PredictOptions {
+            batch_size: self.batch_size,
+            bf16: self.performance.bf16,
+            channels_last: self.performance.channels_last,
+            ..Default::default()
+        }
+    }
+
     /// The deterministic input pipeline this config uses.
     pub fn preprocess(&self) -> Result<PreprocessConfig> {
         Ok(self.model_config(2)?.preprocess())

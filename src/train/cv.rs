@@ -27,7 +27,7 @@ use crate::data::decode::DecodeLimits;
 use crate::data::loader::{InputPipeline, Loader};
 use crate::data::split::{SplitFile, check_split, holdout_split, stratified_patient_kfold};
 use crate::error::{Error, IoContext, Result};
-use crate::eval::evaluate::{EvalReport, PredictOptions, predict, write_predictions_csv};
+use crate::eval::evaluate::{EvalReport, predict, write_predictions_csv};
 use crate::eval::metrics::{MeanStd, Metrics, summarise};
 use crate::model::weights::load_model;
 
@@ -39,6 +39,15 @@ pub struct RunSpec {
     pub classes: Vec<String>,
     pub folds: usize,
     pub command: String,
+}
+
+impl RunSpec {
+    /// Reads `dir/run.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(RUN_FILE);
+        serde_json::from_slice(&std::fs::read(&path).at(&path)?)
+            .map_err(|e| Error::bad_file(&path, format!("not a magsd run: {e}")))
+    }
 }
 
 pub struct RunOptions {
@@ -113,8 +122,7 @@ pub fn prepare_run_dir(out: &Path, spec: &RunSpec, cfg: &TrainConfig, resume: bo
     std::fs::create_dir_all(out).at(out)?;
     let run_path = out.join(RUN_FILE);
     if resume && run_path.exists() {
-        let old: RunSpec = serde_json::from_slice(&std::fs::read(&run_path).at(&run_path)?)
-            .map_err(|e| Error::bad_file(&run_path, e.to_string()))?;
+        let old = RunSpec::load(out)?;
         let cfg_path = out.join(CONFIG_FILE);
         let old_cfg: TrainConfig = toml::from_str(&std::fs::read_to_string(&cfg_path).at(&cfg_path)?)
             .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
@@ -146,8 +154,7 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
     if ds.samples.is_empty() {
         return Err(Error::Data(format!("{}: no images", ds.source.display())));
     }
-    let mut model_config = cfg.model_config(ds.classes.len())?;
-    model_config.class_names = ds.classes.clone();
+    let model_config = cfg.model_config_for(&ds.classes)?;
     let loader = Loader::new(ds.clone(), input_pipeline(cfg)?, cfg.seed, cfg.performance.cache);
     let all: Vec<usize> = (0..ds.samples.len()).collect();
     let job = |train_idx: Vec<usize>, val_idx: Vec<usize>, dir: PathBuf, label: String| TrainJob {
@@ -208,13 +215,7 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
         }
         // Evaluate the held-out fold once, with the selected model, never augmented.
         let m = load_model(&dir.join(MODEL_FILE), opts.device)?;
-        let popts = PredictOptions {
-            batch_size: cfg.batch_size,
-            bf16: cfg.performance.bf16,
-            channels_last: cfg.performance.channels_last,
-            ..Default::default()
-        };
-        let p = predict(&m.model, &loader, &test, opts.device, &popts)?;
+        let p = predict(&m.model, &loader, &test, opts.device, &cfg.predict_options())?;
         let report = EvalReport::new(&ds, &p, &opts.by);
         report.save(&metrics_path)?;
         write_predictions_csv(&dir.join("predictions.csv"), &ds, &p)?;

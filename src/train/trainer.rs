@@ -29,7 +29,7 @@ use super::optim::Sgd;
 use crate::data::loader::Loader;
 use crate::device::{autocast_bf16, channels_last, vars_to_channels_last};
 use crate::error::{Error, IoContext, Result};
-use crate::eval::evaluate::{PredictOptions, predict};
+use crate::eval::evaluate::predict;
 use crate::eval::metrics;
 use crate::model::weights::{copy_exact, import_torchvision, save_model};
 use crate::model::{MagSd, MagSdConfig};
@@ -187,13 +187,7 @@ struct Validation {
 
 fn validate(job: &TrainJob, model: &MagSd) -> Result<Validation> {
     let cfg = &job.config;
-    let opts = PredictOptions {
-        batch_size: cfg.batch_size,
-        bf16: cfg.performance.bf16,
-        channels_last: cfg.performance.channels_last,
-        ..Default::default()
-    };
-    let p = predict(model, &job.loader, &job.val_idx, job.device, &opts)?;
+    let p = predict(model, &job.loader, &job.val_idx, job.device, &cfg.predict_options())?;
     let metrics = metrics::compute(&p.labels, &p.probs, &job.model_config.class_names);
     Ok(Validation { loss: p.mean_ce(), metrics, failures: p.failures.len() })
 }
