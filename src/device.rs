@@ -48,6 +48,8 @@ pub fn describe(device: Device) -> String {
 unsafe extern "C" {
     fn magsd_set_cuda_autocast_bf16(bf16: i32) -> i32;
     fn magsd_cuda_autocast_is_bf16() -> i32;
+    fn magsd_autocast_enter() -> i32;
+    fn magsd_autocast_exit(prev: i32) -> i32;
 }
 
 /// Runs `f` under CUDA autocast with bfloat16 when `enabled` and `device` is CUDA; otherwise
@@ -57,7 +59,16 @@ pub fn autocast_bf16<T>(enabled: bool, device: Device, f: impl FnOnce() -> T) ->
         return f();
     }
     set_autocast_bf16();
-    tch::autocast(true, f)
+    // The same steps as tch's `autocast`, through libtorch's per-device API (tch's calls the
+    // deprecated `set_enabled`, which warns on every call).
+    // SAFETY: plain C functions on libtorch's thread-local autocast state.
+    let prev = unsafe { magsd_autocast_enter() };
+    assert!(prev >= 0, "libtorch refused to enter autocast");
+    let out = f();
+    // SAFETY: as above; `prev` came from the matching enter.
+    let rc = unsafe { magsd_autocast_exit(prev) };
+    assert_eq!(rc, 0, "libtorch refused to leave autocast");
+    out
 }
 
 /// Selects bfloat16 as the CUDA autocast dtype (float16 is libtorch's default).
@@ -71,6 +82,20 @@ pub fn set_autocast_bf16() {
 pub fn autocast_is_bf16() -> bool {
     // SAFETY: as above.
     unsafe { magsd_cuda_autocast_is_bf16() == 1 }
+}
+
+/// A host tensor's copy on `device`. On CUDA it goes through page-locked (pinned) memory with a
+/// non-blocking copy, so the host does not wait for it: the copy is queued on the stream behind
+/// the work already there (libtorch's pinned allocator keeps the host buffer until the copy has
+/// run). On the CPU, or when memory cannot be pinned, it is a plain copy.
+pub fn upload(t: &Tensor, device: Device) -> Tensor {
+    if device.is_cuda()
+        && let Ok(pinned) = t.f_pin_memory(device)
+        && let Ok(on_device) = pinned.f_to_device_(device, t.kind(), true, false)
+    {
+        return on_device;
+    }
+    t.to_device(device)
 }
 
 /// The same values in channels-last (NHWC) memory order, still indexed as `[N, C, H, W]`:
@@ -102,6 +127,14 @@ mod tests {
     fn autocast_dtype_can_be_switched_to_bf16() {
         set_autocast_bf16();
         assert!(autocast_is_bf16());
+    }
+
+    #[test]
+    fn upload_falls_back_to_a_plain_copy_off_cuda() {
+        let t = Tensor::from_slice(&[1.5f64, -2.0, 3.25]);
+        let u = upload(&t, Device::Cpu);
+        assert_eq!(u.device(), Device::Cpu);
+        assert!(u.equal(&t));
     }
 
     #[test]
