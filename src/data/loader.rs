@@ -1,14 +1,18 @@
 //! The parallel input pipeline: decode → resize → CLAHE → (augment) → z-score → `[B, 1, H, W]`.
 //!
-//! Each batch is built by rayon workers, one image per task; a background thread builds the next
-//! batches while the model works on the current one. The deterministic part (decode, resize,
+//! Each batch is built by rayon workers, one image per task; several batches are built at once
+//! (`prefetch + 1` in flight, handed out in order) while the model works on the current one, so
+//! a slow image (a large file to decode) does not hold the other workers at a batch boundary. The deterministic part (decode, resize,
 //! CLAHE) is cached in memory by default, as 8-bit (16-bit without CLAHE) pixels: 50 KB per
 //! 224×224 image. Augmentation draws from a stream keyed by (seed, epoch, image), so batches are
 //! the same whatever the thread count or order. An image that fails is reported in the batch's
 //! `failures` and left out; the rest of the batch goes on.
+use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use rayon::prelude::*;
 use tch::Tensor;
@@ -56,19 +60,68 @@ pub struct Batch {
 
 type CacheSlot = OnceLock<std::result::Result<Arc<Pixels>, String>>;
 
+/// Time spent in each stage of the pipeline, summed over all workers (nanoseconds), and the
+/// images that went through it: what `magsd bench --only loader` reports per image.
+#[derive(Debug, Default)]
+pub struct StageTimes {
+    pub decode: AtomicU64,
+    /// Resize and CLAHE.
+    pub prepare: AtomicU64,
+    pub augment: AtomicU64,
+    /// Conversion to float and z-score.
+    pub zscore: AtomicU64,
+    /// Copying a batch's images into one tensor.
+    pub collate: AtomicU64,
+    pub images: AtomicU64,
+}
+
+impl StageTimes {
+    fn add(counter: &AtomicU64, since: Instant) {
+        counter.fetch_add(since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Milliseconds per image of each stage: (name, ms).
+    pub fn per_image_ms(&self) -> Vec<(&'static str, f64)> {
+        let n = self.images.load(Ordering::Relaxed).max(1) as f64;
+        let ms = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / 1e6 / n;
+        vec![
+            ("decode", ms(&self.decode)),
+            ("resize_clahe", ms(&self.prepare)),
+            ("augment", ms(&self.augment)),
+            ("zscore", ms(&self.zscore)),
+            ("collate", ms(&self.collate)),
+        ]
+    }
+}
+
 #[derive(Clone)]
 pub struct Loader {
     ds: Arc<Dataset>,
     pipeline: Arc<InputPipeline>,
     cache: Option<Arc<Vec<CacheSlot>>>,
     seed: u64,
+    /// Worker threads: rayon's global pool unless [`Loader::with_pool`] set one.
+    pool: Option<Arc<rayon::ThreadPool>>,
+    times: Arc<StageTimes>,
 }
 
 impl Loader {
     /// `cache`: keep prepared pixels in memory after the first read (worth it for training).
     pub fn new(ds: Arc<Dataset>, pipeline: InputPipeline, seed: u64, cache: bool) -> Self {
         let cache = cache.then(|| Arc::new((0..ds.samples.len()).map(|_| OnceLock::new()).collect()));
-        Loader { ds, pipeline: Arc::new(pipeline), cache, seed }
+        Loader { ds, pipeline: Arc::new(pipeline), cache, seed, pool: None, times: Arc::default() }
+    }
+
+    /// Runs the workers in `pool` instead of rayon's global pool (e.g. one thread, to measure
+    /// how the pipeline scales).
+    pub fn with_pool(mut self, pool: Arc<rayon::ThreadPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// The stage times accumulated so far by this loader and its clones.
+    pub fn stage_times(&self) -> &StageTimes {
+        &self.times
     }
 
     pub fn dataset(&self) -> &Arc<Dataset> {
@@ -80,8 +133,13 @@ impl Loader {
     }
 
     fn prepare_uncached(&self, idx: usize) -> Result<Arc<Pixels>> {
+        let t = Instant::now();
         let img = decode_file(&self.ds.samples[idx].path, &self.pipeline.limits)?;
-        Ok(Arc::new(self.pipeline.preprocess.prepare(&img)))
+        StageTimes::add(&self.times.decode, t);
+        let t = Instant::now();
+        let prepared = self.pipeline.preprocess.prepare(&img);
+        StageTimes::add(&self.times.prepare, t);
+        Ok(Arc::new(prepared))
     }
 
     /// Resized (and CLAHE'd) pixels of sample `idx`.
@@ -98,22 +156,32 @@ impl Loader {
     /// The model input of sample `idx`; augmented with the epoch's stream when `epoch` is set.
     pub fn plane(&self, idx: usize, epoch: Option<u64>) -> Result<Plane> {
         let prep = &self.pipeline.preprocess;
-        let mut p = prep.to_plane(&*self.prepared(idx)?);
+        let prepared = self.prepared(idx)?;
+        let t = Instant::now();
+        let mut p = prep.to_plane(&prepared);
         if let Some(epoch) = epoch {
             let mut rng = Rng::derive(self.seed, &[epoch, idx as u64]);
             let draw = self.pipeline.augment.draw(&mut rng, p.width, p.height);
             if !draw.is_identity() {
                 p = draw.apply(&p);
             }
+            StageTimes::add(&self.times.augment, t);
         }
+        let t = Instant::now();
         zscore(&mut p, prep.zscore);
+        StageTimes::add(&self.times.zscore, t);
+        self.times.images.fetch_add(1, Ordering::Relaxed);
         Ok(p)
     }
 
     /// Builds one batch in parallel. `epoch: Some(e)` augments (training), `None` does not.
     pub fn batch(&self, indices: &[usize], epoch: Option<u64>) -> Batch {
-        let results: Vec<(usize, Result<Plane>)> =
-            indices.par_iter().map(|&i| (i, self.plane(i, epoch))).collect();
+        let work = || indices.par_iter().map(|&i| (i, self.plane(i, epoch))).collect();
+        let results: Vec<(usize, Result<Plane>)> = match &self.pool {
+            Some(pool) => pool.install(work),
+            None => work(),
+        };
+        let t = Instant::now();
         let s = self.pipeline.preprocess.size;
         let mut data = Vec::with_capacity(indices.len() * s * s);
         let mut labels = Vec::new();
@@ -130,26 +198,70 @@ impl Loader {
             }
         }
         let b = ok.len() as i64;
-        Batch {
+        let batch = Batch {
             images: Tensor::from_slice(&data).view([b, 1, s as i64, s as i64]),
             labels: Tensor::from_slice(&labels),
             indices: ok,
             failures,
-        }
+        };
+        StageTimes::add(&self.times.collate, t);
+        batch
     }
 
-    /// Batches of `order` built ahead on a background thread (`prefetch` batches in flight).
+    /// Batches of `order`, in order, built ahead: `prefetch + 1` batches are in the workers at
+    /// once (each a task of the pool, its images in parallel inside it), and up to `prefetch`
+    /// finished ones wait for the consumer.
     pub fn batches(&self, order: Vec<usize>, batch_size: usize, epoch: Option<u64>, prefetch: usize) -> Batches {
         let (tx, rx) = sync_channel(prefetch.max(1));
         let me = self.clone();
+        let in_flight = prefetch.max(1) + 1;
         let handle = std::thread::spawn(move || {
-            for chunk in order.chunks(batch_size.max(1)) {
-                if tx.send(me.batch(chunk, epoch)).is_err() {
-                    break; // the consumer stopped early
+            let mut pending: VecDeque<Receiver<Batch>> = VecDeque::new();
+            let chunks: Vec<Vec<usize>> = order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
+            for chunk in chunks {
+                if pending.len() == in_flight && !forward(&mut pending, &tx) {
+                    return; // the consumer stopped early
                 }
+                let (done_tx, done_rx) = sync_channel(1);
+                let worker = me.clone();
+                let job = move || {
+                    // A panic must not end the epoch silently (nor abort: rayon aborts on a
+                    // panicking spawned task): every image of the batch is reported as failed.
+                    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.batch(&chunk, epoch)));
+                    let _ = done_tx.send(built.unwrap_or_else(|_| worker.failed_batch(&chunk)));
+                };
+                match &me.pool {
+                    Some(pool) => pool.spawn(job),
+                    None => rayon::spawn(job),
+                }
+                pending.push_back(done_rx);
             }
+            while !pending.is_empty() && forward(&mut pending, &tx) {}
         });
         Batches { rx, _handle: handle }
+    }
+
+    /// A batch in which every image failed (after an internal error while building it).
+    fn failed_batch(&self, indices: &[usize]) -> Batch {
+        let s = self.pipeline.preprocess.size as i64;
+        Batch {
+            images: Tensor::zeros([0, 1, s, s], (tch::Kind::Float, tch::Device::Cpu)),
+            labels: Tensor::zeros([0], (tch::Kind::Int64, tch::Device::Cpu)),
+            indices: Vec::new(),
+            failures: indices
+                .iter()
+                .map(|&i| (i, format!("{}: internal error while preparing this image (skipped)", self.ds.samples[i].path.display())))
+                .collect(),
+        }
+    }
+}
+
+/// Waits for the oldest batch in flight and hands it on; false when the consumer has gone.
+fn forward(pending: &mut VecDeque<Receiver<Batch>>, tx: &std::sync::mpsc::SyncSender<Batch>) -> bool {
+    match pending.pop_front().map(|rx| rx.recv()) {
+        Some(Ok(batch)) => tx.send(batch).is_ok(),
+        // The task always sends (its panics are caught), so this is unreachable in practice.
+        _ => false,
     }
 }
 
@@ -209,6 +321,40 @@ mod tests {
         for (l, &i) in labels.iter().zip(&b.indices) {
             assert_eq!(*l as usize, ds.samples[i].label);
         }
+    }
+
+    /// Many batches in flight come out in order, identical on one thread and on the global
+    /// pool, and every image is counted by the stage clock.
+    #[test]
+    fn batches_in_flight_keep_their_order_and_content() {
+        let d = tempfile::tempdir().unwrap();
+        folder_with_images(d.path());
+        let ds = Arc::new(Dataset::open(d.path(), &DatasetOptions::default()).unwrap());
+        let pipeline = InputPipeline {
+            preprocess: PreprocessConfig { size: 16, ..Default::default() },
+            augment: AugmentPolicy::AuthorsCode,
+            ..Default::default()
+        };
+        let order: Vec<usize> = (0..40).map(|i| (i * 5) % ds.samples.len()).collect();
+        let one = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap());
+        let serial = Loader::new(ds.clone(), pipeline.clone(), 1, false).with_pool(one);
+        let parallel = Loader::new(ds.clone(), pipeline, 1, false);
+        let a: Vec<Batch> = serial.batches(order.clone(), 3, Some(2), 3).collect();
+        let b: Vec<Batch> = parallel.batches(order.clone(), 3, Some(2), 3).collect();
+        assert_eq!(a.len(), 14);
+        let seen: Vec<usize> = a.iter().flat_map(|x| x.indices.iter().chain(x.failures.iter().map(|f| &f.0)).copied()).collect();
+        let mut want = order.clone();
+        let mut got = seen.clone();
+        want.sort();
+        got.sort();
+        assert_eq!(got, want, "every image is used or reported");
+        for (x, y) in a.iter().zip(&b) {
+            assert_eq!(x.indices, y.indices);
+            assert!(x.images.equal(&y.images));
+        }
+        let ok: usize = a.iter().map(|x| x.indices.len()).sum();
+        assert_eq!(serial.stage_times().images.load(Ordering::Relaxed) as usize, ok);
+        assert!(serial.stage_times().per_image_ms().iter().all(|(_, ms)| *ms >= 0.0));
     }
 
     #[test]
