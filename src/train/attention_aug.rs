@@ -107,7 +107,7 @@ pub struct StepRandom {
 impl StepRandom {
     pub fn draw(rng: &mut Rng, b: i64, device: Device) -> Self {
         let u: Vec<f64> = (0..b * 8).map(|_| rng.uniform()).collect();
-        let all = Tensor::from_slice(&u).view([b, 8]).to_device(device); // one upload
+        let all = crate::device::upload(&Tensor::from_slice(&u).view([b, 8]), device); // one non-blocking upload
         StepRandom { maps: all.narrow(1, 0, 3), theta: all.narrow(1, 3, 3), offset: all.narrow(1, 6, 2) }
     }
 }
@@ -145,15 +145,16 @@ pub fn padded_boxes(mask: &Tensor, pad_ratio: f64) -> (Tensor, Tensor, Tensor, T
     let cols = mask.any_dim(1, false); // [B, S]
     let ar_h = Tensor::arange(h, (Kind::Int64, dev));
     let ar_w = Tensor::arange(w, (Kind::Int64, dev));
-    let first = |any: &Tensor, ar: &Tensor, n: i64| ar.where_self(any, &Tensor::from(n).to_device(dev)).amin([1i64], false);
-    let last = |any: &Tensor, ar: &Tensor| ar.where_self(any, &Tensor::from(-1i64).to_device(dev)).amax([1i64], false);
+    // Scalars stay scalars (no host-to-device copy: nothing in a step waits for the host).
+    let first = |any: &Tensor, ar: &Tensor, n: i64| ar.where_scalarother(any, n).amin([1i64], false);
+    let last = |any: &Tensor, ar: &Tensor| ar.where_scalarother(any, -1i64).amax([1i64], false);
     let (r0, r1) = (first(&rows, &ar_h, h), last(&rows, &ar_h));
     let (c0, c1) = (first(&cols, &ar_w, w), last(&cols, &ar_w));
-    let empty = r1.lt(0);
-    let r0 = r0.where_self(&empty.logical_not(), &Tensor::from(0i64).to_device(dev));
-    let r1 = r1.where_self(&empty.logical_not(), &Tensor::from(h - 1).to_device(dev));
-    let c0 = c0.where_self(&empty.logical_not(), &Tensor::from(0i64).to_device(dev));
-    let c1 = c1.where_self(&empty.logical_not(), &Tensor::from(w - 1).to_device(dev));
+    let found = r1.ge(0);
+    let r0 = r0.where_scalarother(&found, 0i64);
+    let r1 = r1.where_scalarother(&found, h - 1);
+    let c0 = c0.where_scalarother(&found, 0i64);
+    let c1 = c1.where_scalarother(&found, w - 1);
     ((r0 - lo_h).clamp_min(0), (r1 + hi_h).clamp_max(h), (c0 - lo_w).clamp_min(0), (c1 + hi_w).clamp_max(w))
 }
 
