@@ -7,7 +7,8 @@
 //! there without `LD_LIBRARY_PATH`; elsewhere (the GPU machine) `LD_LIBRARY_PATH` wins,
 //! because the linker writes a RUNPATH, which is searched after it.
 //!
-//! It also compiles `src/ffi/autocast.cpp`, two libtorch calls that tch does not expose.
+//! It also compiles the C++ shim in `src/ffi/` (autocast, the multi-tensor SGD update): libtorch
+//! calls that tch does not expose.
 use std::path::PathBuf;
 
 fn main() {
@@ -20,19 +21,42 @@ fn main() {
     if lib.join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");
+        println!("cargo:rustc-link-arg=-lc10_cuda");
         println!("cargo:rustc-link-arg=-ltorch");
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
 }
 
+/// `site-packages/nvidia/*/include` holding the CUDA runtime headers with their `crt/` part
+/// (PyPI's `nvidia-cuda-crt`, installed by scripts/install-torch.sh), next to
+/// `site-packages/torch/lib`.
+fn cuda_include(lib: &std::path::Path) -> Option<PathBuf> {
+    let nvidia = lib.parent()?.parent()?.join("nvidia");
+    std::fs::read_dir(nvidia).ok()?.flatten().map(|e| e.path().join("include")).find(|i| i.join("cuda_runtime_api.h").exists() && i.join("crt/host_config.h").exists())
+}
+
 /// Compiles the C++ shim against the headers that sit beside libtorch's `lib/` folder.
 fn compile_shim(lib: &std::path::Path) {
-    println!("cargo:rerun-if-changed=src/ffi/autocast.cpp");
+    const SHIM: &[&str] = &["src/ffi/autocast.cpp", "src/ffi/optim.cpp", "src/ffi/cuda_graph.cpp"];
+    for f in SHIM {
+        println!("cargo:rerun-if-changed={f}");
+    }
     let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    // The CUDA graph shim needs the CUDA runtime headers, which PyPI's torch brings as
+    // `site-packages/nvidia/<cuda>/include`; without them it is built as a stub.
+    match cuda_include(lib) {
+        Some(dir) => {
+            build.include(dir);
+        }
+        None => {
+            build.define("MAGSD_NO_CUDA_GRAPH", None);
+        }
+    }
+    build
         .cpp(true)
-        .file("src/ffi/autocast.cpp")
+        .files(SHIM)
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

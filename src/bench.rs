@@ -2,12 +2,19 @@
 //! and field names as the PyTorch anchor `../shared/reference/bench_magsd_torch.py`, so the two
 //! can be run in one call on one machine and compared as ratios.
 //!
+//! Each throughput is measured in `trials` trials of `iters` timed calls after warm-up, and
+//! reported as the median with min and max over the trials (field `*_trials` lists them), so two
+//! runs can be compared with their spread in view.
+//!
 //! * `train_step`: one MAG-SD step exactly as training runs it (`train::trainer::train_step`) on a
 //!   fixed synthetic batch (no data loading), original images/s = batch / step time;
 //! * `inference`: eval-mode raw forward (what the metrics use);
 //! * `eval_step`: raw forward + the mean-attention mix-up pass of the reference's test step;
 //! * `predict`: single-image latency of `magsd predict` from the file (decode, preprocess, forward);
-//! * `loader`: decode → resize → CLAHE → augment → z-score → tensors over a dataset, no cache.
+//! * `graph_parity`: the losses of 20 steps eager and replayed as a CUDA graph, same start;
+//! * `loader`: decode → resize → CLAHE → augment → z-score → tensors over a dataset, no cache, on
+//!   one worker thread and on all of them, with the time per image of each stage and the serial
+//!   fraction that Amdahl's law gives for the two speeds.
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,11 +31,15 @@ use crate::rng::Rng;
 use crate::train::attention_aug::{StepRandom, attention_mixup};
 use crate::train::config::TrainConfig;
 use crate::train::optim::Sgd;
+use crate::train::cuda_graph::GraphedStep;
 use crate::train::trainer::{seeded_init, train_step};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Measure {
     Train,
+    /// 20 training steps eager and as a CUDA graph from the same weights and inputs: the losses
+    /// of both (CUDA only).
+    GraphParity,
     Infer,
     Eval,
     Predict,
@@ -44,6 +55,8 @@ pub struct BenchOptions {
     pub infer_batch: usize,
     pub warmup: usize,
     pub iters: usize,
+    /// Timed repetitions of each throughput measurement.
+    pub trials: usize,
     pub infer_warmup: usize,
     pub infer_iters: usize,
     pub measures: Vec<Measure>,
@@ -111,9 +124,18 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                 let x = input(o.batch);
                 let y = Tensor::randint(o.classes as i64, [o.batch as i64], (Kind::Int64, o.device));
                 let mut rng = Rng::new(o.config.seed);
+                let mut graphed = match o.config.performance.cuda_graph && o.device.is_cuda() {
+                    true => Some(GraphedStep::new(o.device)?),
+                    false => None,
+                };
                 let mut step = || {
                     let random = StepRandom::draw(&mut rng, o.batch as i64, o.device);
-                    train_step(model, &mut sgd, &x, &y, &random, &o.config, o.device, o.config.optim.lr).loss.total.detach()
+                    let lr = o.config.optim.lr;
+                    let out = match &mut graphed {
+                        Some(g) => g.step(model, &mut sgd, &x, &y, &random, &o.config, lr).expect("CUDA graph step"),
+                        None => train_step(model, &mut sgd, &x, &y, &random, &o.config, o.device, lr),
+                    };
+                    out.loss.total.detach().copy()
                 };
                 let t = Instant::now();
                 let mut losses = Vec::new();
@@ -122,30 +144,80 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                 }
                 sync(o.device);
                 let warmup_s = t.elapsed().as_secs_f64();
-                let t = Instant::now();
                 let mut last = None;
-                for _ in 0..o.iters {
-                    last = Some(step());
-                }
-                sync(o.device);
-                let dt = t.elapsed().as_secs_f64();
+                let per = trials(o.device, o.trials, || {
+                    for _ in 0..o.iters {
+                        last = Some(step());
+                    }
+                    o.iters
+                });
                 if let Some(l) = last {
                     losses.push(l.double_value(&[]));
                 }
-                let per = dt / o.iters.max(1) as f64;
-                json!({"bench": "train_step", "train_warmup_s": warmup_s, "train_iters": o.iters,
-                    "train_step_ms": 1e3 * per, "train_img_s": o.batch as f64 / per, "train_fwd_img_s": 4.0 * o.batch as f64 / per,
+                let img_s: Vec<f64> = per.iter().map(|p| o.batch as f64 / p).collect();
+                let (med, lo, hi) = spread(&img_s);
+                json!({"bench": "train_step", "train_warmup_s": warmup_s, "train_iters": o.iters, "trials": o.trials,
+                    "train_step_ms": 1e3 * o.batch as f64 / med, "train_img_s": med, "train_img_s_min": lo, "train_img_s_max": hi,
+                    "train_img_s_trials": img_s, "train_fwd_img_s": 4.0 * med,
                     "fwd_images_per_train_step": 4 * o.batch,
                     "loss_first": losses.first(), "loss_last": losses.last(), "loss_finite": losses.iter().all(|v| v.is_finite())})
+            }
+            Measure::GraphParity => {
+                if !o.device.is_cuda() {
+                    return Err(Error::Config("--only graph-parity needs --device cuda".into()));
+                }
+                let losses = |graph: bool| -> Result<Vec<f64>> {
+                    let vs = nn::VarStore::new(o.device);
+                    let model = seeded_init(&vs, &model_config, o.config.seed)?;
+                    if cl {
+                        vars_to_channels_last(&vs);
+                    }
+                    let mut sgd = Sgd::new(
+                        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect(),
+                        o.config.optim.momentum,
+                        o.config.optim.weight_decay,
+                        o.config.optim.nesterov,
+                    );
+                    let mut graphed = if graph { Some(GraphedStep::new(o.device)?) } else { None };
+                    let mut rng = Rng::new(o.config.seed);
+                    let mut out = Vec::new();
+                    for i in 0..20u64 {
+                        let mut data = Rng::derive(o.config.seed, &[9, i]);
+                        let v: Vec<f32> = (0..o.batch as i64 * c * s * s).map(|_| data.uniform() as f32 * 2.0 - 1.0).collect();
+                        let x = Tensor::from_slice(&v).view([o.batch as i64, c, s, s]).to_device(o.device);
+                        let x = if cl { channels_last(&x) } else { x };
+                        let y = Tensor::arange(o.batch as i64, (Kind::Int64, o.device)).remainder(o.classes as i64);
+                        let random = StepRandom::draw(&mut rng, o.batch as i64, o.device);
+                        let lr = o.config.optim.lr;
+                        let step = match &mut graphed {
+                            Some(g) => g.step(&model, &mut sgd, &x, &y, &random, &o.config, lr)?,
+                            None => train_step(&model, &mut sgd, &x, &y, &random, &o.config, o.device, lr),
+                        };
+                        out.push(step.loss.total.double_value(&[]));
+                    }
+                    Ok(out)
+                };
+                let (eager, graph) = (losses(false)?, losses(true)?);
+                let rel = eager.iter().zip(&graph).map(|(a, b)| (a - b).abs() / a.abs().max(1e-12)).fold(0.0, f64::max);
+                json!({"bench": "graph_parity", "steps": 20, "eager_losses": eager, "graph_losses": graph, "max_rel_diff": rel})
             }
             Measure::Infer => {
                 let model = model.expect("model built");
                 let x = input(o.infer_batch);
                 let f = || tch::no_grad(|| autocast_bf16(bf16, o.device, || model.forward_t(&x, false).logits));
-                let per = time(o.device, o.infer_warmup, o.infer_iters, || {
+                for _ in 0..o.infer_warmup {
                     let _ = f();
+                }
+                let per = trials(o.device, o.trials, || {
+                    for _ in 0..o.infer_iters {
+                        let _ = f();
+                    }
+                    o.infer_iters
                 });
-                json!({"bench": "inference", "infer_iters": o.infer_iters, "infer_ms": 1e3 * per, "infer_img_s": o.infer_batch as f64 / per})
+                let img_s: Vec<f64> = per.iter().map(|p| o.infer_batch as f64 / p).collect();
+                let (med, lo, hi) = spread(&img_s);
+                json!({"bench": "inference", "infer_iters": o.infer_iters, "trials": o.trials, "infer_ms": 1e3 * o.infer_batch as f64 / med,
+                    "infer_img_s": med, "infer_img_s_min": lo, "infer_img_s_max": hi, "infer_img_s_trials": img_s})
             }
             Measure::Eval => {
                 let model = model.expect("model built");
@@ -153,7 +225,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                 let mut rng = Rng::new(1);
                 let n = (o.infer_iters / 2).max(1);
                 let cfg = &o.config.method.attention;
-                let per = time(o.device, 1, n, || {
+                let mut eval = || {
                     let _ = tch::no_grad(|| {
                         let out = autocast_bf16(bf16, o.device, || model.forward_t(&x, false));
                         let r = StepRandom::draw(&mut rng, o.infer_batch as i64, o.device);
@@ -161,8 +233,18 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                         let mixed = if cl { channels_last(&mixed) } else { mixed };
                         autocast_bf16(bf16, o.device, || model.forward_t(&mixed, false).logits)
                     });
+                };
+                eval();
+                let per = trials(o.device, o.trials, || {
+                    for _ in 0..n {
+                        eval();
+                    }
+                    n
                 });
-                json!({"bench": "eval_step", "eval_iters": n, "eval_step_img_s": o.infer_batch as f64 / per})
+                let img_s: Vec<f64> = per.iter().map(|p| o.infer_batch as f64 / p).collect();
+                let (med, lo, hi) = spread(&img_s);
+                json!({"bench": "eval_step", "eval_iters": n, "trials": o.trials, "eval_step_img_s": med,
+                    "eval_step_img_s_min": lo, "eval_step_img_s_max": hi, "eval_step_img_s_trials": img_s})
             }
             Measure::Predict => {
                 let model = model.expect("model built");
@@ -203,16 +285,27 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                     augment: o.config.data.augment,
                     limits: Default::default(),
                 };
-                let loader = Loader::new(ds.clone(), pipeline, 0, false);
                 let all: Vec<usize> = (0..ds.samples.len()).collect();
-                let t = Instant::now();
-                let mut n = 0;
-                for b in loader.batches(all, o.batch, Some(0), o.config.performance.prefetch) {
-                    n += b.indices.len();
-                }
-                let dt = t.elapsed().as_secs_f64();
+                // Images/s of one pass over the data (no cache), and the loader's stage clock.
+                let pass = |loader: Loader| {
+                    let t = Instant::now();
+                    let mut n = 0;
+                    for b in loader.batches(all.clone(), o.batch, Some(0), o.config.performance.prefetch) {
+                        n += b.indices.len();
+                    }
+                    (n, t.elapsed().as_secs_f64(), loader)
+                };
+                let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().map_err(|e| Error::Config(e.to_string()))?;
+                let (n1, t1, _) = pass(Loader::new(ds.clone(), pipeline.clone(), 0, false).with_pool(Arc::new(one)));
+                let (n, dt, loader) = pass(Loader::new(ds.clone(), pipeline, 0, false));
+                let threads = rayon::current_num_threads();
+                // Amdahl: t_N = t_1·(s + (1 − s)/N)  ⇒  s = (t_N/t_1 − 1/N) / (1 − 1/N).
+                let serial = (threads > 1).then(|| ((dt / t1) - 1.0 / threads as f64) / (1.0 - 1.0 / threads as f64));
+                let stages: serde_json::Map<String, Value> =
+                    loader.stage_times().per_image_ms().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
                 json!({"bench": "loader", "data": data, "images": n, "seconds": dt, "images_per_s": n as f64 / dt,
-                    "rayon_threads": rayon::current_num_threads(),
+                    "images_per_s_1_thread": n1 as f64 / t1, "serial_fraction": serial,
+                    "stage_ms_per_image": stages, "rayon_threads": threads,
                     "cores": std::thread::available_parallelism().map(|c| c.get()).unwrap_or(1),
                     "cache": false, "augment": o.config.data.augment, "image_size": o.config.model.image_size})
             }
@@ -222,16 +315,49 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
     Ok(out)
 }
 
-/// Seconds per call of `f`, after `warmup` calls, with the device synchronised around the timing.
-fn time(device: Device, warmup: usize, iters: usize, mut f: impl FnMut()) -> f64 {
-    for _ in 0..warmup {
-        f();
+/// Seconds per call in each of `n` trials; `f` runs one trial and returns its number of calls.
+/// The device is synchronised around every trial.
+fn trials(device: Device, n: usize, mut f: impl FnMut() -> usize) -> Vec<f64> {
+    (0..n.max(1))
+        .map(|_| {
+            sync(device);
+            let t = Instant::now();
+            let calls = f();
+            sync(device);
+            t.elapsed().as_secs_f64() / calls.max(1) as f64
+        })
+        .collect()
+}
+
+/// (median, min, max) of a non-empty sample.
+fn spread(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let m = s.len() / 2;
+    let median = if s.len() % 2 == 1 { s[m] } else { 0.5 * (s[m - 1] + s[m]) };
+    (median, s[0], s[s.len() - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_gives_median_min_max() {
+        assert_eq!(spread(&[3.0, 1.0, 2.0]), (2.0, 1.0, 3.0));
+        assert_eq!(spread(&[4.0, 1.0, 2.0, 3.0]), (2.5, 1.0, 4.0));
     }
-    sync(device);
-    let t = Instant::now();
-    for _ in 0..iters {
-        f();
+
+    #[test]
+    fn trials_time_each_repetition() {
+        let mut calls = 0;
+        let per = trials(Device::Cpu, 3, || {
+            calls += 1;
+            std::thread::sleep(std::time::Duration::from_millis(4));
+            2
+        });
+        assert_eq!(calls, 3);
+        assert_eq!(per.len(), 3);
+        assert!(per.iter().all(|&p| p >= 0.002), "{per:?}");
     }
-    sync(device);
-    t.elapsed().as_secs_f64() / iters.max(1) as f64
 }

@@ -221,7 +221,7 @@ fn model_info_counts_the_paper_network() {
 fn bench_prints_one_json_line_per_measurement() {
     let o = magsd(&[
         "bench", "--device", "cpu", "--backbone", "tiny", "--image-size", "64", "--maps", "4", "--batch", "4", "--warmup", "1",
-        "--iters", "1", "--infer-warmup", "1", "--infer-iters", "2", "--only", "train,infer,eval,predict,loader", "--data",
+        "--iters", "1", "--trials", "2", "--infer-warmup", "1", "--infer-iters", "2", "--only", "train,infer,eval,predict,loader", "--data",
         shared("data/cxr-demo").to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
@@ -230,4 +230,12 @@ fn bench_prints_one_json_line_per_measurement() {
     assert_eq!(kinds, ["train_step", "inference", "eval_step", "predict", "loader"]);
     assert!(lines[0]["train_img_s"].as_f64().unwrap() > 0.0 && lines[0]["loss_finite"] == true);
     assert_eq!(lines[4]["images"], 32);
+    for (line, key) in [(&lines[0], "train_img_s"), (&lines[1], "infer_img_s"), (&lines[2], "eval_step_img_s")] {
+        let (lo, med, hi) = (line[format!("{key}_min")].as_f64().unwrap(), line[key].as_f64().unwrap(), line[format!("{key}_max")].as_f64().unwrap());
+        assert!(lo <= med && med <= hi, "{key}: {lo} {med} {hi}");
+        assert_eq!(line[format!("{key}_trials")].as_array().unwrap().len(), 2, "{key}");
+    }
+    let stages = lines[4]["stage_ms_per_image"].as_object().unwrap();
+    assert_eq!(stages.len(), 5, "{stages:?}");
+    assert!(lines[4]["images_per_s_1_thread"].as_f64().unwrap() > 0.0);
 }

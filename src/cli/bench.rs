@@ -13,7 +13,7 @@ use crate::train::config::TrainConfig;
   magsd bench --device cuda --bf16 --channels-last\n  \
   magsd bench --device cpu --only predict --image chest.png   # single-image latency\n  \
   magsd bench --only loader --data ../shared/data/cxr         # input pipeline images/s\n  \
-  magsd bench --device cpu --backbone tiny --image-size 96 --batch 8 --iters 3\n\n\
+  magsd bench --device cpu --backbone tiny --image-size 96 --batch 8 --iters 3 --trials 2\n\n\
 Same settings and JSON fields as ../shared/reference/bench_magsd_torch.py (batch 32, 1x224x224,\n\
 3 classes, 32 maps, scales 7+14, SGD lr 1e-3 wd 1e-6); run both in one call and compare ratios.")]
 pub struct BenchArgs {
@@ -28,20 +28,29 @@ pub struct BenchArgs {
     pub classes: usize,
     #[command(flatten)]
     pub model: ModelArgs,
-    #[arg(long)]
-    pub bf16: bool,
+    /// Channels-last (NHWC) memory layout on CUDA.
     #[arg(long)]
     pub channels_last: bool,
     /// The authors' optimiser (weight decay 5e-4, Nesterov) instead of the paper's.
     #[arg(long)]
     pub code_optim: bool,
-    #[arg(long, default_value_t = 3)]
+    /// bf16 autocast on CUDA (the anchor's --amp).
+    #[arg(long)]
+    pub bf16: bool,
+    /// Untimed training steps before the trials.
+    #[arg(long, default_value_t = 5)]
     pub warmup: usize,
-    #[arg(long, default_value_t = 10)]
+    /// Timed training steps per trial.
+    #[arg(long, default_value_t = 30)]
     pub iters: usize,
-    #[arg(long, default_value_t = 3)]
+    /// Timed trials of each throughput measurement (median, min and max are reported).
+    #[arg(long, default_value_t = 5)]
+    pub trials: usize,
+    /// Untimed inference batches before the trials.
+    #[arg(long, default_value_t = 5)]
     pub infer_warmup: usize,
-    #[arg(long, default_value_t = 20)]
+    /// Timed inference batches per trial.
+    #[arg(long, default_value_t = 30)]
     pub infer_iters: usize,
     /// Measurements to run (default: train, infer, eval, predict; and loader with --data).
     #[arg(long, value_enum, value_delimiter = ',')]
@@ -92,6 +101,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         infer_batch: a.infer_batch.unwrap_or(a.batch),
         warmup: a.warmup,
         iters: a.iters,
+        trials: a.trials,
         infer_warmup: a.infer_warmup,
         infer_iters: a.infer_iters,
         measures,

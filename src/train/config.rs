@@ -88,6 +88,10 @@ pub struct PerformanceSection {
     pub prefetch: usize,
     /// Write a step record to the log every this many steps.
     pub log_every: usize,
+    /// Record the training step as a CUDA graph and replay it (CUDA only; see
+    /// `train::cuda_graph`).
+    #[serde(default)]
+    pub cuda_graph: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -147,7 +151,7 @@ impl TrainConfig {
                 loss: LossConfig::default(),
             },
             validation: ValidationSection { fraction: 0.1, every: 1 },
-            performance: PerformanceSection { bf16: false, channels_last: false, cache: true, prefetch: 2, log_every: 10 },
+            performance: PerformanceSection { bf16: false, channels_last: false, cache: true, prefetch: 2, log_every: 10, cuda_graph: false },
         }
     }
 

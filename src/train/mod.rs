@@ -3,6 +3,7 @@
 pub mod attention_aug;
 pub mod checkpoint;
 pub mod config;
+pub mod cuda_graph;
 pub mod cv;
 pub mod loss;
 pub mod optim;

@@ -24,9 +24,11 @@ use tch::{Device, Kind, Tensor, nn};
 use super::attention_aug::{StepRandom, augment_batch};
 use super::checkpoint::{self, Best, TrainState};
 use super::config::TrainConfig;
+use super::cuda_graph::GraphedStep;
 use super::loss::soft_distance_loss;
 use super::optim::Sgd;
 use crate::data::loader::Loader;
+use crate::data::prefetch::DeviceBatches;
 use crate::device::{autocast_bf16, channels_last, vars_to_channels_last};
 use crate::error::{Error, IoContext, Result};
 use crate::eval::evaluate::predict;
@@ -269,9 +271,12 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
         )));
     }
     let cl = cfg.performance.channels_last && job.device.is_cuda();
-    let to_device = |t: &Tensor| {
-        let t = t.to_device(job.device);
-        if cl { channels_last(&t) } else { t }
+    if cfg.performance.cuda_graph && !job.device.is_cuda() && job.verbose {
+        eprintln!("note: performance.cuda_graph applies on CUDA only; this run steps eagerly");
+    }
+    let mut graphed = match cfg.performance.cuda_graph && job.device.is_cuda() {
+        true => Some(GraphedStep::new(job.device)?),
+        false => None,
     };
     let mut warned: std::collections::HashSet<usize> = Default::default();
 
@@ -287,7 +292,8 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
         let (mut ep_loss, mut ep_ce, mut ep_correct, mut ep_n) = (zero(), zero(), zero(), 0usize);
         let mut win_t = Instant::now();
         let ep_t = Instant::now();
-        let batches = job.loader.batches(order[start_step * bs..].to_vec(), bs, Some(epoch as u64), cfg.performance.prefetch);
+        let host_batches = job.loader.batches(order[start_step * bs..].to_vec(), bs, Some(epoch as u64), cfg.performance.prefetch);
+        let batches = DeviceBatches::new(host_batches, job.device, cl);
         for (offset, batch) in batches.enumerate() {
             let step = start_step + offset;
             for (i, e) in &batch.failures {
@@ -297,10 +303,12 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
             }
             if batch.indices.len() >= 2 {
                 let mut rng = Rng::derive(cfg.seed, &[1, epoch as u64, step as u64]);
-                let x = to_device(&batch.images);
-                let y = batch.labels.to_device(job.device);
+                let (x, y) = (&batch.images, &batch.labels);
                 let random = StepRandom::draw(&mut rng, batch.indices.len() as i64, job.device);
-                let out = train_step(&model, &mut sgd, &x, &y, &random, cfg, job.device, lr);
+                let out = match &mut graphed {
+                    Some(g) => g.step(&model, &mut sgd, x, y, &random, cfg, lr)?,
+                    None => train_step(&model, &mut sgd, x, y, &random, cfg, job.device, lr),
+                };
                 let (loss, correct) = (out.loss, out.correct);
                 let n = batch.indices.len();
                 let (l, c) = (loss.total.detach() * n as f64, loss.ce.detach() * n as f64);
