@@ -7,7 +7,8 @@
 //! there without `LD_LIBRARY_PATH`; elsewhere (the GPU machine) `LD_LIBRARY_PATH` wins,
 //! because the linker writes a RUNPATH, which is searched after it.
 //!
-//! It also compiles `src/ffi/autocast.cpp`, two libtorch calls that tch does not expose.
+//! It also compiles `src/ffi/autocast.cpp`, two libtorch calls that tch does not expose, and
+//! `src/ffi/determinism.cpp`, cuDNN's deterministic switch.
 use std::path::PathBuf;
 
 fn main() {
@@ -29,10 +30,12 @@ fn main() {
 /// Compiles the C++ shim against the headers that sit beside libtorch's `lib/` folder.
 fn compile_shim(lib: &std::path::Path) {
     println!("cargo:rerun-if-changed=src/ffi/autocast.cpp");
+    println!("cargo:rerun-if-changed=src/ffi/determinism.cpp");
     let include = lib.parent().expect("libtorch lib folder has a parent").join("include");
     cc::Build::new()
         .cpp(true)
         .file("src/ffi/autocast.cpp")
+        .file("src/ffi/determinism.cpp")
         .include(&include)
         .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")

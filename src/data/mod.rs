@@ -8,3 +8,4 @@ pub mod loader;
 pub mod preprocess;
 pub mod split;
 pub mod synth;
+pub mod input_stats;
