@@ -17,30 +17,39 @@ use crate::train::config::TrainConfig;
 Same settings and JSON fields as ../shared/reference/bench_magsd_torch.py (batch 32, 1x224x224,\n\
 3 classes, 32 maps, scales 7+14, SGD lr 1e-3 wd 1e-6); run both in one call and compare ratios.")]
 pub struct BenchArgs {
+    /// cpu, cuda or auto.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Training batch size.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Inference batch (default: --batch).
     #[arg(long)]
     pub infer_batch: Option<usize>,
+    /// Output classes.
     #[arg(long, default_value_t = 3)]
     pub classes: usize,
     #[command(flatten)]
     pub model: ModelArgs,
+    /// bf16 autocast (CUDA; ignored with a note on CPU).
     #[arg(long)]
     pub bf16: bool,
+    /// Channels-last memory layout (CUDA; ignored with a note on CPU).
     #[arg(long)]
     pub channels_last: bool,
     /// The authors' optimiser (weight decay 5e-4, Nesterov) instead of the paper's.
     #[arg(long)]
     pub code_optim: bool,
+    /// Untimed training steps before measuring.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
+    /// Timed training steps.
     #[arg(long, default_value_t = 10)]
     pub iters: usize,
+    /// Untimed inference batches before measuring.
     #[arg(long, default_value_t = 3)]
     pub infer_warmup: usize,
+    /// Timed inference batches.
     #[arg(long, default_value_t = 20)]
     pub infer_iters: usize,
     /// Measurements to run (default: train, infer, eval, predict; and loader with --data).

@@ -107,7 +107,7 @@ impl TrainArgs {
             push("batch_size", v.to_string());
         }
         if let Some(v) = self.lr {
-            push("optim.lr", format!("{v:e}"));
+            push("optim.lr", toml::Value::Float(v).to_string());
         }
         if let Some(v) = self.seed {
             push("seed", v.to_string());
