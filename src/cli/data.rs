@@ -14,6 +14,7 @@ pub enum DataCommand {
     /// Print what is read from image files (format, size, bit depth, conversions applied).
     #[command(after_help = "Examples:\n  magsd data inspect scan.dcm chest.png\n  magsd data inspect --max-pixels 100000000 huge.png")]
     Inspect {
+        /// PNG, JPEG or DICOM files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Refuse images with more pixels than this.

@@ -188,14 +188,13 @@ fn resume_config(args: &TrainArgs, dir: &std::path::Path, spec: &RunSpec) -> Res
                 cfg.epochs
             )));
         }
-        if e > cfg.epochs && spec.folds >= 2 {
-            if let Some(k) = (0..spec.folds).find(|k| dir.join(format!("fold-{k}/fold.json")).exists()) {
-                return Err(Error::Config(format!(
-                    "--epochs {e}: fold {k} has already finished with {} epochs; every fold must train \
-                     equally long, so a cross-validation run cannot add epochs now",
-                    cfg.epochs
-                )));
-            }
+        let finished = (0..spec.folds).find(|k| dir.join(format!("fold-{k}/fold.json")).exists());
+        if let Some(k) = finished.filter(|_| e > cfg.epochs && spec.folds >= 2) {
+            return Err(Error::Config(format!(
+                "--epochs {e}: fold {k} has already finished with {} epochs; every fold must train \
+                 equally long, so a cross-validation run cannot add epochs now",
+                cfg.epochs
+            )));
         }
         cfg.epochs = e;
     }
@@ -286,7 +285,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             Ok(130)
         }
         RunResult::Final { model } => {
-            store_input_stats(&[model.clone()], &ds, &cfg)?;
+            store_input_stats(std::slice::from_ref(&model), &ds, &cfg)?;
             let html = crate::report::run::write_run_report(&out)?;
             println!("final model: {}\nreport: {}", model.display(), html.display());
             Ok(0)

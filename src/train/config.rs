@@ -281,7 +281,7 @@ impl TrainConfig {
         let unit = |v: f64| (0.0..=1.0).contains(&v);
         let below_one = |v: f64| (0.0..1.0).contains(&v);
         let below_half = |v: f64| (0.0..0.5).contains(&v);
-        let mut checks: Vec<(String, f64, &dyn Fn(f64) -> bool, &str)> = vec![
+        let mut checks: Vec<NumberCheck> = vec![
             ("optim.lr".into(), o.lr, &positive, "> 0"),
             ("optim.momentum".into(), o.momentum, &below_one, "in [0, 1)"),
             ("optim.weight_decay".into(), o.weight_decay, &non_negative, ">= 0"),
@@ -353,6 +353,9 @@ impl TrainConfig {
         Ok(self.model_config(2)?.preprocess())
     }
 }
+
+/// A setting's key, its value, the test it must pass and that test in words.
+type NumberCheck<'a> = (String, f64, &'a dyn Fn(f64) -> bool, &'a str);
 
 /// A list of class names: none empty, none twice.
 pub fn check_class_list(classes: &[String]) -> std::result::Result<(), String> {
