@@ -61,7 +61,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub device: Option<DeviceChoice>,
     /// Deterministic cuDNN and libtorch algorithms, cuDNN benchmarking off: the same seed gives
-    /// the same loss curve on CUDA too (slower; CPU runs are deterministic without it).
+    /// the same loss curve on CUDA too (it may be slower; CPU runs need no flag).
     #[arg(long)]
     pub deterministic: bool,
     /// bf16 autocast (CUDA).
