@@ -7,8 +7,8 @@
 //! there without `LD_LIBRARY_PATH`; elsewhere (the GPU machine) `LD_LIBRARY_PATH` wins,
 //! because the linker writes a RUNPATH, which is searched after it.
 //!
-//! It also compiles the C++ shim in `src/ffi/` (autocast, the multi-tensor SGD update): libtorch
-//! calls that tch does not expose.
+//! It also compiles the C++ shim in `src/ffi/` (autocast, cuDNN's deterministic switch, the
+//! multi-tensor SGD update, CUDA graphs): libtorch calls that tch does not expose.
 use std::path::PathBuf;
 
 fn main() {
@@ -38,7 +38,8 @@ fn cuda_include(lib: &std::path::Path) -> Option<PathBuf> {
 
 /// Compiles the C++ shim against the headers that sit beside libtorch's `lib/` folder.
 fn compile_shim(lib: &std::path::Path) {
-    const SHIM: &[&str] = &["src/ffi/autocast.cpp", "src/ffi/optim.cpp", "src/ffi/cuda_graph.cpp"];
+    const SHIM: &[&str] =
+        &["src/ffi/autocast.cpp", "src/ffi/determinism.cpp", "src/ffi/optim.cpp", "src/ffi/cuda_graph.cpp"];
     for f in SHIM {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -119,7 +119,8 @@ fn eval_skips_a_corrupt_image_and_strict_fails() {
             "--device".into(), "cpu".into(), "--out".into(), out.display().to_string(), "--overlays".into(), "0".into(),
         ];
         if strict {
-            a.push("--strict".into());
+            // The first run's metrics.json is in --out: replacing it needs --force.
+            a.extend(["--strict".into(), "--force".into()]);
         }
         a
     };
@@ -194,7 +195,10 @@ fn predict_reads_jpeg_png_and_dicom_and_writes_heatmaps() {
             assert!((a - b).abs() < 1e-5, "{p0:?} vs {r}");
         }
     }
-    assert_eq!(std::fs::read_dir(&heat).unwrap().count(), 2); // same.png and same.dcm share a stem
+    // same.png and same.dcm share a stem: each gets its own heatmap.
+    assert_eq!(std::fs::read_dir(&heat).unwrap().count(), 3);
+    let heatmaps: Vec<&str> = rows.iter().map(|r| r["heatmap"].as_str().unwrap()).collect();
+    assert!(heatmaps[1] != heatmaps[2] && heatmaps[1].contains("same_"), "{heatmaps:?}");
     // A non-image among the inputs: reported, the others still predicted, exit code 1.
     let o = magsd(&["predict", jpg.to_str().unwrap(), "Cargo.toml", "--model", model.to_str().unwrap(), "--device", "cpu"]);
     assert_eq!(o.status.code(), Some(1));

@@ -17,26 +17,29 @@ use crate::train::config::TrainConfig;
 Same settings and JSON fields as ../shared/reference/bench_magsd_torch.py (batch 32, 1x224x224,\n\
 3 classes, 32 maps, scales 7+14, SGD lr 1e-3 wd 1e-6); run both in one call and compare ratios.")]
 pub struct BenchArgs {
+    /// cpu, cuda or auto.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Training batch size.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
     /// Inference batch (default: --batch).
     #[arg(long)]
     pub infer_batch: Option<usize>,
+    /// Output classes.
     #[arg(long, default_value_t = 3)]
     pub classes: usize,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Channels-last (NHWC) memory layout on CUDA.
+    /// bf16 autocast (CUDA; ignored with a note on CPU).
+    #[arg(long)]
+    pub bf16: bool,
+    /// Channels-last memory layout (CUDA; ignored with a note on CPU).
     #[arg(long)]
     pub channels_last: bool,
     /// The authors' optimiser (weight decay 5e-4, Nesterov) instead of the paper's.
     #[arg(long)]
     pub code_optim: bool,
-    /// bf16 autocast on CUDA (the anchor's --amp).
-    #[arg(long)]
-    pub bf16: bool,
     /// Untimed training steps before the trials.
     #[arg(long, default_value_t = 5)]
     pub warmup: usize,

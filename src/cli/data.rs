@@ -1,18 +1,20 @@
 //! `magsd data ...`: look at image files and datasets.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 
 use super::DataArgs;
+use crate::data::dataset::Dataset;
 use crate::data::decode::{DecodeLimits, decode_file};
 use crate::data::split::{SplitFile, check_split, stratified_patient_kfold};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
     /// Print what is read from image files (format, size, bit depth, conversions applied).
     #[command(after_help = "Examples:\n  magsd data inspect scan.dcm chest.png\n  magsd data inspect --max-pixels 100000000 huge.png")]
     Inspect {
+        /// PNG, JPEG or DICOM files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Refuse images with more pixels than this.
@@ -24,9 +26,10 @@ pub enum DataCommand {
     Summary {
         #[command(flatten)]
         data: DataArgs,
-        /// Folds of the split whose sizes are shown.
+        /// Folds of the split whose sizes are shown (k ≥ 2, at most the number of patients; 0: no split section).
         #[arg(long, default_value_t = 5)]
         folds: usize,
+        /// Seed of the split.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Metadata columns to break the counts down by (default: source_repo and dataset, where present).
@@ -38,12 +41,18 @@ pub enum DataCommand {
     Split {
         #[command(flatten)]
         data: DataArgs,
+        /// Number of folds (k ≥ 2).
         #[arg(long, default_value_t = 5)]
         folds: usize,
+        /// Seed of the split.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// The JSON file to write.
         #[arg(long)]
         out: PathBuf,
+        /// Overwrite --out if it exists.
+        #[arg(long)]
+        force: bool,
     },
     /// Generate chest-radiograph phantoms with known lesion masks (for demos and tests).
     #[command(after_help = "Examples:\n  magsd data synth --out phantoms --per-class 50\n  magsd data summary --data phantoms\n\n\
@@ -51,23 +60,34 @@ Classes: covid19 (bilateral peripheral ground-glass), bacterial (lobar consolida
 (patchy perihilar interstitial), normal. Masks are saved beside the images; the manifest has\n\
 the shared data's columns plus `mask`.")]
     Synth {
+        /// Folder to write (images/, masks/, manifest.csv).
         #[arg(long)]
         out: PathBuf,
+        /// Phantoms per class.
         #[arg(long, default_value_t = 50)]
         per_class: usize,
-        /// Image side in pixels.
+        /// Image side in pixels (32 to 4096).
         #[arg(long, default_value_t = 160)]
         size: usize,
+        /// Seed of the phantoms.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Write into --out even if it already holds a manifest.csv (its phantoms are replaced).
+        #[arg(long)]
+        force: bool,
     },
-    /// Check a saved split: no patient in two folds, no image twice (same bytes).
-    #[command(after_help = "Examples:\n  magsd data check --data ../shared/data/cxr/manifest.csv --split split.json")]
+    /// Check a saved split: every image in exactly one fold, no patient in two folds, no image
+    /// twice (same bytes), and the number of folds it says it has.
+    #[command(after_help = "Examples:\n  magsd data check --data ../shared/data/cxr/manifest.csv --split split.json\n  magsd data check --data ../shared/data/cxr/manifest.csv --split split.json --folds 5")]
     Check {
         #[command(flatten)]
         data: DataArgs,
+        /// The split file (from `magsd data split` or a run's split.json).
         #[arg(long)]
         split: PathBuf,
+        /// The number of folds the split must have.
+        #[arg(long)]
+        folds: Option<usize>,
     },
 }
 
@@ -75,7 +95,8 @@ pub fn run(cmd: DataCommand) -> Result<i32> {
     match cmd {
         DataCommand::Inspect { files, max_pixels } => inspect(&files, max_pixels),
         DataCommand::Summary { data, folds, seed, by } => summary(&data, folds, seed, &by),
-        DataCommand::Split { data, folds, seed, out } => {
+        DataCommand::Split { data, folds, seed, out, force } => {
+            super::refuse_overwrite(&out, force)?;
             let ds = data.open()?;
             let all: Vec<usize> = (0..ds.samples.len()).collect();
             let f = stratified_patient_kfold(&ds, &all, folds, seed)?;
@@ -91,14 +112,23 @@ pub fn run(cmd: DataCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        DataCommand::Synth { out, per_class, size, seed } => {
+        DataCommand::Synth { out, per_class, size, seed, force } => {
+            if !(32..=4096).contains(&size) {
+                return Err(Error::Config(format!("--size {size}: phantoms are 32 to 4096 pixels wide")));
+            }
+            if per_class == 0 {
+                return Err(Error::Config("--per-class must be at least 1".into()));
+            }
+            super::refuse_overwrite(&out.join("manifest.csv"), force)?;
             let o = crate::data::synth::write_dataset(&out, per_class, size, seed)?;
             println!("wrote {} phantoms ({size}×{size}) and their lesion masks; manifest: {}", o.images, o.manifest.display());
             Ok(0)
         }
-        DataCommand::Check { data, split } => {
+        DataCommand::Check { data, split, folds } => {
             let ds = data.open()?;
-            let f = SplitFile::load(&split)?.resolve(&ds, &split)?;
+            let file = SplitFile::load(&split)?;
+            let f = file.resolve(&ds, &split)?;
+            check_complete(&ds, &file, &f.folds, folds, &split)?;
             let check = check_split(&ds, &f.folds)?;
             println!(
                 "{}: check passed: {} folds, {} images, {} patients, no patient in two folds, no duplicate bytes",
@@ -110,6 +140,37 @@ pub fn run(cmd: DataCommand) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// A split must have the folds it claims (and `expected`, when given), at least two, and hold
+/// every image of the data.
+fn check_complete(ds: &Dataset, file: &SplitFile, folds: &[Vec<usize>], expected: Option<usize>, path: &Path) -> Result<()> {
+    if file.k != folds.len() {
+        return Err(Error::bad_file(path, format!("says k = {} but holds {} folds", file.k, folds.len())));
+    }
+    if folds.len() < 2 {
+        return Err(Error::bad_file(path, format!("holds {} fold(s); a k-fold split needs at least 2", folds.len())));
+    }
+    if let Some(k) = expected.filter(|&k| k != folds.len()) {
+        return Err(Error::bad_file(path, format!("holds {} folds, not the {k} asked for with --folds", folds.len())));
+    }
+    let mut seen = vec![false; ds.samples.len()];
+    for &i in folds.iter().flatten() {
+        seen[i] = true;
+    }
+    let missing: Vec<&str> = ds.samples.iter().zip(&seen).filter(|(_, s)| !**s).map(|(x, _)| x.name.as_str()).collect();
+    if !missing.is_empty() {
+        return Err(Error::bad_file(
+            path,
+            format!(
+                "{} of the data's {} images are in no fold (e.g. {})",
+                missing.len(),
+                ds.samples.len(),
+                missing.iter().take(3).copied().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn inspect(files: &[PathBuf], max_pixels: u64) -> Result<i32> {
@@ -144,7 +205,17 @@ fn inspect(files: &[PathBuf], max_pixels: u64) -> Result<i32> {
 }
 
 fn summary(args: &DataArgs, folds: usize, seed: u64, by: &[String]) -> Result<i32> {
+    if folds == 1 {
+        return Err(Error::Config("--folds 1: a k-fold split needs k >= 2 (0 leaves the split section out)".into()));
+    }
     let ds = args.open()?;
+    // The split first, so that an impossible --folds is an error before anything is printed.
+    let all: Vec<usize> = (0..ds.samples.len()).collect();
+    let split = if folds >= 2 {
+        Some(stratified_patient_kfold(&ds, &all, folds, seed).map_err(|e| Error::Config(format!("--folds {folds}: {e}")))?)
+    } else {
+        None
+    };
     let counts = ds.class_counts();
     println!("data: {} ({:?})", ds.source.display(), ds.kind);
     println!("images: {}   patients: {}   classes: {}", ds.samples.len(), ds.patient_count(), ds.classes.len());
@@ -173,9 +244,7 @@ fn summary(args: &DataArgs, folds: usize, seed: u64, by: &[String]) -> Result<i3
             println!("  {p}");
         }
     }
-    if folds >= 2 && ds.samples.len() >= folds {
-        let all: Vec<usize> = (0..ds.samples.len()).collect();
-        let f = stratified_patient_kfold(&ds, &all, folds, seed)?;
+    if let Some(f) = split {
         println!("\n{folds}-fold patient-level split (seed {seed}): images per fold ({})", ds.classes.join(" / "));
         for (k, fold) in f.folds.iter().enumerate() {
             let mut c = vec![0; ds.classes.len()];

@@ -20,17 +20,22 @@ pub struct DemoArgs {
     /// Run on your data (ImageFolder root, folder with manifest.csv, or manifest CSV) instead of phantoms.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Manifest column holding the labels (with --data).
     #[arg(long, default_value = "label")]
     pub label_column: String,
+    /// Keep only these classes, in this order (comma-separated; with --data).
     #[arg(long, value_delimiter = ',')]
     pub classes: Option<Vec<String>>,
     /// Phantoms per class.
     #[arg(long, default_value_t = 60)]
     pub per_class: usize,
+    /// Training epochs.
     #[arg(long, default_value_t = 12)]
     pub epochs: usize,
+    /// Seed of the phantoms, the split and the training.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// cpu, cuda or auto.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
     /// Any training setting, as for `magsd train`.
@@ -39,6 +44,7 @@ pub struct DemoArgs {
 }
 
 pub fn run(a: DemoArgs) -> Result<i32> {
+    super::check_classes(&a.classes)?;
     let out = a.out.clone().unwrap_or_else(default_out);
     let mut overrides = DemoOptions::default_overrides();
     overrides.extend([format!("epochs={}", a.epochs), format!("seed={}", a.seed)]);

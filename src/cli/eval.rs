@@ -7,6 +7,7 @@ use tch::Device;
 use super::DataArgs;
 use crate::data::dataset::Dataset;
 use crate::data::decode::DecodeLimits;
+use crate::data::input_stats::{self, InputStats, image_features};
 use crate::data::loader::{InputPipeline, Loader};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
@@ -23,8 +24,10 @@ pub struct ModelRun {
     /// A model file (.safetensors, or a checkpoint), or a run folder holding model.safetensors.
     #[arg(long)]
     pub model: PathBuf,
+    /// cpu, cuda or auto.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
+    /// Images per inference batch.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// bf16 autocast (CUDA).
@@ -57,9 +60,28 @@ pub fn resolve_model(path: &Path) -> Result<PathBuf> {
     Err(Error::bad_file(path, "no model here: expected a .safetensors model or a run folder with model.safetensors"))
 }
 
+/// Refuses a PyTorch file (`torch.save`: a zip archive, or a bare pickle) with advice, before
+/// it is read as safetensors.
+fn refuse_pytorch_file(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut head = [0u8; 4];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(|e| Error::io(path, e))?;
+    let zip = n >= 4 && head == *b"PK\x03\x04";
+    let pickle = n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]);
+    if zip || pickle {
+        return Err(Error::bad_file(
+            path,
+            "this is a PyTorch file (torch.save), not a magsd model: import its weights into a backbone with \
+             `magsd train --pretrained FILE`, or look at it with `magsd model info --weights FILE`",
+        ));
+    }
+    Ok(())
+}
+
 fn load(args: &ModelRun) -> Result<(LoadedModel, Device, PathBuf)> {
     let device = args.device.resolve()?;
     let path = resolve_model(&args.model)?;
+    refuse_pytorch_file(&path)?;
     let m = load_model(&path, device)?;
     Ok((m, device, path))
 }
@@ -113,6 +135,84 @@ pub struct EvalArgs {
     /// Attention threshold: rel:F (fraction of the map's maximum) or abs:V.
     #[arg(long, default_value = "rel:0.5")]
     pub threshold: String,
+    /// Write into --out even if it holds metrics.json or is a training run's folder.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+  magsd localize --model runs/final --data phantoms                      # the manifest's mask column\n  \
+  magsd localize --model m.safetensors --data x.csv --masks-column lesion_mask --threshold abs:0.85\n  \
+  magsd localize --model m.safetensors --data x.csv --boxes boxes.csv --out loc-x\n\n\
+Upsamples each image's mean attention map, thresholds it, turns 8-connected components into boxes\n\
+and reports the IoU of their union with the lesion mask or boxes; also writes everything eval writes.")]
+pub struct LocalizeArgs {
+    #[command(flatten)]
+    pub run: ModelRun,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Manifest column with lesion mask paths (default: `mask`, where the manifest has one).
+    #[arg(long)]
+    pub masks_column: Option<String>,
+    /// CSV of lesion boxes (path,x0,y0,x1,y1).
+    #[arg(long, conflicts_with = "masks_column")]
+    pub boxes: Option<PathBuf>,
+    /// Attention threshold: rel:F (fraction of the map's maximum) or abs:V.
+    #[arg(long, default_value = "rel:0.5")]
+    pub threshold: String,
+    /// Output folder (default: eval-<data name> beside the model).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Attention overlays to draw.
+    #[arg(long, default_value_t = 8)]
+    pub overlays: usize,
+    /// Stop at the first unreadable image.
+    #[arg(long)]
+    pub strict: bool,
+    /// Write into --out even if it holds metrics.json or is a training run's folder.
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl From<LocalizeArgs> for EvalArgs {
+    fn from(a: LocalizeArgs) -> Self {
+        EvalArgs {
+            run: a.run,
+            data: a.data,
+            out: a.out,
+            by: Vec::new(),
+            strict: a.strict,
+            overlays: a.overlays,
+            masks_column: a.masks_column,
+            boxes: a.boxes,
+            threshold: a.threshold,
+            force: a.force,
+        }
+    }
+}
+
+/// Refuses an evaluation `--out` that would replace results: a training run's folder or a fold
+/// of one (its held-out metrics), or any folder holding a metrics.json, unless `force`.
+fn check_eval_out(out: &Path, force: bool) -> Result<()> {
+    if force {
+        return Ok(());
+    }
+    let run_files = [crate::train::cv::RUN_FILE, "fold.json", crate::train::trainer::MODEL_FILE, crate::train::trainer::LOG_FILE];
+    if let Some(f) = run_files.iter().find(|f| out.join(f).exists()) {
+        return Err(Error::Config(format!(
+            "{} is a training run folder (it holds {f}); evaluating into it would replace its files. \
+             Choose another --out, or add --force",
+            out.display()
+        )));
+    }
+    if out.join("metrics.json").exists() {
+        return Err(Error::Config(format!(
+            "{} already holds metrics.json; choose another --out, or add --force to replace it",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 fn ground_truth(ds: &Dataset, masks_column: &Option<String>, boxes: &Option<PathBuf>) -> Result<Option<GroundTruth>> {
@@ -140,6 +240,9 @@ fn open_for(m: &LoadedModel, data: &DataArgs) -> Result<Dataset> {
 
 pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     let (m, device, path) = load(&args.run)?;
+    let name = args.data.data.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    let out = args.out.clone().unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join(format!("eval-{name}")));
+    check_eval_out(&out, args.force)?;
     let ds = Arc::new(open_for(&m, &args.data)?);
     for (label, n) in &ds.excluded {
         eprintln!("note: {n} image(s) labelled '{label}' left out: not a class of this model");
@@ -158,8 +261,6 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     let all: Vec<usize> = (0..ds.samples.len()).collect();
     let opts = PredictOptions { batch_size: args.run.batch_size, bf16: args.run.bf16, keep_attention: true, strict: args.strict, ..Default::default() };
     let p = predict(&m.model, &loader, &all, device, &opts)?;
-    let name = args.data.data.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
-    let out = args.out.clone().unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join(format!("eval-{name}")));
     let by = if args.by.is_empty() { ds.default_breakdown() } else { args.by.clone() };
     let o = write_evaluation(
         &out,
@@ -205,10 +306,15 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
   magsd predict chest.png --model runs/final\n  \
+  magsd predict scans/ --model m.safetensors --out predictions.csv     # a folder, recursively\n  \
   magsd predict scans/*.dcm --model m.safetensors --json\n  \
-  magsd predict a.jpg b.jpg --model m.safetensors --heatmap heatmaps/")]
+  magsd predict a.jpg b.jpg --model m.safetensors --heatmap heatmaps/\n\n\
+Folders are searched recursively for PNG, JPEG and DICOM files (by extension or by content).\n\
+A warning is printed when probabilities are not finite, and when an input looks unlike the\n\
+model's training images (its pixel mean, spread or gradient energy far outside the range the\n\
+model file records; models trained before magsd recorded this get no such warning).")]
 pub struct PredictArgs {
-    /// PNG, JPEG or DICOM files.
+    /// PNG, JPEG or DICOM files, or folders holding them.
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
     #[command(flatten)]
@@ -216,6 +322,12 @@ pub struct PredictArgs {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also write the predictions as a CSV file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Overwrite --out if it exists.
+    #[arg(long)]
+    pub force: bool,
     /// Write an attention overlay per image into this folder.
     #[arg(long)]
     pub heatmap: Option<PathBuf>,
@@ -224,63 +336,226 @@ pub struct PredictArgs {
     pub threshold: String,
 }
 
+/// Extensions taken from folders without looking at the content.
+const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "dcm", "dicom"];
+
+/// True when a file starts like a PNG, JPEG or DICOM file.
+fn looks_like_image(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 132];
+    let Ok(n) = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) else {
+        return false;
+    };
+    let h = &head[..n];
+    h.starts_with(b"\x89PNG\r\n\x1a\n") || h.starts_with(&[0xFF, 0xD8, 0xFF]) || h.starts_with(b"DICM") || (n == 132 && &h[128..132] == b"DICM")
+}
+
+/// The inputs: files as given; folders searched recursively (hidden entries skipped) for files
+/// with an image extension or image content, in name order.
+fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for p in entries {
+            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.is_file() {
+                let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+                if ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) || looks_like_image(&p) {
+                    out.push(p);
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let before = out.len();
+            walk(p, &mut out)?;
+            if out.len() == before {
+                eprintln!("warning: {}: no PNG, JPEG or DICOM files in this folder", p.display());
+            }
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Heatmap file names: `<stem>_attention.png`, and where two inputs share a stem,
+/// `<stem>_<8 hex digits of a hash of the path>_attention.png` for each of them.
+fn heatmap_names(paths: &[PathBuf]) -> Vec<String> {
+    let stem = |p: &PathBuf| p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    let mut count = std::collections::HashMap::new();
+    for p in paths {
+        *count.entry(stem(p)).or_insert(0usize) += 1;
+    }
+    paths
+        .iter()
+        .map(|p| {
+            let s = stem(p);
+            if count[&s] > 1 {
+                // FNV-1a of the path as given: stable across runs and platforms.
+                let h = p.to_string_lossy().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+                format!("{s}_{:08x}_attention.png", h as u32)
+            } else {
+                format!("{s}_attention.png")
+            }
+        })
+        .collect()
+}
+
+/// The `__metadata__` of a safetensors file's header (empty when it has none).
+fn model_metadata(path: &Path) -> Result<std::collections::HashMap<String, String>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(Error::bad_file(path, "safetensors header too large"));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&header).map_err(|e| Error::bad_file(path, format!("header: {e}")))?;
+    Ok(v.get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
+        .unwrap_or_default())
+}
+
+/// One predicted image.
+struct Prediction {
+    probs: Vec<f64>,
+    predicted: Option<usize>,
+    heatmap: Option<PathBuf>,
+    boxes: Vec<crate::eval::localize::BBox>,
+    warnings: Vec<String>,
+}
+
 pub fn predict_images(args: PredictArgs) -> Result<i32> {
-    let (m, device, _) = load(&args.run)?;
+    if let Some(out) = &args.out {
+        super::refuse_overwrite(out, args.force)?;
+    }
+    let (m, device, model_path) = load(&args.run)?;
+    let stats: Option<InputStats> = model_metadata(&model_path)?
+        .get(input_stats::STATS_KEY)
+        .and_then(|s| serde_json::from_str(s).ok());
     let classes = m.model.config.class_labels();
     let pipeline = InputPipeline { preprocess: m.model.config.preprocess(), ..Default::default() };
     let threshold = Threshold::parse(&args.threshold)?;
+    let images = expand_inputs(&args.images)?;
+    if images.is_empty() {
+        return Err(Error::Config("no images to predict".into()));
+    }
+    let names = heatmap_names(&images);
     if let Some(dir) = &args.heatmap {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
+    let mut csv = match &args.out {
+        Some(out) => {
+            let mut w = csv::Writer::from_writer(Vec::new());
+            let mut header = vec!["file".to_string(), "predicted".to_string()];
+            header.extend(classes.iter().map(|c| format!("prob_{c}")));
+            header.extend(["heatmap".to_string(), "warnings".to_string()]);
+            w.write_record(&header).map_err(|e| Error::Data(format!("{}: {e}", out.display())))?;
+            Some(w)
+        }
+        None => None,
+    };
     if !args.json {
         println!("{:<40} {:<16} {}", "file", "predicted", classes.iter().map(|c| format!("{c:>12}")).collect::<String>());
     }
-    let mut failed = 0;
-    for path in &args.images {
-        let result = (|| -> Result<()> {
+    let (mut failed, mut unusual, mut heatmaps) = (0, 0, 0);
+    for (path, heat_name) in images.iter().zip(&names) {
+        let result = (|| -> Result<Prediction> {
             let (x, img) = pipeline.eval_tensor(path)?;
             let (probs, att) = infer(&m.model, &x, device, args.run.bf16, false);
             let probs: Vec<f64> = Vec::try_from(probs.to_device(Device::Cpu).to_kind(tch::Kind::Double).flatten(0, -1))?;
             let side = att.size()[2] as usize;
             let map: Vec<f32> = Vec::try_from(att.to_device(Device::Cpu).flatten(0, -1))?;
-            let pred = argmax(&probs);
-            let mut boxes = Vec::new();
-            let mut heatmap = None;
+            let mut warnings = Vec::new();
+            let finite = probs.iter().all(|p| p.is_finite());
+            if !finite {
+                warnings.push("probabilities are not finite: the model is broken (e.g. a diverged training run)".to_string());
+            }
+            if let Some(s) = &stats {
+                let why = s.unusual(&image_features(&img, &pipeline));
+                if !why.is_empty() {
+                    warnings.push(format!("looks unlike the model's training images: {}", why.join("; ")));
+                }
+            }
+            let mut p = Prediction { predicted: finite.then(|| argmax(&probs)), probs, heatmap: None, boxes: Vec::new(), warnings };
             if let Some(dir) = &args.heatmap {
                 let (panel, b) = attention_overlay(&img, &map, side, threshold, None);
-                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                let out = dir.join(format!("{stem}_attention.png"));
+                let out = dir.join(heat_name);
                 panel.save(&out).map_err(|e| Error::Data(format!("{}: {e}", out.display())))?;
-                boxes = b;
-                heatmap = Some(out);
+                p.boxes = b;
+                p.heatmap = Some(out);
             }
-            if args.json {
-                let obj = serde_json::json!({
-                    "file": path, "predicted": classes[pred],
-                    "probabilities": classes.iter().zip(&probs).map(|(c, p)| (c.clone(), serde_json::json!(p))).collect::<serde_json::Map<_, _>>(),
-                    "heatmap": heatmap, "boxes": boxes,
-                });
-                println!("{obj}");
-            } else {
-                let name = path.display().to_string();
-                let chars = name.chars().count();
-                println!(
-                    "{:<40} {:<16} {}",
-                    if chars > 40 { format!("…{}", name.chars().skip(chars - 39).collect::<String>()) } else { name },
-                    classes[pred],
-                    probs.iter().map(|p| format!("{:>12.4}", p)).collect::<String>()
-                );
-            }
-            Ok(())
+            Ok(p)
         })();
-        if let Err(e) = result {
-            failed += 1;
-            if args.json {
-                println!("{}", serde_json::json!({"file": path, "error": e.to_string()}));
-            } else {
-                eprintln!("error: {e}");
+        match result {
+            Ok(p) => {
+                let predicted = p.predicted.map(|k| classes[k].clone()).unwrap_or_else(|| "n/a".into());
+                for w in &p.warnings {
+                    eprintln!("warning: {}: {w}", path.display());
+                }
+                unusual += usize::from(p.warnings.iter().any(|w| w.starts_with("looks unlike")));
+                heatmaps += usize::from(p.heatmap.is_some());
+                if args.json {
+                    let obj = serde_json::json!({
+                        "file": path, "predicted": predicted,
+                        "probabilities": classes.iter().zip(&p.probs).map(|(c, p)| (c.clone(), serde_json::json!(p))).collect::<serde_json::Map<_, _>>(),
+                        "heatmap": p.heatmap, "boxes": p.boxes, "warnings": p.warnings,
+                    });
+                    println!("{obj}");
+                } else {
+                    let name = path.display().to_string();
+                    let chars = name.chars().count();
+                    println!(
+                        "{:<40} {:<16} {}",
+                        if chars > 40 { format!("…{}", name.chars().skip(chars - 39).collect::<String>()) } else { name },
+                        predicted,
+                        p.probs.iter().map(|p| format!("{:>12.4}", p)).collect::<String>()
+                    );
+                }
+                if let Some(w) = csv.as_mut() {
+                    let mut row = vec![path.display().to_string(), predicted];
+                    row.extend(p.probs.iter().map(|x| format!("{x}")));
+                    row.push(p.heatmap.as_ref().map(|h| h.display().to_string()).unwrap_or_default());
+                    row.push(p.warnings.join("; "));
+                    w.write_record(&row).map_err(|e| Error::Data(format!("predictions CSV: {e}")))?;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if args.json {
+                    println!("{}", serde_json::json!({"file": path, "error": e.to_string()}));
+                } else {
+                    eprintln!("error: {e}");
+                }
             }
         }
+    }
+    if let (Some(out), Some(w)) = (&args.out, csv) {
+        let bytes = w.into_inner().map_err(|e| Error::Data(format!("{}: {e}", out.display())))?;
+        crate::error::write_atomic(out, &bytes)?;
+        eprintln!("predictions: {} ({} images)", out.display(), images.len() - failed);
+    }
+    if let Some(dir) = &args.heatmap {
+        eprintln!("heatmaps: {heatmaps} written to {}", dir.display());
+    }
+    if unusual > 0 {
+        eprintln!(
+            "warning: {unusual} of {} images look unlike the model's training images; treat their predictions with suspicion",
+            images.len()
+        );
     }
     Ok(if failed > 0 { 1 } else { 0 })
 }

@@ -39,12 +39,13 @@ pub enum Command {
     /// Evaluate a model on a dataset: metrics, figures, attention overlays, report.
     Eval(eval::EvalArgs),
     /// Evaluate localisation: IoU of attention boxes against lesion masks or boxes.
-    Localize(eval::EvalArgs),
+    Localize(eval::LocalizeArgs),
     /// Classify X-rays and show where the model looked.
     Predict(eval::PredictArgs),
     /// (Re)write report.md and report.html of a training run folder.
     #[command(after_help = "Examples:\n  magsd report runs/2026-11-25T19-37-42")]
     Report {
+        /// A training run folder (the `--out` of `magsd train`).
         run: std::path::PathBuf,
     },
 }
@@ -58,7 +59,7 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
         Command::Model(c) => model::run(c),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::eval(a, false),
-        Command::Localize(a) => eval::eval(a, true),
+        Command::Localize(a) => eval::eval(a.into(), true),
         Command::Predict(a) => eval::predict_images(a),
         Command::Report { run } => eval::report(&run),
     }
@@ -84,18 +85,44 @@ impl DataArgs {
     }
 
     pub fn open(&self) -> crate::Result<crate::data::dataset::Dataset> {
+        check_classes(&self.classes)?;
         crate::data::dataset::Dataset::open(&self.data, &self.options())
     }
 }
 
+/// `--classes`: no empty name, none twice.
+pub fn check_classes(classes: &Option<Vec<String>>) -> crate::Result<()> {
+    match classes {
+        Some(c) => crate::train::config::check_class_list(c).map_err(|e| crate::Error::Config(format!("--classes: {e}"))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses to replace `path` (a file that `--force` would overwrite) unless `force`.
+pub fn refuse_overwrite(path: &std::path::Path, force: bool) -> crate::Result<()> {
+    if path.exists() && !force {
+        return Err(crate::Error::Config(format!(
+            "{} already exists; choose another path or add --force to overwrite it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Ctrl-C asks training to stop after the current step and save a checkpoint; a second Ctrl-C
-/// exits at once.
+/// exits at once with status 130.
+///
+/// The second exit is `_exit`, not `std::process::exit`: `exit` runs C++ static destructors
+/// while libtorch's worker threads still use those objects, which crashed (SIGSEGV, status 139).
+/// `_exit` ends the process without running them; the last checkpoint on disk stays intact
+/// because checkpoints are written atomically.
 pub fn install_ctrl_c() {
     use std::sync::atomic::Ordering;
     use crate::train::trainer::INTERRUPTED;
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+            // SAFETY: `_exit` takes a status and never returns; it touches no Rust state.
+            unsafe { libc::_exit(130) };
         }
         eprintln!("\nstopping after this step (Ctrl-C again to quit now)...");
     });

@@ -4,8 +4,11 @@ use std::sync::Arc;
 
 use super::model::{ModelArgs, toml_string};
 use crate::data::dataset::{Dataset, DatasetOptions};
+use crate::data::input_stats::{self, InputStats};
 use crate::device::DeviceChoice;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::model::weights::{load_tensors, save_tensors};
+use crate::train::trainer::MODEL_FILE;
 use crate::train::config::TrainConfig;
 use crate::train::cv::{self, RunOptions, RunResult, RunSpec};
 
@@ -18,14 +21,18 @@ use crate::train::cv::{self, RunOptions, RunResult, RunSpec};
   magsd train --config my.toml --set optim.lr=0.01 --set method.augmentations='[\"mixup\"]' --data x.csv\n  \
   magsd train --resume runs/demo-cv            # continue after Ctrl-C or a crash\n\n\
 Presets: paper (lr 1e-3, wd 1e-6, batch 32, 100 epochs), authors-code (wd 5e-4, Nesterov, lr x0.1\n\
-after epochs 75 and 125, batch 16, 150 epochs of 345 steps), tiny (small network, 96 px, CPU tests).\n\
-Every setting of config.toml can be given with --set section.key=value.")]
+after epochs 75 and 125, batch 16, 150 epochs of 345 steps), tiny (small network, 96 px, 3 epochs,\n\
+no validation split: the last epoch's model is kept; for CPU tests). paper and authors-code hold out\n\
+a patient-level 10 % of the training images to pick the best epoch.\n\
+Every setting of config.toml can be given with --set section.key=value.\n\
+With --resume only --device, a larger --epochs, --max-steps, --by and --quiet may be given.")]
 pub struct TrainArgs {
     /// Images: an ImageFolder root, a folder with manifest.csv, or a manifest CSV.
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    #[arg(long, default_value = "label")]
-    pub label_column: String,
+    /// Manifest column holding the labels (default: `label`, or the config file's).
+    #[arg(long)]
+    pub label_column: Option<String>,
     /// Keep only these classes, in this order (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub classes: Option<Vec<String>>,
@@ -38,16 +45,25 @@ pub struct TrainArgs {
     /// Override any setting: section.key=value (TOML value), repeatable.
     #[arg(long = "set")]
     pub set: Vec<String>,
+    /// Training epochs (setting `epochs`); with --resume, more epochs than the run had.
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Images per training step (setting `batch_size`).
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Base learning rate of SGD (setting `optim.lr`).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Seed of the initial weights, the split, the augmentations and the batch order (setting `seed`).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// cpu, cuda or auto (setting `device`); may change on --resume.
     #[arg(long, value_enum)]
     pub device: Option<DeviceChoice>,
+    /// Deterministic cuDNN and libtorch algorithms, cuDNN benchmarking off: the same seed gives
+    /// the same loss curve on CUDA too (it may be slower; CPU runs need no flag).
+    #[arg(long)]
+    pub deterministic: bool,
     /// bf16 autocast (CUDA).
     #[arg(long)]
     pub bf16: bool,
@@ -59,10 +75,10 @@ pub struct TrainArgs {
     pub pretrained: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// k ≥ 2: patient-level k-fold cross-validation; 0: one final model on all the data.
-    #[arg(long, default_value_t = 5)]
-    pub folds: usize,
-    /// Run folder (default: a new runs/<timestamp>).
+    /// k ≥ 2: patient-level k-fold cross-validation; 0: one final model on all the data [default: 5].
+    #[arg(long)]
+    pub folds: Option<usize>,
+    /// Run folder (default: a new runs/<timestamp>); must be new or empty.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this folder with its own settings.
@@ -91,7 +107,7 @@ impl TrainArgs {
             push("batch_size", v.to_string());
         }
         if let Some(v) = self.lr {
-            push("optim.lr", format!("{v:e}"));
+            push("optim.lr", toml::Value::Float(v).to_string());
         }
         if let Some(v) = self.seed {
             push("seed", v.to_string());
@@ -105,10 +121,15 @@ impl TrainArgs {
         if self.channels_last {
             push("performance.channels_last", "true".into());
         }
+        if self.deterministic {
+            push("performance.deterministic", "true".into());
+        }
         if let Some(p) = &self.pretrained {
             push("model.pretrained", toml_string(&p.display().to_string()));
         }
-        push("data.label_column", toml_string(&self.label_column));
+        if let Some(c) = &self.label_column {
+            push("data.label_column", toml_string(c));
+        }
         if let Some(c) = &self.classes {
             let list: Vec<String> = c.iter().map(|s| toml_string(s)).collect();
             push("data.classes", format!("[{}]", list.join(", ")));
@@ -116,28 +137,113 @@ impl TrainArgs {
         o.extend(self.model.overrides());
         o
     }
+
+    /// The options given that a resumed run cannot honour (it keeps its own settings).
+    fn refused_on_resume(&self) -> Vec<&'static str> {
+        let m = &self.model;
+        [
+            ("--batch-size", self.batch_size.is_some()),
+            ("--lr", self.lr.is_some()),
+            ("--seed", self.seed.is_some()),
+            ("--bf16", self.bf16),
+            ("--channels-last", self.channels_last),
+            ("--deterministic", self.deterministic),
+            ("--pretrained", self.pretrained.is_some()),
+            ("--label-column", self.label_column.is_some()),
+            ("--classes", self.classes.is_some()),
+            ("--folds", self.folds.is_some()),
+            ("--backbone", m.backbone.is_some()),
+            ("--maps", m.maps.is_some()),
+            ("--scales", m.scales.is_some()),
+            ("--head", m.head.is_some()),
+            ("--in-channels", m.in_channels.is_some()),
+            ("--image-size", m.image_size.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
+}
+
+/// The settings of the run in `dir`, with the changes a resume may make: another `--device`, and
+/// more `--epochs` (the learning-rate schedule then spans the new count). More epochs are refused
+/// once a cross-validation fold has finished, so that all folds train equally long.
+fn resume_config(args: &TrainArgs, dir: &std::path::Path, spec: &RunSpec) -> Result<TrainConfig> {
+    let refused = args.refused_on_resume();
+    if !refused.is_empty() {
+        return Err(Error::Config(format!(
+            "{} cannot change on --resume (the run keeps its own settings); only --device, a larger \
+             --epochs, --max-steps, --by and --quiet can be given",
+            refused.join(", ")
+        )));
+    }
+    let mut cfg = TrainConfig::resolve(None, Some(&dir.join(cv::CONFIG_FILE)), &[])?;
+    if let Some(d) = args.device {
+        cfg.device = d;
+    }
+    if let Some(e) = args.epochs {
+        if e < cfg.epochs {
+            return Err(Error::Config(format!(
+                "--epochs {e}: this run already trains {} epochs; --resume can only add epochs",
+                cfg.epochs
+            )));
+        }
+        let finished = (0..spec.folds).find(|k| dir.join(format!("fold-{k}/fold.json")).exists());
+        if let Some(k) = finished.filter(|_| e > cfg.epochs && spec.folds >= 2) {
+            return Err(Error::Config(format!(
+                "--epochs {e}: fold {k} has already finished with {} epochs; every fold must train \
+                 equally long, so a cross-validation run cannot add epochs now",
+                cfg.epochs
+            )));
+        }
+        cfg.epochs = e;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+unsafe extern "C" {
+    fn magsd_set_deterministic() -> i32;
+}
+
+/// `performance.deterministic`: see `src/ffi/determinism.cpp`. cuBLAS needs its workspace fixed
+/// too (`CUBLAS_WORKSPACE_CONFIG`, as PyTorch documents), which only works before CUDA starts.
+fn set_deterministic() -> Result<()> {
+    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        // SAFETY: called before any other thread of ours starts (the loader and the Ctrl-C handler come later).
+        unsafe { std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8") };
+    }
+    // SAFETY: a plain C function without arguments that owns nothing.
+    if unsafe { magsd_set_deterministic() } != 0 {
+        return Err(Error::Config("libtorch refused to switch to deterministic algorithms".into()));
+    }
+    Ok(())
 }
 
 pub fn run(args: TrainArgs) -> Result<i32> {
     let (cfg, spec, out, resume) = match &args.resume {
         Some(dir) => {
             let spec = RunSpec::load(dir)?;
-            let cfg = TrainConfig::resolve(None, Some(&dir.join(cv::CONFIG_FILE)), &[])?;
+            let cfg = resume_config(&args, dir, &spec)?;
             (cfg, spec, dir.clone(), true)
         }
         None => {
+            super::check_classes(&args.classes)?;
             let cfg = TrainConfig::resolve(args.preset.as_deref(), args.config.as_deref(), &args.overrides())?;
             let data = args.data.clone().expect("clap requires --data without --resume");
             let spec = RunSpec {
                 data,
                 label_column: cfg.data.label_column.clone(),
                 classes: Vec::new(),
-                folds: args.folds,
+                folds: args.folds.unwrap_or(5),
                 command: std::env::args().collect::<Vec<_>>().join(" "),
             };
             (cfg, spec, args.out.clone().unwrap_or_else(cv::default_run_dir), false)
         }
     };
+    if cfg.performance.deterministic {
+        set_deterministic()?;
+    }
     let opts = DatasetOptions {
         label_column: cfg.data.label_column.clone(),
         classes: cfg.data.classes.clone().or_else(|| (!spec.classes.is_empty()).then(|| spec.classes.clone())),
@@ -147,8 +253,10 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         eprintln!("warning: {p}");
     }
     let spec = RunSpec { classes: ds.classes.clone(), ..spec };
-    cv::prepare_run_dir(&out, &spec, &cfg, resume)?;
+    // Everything is checked before the run folder is written, so a failed start leaves none.
     let device = cfg.device.resolve()?;
+    cv::check_start(&cfg, &ds, spec.folds)?;
+    cv::prepare_run_dir(&out, &spec, &cfg, resume)?;
     if let Some(note) = crate::device::cuda_only_note(cfg.performance.bf16, cfg.performance.channels_last, device) {
         eprintln!("{note}");
     }
@@ -177,15 +285,34 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             Ok(130)
         }
         RunResult::Final { model } => {
+            store_input_stats(std::slice::from_ref(&model), &ds, &cfg)?;
             let html = crate::report::run::write_run_report(&out)?;
             println!("final model: {}\nreport: {}", model.display(), html.display());
             Ok(0)
         }
         RunResult::CrossValidation(s) => {
+            let models: Vec<PathBuf> = (0..spec.folds).map(|k| out.join(format!("fold-{k}")).join(MODEL_FILE)).collect();
+            store_input_stats(&models, &ds, &cfg)?;
             print!("{}", cv::summary_markdown(&s, &ds.classes));
             let html = crate::report::run::write_run_report(&out)?;
             println!("\nrun folder: {}\nreport: {}", out.display(), html.display());
             Ok(0)
         }
     }
+}
+
+/// Stores summary statistics of the run's images (all of its dataset, up to
+/// [`input_stats::MAX_IMAGES`] of them) in each model file, for `magsd predict`'s warning about
+/// inputs unlike the training data (see `crate::data::input_stats`).
+fn store_input_stats(models: &[PathBuf], ds: &Dataset, cfg: &TrainConfig) -> Result<()> {
+    let Some(stats) = InputStats::collect(ds, &cv::input_pipeline(cfg)?) else {
+        return Ok(());
+    };
+    let json = serde_json::to_string(&stats).expect("stats serialise");
+    for path in models.iter().filter(|p| p.is_file()) {
+        let (tensors, mut meta) = load_tensors(path)?;
+        meta.insert(input_stats::STATS_KEY.to_string(), json.clone());
+        save_tensors(path, &tensors, meta)?;
+    }
+    Ok(())
 }

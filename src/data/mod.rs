@@ -9,3 +9,4 @@ pub mod prefetch;
 pub mod preprocess;
 pub mod split;
 pub mod synth;
+pub mod input_stats;

@@ -132,6 +132,13 @@ pub struct MagSdConfig {
     pub zscore: ZScore,
 }
 
+/// Largest input side a config may claim (a 4096² input already needs tens of GB to train).
+pub const MAX_IMAGE_SIZE: i64 = 4096;
+/// Most output classes a config may claim.
+pub const MAX_CLASSES: i64 = 10_000;
+/// Most attention maps per scale a config may claim.
+pub const MAX_MAPS: i64 = 1024;
+
 fn default_true() -> bool {
     true
 }
@@ -181,6 +188,17 @@ impl MagSdConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
+        // Bounds on what a config (a flag, or a model file's metadata) may claim, so that a
+        // bad value is an error here and not an allocation failure inside libtorch.
+        for (key, value, max) in [
+            ("image_size", self.image_size, MAX_IMAGE_SIZE),
+            ("num_classes", self.num_classes, MAX_CLASSES),
+            ("num_maps", self.num_maps, MAX_MAPS),
+        ] {
+            if value > max {
+                return Err(Error::Config(format!("{key} {value} is larger than magsd allows ({max})")));
+            }
+        }
         if self.image_size <= 0 || self.image_size % 32 != 0 {
             return Err(Error::Config(format!(
                 "image size {} must be a positive multiple of 32 (the backbone downsamples by 32)",

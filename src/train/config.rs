@@ -92,6 +92,10 @@ pub struct PerformanceSection {
     /// `train::cuda_graph`).
     #[serde(default)]
     pub cuda_graph: bool,
+    /// Deterministic cuDNN algorithms and no cuDNN benchmarking (CUDA; `--deterministic`), so
+    /// that the same seed gives the same loss curve on a GPU too, at some cost in speed.
+    #[serde(default)]
+    pub deterministic: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,7 +155,15 @@ impl TrainConfig {
                 loss: LossConfig::default(),
             },
             validation: ValidationSection { fraction: 0.1, every: 1 },
-            performance: PerformanceSection { bf16: false, channels_last: false, cache: true, prefetch: 2, log_every: 10, cuda_graph: false },
+            performance: PerformanceSection {
+                bf16: false,
+                channels_last: false,
+                cache: true,
+                prefetch: 2,
+                log_every: 10,
+                cuda_graph: false,
+                deterministic: false,
+            },
         }
     }
 
@@ -249,7 +261,59 @@ impl TrainConfig {
             }
             seen.push(*a);
         }
+        self.validate_numbers()?;
+        if let Some(classes) = &self.data.classes {
+            check_class_list(classes).map_err(|e| Error::Config(format!("data.classes: {e}")))?;
+        }
+        if self.iters_per_epoch == Some(0) {
+            return Err(Error::Config("iters_per_epoch must be at least 1".into()));
+        }
+        if self.data.max_pixels == 0 {
+            return Err(Error::Config("data.max_pixels must be at least 1".into()));
+        }
         self.model_config(2)?;
+        Ok(())
+    }
+
+    /// Every number of the optimiser, the augmentations and the loss: finite and in range,
+    /// each error naming its key.
+    fn validate_numbers(&self) -> Result<()> {
+        let o = &self.optim;
+        let a = &self.method.attention;
+        let l = &self.method.loss;
+        let positive = |v: f64| v > 0.0;
+        let non_negative = |v: f64| v >= 0.0;
+        let unit = |v: f64| (0.0..=1.0).contains(&v);
+        let below_one = |v: f64| (0.0..1.0).contains(&v);
+        let below_half = |v: f64| (0.0..0.5).contains(&v);
+        let mut checks: Vec<NumberCheck> = vec![
+            ("optim.lr".into(), o.lr, &positive, "> 0"),
+            ("optim.momentum".into(), o.momentum, &below_one, "in [0, 1)"),
+            ("optim.weight_decay".into(), o.weight_decay, &non_negative, ">= 0"),
+            ("method.loss.threshold".into(), l.threshold, &unit, "in [0, 1]"),
+            ("method.loss.smoothing".into(), l.smoothing, &below_one, "in [0, 1)"),
+            ("method.attention.mixup_gamma".into(), a.mixup_gamma, &unit, "in [0, 1]"),
+            ("method.attention.dim_inside".into(), a.dim_inside, &non_negative, ">= 0"),
+            ("method.attention.dim_outside".into(), a.dim_outside, &non_negative, ">= 0"),
+            ("method.attention.pad".into(), a.pad, &below_half, "in [0, 0.5)"),
+        ];
+        for (name, (lo, hi)) in [("mixup_theta", a.mixup_theta), ("dim_theta", a.dim_theta), ("patch_theta", a.patch_theta)] {
+            checks.push((format!("method.attention.{name}[0]"), lo, &unit, "in [0, 1]"));
+            checks.push((format!("method.attention.{name}[1]"), hi, &unit, "in [0, 1]"));
+            if lo > hi {
+                return Err(Error::Config(format!("method.attention.{name}: the low end {lo} is above the high end {hi}")));
+            }
+        }
+        match &o.schedule {
+            LrSchedule::Constant => {}
+            LrSchedule::MultiStep { gamma, .. } => checks.push(("optim.schedule.gamma".into(), *gamma, &positive, "> 0")),
+            LrSchedule::Cosine { min_lr } => checks.push(("optim.schedule.min_lr".into(), *min_lr, &non_negative, ">= 0")),
+        }
+        for (key, v, ok, range) in checks {
+            if !v.is_finite() || !ok(v) {
+                return Err(Error::Config(format!("{key} must be finite and {range}, got {v}")));
+            }
+        }
         Ok(())
     }
 
@@ -293,6 +357,25 @@ impl TrainConfig {
     pub fn preprocess(&self) -> Result<PreprocessConfig> {
         Ok(self.model_config(2)?.preprocess())
     }
+}
+
+/// A setting's key, its value, the test it must pass and that test in words.
+type NumberCheck<'a> = (String, f64, &'a dyn Fn(f64) -> bool, &'a str);
+
+/// A list of class names: none empty, none twice.
+pub fn check_class_list(classes: &[String]) -> std::result::Result<(), String> {
+    if classes.is_empty() {
+        return Err("no class given".into());
+    }
+    for (i, c) in classes.iter().enumerate() {
+        if c.trim().is_empty() {
+            return Err("an empty class name".into());
+        }
+        if classes[..i].contains(c) {
+            return Err(format!("class '{c}' is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 fn merge(into: &mut toml::Table, from: toml::Table) {
@@ -359,6 +442,28 @@ mod tests {
         let c = TrainConfig::resolve(Some("tiny"), None, &["model.scales=\"7+14+28\"".into(), "data.augment=paper".into()]).unwrap();
         assert_eq!(c.model.scales, Scales::S7_14_28);
         assert_eq!(c.data.augment, AugmentPolicy::Paper);
+    }
+
+    #[test]
+    fn bad_numbers_are_refused_naming_their_key() {
+        for (set, key) in [
+            ("optim.lr=nan", "optim.lr"),
+            ("optim.lr=-1", "optim.lr"),
+            ("optim.momentum=1.5", "optim.momentum"),
+            ("optim.weight_decay=-1e-4", "optim.weight_decay"),
+            ("method.loss.smoothing=1.0", "method.loss.smoothing"),
+            ("method.loss.threshold=inf", "method.loss.threshold"),
+            ("method.attention.dim_theta=[0.6, 0.2]", "method.attention.dim_theta"),
+            ("method.attention.mixup_theta=[0.4, 2.0]", "method.attention.mixup_theta[1]"),
+            ("data.classes=[\"normal\", \"normal\"]", "data.classes"),
+        ] {
+            let e = TrainConfig::resolve(Some("tiny"), None, &[set.to_string()]).unwrap_err().to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
+        // A huge learning rate is a valid (if foolish) setting: training stops on a non-finite loss.
+        TrainConfig::resolve(Some("tiny"), None, &["optim.lr=1e30".into()]).unwrap();
+        let c = TrainConfig::resolve(Some("tiny"), None, &["performance.deterministic=true".into()]).unwrap();
+        assert!(c.performance.deterministic);
     }
 
     #[test]

@@ -117,22 +117,71 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Writes `run.json` and `config.toml`, or on resume checks that they describe this run.
+/// Everything about a run that can be checked before its folder is written, so that a failed
+/// start leaves nothing behind: the fold count, the data, the network, the split and its
+/// validation part, and that every training part fills at least one batch.
+pub fn check_start(cfg: &TrainConfig, ds: &Dataset, folds: usize) -> Result<()> {
+    if folds == 1 {
+        return Err(Error::Config("--folds must be 0 (one final model) or at least 2".into()));
+    }
+    if ds.samples.is_empty() {
+        return Err(Error::Data(format!("{}: no images", ds.source.display())));
+    }
+    cfg.model_config_for(&ds.classes)?;
+    input_pipeline(cfg)?;
+    if let Some(p) = &cfg.model.pretrained
+        && !p.is_file()
+    {
+        return Err(Error::bad_file(p, "model.pretrained: no such file"));
+    }
+    let all: Vec<usize> = (0..ds.samples.len()).collect();
+    let mut train_parts = Vec::new();
+    if folds == 0 {
+        train_parts.push(all.len());
+    } else {
+        let split = stratified_patient_kfold(ds, &all, folds, cfg.seed)?;
+        for k in 0..folds {
+            let rest: Vec<usize> = split.folds.iter().enumerate().filter(|(j, _)| *j != k).flat_map(|(_, f)| f.clone()).collect();
+            let n = if cfg.validation.fraction > 0.0 {
+                holdout_split(ds, &rest, cfg.validation.fraction, cfg.seed)?.0.len()
+            } else {
+                rest.len()
+            };
+            train_parts.push(n);
+        }
+    }
+    let smallest = train_parts.iter().copied().min().unwrap_or(0);
+    if cfg.iters_per_epoch.unwrap_or(smallest / cfg.batch_size) == 0 {
+        return Err(Error::Data(format!(
+            "{}: {smallest} training images cannot fill one batch of {} (use a smaller batch_size or fewer folds)",
+            ds.source.display(),
+            cfg.batch_size
+        )));
+    }
+    Ok(())
+}
+
+/// Writes `run.json` and `config.toml`, or on resume checks that they describe this run. A
+/// resumed run may change only `epochs` and `device` (the caller checks which changes are
+/// safe); config.toml is rewritten with them. A new run needs a new or empty folder.
 pub fn prepare_run_dir(out: &Path, spec: &RunSpec, cfg: &TrainConfig, resume: bool) -> Result<()> {
-    std::fs::create_dir_all(out).at(out)?;
     let run_path = out.join(RUN_FILE);
     if resume && run_path.exists() {
         let old = RunSpec::load(out)?;
         let cfg_path = out.join(CONFIG_FILE);
         let old_cfg: TrainConfig = toml::from_str(&std::fs::read_to_string(&cfg_path).at(&cfg_path)?)
             .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
-        if old.folds != spec.folds || old.classes != spec.classes || old_cfg != *cfg {
+        let same_but_epochs_and_device = TrainConfig { epochs: cfg.epochs, device: cfg.device, ..old_cfg.clone() } == *cfg;
+        if old.folds != spec.folds || old.classes != spec.classes || !same_but_epochs_and_device {
             return Err(Error::Config(format!(
                 "{}: this run was made with other settings (folds, classes or config); resume it with \
                  `magsd train --resume {}` alone",
                 out.display(),
                 out.display()
             )));
+        }
+        if old_cfg != *cfg {
+            crate::error::write_atomic(&cfg_path, cfg.to_toml().as_bytes())?;
         }
         return Ok(());
     }
@@ -142,6 +191,16 @@ pub fn prepare_run_dir(out: &Path, spec: &RunSpec, cfg: &TrainConfig, resume: bo
             out.display()
         )));
     }
+    if out.exists() {
+        let mut entries = std::fs::read_dir(out).at(out)?;
+        if entries.next().is_some() {
+            return Err(Error::Config(format!(
+                "{} is not empty and holds no magsd run; a new run needs a new or empty folder",
+                out.display()
+            )));
+        }
+    }
+    std::fs::create_dir_all(out).at(out)?;
     crate::error::write_atomic(&run_path, &serde_json::to_vec_pretty(spec).expect("serialises"))?;
     crate::error::write_atomic(&out.join(CONFIG_FILE), cfg.to_toml().as_bytes())
 }
