@@ -5,10 +5,16 @@
 //! CLAHE) is cached in memory by default, as 8-bit (16-bit without CLAHE) pixels: 50 KB per
 //! 224×224 image. Augmentation draws from a stream keyed by (seed, epoch, image), so batches are
 //! the same whatever the thread count or order. An image that fails is reported in the batch's
-//! `failures` and left out; the rest of the batch goes on.
+//! `failures` and left out; the rest of the batch goes on. No image is ever dropped silently:
+//! every index asked for comes back either in `indices` or in `failures`, even if a worker
+//! panics (the panic becomes a failure of that image, or of the whole chunk if building the
+//! batch itself failed). Images that decoded with a warning (e.g. a truncated JPEG) are used and
+//! reported in `warnings`, once per image over the loader's life (so once per file in training).
+use std::collections::HashSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 use tch::Tensor;
@@ -46,15 +52,19 @@ impl InputPipeline {
 }
 
 /// One batch: images `[B, 1, S, S]` (float32, CPU), labels `[B]` (int64), the dataset indices
-/// they came from, and the images that could not be read.
+/// they came from, the images that could not be read, and warnings about images that were used
+/// (each image's warnings appear in one batch only).
 pub struct Batch {
     pub images: Tensor,
     pub labels: Tensor,
     pub indices: Vec<usize>,
     pub failures: Vec<(usize, String)>,
+    pub warnings: Vec<(usize, String)>,
 }
 
-type CacheSlot = OnceLock<std::result::Result<Arc<Pixels>, String>>;
+/// Prepared pixels and the decoder's warnings about them.
+type Prepared = (Arc<Pixels>, Arc<Vec<String>>);
+type CacheSlot = OnceLock<std::result::Result<Prepared, String>>;
 
 #[derive(Clone)]
 pub struct Loader {
@@ -62,13 +72,20 @@ pub struct Loader {
     pipeline: Arc<InputPipeline>,
     cache: Option<Arc<Vec<CacheSlot>>>,
     seed: u64,
+    /// Images whose warnings were already reported.
+    warned: Arc<Mutex<HashSet<usize>>>,
+}
+
+/// The message of a caught panic.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown cause".into())
 }
 
 impl Loader {
     /// `cache`: keep prepared pixels in memory after the first read (worth it for training).
     pub fn new(ds: Arc<Dataset>, pipeline: InputPipeline, seed: u64, cache: bool) -> Self {
         let cache = cache.then(|| Arc::new((0..ds.samples.len()).map(|_| OnceLock::new()).collect()));
-        Loader { ds, pipeline: Arc::new(pipeline), cache, seed }
+        Loader { ds, pipeline: Arc::new(pipeline), cache, seed, warned: Arc::default() }
     }
 
     pub fn dataset(&self) -> &Arc<Dataset> {
@@ -79,13 +96,19 @@ impl Loader {
         &self.pipeline
     }
 
-    fn prepare_uncached(&self, idx: usize) -> Result<Arc<Pixels>> {
-        let img = decode_file(&self.ds.samples[idx].path, &self.pipeline.limits)?;
-        Ok(Arc::new(self.pipeline.preprocess.prepare(&img)))
+    fn prepare_uncached(&self, idx: usize) -> Result<Prepared> {
+        let path = &self.ds.samples[idx].path;
+        let img = decode_file(path, &self.pipeline.limits)?;
+        let warnings = img.source.warnings.iter().map(|w| format!("{}: {w}", path.display())).collect();
+        Ok((Arc::new(self.pipeline.preprocess.prepare(&img)), Arc::new(warnings)))
     }
 
     /// Resized (and CLAHE'd) pixels of sample `idx`.
     pub fn prepared(&self, idx: usize) -> Result<Arc<Pixels>> {
+        Ok(self.prepared_with_warnings(idx)?.0)
+    }
+
+    fn prepared_with_warnings(&self, idx: usize) -> Result<Prepared> {
         match &self.cache {
             None => self.prepare_uncached(idx),
             Some(c) => c[idx]
@@ -97,8 +120,21 @@ impl Loader {
 
     /// The model input of sample `idx`; augmented with the epoch's stream when `epoch` is set.
     pub fn plane(&self, idx: usize, epoch: Option<u64>) -> Result<Plane> {
+        Ok(self.plane_with_warnings(idx, epoch)?.0)
+    }
+
+    /// [`Loader::plane`] and the decoder's warnings about the image; a panic anywhere in
+    /// preparing it is caught and returned as an error naming the file.
+    fn plane_with_warnings(&self, idx: usize, epoch: Option<u64>) -> Result<(Plane, Arc<Vec<String>>)> {
+        catch_unwind(AssertUnwindSafe(|| self.plane_unguarded(idx, epoch))).unwrap_or_else(|p| {
+            Err(Error::bad_file(&self.ds.samples[idx].path, format!("preparing this image crashed ({})", panic_message(&*p))))
+        })
+    }
+
+    fn plane_unguarded(&self, idx: usize, epoch: Option<u64>) -> Result<(Plane, Arc<Vec<String>>)> {
         let prep = &self.pipeline.preprocess;
-        let mut p = prep.to_plane(&*self.prepared(idx)?);
+        let (pixels, warnings) = self.prepared_with_warnings(idx)?;
+        let mut p = prep.to_plane(&pixels);
         if let Some(epoch) = epoch {
             let mut rng = Rng::derive(self.seed, &[epoch, idx as u64]);
             let draw = self.pipeline.augment.draw(&mut rng, p.width, p.height);
@@ -107,24 +143,29 @@ impl Loader {
             }
         }
         zscore(&mut p, prep.zscore);
-        Ok(p)
+        Ok((p, warnings))
     }
 
     /// Builds one batch in parallel. `epoch: Some(e)` augments (training), `None` does not.
     pub fn batch(&self, indices: &[usize], epoch: Option<u64>) -> Batch {
-        let results: Vec<(usize, Result<Plane>)> =
-            indices.par_iter().map(|&i| (i, self.plane(i, epoch))).collect();
+        let results: Vec<(usize, Result<(Plane, Arc<Vec<String>>)>)> =
+            indices.par_iter().map(|&i| (i, self.plane_with_warnings(i, epoch))).collect();
         let s = self.pipeline.preprocess.size;
         let mut data = Vec::with_capacity(indices.len() * s * s);
         let mut labels = Vec::new();
         let mut ok = Vec::new();
         let mut failures = Vec::new();
+        let mut warnings = Vec::new();
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
         for (i, r) in results {
             match r {
-                Ok(p) => {
+                Ok((p, w)) => {
                     data.extend_from_slice(&p.data);
                     labels.push(self.ds.samples[i].label as i64);
                     ok.push(i);
+                    if !w.is_empty() && warned.insert(i) {
+                        warnings.extend(w.iter().map(|m| (i, m.clone())));
+                    }
                 }
                 Err(e) => failures.push((i, e.to_string())),
             }
@@ -135,7 +176,27 @@ impl Loader {
             labels: Tensor::from_slice(&labels),
             indices: ok,
             failures,
+            warnings,
         }
+    }
+
+    /// [`Loader::batch`], or, if building it panicked, a batch that lists every image of the
+    /// chunk as a failure, so that no image goes missing without a trace.
+    fn batch_or_failures(&self, indices: &[usize], epoch: Option<u64>) -> Batch {
+        catch_unwind(AssertUnwindSafe(|| self.batch(indices, epoch))).unwrap_or_else(|p| {
+            let why = panic_message(&*p);
+            let s = self.pipeline.preprocess.size as i64;
+            Batch {
+                images: Tensor::zeros([0, 1, s, s], (tch::Kind::Float, tch::Device::Cpu)),
+                labels: Tensor::zeros([0], (tch::Kind::Int64, tch::Device::Cpu)),
+                indices: Vec::new(),
+                failures: indices
+                    .iter()
+                    .map(|&i| (i, format!("{}: building its batch crashed ({why})", self.ds.samples[i].path.display())))
+                    .collect(),
+                warnings: Vec::new(),
+            }
+        })
     }
 
     /// Batches of `order` built ahead on a background thread (`prefetch` batches in flight).
@@ -144,7 +205,7 @@ impl Loader {
         let me = self.clone();
         let handle = std::thread::spawn(move || {
             for chunk in order.chunks(batch_size.max(1)) {
-                if tx.send(me.batch(chunk, epoch)).is_err() {
+                if tx.send(me.batch_or_failures(chunk, epoch)).is_err() {
                     break; // the consumer stopped early
                 }
             }
