@@ -446,10 +446,11 @@ impl DicomHeader {
         if stored == 0 || stored > alloc {
             return Err(format!("Bits Stored (0028,0101) is {stored}; it must be 1 to Bits Allocated ({alloc})"));
         }
+        // PS3.3 C.7.6.3.1: High Bit is one less than Bits Stored; the decoder reads the low bits.
         if let Some(high) = self.high_bit
-            && (high >= alloc || high + 1 < stored)
+            && high + 1 != stored
         {
-            return Err(format!("High Bit (0028,0102) is {high}; with Bits Stored {stored} and Bits Allocated {alloc} it must be {}", stored - 1));
+            return Err(format!("High Bit (0028,0102) is {high}; with Bits Stored {stored} it must be {}", stored - 1));
         }
         if self.pixel_representation > 1 {
             return Err(format!("Pixel Representation (0028,0103) is {}; it must be 0 or 1", self.pixel_representation));

@@ -177,7 +177,7 @@ mod tests {
         let bar_x = 2 * 384 + 8 + 8 + 4;
         assert_eq!(panel.get_pixel(bar_x, 10).0, colormap(1.0));
         let bottom = panel.get_pixel(bar_x, 373).0;
-        assert!((0..3).all(|k| (bottom[k] as i32 - colormap(0.0)[k] as i32).abs() <= 2), "{bottom:?}");
+        assert!((0..3).all(|k| (bottom[k] as i32 - colormap(0.0)[k] as i32).abs() <= 4), "{bottom:?}");
         let captioned = with_caption(&panel, &["true a, predicted b (51.0 %)".into()]);
         assert_eq!(captioned.width(), panel.width());
         assert!(captioned.height() > panel.height());
