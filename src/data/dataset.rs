@@ -54,6 +54,16 @@ pub enum SourceKind {
     Manifest,
 }
 
+/// `image-folder` or `manifest`, as in `metrics.json`.
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SourceKind::ImageFolder => "image-folder",
+            SourceKind::Manifest => "manifest",
+        })
+    }
+}
+
 /// How to read a dataset.
 #[derive(Clone, Debug)]
 pub struct DatasetOptions {

@@ -292,4 +292,31 @@ mod tests {
         let changed = (0..20).filter(|&e| a.plane(idx, Some(e)).unwrap() != plain).count();
         assert!((3..=17).contains(&changed), "{changed}");
     }
+
+    #[test]
+    fn a_truncated_jpeg_is_used_and_warned_about_once_and_no_image_goes_missing() {
+        let d = tempfile::tempdir().unwrap();
+        folder_with_images(d.path());
+        let mut jpg = std::io::Cursor::new(Vec::new());
+        image::GrayImage::from_fn(256, 256, |x, y| image::Luma([((x * 7) ^ (y * 3)) as u8]))
+            .write_to(&mut jpg, image::ImageFormat::Jpeg)
+            .unwrap();
+        let jpg = jpg.into_inner();
+        std::fs::write(d.path().join("b/cut.jpg"), &jpg[..jpg.len() / 2]).unwrap();
+        let ds = Arc::new(Dataset::open(d.path(), &DatasetOptions::default()).unwrap());
+        let pipeline = InputPipeline { preprocess: PreprocessConfig { size: 32, ..Default::default() }, ..Default::default() };
+        for cache in [false, true] {
+            let loader = Loader::new(ds.clone(), pipeline.clone(), 0, cache);
+            let all: Vec<usize> = (0..ds.samples.len()).collect();
+            let mut warnings = Vec::new();
+            for epoch in 0..3 {
+                let batches: Vec<Batch> = loader.batches(all.clone(), 3, Some(epoch), 2).collect();
+                let seen: usize = batches.iter().map(|b| b.indices.len() + b.failures.len()).sum();
+                assert_eq!(seen, ds.samples.len(), "every image comes back, used or failed");
+                warnings.extend(batches.into_iter().flat_map(|b| b.warnings));
+            }
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(warnings[0].1.contains("cut.jpg") && warnings[0].1.contains("truncated JPEG"), "{warnings:?}");
+        }
+    }
 }

@@ -277,12 +277,14 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, y_
         .map_err(err)?;
     for (i, s) in series.iter().enumerate().filter(|(_, s)| !s.points.is_empty()) {
         let color = PALETTE[i % PALETTE.len()];
+        // A diverged run logs NaN or infinite losses: those epochs have no point.
+        let points: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
         chart
-            .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(err)?
             .label(s.name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2)));
-        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
     }
     chart
         .configure_series_labels()
@@ -337,6 +339,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("non-finite"), "{e}");
+    }
+
+    #[test]
+    fn curves_of_a_diverged_run_render() {
+        let d = tempfile::tempdir().unwrap();
+        let series = |v: &[f64]| Series { name: "loss".into(), points: v.iter().enumerate().map(|(e, &y)| (e as f64 + 1.0, y)).collect() };
+        let fig = CurvesFigure {
+            title: "diverged".into(),
+            loss: vec![series(&[1.0, 0.8, f64::NAN, f64::INFINITY])],
+            accuracy: vec![series(&[0.5, 0.6, f64::NAN, 0.0])],
+        };
+        save(&fig, &d.path().join("curves")).unwrap();
+        assert!(!std::fs::read_to_string(d.path().join("curves.svg")).unwrap().contains("NaN"));
     }
 
     #[test]
