@@ -489,7 +489,9 @@ impl DicomHeader {
             Some(_) => return Err("Window Width (0028,1051) is not a positive finite number".into()),
             None => {}
         }
-        Ok(spp * alloc / 8)
+        // YBR_FULL_422 stores two luma and two chroma samples per pair of pixels.
+        let stored_samples = if p == "YBR_FULL_422" { 2 } else { spp };
+        Ok(stored_samples * alloc / 8)
     }
 }
 
