@@ -64,6 +64,8 @@ pub struct Batch {
 
 /// Prepared pixels and the decoder's warnings about them.
 type Prepared = (Arc<Pixels>, Arc<Vec<String>>);
+/// A model input and the decoder's warnings about its image.
+type PlaneWarned = (Plane, Arc<Vec<String>>);
 type CacheSlot = OnceLock<std::result::Result<Prepared, String>>;
 
 #[derive(Clone)]
@@ -125,13 +127,13 @@ impl Loader {
 
     /// [`Loader::plane`] and the decoder's warnings about the image; a panic anywhere in
     /// preparing it is caught and returned as an error naming the file.
-    fn plane_with_warnings(&self, idx: usize, epoch: Option<u64>) -> Result<(Plane, Arc<Vec<String>>)> {
+    fn plane_with_warnings(&self, idx: usize, epoch: Option<u64>) -> Result<PlaneWarned> {
         catch_unwind(AssertUnwindSafe(|| self.plane_unguarded(idx, epoch))).unwrap_or_else(|p| {
             Err(Error::bad_file(&self.ds.samples[idx].path, format!("preparing this image crashed ({})", panic_message(&*p))))
         })
     }
 
-    fn plane_unguarded(&self, idx: usize, epoch: Option<u64>) -> Result<(Plane, Arc<Vec<String>>)> {
+    fn plane_unguarded(&self, idx: usize, epoch: Option<u64>) -> Result<PlaneWarned> {
         let prep = &self.pipeline.preprocess;
         let (pixels, warnings) = self.prepared_with_warnings(idx)?;
         let mut p = prep.to_plane(&pixels);
@@ -148,7 +150,7 @@ impl Loader {
 
     /// Builds one batch in parallel. `epoch: Some(e)` augments (training), `None` does not.
     pub fn batch(&self, indices: &[usize], epoch: Option<u64>) -> Batch {
-        let results: Vec<(usize, Result<(Plane, Arc<Vec<String>>)>)> =
+        let results: Vec<(usize, Result<PlaneWarned>)> =
             indices.par_iter().map(|&i| (i, self.plane_with_warnings(i, epoch))).collect();
         let s = self.pipeline.preprocess.size;
         let mut data = Vec::with_capacity(indices.len() * s * s);
