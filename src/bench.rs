@@ -31,7 +31,7 @@ use crate::rng::Rng;
 use crate::train::attention_aug::{StepRandom, attention_mixup};
 use crate::train::config::TrainConfig;
 use crate::train::optim::Sgd;
-use crate::train::cuda_graph::GraphedStep;
+use crate::train::cuda_graph::{GraphedInference, GraphedStep};
 use crate::train::trainer::{seeded_init, train_step};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -81,7 +81,7 @@ fn describe(o: &BenchOptions) -> Value {
         "img": m.image_size, "in_chans": m.in_channels, "classes": o.classes, "maps": m.maps,
         "scales": m.scales.name(), "backbone": m.backbone, "head": m.head,
         "lr": o.config.optim.lr, "weight_decay": o.config.optim.weight_decay, "nesterov": o.config.optim.nesterov,
-        "momentum": o.config.optim.momentum,
+        "momentum": o.config.optim.momentum, "cuda_graph": o.config.performance.cuda_graph && o.device.is_cuda(),
     })
 }
 
@@ -204,7 +204,15 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
             Measure::Infer => {
                 let model = model.expect("model built");
                 let x = input(o.infer_batch);
-                let f = || tch::no_grad(|| autocast_bf16(bf16, o.device, || model.forward_t(&x, false).logits));
+                let forward = |x: &Tensor| tch::no_grad(|| autocast_bf16(bf16, o.device, || model.forward_t(x, false).logits));
+                let mut graphed = match o.config.performance.cuda_graph && o.device.is_cuda() {
+                    true => Some(GraphedInference::new(o.device)?),
+                    false => None,
+                };
+                let mut f = || match &mut graphed {
+                    Some(g) => g.run(&x, forward).expect("CUDA graph inference"),
+                    None => forward(&x),
+                };
                 for _ in 0..o.infer_warmup {
                     let _ = f();
                 }

@@ -101,12 +101,12 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
     crate::error::write_atomic(&o.out.join("config.toml"), cfg.to_toml().as_bytes())?;
     if o.verbose {
         eprintln!(
-            "demo: training the {} preset on {} images ({} classes), {} epochs, augmentations {:?}, loss {:?}",
+            "demo: training the {} preset on {} images ({} classes), {} epochs, augmentations {}, loss {}",
             cfg.preset,
             train_idx.len(),
             ds.classes.len(),
             cfg.epochs,
-            cfg.method.augmentations,
+            crate::train::attention_aug::augmentation_list(&cfg.method.augmentations),
             cfg.method.loss.variant
         );
     }
@@ -170,6 +170,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
             overlays: 8,
             model_description: vec![format!("Model: {}", train_dir.join(MODEL_FILE).display())],
             intro,
+            training_overlap: None,
         },
     )?;
     let summary = DemoSummary {

@@ -13,6 +13,8 @@ struct Spec<'a> {
     window: Option<(&'a str, &'a str)>,
     rescale: Option<(&'a str, &'a str)>,
     transfer_syntax: &'a str,
+    bits_stored: u16,
+    high_bit: u16,
 }
 
 impl Default for Spec<'_> {
@@ -23,6 +25,8 @@ impl Default for Spec<'_> {
             window: None,
             rescale: None,
             transfer_syntax: uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            bits_stored: 12,
+            high_bit: 11,
         }
     }
 }
@@ -38,8 +42,8 @@ fn write_dicom(dir: &Path, name: &str, spec: Spec) -> PathBuf {
     obj.put(us(tags::ROWS, 2));
     obj.put(us(tags::COLUMNS, 2));
     obj.put(us(tags::BITS_ALLOCATED, 16));
-    obj.put(us(tags::BITS_STORED, 12));
-    obj.put(us(tags::HIGH_BIT, 11));
+    obj.put(us(tags::BITS_STORED, spec.bits_stored));
+    obj.put(us(tags::HIGH_BIT, spec.high_bit));
     obj.put(us(tags::PIXEL_REPRESENTATION, 0));
     if let Some((c, w)) = spec.window {
         obj.put(text(tags::WINDOW_CENTER, VR::DS, c));
@@ -170,4 +174,40 @@ fn unsupported_transfer_syntax_and_broken_files_give_clear_errors() {
     file.write_to_file(&sr).unwrap();
     let e = decode_file(&sr, &DecodeLimits::default()).unwrap_err().to_string();
     assert!(e.contains("report.dcm") && e.contains("not an image"), "{e}");
+}
+
+/// Bits Stored 0, 64 or 99 used to panic inside dicom-pixeldata (and a loader worker's panic
+/// dropped its whole batch); now the header is checked first and the error names the file.
+#[test]
+fn absurd_bit_depths_are_refused_without_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    for (stored, high) in [(0u16, 11u16), (64, 63), (99, 98), (12, 15), (12, 3)] {
+        let p = write_dicom(dir.path(), &format!("bits{stored}_{high}.dcm"), Spec { bits_stored: stored, high_bit: high, ..Default::default() });
+        let r = std::panic::catch_unwind(|| decode_file(&p, &DecodeLimits::default()));
+        let e = r.expect("decoding must not panic").unwrap_err().to_string();
+        assert!(e.contains(&format!("bits{stored}_{high}.dcm")) && e.contains("invalid DICOM header"), "{e}");
+    }
+}
+
+/// A NaN (or infinite, or zero) Rescale Slope used to give an all-zero image.
+#[test]
+fn non_finite_or_zero_rescale_slopes_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, slope) in ["NaN", "inf", "0", "abc"].into_iter().enumerate() {
+        for window in [None, Some(("2000", "2000"))] {
+            let p = write_dicom(dir.path(), &format!("slope{i}.dcm"), Spec { rescale: Some((slope, "0")), window, ..Default::default() });
+            let e = decode_file(&p, &DecodeLimits::default()).unwrap_err().to_string();
+            assert!(e.contains(&format!("slope{i}.dcm")) && e.contains("Rescale Slope"), "{slope}: {e}");
+        }
+    }
+    let ok = write_dicom(dir.path(), "slope_ok.dcm", Spec { rescale: Some(("2", "0")), ..Default::default() });
+    assert!(decode_file(&ok, &DecodeLimits::default()).is_ok());
+}
+
+#[test]
+fn pixel_data_shorter_than_a_frame_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_dicom(dir.path(), "short.dcm", Spec { pixels: &[0, 1000], ..Default::default() });
+    let e = decode_file(&p, &DecodeLimits::default()).unwrap_err().to_string();
+    assert!(e.contains("short.dcm") && e.contains("truncated"), "{e}");
 }

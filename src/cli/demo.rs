@@ -53,7 +53,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     o.config = TrainConfig::resolve(Some("tiny"), None, &overrides)?;
     o.device = a.device.resolve()?;
     o.data = a.data.clone();
-    o.dataset = DatasetOptions { label_column: a.label_column.clone(), classes: a.classes.clone() };
+    o.dataset = DatasetOptions { label_column: a.label_column.clone(), classes: a.classes.clone(), ..Default::default() };
     o.per_class = a.per_class;
     eprintln!("magsd demo on {} → {}", crate::device::describe(o.device), out.display());
     super::install_ctrl_c();

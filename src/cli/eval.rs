@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::eval::evaluate::{PredictOptions, infer, predict};
 use crate::eval::localize::{GroundTruth, Threshold};
 use crate::eval::metrics::argmax;
+use crate::eval::overlap::training_overlap;
 use crate::model::weights::{LoadedModel, load_model};
 use crate::report::evaluation::{EvalOptions, write_evaluation};
 use crate::report::overlay::attention_overlay;
@@ -89,7 +90,7 @@ fn load(args: &ModelRun) -> Result<(LoadedModel, Device, PathBuf)> {
 fn describe(m: &LoadedModel, path: &Path) -> Vec<String> {
     let c = &m.model.config;
     vec![format!(
-        "Model: {} (MAG-SD {}, {} maps, scales {}, {:?} head, {}×{} input, CLAHE {}, z-score {:?}).",
+        "Model: {} (MAG-SD {}, {} maps, scales {}, {} head, {}×{} input, CLAHE {}, z-score {}).",
         path.display(),
         c.backbone,
         c.num_maps,
@@ -108,7 +109,9 @@ fn describe(m: &LoadedModel, path: &Path) -> Vec<String> {
   magsd eval --model runs/cv/fold-0/model.safetensors --data ../shared/data/cxr/manifest.csv --by source_repo\n  \
   magsd eval --model m.safetensors --data phantoms --masks-column mask --out eval-phantoms\n\n\
 Writes metrics.json, predictions.csv, roc.png/svg, confusion.png/svg, overlays/ and report.md/html.\n\
-Each image is evaluated once, never augmented; unreadable images are reported and skipped (--strict fails).")]
+Each image is evaluated once, never augmented. Missing or unreadable images are counted, listed\n\
+(console, metrics.json, report) and skipped, and the exit status is 1; --strict refuses to report\n\
+(exit 2) and also refuses images decoded with a warning, such as a truncated JPEG.")]
 pub struct EvalArgs {
     #[command(flatten)]
     pub run: ModelRun,
@@ -120,7 +123,8 @@ pub struct EvalArgs {
     /// Metadata columns to break metrics down by (default: source_repo and dataset, where present).
     #[arg(long = "by")]
     pub by: Vec<String>,
-    /// Stop at the first unreadable image.
+    /// Refuse to report when any image is missing, unreadable or decoded with a warning (e.g. a
+    /// truncated JPEG): list them all and exit with an error.
     #[arg(long)]
     pub strict: bool,
     /// Attention overlays to draw.
@@ -224,9 +228,12 @@ fn ground_truth(ds: &Dataset, masks_column: &Option<String>, boxes: &Option<Path
     })
 }
 
-/// Opens the data relabelled to the model's classes.
+/// Opens the data relabelled to the model's classes, saying which labels were left out and why.
 fn open_for(m: &LoadedModel, data: &DataArgs) -> Result<Dataset> {
     let ds = data.open()?;
+    for (label, n) in &ds.excluded {
+        eprintln!("note: {n} image(s) labelled '{label}' left out: not among --classes");
+    }
     let ds = if m.model.config.class_names.is_empty() { ds } else { ds.with_classes(&m.model.config.class_names) };
     if ds.samples.is_empty() {
         return Err(Error::Data(format!(
@@ -235,7 +242,30 @@ fn open_for(m: &LoadedModel, data: &DataArgs) -> Result<Dataset> {
             m.model.config.class_labels().join(", ")
         )));
     }
+    let chosen = data.options();
+    for (label, n) in &ds.excluded {
+        let by_classes = chosen.classes.as_ref().is_some_and(|c| !c.contains(label));
+        if !by_classes {
+            eprintln!("note: {n} image(s) labelled '{label}' left out: not a class of this model");
+        }
+    }
+    let counts = ds.class_counts();
+    let absent: Vec<&str> = ds.classes.iter().zip(&counts).filter(|(_, n)| **n == 0).map(|(c, _)| c.as_str()).collect();
+    if !absent.is_empty() {
+        eprintln!(
+            "note: no image of the model's class(es) {} in this data: they are left out of the macro means",
+            absent.join(", ")
+        );
+    }
     Ok(ds)
+}
+
+/// Every image of the data that was not used, as `path: reason` lines.
+fn not_used(ds: &Dataset, p: &crate::eval::evaluate::Predictions, with_warnings: bool) -> Vec<String> {
+    let listed = ds.skipped.iter().map(|s| format!("{}: {}", s.path, s.reason));
+    let failed = p.failures.iter().map(|(_, e)| e.clone());
+    let warned = p.warnings.iter().filter(|_| with_warnings).map(|(_, e)| e.clone());
+    listed.chain(failed).chain(warned).collect()
 }
 
 pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
@@ -244,9 +274,6 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     let out = args.out.clone().unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join(format!("eval-{name}")));
     check_eval_out(&out, args.force)?;
     let ds = Arc::new(open_for(&m, &args.data)?);
-    for (label, n) in &ds.excluded {
-        eprintln!("note: {n} image(s) labelled '{label}' left out: not a class of this model");
-    }
     let gt = ground_truth(&ds, &args.masks_column, &args.boxes)?;
     if require_truth && gt.is_none() {
         return Err(Error::Config("localisation needs ground truth: --masks-column COLUMN or --boxes CSV".into()));
@@ -259,8 +286,23 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     };
     let loader = Loader::new(ds.clone(), pipeline, 0, false);
     let all: Vec<usize> = (0..ds.samples.len()).collect();
-    let opts = PredictOptions { batch_size: args.run.batch_size, bf16: args.run.bf16, keep_attention: true, strict: args.strict, ..Default::default() };
+    // Every image is read before deciding, so that --strict can list all the bad ones at once.
+    let opts = PredictOptions { batch_size: args.run.batch_size, bf16: args.run.bf16, keep_attention: true, strict: false, ..Default::default() };
     let p = predict(&m.model, &loader, &all, device, &opts)?;
+    if args.strict {
+        let bad = not_used(&ds, &p, true);
+        if !bad.is_empty() {
+            return Err(Error::Data(format!(
+                "--strict: {} image(s) missing, unreadable or decoded with a warning; nothing was written:\n  {}",
+                bad.len(),
+                bad.join("\n  ")
+            )));
+        }
+    }
+    let overlap = training_overlap(&path, &ds, &p.indices);
+    if let Some(o) = &overlap {
+        eprintln!("\nWARNING: {}.\n", o.message());
+    }
     let by = if args.by.is_empty() { ds.default_breakdown() } else { args.by.clone() };
     let o = write_evaluation(
         &out,
@@ -274,6 +316,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
             overlays: args.overlays,
             model_description: describe(&m, &path),
             intro: Vec::new(),
+            training_overlap: overlap,
         },
     )?;
     let r = &o.report.overall;
@@ -286,12 +329,19 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
         r.f1,
         r.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
     );
-    for (_, reason) in &p.failures {
-        eprintln!("skipped: {reason}");
+    for (_, w) in &p.warnings {
+        eprintln!("warning: {w} (used; --strict refuses it)");
+    }
+    let skipped = not_used(&ds, &p, false);
+    if !skipped.is_empty() {
+        eprintln!("{} image(s) not evaluated (listed in metrics.json and the report):", skipped.len());
+        for line in &skipped {
+            eprintln!("  skipped: {line}");
+        }
     }
     if let Some(l) = &o.localization {
         println!(
-            "localisation ({} images with ground truth, threshold {:?}): mean IoU {:.3}, IoU > 0.25: {:.1} %, IoU > 0.5: {:.1} %",
+            "localisation ({} images with ground truth, threshold {}): mean IoU {:.3}, IoU > 0.25: {:.1} %, IoU > 0.5: {:.1} %",
             l.n,
             l.threshold,
             l.mean_iou,
@@ -299,8 +349,11 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
             100.0 * l.frac_iou_above_05
         );
     }
+    if let Some(o) = &o.report.training_overlap {
+        eprintln!("WARNING: {}.", o.message());
+    }
     println!("report: {}", o.html.display());
-    Ok(if p.failures.is_empty() { 0 } else { 1 })
+    Ok(if skipped.is_empty() { 0 } else { 1 })
 }
 
 #[derive(clap::Args, Debug)]

@@ -77,11 +77,18 @@ pub struct DataArgs {
     /// Keep only these classes, in this order (comma-separated); default: every label found.
     #[arg(long, value_delimiter = ',')]
     pub classes: Option<Vec<String>>,
+    /// Accept manifest paths that lead outside the manifest's folder (absolute, or with `..`).
+    #[arg(long)]
+    pub allow_outside_root: bool,
 }
 
 impl DataArgs {
     pub fn options(&self) -> crate::data::dataset::DatasetOptions {
-        crate::data::dataset::DatasetOptions { label_column: self.label_column.clone(), classes: self.classes.clone() }
+        crate::data::dataset::DatasetOptions {
+            label_column: self.label_column.clone(),
+            classes: self.classes.clone(),
+            allow_outside_root: self.allow_outside_root,
+        }
     }
 
     pub fn open(&self) -> crate::Result<crate::data::dataset::Dataset> {

@@ -247,6 +247,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     let opts = DatasetOptions {
         label_column: cfg.data.label_column.clone(),
         classes: cfg.data.classes.clone().or_else(|| (!spec.classes.is_empty()).then(|| spec.classes.clone())),
+        ..Default::default()
     };
     let ds = Arc::new(Dataset::open(&spec.data, &opts)?);
     for p in ds.problems.iter().take(10) {

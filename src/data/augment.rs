@@ -31,6 +31,17 @@ pub enum AugmentPolicy {
     None,
 }
 
+/// The name used on the command line (`authors-code`, `paper`, `none`).
+impl std::fmt::Display for AugmentPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AugmentPolicy::AuthorsCode => "authors-code",
+            AugmentPolicy::Paper => "paper",
+            AugmentPolicy::None => "none",
+        })
+    }
+}
+
 /// Parameters of one draw of the chain; `None` means the transform is skipped.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AugmentDraw {

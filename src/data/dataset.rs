@@ -10,8 +10,14 @@
 //! patient-level splits when present; images without one count as their own patient. Every
 //! other column is kept as metadata (`source_repo`, `dataset`, `mask`, ...), so results can be
 //! broken down by it.
+//!
+//! A manifest path must stay inside the manifest's folder (the data root): `../../etc/passwd`
+//! or an absolute path elsewhere is refused with an error naming the line, unless
+//! [`DatasetOptions::allow_outside_root`] is set (`--allow-outside-root`). The check is on the
+//! path as written (lexical), so a data root reached through a symbolic link still works.
+//! Rows whose file does not exist are skipped, counted and listed in [`Dataset::skipped`].
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 
@@ -48,6 +54,16 @@ pub enum SourceKind {
     Manifest,
 }
 
+/// `image-folder` or `manifest`, as in `metrics.json`.
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SourceKind::ImageFolder => "image-folder",
+            SourceKind::Manifest => "manifest",
+        })
+    }
+}
+
 /// How to read a dataset.
 #[derive(Clone, Debug)]
 pub struct DatasetOptions {
@@ -55,12 +71,22 @@ pub struct DatasetOptions {
     pub label_column: String,
     /// Keep only these classes, in this order; `None` keeps every label found (sorted).
     pub classes: Option<Vec<String>>,
+    /// Accept manifest paths outside the manifest's folder (absolute or with `..`).
+    pub allow_outside_root: bool,
 }
 
 impl Default for DatasetOptions {
     fn default() -> Self {
-        DatasetOptions { label_column: "label".into(), classes: None }
+        DatasetOptions { label_column: "label".into(), classes: None, allow_outside_root: false }
     }
+}
+
+/// An image the dataset names but that cannot be used (e.g. a manifest row whose file is
+/// missing): it is never silently dropped, but counted and listed in reports.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +100,9 @@ pub struct Dataset {
     pub excluded: BTreeMap<String, usize>,
     /// Rows or files that could not be used, each naming the row/file and the reason.
     pub problems: Vec<String>,
+    /// Images of the chosen classes that the source lists but that cannot be read at all
+    /// (missing files); also described in `problems`.
+    pub skipped: Vec<Skipped>,
 }
 
 const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "dcm", "dicom"];
@@ -152,7 +181,15 @@ impl Dataset {
                 })),
             }
         }
-        Ok(Dataset { source: root.to_path_buf(), kind: SourceKind::ImageFolder, classes, samples, excluded, problems })
+        Ok(Dataset {
+            source: root.to_path_buf(),
+            kind: SourceKind::ImageFolder,
+            classes,
+            samples,
+            excluded,
+            problems,
+            skipped: Vec::new(),
+        })
     }
 
     fn from_manifest(csv_path: &Path, opts: &DatasetOptions) -> Result<Dataset> {
@@ -201,6 +238,16 @@ impl Dataset {
                 problems.push(format!("{}: line {line}: empty '{}', row skipped", csv_path.display(), opts.label_column));
                 continue;
             }
+            if !opts.allow_outside_root && !stays_inside(base, Path::new(&name)) {
+                return Err(Error::bad_file(
+                    csv_path,
+                    format!(
+                        "line {line}: path '{name}' leads outside the manifest's folder {}; \
+                         refusing it (pass --allow-outside-root if that is intended)",
+                        base.display()
+                    ),
+                ));
+            }
             let path = if Path::new(&name).is_absolute() { PathBuf::from(&name) } else { base.join(&name) };
             let patient_id = patient_col.map(cell).filter(|p| !p.is_empty());
             let meta = headers
@@ -217,19 +264,32 @@ impl Dataset {
         let classes = choose_classes(&found, opts, csv_path)?;
         let mut samples = Vec::new();
         let mut excluded = BTreeMap::new();
+        let mut skipped = Vec::new();
         for r in rows {
             match classes.iter().position(|c| *c == r.label) {
                 None => *excluded.entry(r.label).or_insert(0) += 1,
                 Some(label) => {
                     if !r.path.is_file() {
                         problems.push(format!("{}: listed in the manifest but not found, skipped", r.path.display()));
+                        skipped.push(Skipped {
+                            path: r.path.display().to_string(),
+                            reason: "listed in the manifest but not found".into(),
+                        });
                         continue;
                     }
                     samples.push(Sample { path: r.path, name: r.name, label, patient_id: r.patient_id, meta: r.meta });
                 }
             }
         }
-        Ok(Dataset { source: csv_path.to_path_buf(), kind: SourceKind::Manifest, classes, samples, excluded, problems })
+        Ok(Dataset {
+            source: csv_path.to_path_buf(),
+            kind: SourceKind::Manifest,
+            classes,
+            samples,
+            excluded,
+            problems,
+            skipped,
+        })
     }
 
     /// Images per class, in class order.
@@ -252,6 +312,7 @@ impl Dataset {
             samples: indices.iter().map(|&i| self.samples[i].clone()).collect(),
             excluded: BTreeMap::new(),
             problems: Vec::new(),
+            skipped: Vec::new(),
             ..self.clone()
         }
     }
@@ -298,6 +359,41 @@ impl Dataset {
         }
         out
     }
+}
+
+/// Whether manifest path `name` stays inside `base` (lexically: `..` may not climb above it;
+/// an absolute path must start with `base`, itself made absolute).
+fn stays_inside(base: &Path, name: &Path) -> bool {
+    if name.is_absolute() {
+        let Ok(cwd) = std::env::current_dir() else { return false };
+        let root = normalise(&cwd.join(base));
+        return normalise(name).is_some_and(|n| root.is_some_and(|r| n.starts_with(r)));
+    }
+    normalise(name).is_some()
+}
+
+/// `a/./b/../c` → `a/c`; `None` when `..` climbs above the start (or above `/`).
+fn normalise(p: &Path) -> Option<PathBuf> {
+    let mut out = PathBuf::new();
+    let mut depth = 0usize;
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth == 0 {
+                    return None;
+                }
+                depth -= 1;
+                out.pop();
+            }
+            Component::Normal(x) => {
+                depth += 1;
+                out.push(x);
+            }
+            Component::RootDir | Component::Prefix(_) => out.push(c.as_os_str()),
+        }
+    }
+    Some(out)
 }
 
 fn choose_classes(found: &[String], opts: &DatasetOptions, source: &Path) -> Result<Vec<String>> {
@@ -387,21 +483,45 @@ mod tests {
         assert_eq!(ds.samples.len(), 3);
         assert_eq!(ds.problems.len(), 1);
         assert!(ds.problems[0].contains("missing.jpg"));
+        assert_eq!(ds.skipped.len(), 1);
+        assert!(ds.skipped[0].path.ends_with("missing.jpg"));
         assert_eq!(ds.patient_count(), 2);
         assert_eq!(ds.samples[0].meta["source_repo"], "x");
         assert_eq!(ds.breakdown("source_repo")["x"], vec![0, 1, 1]);
 
-        let l3 = DatasetOptions { label_column: "label3".into(), classes: None };
+        let l3 = DatasetOptions { label_column: "label3".into(), ..Default::default() };
         let ds = Dataset::open(&csv, &l3).unwrap();
         assert_eq!(ds.classes, vec!["normal", "pneu"]);
         assert_eq!(ds.class_counts(), vec![1, 2]);
 
-        let bad = DatasetOptions { label_column: "nope".into(), classes: None };
+        let bad = DatasetOptions { label_column: "nope".into(), ..Default::default() };
         let e = Dataset::open(&csv, &bad).unwrap_err().to_string();
         assert!(e.contains("manifest.csv") && e.contains("no 'nope' column"), "{e}");
         let e = Dataset::open(&csv, &DatasetOptions { classes: Some(vec!["covid".into()]), ..Default::default() })
             .unwrap_err()
             .to_string();
         assert!(e.contains("covid"), "{e}");
+    }
+
+    #[test]
+    fn manifest_paths_outside_the_data_root_are_refused_unless_allowed() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("data");
+        touch(&root.join("i/1.jpg"));
+        touch(&d.path().join("secret.jpg"));
+        let outside_abs = d.path().join("secret.jpg").display().to_string();
+        let inside_abs = root.join("i/1.jpg").display().to_string();
+        for (bad, ok) in [("../secret.jpg", false), ("i/../../secret.jpg", false), (outside_abs.as_str(), false), ("i/./../i/1.jpg", true), (inside_abs.as_str(), true)] {
+            std::fs::write(root.join("manifest.csv"), format!("path,label\ni/1.jpg,a\n{bad},b\n")).unwrap();
+            let r = Dataset::open(&root, &DatasetOptions::default());
+            if ok {
+                assert_eq!(r.unwrap().samples.len(), 2, "{bad}");
+            } else {
+                let e = r.unwrap_err().to_string();
+                assert!(e.contains("line 3") && e.contains("outside") && e.contains("--allow-outside-root"), "{e}");
+                let ds = Dataset::open(&root, &DatasetOptions { allow_outside_root: true, ..Default::default() }).unwrap();
+                assert_eq!(ds.samples.len(), 2, "{bad}");
+            }
+        }
     }
 }

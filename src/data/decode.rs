@@ -16,7 +16,17 @@
 //!   8-bit (an 8-bit DICOM gives back its stored values), deeper data fills 16 bits.
 //!   MONOCHROME1 is inverted so that bone is bright. Only the first frame of a multi-frame
 //!   object is read.
+//!
+//! Decoding never panics on a file: the DICOM header is checked first (Bits Allocated / Stored,
+//! High Bit, Rows, Columns, Samples per Pixel, Photometric Interpretation, Pixel
+//! Representation, the length of uncompressed pixel data, and a finite non-zero Rescale Slope),
+//! and every third-party decoder runs inside `catch_unwind`, so a panic in `image` or
+//! `dicom-pixeldata` becomes an [`Error::BadFile`] naming the file (a loader worker keeps going).
+//! A JPEG without its end-of-image marker after the last scan (e.g. cut in half; the decoder
+//! fills the missing rows with grey) decodes with a warning in [`SourceInfo::warnings`]; callers
+//! decide whether to refuse it (`eval --strict`) or to use it and say so.
 use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
@@ -52,6 +62,9 @@ pub struct SourceInfo {
     pub bits: u32,
     /// Notes on conversions applied (colour to gray, rescale, window, inversion, ...).
     pub notes: Vec<String>,
+    /// Signs that the pixels may not be what the file meant (e.g. a truncated JPEG).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A decoded grayscale image, row-major.
@@ -125,8 +138,20 @@ pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<GrayImage> {
     decode_bytes(path, &bytes, limits)
 }
 
-/// Decodes an image held in memory; `path` is used for messages only.
+/// Decodes an image held in memory; `path` is used for messages only. A panic inside a
+/// decoder is caught and returned as an error naming the file.
 pub fn decode_bytes(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage> {
+    catch_unwind(AssertUnwindSafe(|| decode_unguarded(path, bytes, limits))).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown cause".into());
+        Err(Error::bad_file(path, format!("the decoder crashed on this file ({what}); the file is corrupt or unsupported")))
+    })
+}
+
+fn decode_unguarded(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage> {
     if bytes.is_empty() {
         return Err(Error::bad_file(path, "empty file (0 bytes)"));
     }
@@ -181,7 +206,23 @@ fn decode_raster(
     let img = reader.decode().map_err(bad)?;
     let mut out = dynamic_to_gray(path, img)?;
     out.source.format = name.to_string();
+    if format == image::ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+        out.source.warnings.push(
+            "truncated JPEG: no end-of-image marker after the last scan; missing rows were filled with grey".into(),
+        );
+    }
     Ok(out)
+}
+
+/// Whether a JPEG ends its last scan: an EOI marker (FF D9) after the last SOS (FF DA). Inside
+/// entropy-coded data FF is always followed by 00 or a restart marker, so neither pair occurs
+/// there; an embedded EXIF thumbnail ends before the main image's scans begin.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last = |m: u8| bytes.windows(2).rposition(|w| w[0] == 0xFF && w[1] == m);
+    match (last(0xDA), last(0xD9)) {
+        (Some(sos), Some(eoi)) => eoi > sos,
+        _ => false,
+    }
 }
 
 /// BT.601 luma in OpenCV's 14-bit fixed point (exact for equal channels).
@@ -239,7 +280,7 @@ fn dynamic_to_gray(path: &Path, img: image::DynamicImage) -> Result<GrayImage> {
         width,
         height,
         pixels,
-        source: SourceInfo { format: String::new(), color: color.into(), bits, notes },
+        source: SourceInfo { format: String::new(), color: color.into(), bits, notes, warnings: Vec::new() },
     })
 }
 
@@ -268,8 +309,30 @@ fn decode_dicom(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<Gray
     let rows = int(tags::ROWS).ok_or_else(|| Error::bad_file(path, "DICOM file has no Rows (0028,0010): not an image"))?;
     let cols = int(tags::COLUMNS).ok_or_else(|| Error::bad_file(path, "DICOM file has no Columns (0028,0011): not an image"))?;
     check_size(path, cols, rows, limits)?;
-    if obj.element_opt(tags::PIXEL_DATA).ok().flatten().is_none() {
+    let Some(pixel_data) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
         return Err(Error::bad_file(path, "DICOM file has no Pixel Data (7FE0,0010)"));
+    };
+    let header = DicomHeader {
+        bits_allocated: int(tags::BITS_ALLOCATED),
+        bits_stored: int(tags::BITS_STORED),
+        high_bit: int(tags::HIGH_BIT),
+        samples_per_pixel: int(tags::SAMPLES_PER_PIXEL).unwrap_or(1),
+        pixel_representation: int(tags::PIXEL_REPRESENTATION).unwrap_or(0),
+        photometric: text(tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default(),
+        rescale_slope: text(tags::RESCALE_SLOPE),
+        rescale_intercept: text(tags::RESCALE_INTERCEPT),
+        window_width: text(tags::WINDOW_WIDTH),
+    };
+    let frame_bytes = header.check().map_err(|e| Error::bad_file(path, format!("invalid DICOM header: {e}")))? * rows * cols;
+    // Uncompressed data must hold at least one whole frame.
+    if let Some(p) = pixel_data.value().primitive() {
+        let have = p.calculate_byte_len() as u64;
+        if have < frame_bytes {
+            return Err(Error::bad_file(
+                path,
+                format!("DICOM pixel data has {have} bytes, a {cols}×{rows} frame needs {frame_bytes}: truncated"),
+            ));
+        }
     }
 
     let ts_name = dicom_transfer_syntax_registry::TransferSyntaxRegistry
@@ -286,8 +349,8 @@ fn decode_dicom(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<Gray
             ),
         )
     })?;
-    let photometric = text(tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
-    let bits_stored = int(tags::BITS_STORED).unwrap_or(0) as u32;
+    let photometric = header.photometric.clone();
+    let bits_stored = header.bits_stored() as u32;
     let mut notes = vec![format!("transfer syntax {ts_uid} ({ts_name})")];
     if let (Some(s), Some(i)) = (text(tags::RESCALE_SLOPE), text(tags::RESCALE_INTERCEPT)) {
         notes.push(format!("modality rescale: slope {s}, intercept {i}"));
@@ -320,7 +383,7 @@ fn decode_dicom(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<Gray
         let values: Vec<f64> = decoded.to_vec_frame(0).map_err(|e| bad("cannot convert DICOM pixel data", &e))?;
         let num = |tag| text(tag).and_then(|v| v.split('\\').next().and_then(|x| x.trim().parse::<f64>().ok()));
         let (slope, intercept) = (num(tags::RESCALE_SLOPE).unwrap_or(1.0), num(tags::RESCALE_INTERCEPT).unwrap_or(0.0));
-        let bits = if bits_stored == 0 { int(tags::BITS_ALLOCATED).unwrap_or(16) as u32 } else { bits_stored };
+        let bits = bits_stored; // checked: 1..=Bits Allocated
         let signed = int(tags::PIXEL_REPRESENTATION) == Some(1);
         let (smin, smax) = if signed {
             (-(2f64.powi(bits as i32 - 1)), 2f64.powi(bits as i32 - 1) - 1.0)
@@ -349,8 +412,87 @@ fn decode_dicom(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<Gray
         color: if photometric.is_empty() { out.source.color } else { photometric },
         bits: bits_stored,
         notes: notes.into_iter().chain(out.source.notes).collect(),
+        warnings: out.source.warnings,
     };
     Ok(out)
+}
+
+/// The image pixel module attributes checked before any pixel is decoded: values that
+/// `dicom-pixeldata` would panic on, or that would silently give a blank image.
+struct DicomHeader {
+    bits_allocated: Option<u64>,
+    bits_stored: Option<u64>,
+    high_bit: Option<u64>,
+    samples_per_pixel: u64,
+    pixel_representation: u64,
+    photometric: String,
+    rescale_slope: Option<String>,
+    rescale_intercept: Option<String>,
+    window_width: Option<String>,
+}
+
+impl DicomHeader {
+    fn bits_stored(&self) -> u64 {
+        self.bits_stored.or(self.bits_allocated).unwrap_or(0)
+    }
+
+    /// Checks the attributes; returns the bytes per pixel of one frame of native data.
+    fn check(&self) -> std::result::Result<u64, String> {
+        let alloc = self.bits_allocated.ok_or("no Bits Allocated (0028,0100)")?;
+        if ![8, 16, 32].contains(&alloc) {
+            return Err(format!("Bits Allocated (0028,0100) is {alloc}; supported: 8, 16 or 32"));
+        }
+        let stored = self.bits_stored();
+        if stored == 0 || stored > alloc {
+            return Err(format!("Bits Stored (0028,0101) is {stored}; it must be 1 to Bits Allocated ({alloc})"));
+        }
+        // PS3.3 C.7.6.3.1: High Bit is one less than Bits Stored; the decoder reads the low bits.
+        if let Some(high) = self.high_bit
+            && high + 1 != stored
+        {
+            return Err(format!("High Bit (0028,0102) is {high}; with Bits Stored {stored} it must be {}", stored - 1));
+        }
+        if self.pixel_representation > 1 {
+            return Err(format!("Pixel Representation (0028,0103) is {}; it must be 0 or 1", self.pixel_representation));
+        }
+        let spp = self.samples_per_pixel;
+        let p = self.photometric.as_str();
+        let expected = match p {
+            "MONOCHROME1" | "MONOCHROME2" | "PALETTE COLOR" | "" => 1,
+            "RGB" | "YBR_FULL" | "YBR_FULL_422" | "YBR_ICT" | "YBR_RCT" | "YBR_PARTIAL_420" => 3,
+            other => return Err(format!("unsupported Photometric Interpretation (0028,0004) '{other}'")),
+        };
+        if spp != expected {
+            return Err(format!(
+                "Samples per Pixel (0028,0002) is {spp}, but Photometric Interpretation '{p}' has {expected}"
+            ));
+        }
+        let num = |v: &Option<String>| -> Option<std::result::Result<f64, String>> {
+            v.as_ref().map(|s| {
+                let first = s.split('\\').next().unwrap_or("").trim();
+                first.parse::<f64>().map_err(|_| first.to_string())
+            })
+        };
+        match num(&self.rescale_slope) {
+            Some(Ok(v)) if v.is_finite() && v != 0.0 => {}
+            Some(Ok(v)) => return Err(format!("Rescale Slope (0028,1053) is {v}; every pixel would become the same value")),
+            Some(Err(s)) => return Err(format!("Rescale Slope (0028,1053) '{s}' is not a number")),
+            None => {}
+        }
+        match num(&self.rescale_intercept) {
+            Some(Ok(v)) if v.is_finite() => {}
+            Some(_) => return Err("Rescale Intercept (0028,1052) is not a finite number".into()),
+            None => {}
+        }
+        match num(&self.window_width) {
+            Some(Ok(v)) if v.is_finite() && v > 0.0 => {}
+            Some(_) => return Err("Window Width (0028,1051) is not a positive finite number".into()),
+            None => {}
+        }
+        // YBR_FULL_422 stores two luma and two chroma samples per pair of pixels.
+        let stored_samples = if p == "YBR_FULL_422" { 2 } else { spp };
+        Ok(stored_samples * alloc / 8)
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +542,18 @@ mod tests {
         assert_eq!(out.source.format, "JPEG");
         let (lo, hi, _) = out.stats();
         assert!((lo - 128.0).abs() <= 1.0 && (hi - 128.0).abs() <= 1.0);
+    }
+
+    #[test]
+    fn a_jpeg_cut_in_half_decodes_with_a_warning() {
+        let g = image::GrayImage::from_fn(256, 256, |x, y| image::Luma([((x * 7) ^ (y * 3)) as u8]));
+        let jpg = encode(g.into(), image::ImageFormat::Jpeg);
+        let lim = DecodeLimits::default();
+        let whole = decode_bytes(&p(), &jpg, &lim).unwrap();
+        assert!(whole.source.warnings.is_empty(), "{:?}", whole.source.warnings);
+        // The decoder fills the missing half with grey and reports no error of its own.
+        let half = decode_bytes(&p(), &jpg[..jpg.len() / 2], &lim).unwrap();
+        assert!(half.source.warnings.iter().any(|w| w.contains("truncated JPEG")), "{:?}", half.source.warnings);
     }
 
     #[test]

@@ -6,12 +6,17 @@
 //! CLAHE) is cached in memory by default, as 8-bit (16-bit without CLAHE) pixels: 50 KB per
 //! 224×224 image. Augmentation draws from a stream keyed by (seed, epoch, image), so batches are
 //! the same whatever the thread count or order. An image that fails is reported in the batch's
-//! `failures` and left out; the rest of the batch goes on.
-use std::collections::VecDeque;
+//! `failures` and left out; the rest of the batch goes on. No image is ever dropped silently:
+//! every index asked for comes back either in `indices` or in `failures`, even if a worker
+//! panics (the panic becomes a failure of that image, or of the whole chunk if building the
+//! batch itself failed). Images that decoded with a warning (e.g. a truncated JPEG) are used and
+//! reported in `warnings`, once per image over the loader's life (so once per file in training).
+use std::collections::{HashSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -50,15 +55,21 @@ impl InputPipeline {
 }
 
 /// One batch: images `[B, 1, S, S]` (float32, CPU), labels `[B]` (int64), the dataset indices
-/// they came from, and the images that could not be read.
+/// they came from, the images that could not be read, and warnings about images that were used
+/// (each image's warnings appear in one batch only).
 pub struct Batch {
     pub images: Tensor,
     pub labels: Tensor,
     pub indices: Vec<usize>,
     pub failures: Vec<(usize, String)>,
+    pub warnings: Vec<(usize, String)>,
 }
 
-type CacheSlot = OnceLock<std::result::Result<Arc<Pixels>, String>>;
+/// Prepared pixels and the decoder's warnings about them.
+type Prepared = (Arc<Pixels>, Arc<Vec<String>>);
+/// A model input and the decoder's warnings about its image.
+type PlaneWarned = (Plane, Arc<Vec<String>>);
+type CacheSlot = OnceLock<std::result::Result<Prepared, String>>;
 
 /// Time spent in each stage of the pipeline, summed over all workers (nanoseconds), and the
 /// images that went through it: what `magsd bench --only loader` reports per image.
@@ -100,16 +111,23 @@ pub struct Loader {
     pipeline: Arc<InputPipeline>,
     cache: Option<Arc<Vec<CacheSlot>>>,
     seed: u64,
+    /// Images whose warnings were already reported.
+    warned: Arc<Mutex<HashSet<usize>>>,
     /// Worker threads: rayon's global pool unless [`Loader::with_pool`] set one.
     pool: Option<Arc<rayon::ThreadPool>>,
     times: Arc<StageTimes>,
+}
+
+/// The message of a caught panic.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown cause".into())
 }
 
 impl Loader {
     /// `cache`: keep prepared pixels in memory after the first read (worth it for training).
     pub fn new(ds: Arc<Dataset>, pipeline: InputPipeline, seed: u64, cache: bool) -> Self {
         let cache = cache.then(|| Arc::new((0..ds.samples.len()).map(|_| OnceLock::new()).collect()));
-        Loader { ds, pipeline: Arc::new(pipeline), cache, seed, pool: None, times: Arc::default() }
+        Loader { ds, pipeline: Arc::new(pipeline), cache, seed, warned: Arc::default(), pool: None, times: Arc::default() }
     }
 
     /// Runs the workers in `pool` instead of rayon's global pool (e.g. one thread, to measure
@@ -132,18 +150,24 @@ impl Loader {
         &self.pipeline
     }
 
-    fn prepare_uncached(&self, idx: usize) -> Result<Arc<Pixels>> {
+    fn prepare_uncached(&self, idx: usize) -> Result<Prepared> {
+        let path = &self.ds.samples[idx].path;
         let t = Instant::now();
-        let img = decode_file(&self.ds.samples[idx].path, &self.pipeline.limits)?;
+        let img = decode_file(path, &self.pipeline.limits)?;
         StageTimes::add(&self.times.decode, t);
+        let warnings = img.source.warnings.iter().map(|w| format!("{}: {w}", path.display())).collect();
         let t = Instant::now();
         let prepared = self.pipeline.preprocess.prepare(&img);
         StageTimes::add(&self.times.prepare, t);
-        Ok(Arc::new(prepared))
+        Ok((Arc::new(prepared), Arc::new(warnings)))
     }
 
     /// Resized (and CLAHE'd) pixels of sample `idx`.
     pub fn prepared(&self, idx: usize) -> Result<Arc<Pixels>> {
+        Ok(self.prepared_with_warnings(idx)?.0)
+    }
+
+    fn prepared_with_warnings(&self, idx: usize) -> Result<Prepared> {
         match &self.cache {
             None => self.prepare_uncached(idx),
             Some(c) => c[idx]
@@ -155,10 +179,22 @@ impl Loader {
 
     /// The model input of sample `idx`; augmented with the epoch's stream when `epoch` is set.
     pub fn plane(&self, idx: usize, epoch: Option<u64>) -> Result<Plane> {
+        Ok(self.plane_with_warnings(idx, epoch)?.0)
+    }
+
+    /// [`Loader::plane`] and the decoder's warnings about the image; a panic anywhere in
+    /// preparing it is caught and returned as an error naming the file.
+    fn plane_with_warnings(&self, idx: usize, epoch: Option<u64>) -> Result<PlaneWarned> {
+        catch_unwind(AssertUnwindSafe(|| self.plane_unguarded(idx, epoch))).unwrap_or_else(|p| {
+            Err(Error::bad_file(&self.ds.samples[idx].path, format!("preparing this image crashed ({})", panic_message(&*p))))
+        })
+    }
+
+    fn plane_unguarded(&self, idx: usize, epoch: Option<u64>) -> Result<PlaneWarned> {
         let prep = &self.pipeline.preprocess;
-        let prepared = self.prepared(idx)?;
+        let (pixels, warnings) = self.prepared_with_warnings(idx)?;
         let t = Instant::now();
-        let mut p = prep.to_plane(&prepared);
+        let mut p = prep.to_plane(&pixels);
         if let Some(epoch) = epoch {
             let mut rng = Rng::derive(self.seed, &[epoch, idx as u64]);
             let draw = self.pipeline.augment.draw(&mut rng, p.width, p.height);
@@ -171,13 +207,13 @@ impl Loader {
         zscore(&mut p, prep.zscore);
         StageTimes::add(&self.times.zscore, t);
         self.times.images.fetch_add(1, Ordering::Relaxed);
-        Ok(p)
+        Ok((p, warnings))
     }
 
     /// Builds one batch in parallel. `epoch: Some(e)` augments (training), `None` does not.
     pub fn batch(&self, indices: &[usize], epoch: Option<u64>) -> Batch {
-        let work = || indices.par_iter().map(|&i| (i, self.plane(i, epoch))).collect();
-        let results: Vec<(usize, Result<Plane>)> = match &self.pool {
+        let work = || indices.par_iter().map(|&i| (i, self.plane_with_warnings(i, epoch))).collect();
+        let results: Vec<(usize, Result<PlaneWarned>)> = match &self.pool {
             Some(pool) => pool.install(work),
             None => work(),
         };
@@ -187,12 +223,17 @@ impl Loader {
         let mut labels = Vec::new();
         let mut ok = Vec::new();
         let mut failures = Vec::new();
+        let mut warnings = Vec::new();
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
         for (i, r) in results {
             match r {
-                Ok(p) => {
+                Ok((p, w)) => {
                     data.extend_from_slice(&p.data);
                     labels.push(self.ds.samples[i].label as i64);
                     ok.push(i);
+                    if !w.is_empty() && warned.insert(i) {
+                        warnings.extend(w.iter().map(|m| (i, m.clone())));
+                    }
                 }
                 Err(e) => failures.push((i, e.to_string())),
             }
@@ -203,9 +244,29 @@ impl Loader {
             labels: Tensor::from_slice(&labels),
             indices: ok,
             failures,
+            warnings,
         };
         StageTimes::add(&self.times.collate, t);
         batch
+    }
+
+    /// [`Loader::batch`], or, if building it panicked, a batch that lists every image of the
+    /// chunk as a failure, so that no image goes missing without a trace.
+    fn batch_or_failures(&self, indices: &[usize], epoch: Option<u64>) -> Batch {
+        catch_unwind(AssertUnwindSafe(|| self.batch(indices, epoch))).unwrap_or_else(|p| {
+            let why = panic_message(&*p);
+            let s = self.pipeline.preprocess.size as i64;
+            Batch {
+                images: Tensor::zeros([0, 1, s, s], (tch::Kind::Float, tch::Device::Cpu)),
+                labels: Tensor::zeros([0], (tch::Kind::Int64, tch::Device::Cpu)),
+                indices: Vec::new(),
+                failures: indices
+                    .iter()
+                    .map(|&i| (i, format!("{}: building its batch crashed ({why})", self.ds.samples[i].path.display())))
+                    .collect(),
+                warnings: Vec::new(),
+            }
+        })
     }
 
     /// Batches of `order`, in order, built ahead: `prefetch + 1` batches are in the workers at
@@ -224,11 +285,9 @@ impl Loader {
                 }
                 let (done_tx, done_rx) = sync_channel(1);
                 let worker = me.clone();
+                // `batch_or_failures` never panics (rayon aborts on a panicking spawned task).
                 let job = move || {
-                    // A panic must not end the epoch silently (nor abort: rayon aborts on a
-                    // panicking spawned task): every image of the batch is reported as failed.
-                    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.batch(&chunk, epoch)));
-                    let _ = done_tx.send(built.unwrap_or_else(|_| worker.failed_batch(&chunk)));
+                    let _ = done_tx.send(worker.batch_or_failures(&chunk, epoch));
                 };
                 match &me.pool {
                     Some(pool) => pool.spawn(job),
@@ -240,27 +299,13 @@ impl Loader {
         });
         Batches { rx, _handle: handle }
     }
-
-    /// A batch in which every image failed (after an internal error while building it).
-    fn failed_batch(&self, indices: &[usize]) -> Batch {
-        let s = self.pipeline.preprocess.size as i64;
-        Batch {
-            images: Tensor::zeros([0, 1, s, s], (tch::Kind::Float, tch::Device::Cpu)),
-            labels: Tensor::zeros([0], (tch::Kind::Int64, tch::Device::Cpu)),
-            indices: Vec::new(),
-            failures: indices
-                .iter()
-                .map(|&i| (i, format!("{}: internal error while preparing this image (skipped)", self.ds.samples[i].path.display())))
-                .collect(),
-        }
-    }
 }
 
 /// Waits for the oldest batch in flight and hands it on; false when the consumer has gone.
 fn forward(pending: &mut VecDeque<Receiver<Batch>>, tx: &std::sync::mpsc::SyncSender<Batch>) -> bool {
     match pending.pop_front().map(|rx| rx.recv()) {
         Some(Ok(batch)) => tx.send(batch).is_ok(),
-        // The task always sends (its panics are caught), so this is unreachable in practice.
+        // Every task sends its batch, so a closed channel means the process is going down.
         _ => false,
     }
 }
@@ -326,7 +371,7 @@ mod tests {
     /// Many batches in flight come out in order, identical on one thread and on the global
     /// pool, and every image is counted by the stage clock.
     #[test]
-    fn batches_in_flight_keep_their_order_and_content() {
+        fn batches_in_flight_keep_their_order_and_content() {
         let d = tempfile::tempdir().unwrap();
         folder_with_images(d.path());
         let ds = Arc::new(Dataset::open(d.path(), &DatasetOptions::default()).unwrap());
@@ -376,5 +421,32 @@ mod tests {
         let plain = a.plane(idx, None).unwrap();
         let changed = (0..20).filter(|&e| a.plane(idx, Some(e)).unwrap() != plain).count();
         assert!((3..=17).contains(&changed), "{changed}");
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_used_and_warned_about_once_and_no_image_goes_missing() {
+        let d = tempfile::tempdir().unwrap();
+        folder_with_images(d.path());
+        let mut jpg = std::io::Cursor::new(Vec::new());
+        image::GrayImage::from_fn(256, 256, |x, y| image::Luma([((x * 7) ^ (y * 3)) as u8]))
+            .write_to(&mut jpg, image::ImageFormat::Jpeg)
+            .unwrap();
+        let jpg = jpg.into_inner();
+        std::fs::write(d.path().join("b/cut.jpg"), &jpg[..jpg.len() / 2]).unwrap();
+        let ds = Arc::new(Dataset::open(d.path(), &DatasetOptions::default()).unwrap());
+        let pipeline = InputPipeline { preprocess: PreprocessConfig { size: 32, ..Default::default() }, ..Default::default() };
+        for cache in [false, true] {
+            let loader = Loader::new(ds.clone(), pipeline.clone(), 0, cache);
+            let all: Vec<usize> = (0..ds.samples.len()).collect();
+            let mut warnings = Vec::new();
+            for epoch in 0..3 {
+                let batches: Vec<Batch> = loader.batches(all.clone(), 3, Some(epoch), 2).collect();
+                let seen: usize = batches.iter().map(|b| b.indices.len() + b.failures.len()).sum();
+                assert_eq!(seen, ds.samples.len(), "every image comes back, used or failed");
+                warnings.extend(batches.into_iter().flat_map(|b| b.warnings));
+            }
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(warnings[0].1.contains("cut.jpg") && warnings[0].1.contains("truncated JPEG"), "{warnings:?}");
+        }
     }
 }

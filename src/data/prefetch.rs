@@ -12,6 +12,7 @@ pub struct DeviceBatch {
     pub labels: Tensor,
     pub indices: Vec<usize>,
     pub failures: Vec<(usize, String)>,
+    pub warnings: Vec<(usize, String)>,
 }
 
 /// Wraps an iterator of host batches; yields them on `device`, each uploaded one batch early.
@@ -35,6 +36,7 @@ impl<I: Iterator<Item = Batch>> DeviceBatches<I> {
             labels: upload(&b.labels, self.device),
             indices: b.indices,
             failures: b.failures,
+            warnings: b.warnings,
         })
     }
 }
@@ -62,6 +64,7 @@ mod tests {
             labels: Tensor::from_slice(&[v as i64]),
             indices: vec![v as usize],
             failures: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 

@@ -46,6 +46,17 @@ pub enum ZScore {
     None,
 }
 
+/// The name used on the command line and in the README (`per-image`, `per-column`, `none`).
+impl std::fmt::Display for ZScore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ZScore::PerImage => "per-image",
+            ZScore::PerColumn => "per-column",
+            ZScore::None => "none",
+        })
+    }
+}
+
 /// CLAHE parameters; the defaults are the authors' `createCLAHE(4.0, (4, 4))`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClaheConfig {

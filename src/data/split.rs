@@ -243,6 +243,7 @@ mod tests {
             samples,
             excluded: Default::default(),
             problems: vec![],
+            skipped: vec![],
         }
     }
 

@@ -1,6 +1,7 @@
 //! Running a trained model over a dataset: each image exactly once, never augmented, in eval
 //! mode (BatchNorm running statistics), prediction from the raw image's logits as the authors
-//! report (spec §5). Images that cannot be read are listed and skipped, unless strict.
+//! report (spec §5). Images that cannot be read are listed and skipped, unless strict; every
+//! image asked for is accounted for, either predicted or listed as a failure.
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -10,7 +11,8 @@ use crate::data::dataset::Dataset;
 use crate::data::loader::Loader;
 use crate::device::{autocast_bf16, channels_last};
 use crate::error::{Error, IoContext, Result, write_atomic};
-use crate::eval::metrics::{Metrics, argmax, compute};
+use crate::eval::metrics::{Metrics, argmax, try_compute};
+use crate::eval::overlap::TrainingOverlap;
 use crate::model::MagSd;
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -20,7 +22,8 @@ pub struct PredictOptions {
     pub channels_last: bool,
     /// Keep each image's mean attention map (for localisation and overlays).
     pub keep_attention: bool,
-    /// Fail on the first unreadable image instead of skipping it.
+    /// Fail, listing them all, when any image is unreadable or decoded with a warning (e.g. a
+    /// truncated JPEG), instead of skipping or using it.
     pub strict: bool,
 }
 
@@ -37,6 +40,8 @@ pub struct Predictions {
     pub attention_side: usize,
     /// Images that could not be read: (dataset index, reason).
     pub failures: Vec<(usize, String)>,
+    /// Images used although their decoder warned (e.g. a truncated JPEG): (dataset index, warning).
+    pub warnings: Vec<(usize, String)>,
 }
 
 impl Predictions {
@@ -62,12 +67,8 @@ pub fn predict(model: &MagSd, loader: &Loader, indices: &[usize], device: Device
     let mut out = Predictions::default();
     let ds = loader.dataset().clone();
     for batch in loader.batches(indices.to_vec(), opts.batch_size.max(1), None, 2) {
-        if opts.strict
-            && let Some((i, e)) = batch.failures.first()
-        {
-            return Err(Error::Data(format!("{e} (image {} of the dataset; --strict)", i)));
-        }
         out.failures.extend(batch.failures);
+        out.warnings.extend(batch.warnings);
         if batch.indices.is_empty() {
             continue;
         }
@@ -87,6 +88,21 @@ pub fn predict(model: &MagSd, loader: &Loader, indices: &[usize], device: Device
             out.attention.extend(flat.chunks(side * side).map(|c| c.to_vec()));
         }
     }
+    let accounted = out.indices.len() + out.failures.len();
+    if accounted != indices.len() {
+        return Err(Error::Data(format!(
+            "the input pipeline returned {accounted} of {} images (predicted or failed); refusing to report on a partial set",
+            indices.len()
+        )));
+    }
+    if opts.strict && !(out.failures.is_empty() && out.warnings.is_empty()) {
+        let list: Vec<&String> = out.failures.iter().chain(&out.warnings).map(|(_, e)| e).collect();
+        return Err(Error::Data(format!(
+            "--strict: {} image(s) unreadable or decoded with a warning:\n  {}",
+            list.len(),
+            list.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  ")
+        )));
+    }
     Ok(out)
 }
 
@@ -105,11 +121,23 @@ pub struct EvalReport {
     pub overall: Metrics,
     /// Metadata column → value → metrics of the images with that value (source confounding).
     pub by: BTreeMap<String, BTreeMap<String, Metrics>>,
+    /// Number of images of the data that were not evaluated (= `unreadable.len()`).
+    #[serde(default)]
+    pub skipped: usize,
+    /// Every image of the data that was not evaluated: listed but missing, or unreadable.
     pub unreadable: Vec<Unreadable>,
+    /// Images evaluated although their decoder warned (e.g. a truncated JPEG).
+    #[serde(default)]
+    pub warnings: Vec<Unreadable>,
+    /// Set when evaluated images also trained the model (the metrics are then no held-out estimate).
+    #[serde(default)]
+    pub training_overlap: Option<TrainingOverlap>,
 }
 
 impl EvalReport {
-    pub fn new(ds: &Dataset, p: &Predictions, by: &[String]) -> Self {
+    /// Metrics of `p` overall and per group; an error if any score is not finite.
+    pub fn new(ds: &Dataset, p: &Predictions, by: &[String]) -> Result<Self> {
+        let overall = try_compute(&p.labels, &p.probs, &ds.classes)?;
         let mut groups = BTreeMap::new();
         for col in by {
             let mut per_value: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -122,22 +150,32 @@ impl EvalReport {
                 .map(|(v, rows)| {
                     let y: Vec<usize> = rows.iter().map(|&r| p.labels[r]).collect();
                     let pr: Vec<Vec<f64>> = rows.iter().map(|&r| p.probs[r].clone()).collect();
-                    (if v.is_empty() { "(empty)".into() } else { v }, compute(&y, &pr, &ds.classes))
+                    Ok((if v.is_empty() { "(empty)".into() } else { v }, try_compute(&y, &pr, &ds.classes)?))
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             groups.insert(col.clone(), m);
         }
-        EvalReport {
+        let listed = |v: &[(usize, String)]| -> Vec<Unreadable> {
+            v.iter().map(|(i, reason)| Unreadable { path: ds.samples[*i].path.display().to_string(), reason: reason.clone() }).collect()
+        };
+        let unreadable = listed(&p.failures);
+        Ok(EvalReport {
             data: ds.source.display().to_string(),
             classes: ds.classes.clone(),
-            overall: compute(&p.labels, &p.probs, &ds.classes),
+            overall,
             by: groups,
-            unreadable: p
-                .failures
-                .iter()
-                .map(|(i, reason)| Unreadable { path: ds.samples[*i].path.display().to_string(), reason: reason.clone() })
-                .collect(),
-        }
+            skipped: unreadable.len(),
+            unreadable,
+            warnings: listed(&p.warnings),
+            training_overlap: None,
+        })
+    }
+
+    /// Adds the images the dataset lists but could not offer (missing files) to the skipped ones.
+    pub fn add_dataset_skips(&mut self, ds: &Dataset) {
+        let missing = ds.skipped.iter().map(|s| Unreadable { path: s.path.clone(), reason: s.reason.clone() });
+        self.unreadable.splice(0..0, missing);
+        self.skipped = self.unreadable.len();
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {

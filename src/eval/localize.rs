@@ -45,6 +45,16 @@ impl Threshold {
     }
 }
 
+/// The form `--threshold` takes: `rel:0.5` or `abs:0.85`.
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Relative(v) => write!(f, "rel:{v}"),
+            Threshold::Absolute(v) => write!(f, "abs:{v}"),
+        }
+    }
+}
+
 impl Default for Threshold {
     fn default() -> Self {
         Threshold::Relative(0.5)

@@ -4,13 +4,20 @@
 //! F1 = 2TP/(2TP+FP+FN); ROC AUC per class (one-vs-rest, ties counted half, as
 //! `roc_auc_score`); unweighted means over classes; the confusion matrix; mean ± std over folds.
 //!
-//! Macro averages run over the classes present in the true or predicted labels, as
-//! scikit-learn does when no label list is given; the macro AUC over classes that have both
-//! positives and negatives. For two classes the macro AUC is the binary AUC of class 1
-//! (what `roc_auc_score` returns for binary problems). Undefined ratios (0/0) count as 0.
+//! Macro averages run over the classes present in the true labels, as scikit-learn does when
+//! given `labels` = the classes present in `y_true`: a class with no image in the data (e.g. a
+//! model class left out with `--classes`) stays in the per-class table but does not pull the
+//! means down. The macro AUC runs over classes that have both positives and negatives. For two
+//! classes the macro AUC is the binary AUC of class 1 (what `roc_auc_score` returns for binary
+//! problems). Undefined ratios (0/0) count as 0.
+//!
+//! Scores must be finite: [`try_compute`] and [`check_scores`] refuse NaN or infinite
+//! probabilities (a diverged model) with an error instead of ranking them.
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PerClass {
@@ -78,7 +85,38 @@ pub fn binary_auc(positive: &[bool], scores: &[f64]) -> Option<f64> {
     Some(u / (n_pos as f64 * n_neg as f64))
 }
 
+/// Refuses scores that are NaN or infinite (a diverged model), and rows of the wrong length,
+/// naming the first offending row.
+pub fn check_scores(probs: &[Vec<f64>], classes: usize) -> Result<()> {
+    let bad_rows = probs.iter().filter(|p| p.iter().any(|v| !v.is_finite())).count();
+    if let Some(first) = probs.iter().position(|p| p.iter().any(|v| !v.is_finite())) {
+        return Err(Error::Data(format!(
+            "{bad_rows} of {} predictions have non-finite scores (first: row {first}, {:?}); the model \
+             has diverged or its weights are broken, so no metric or figure is computed",
+            probs.len(),
+            probs[first]
+        )));
+    }
+    if let Some(row) = probs.iter().position(|p| p.len() != classes) {
+        return Err(Error::Data(format!("prediction row {row} has {} scores for {classes} classes", probs[row].len())));
+    }
+    Ok(())
+}
+
+/// [`compute`] after [`check_scores`]: an error instead of metrics of non-finite scores.
+pub fn try_compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Result<Metrics> {
+    if y_true.len() != probs.len() {
+        return Err(Error::Data(format!("{} labels for {} predictions", y_true.len(), probs.len())));
+    }
+    if let Some(&y) = y_true.iter().find(|&&y| y >= classes.len()) {
+        return Err(Error::Data(format!("label {y} is not one of the {} classes", classes.len())));
+    }
+    check_scores(probs, classes.len())?;
+    Ok(compute(y_true, probs, classes))
+}
+
 /// Metrics of predictions `argmax(probs)` against `y_true`, for `classes` (names in order).
+/// Expects finite scores; callers with untrusted scores use [`try_compute`].
 pub fn compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Metrics {
     assert_eq!(y_true.len(), probs.len());
     let k = classes.len();
@@ -107,11 +145,8 @@ pub fn compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Metr
             auc: binary_auc(&positive, &scores),
         });
     }
-    // Classes present among true or predicted labels (scikit-learn's `unique_labels`).
-    let present: Vec<&PerClass> = (0..k)
-        .filter(|&c| y_true.contains(&c) || y_pred.contains(&c))
-        .map(|c| &per_class[c])
-        .collect();
+    // Classes present in the true labels (scikit-learn with `labels=np.unique(y_true)`).
+    let present: Vec<&PerClass> = (0..k).filter(|&c| y_true.contains(&c)).map(|c| &per_class[c]).collect();
     let mean = |f: &dyn Fn(&PerClass) -> f64| {
         if present.is_empty() { 0.0 } else { present.iter().map(|m| f(m)).sum::<f64>() / present.len() as f64 }
     };
@@ -197,5 +232,31 @@ mod tests {
         let s = mean_std(&[1.0, 2.0, 3.0]);
         assert_eq!(s.mean, 2.0);
         assert_eq!(s.std, 1.0);
+    }
+
+    #[test]
+    fn macro_means_cover_only_classes_present_in_the_data() {
+        // Class 2 has no image but is predicted once (a 3-class model evaluated with
+        // `--classes c0,c1`). scikit-learn, labels=[0, 1]: recall 0.75, specificity 1, F1 5/6.
+        let probs = vec![vec![0.8, 0.1, 0.1], vec![0.2, 0.2, 0.6], vec![0.1, 0.8, 0.1], vec![0.1, 0.7, 0.2]];
+        let m = compute(&[0, 0, 1, 1], &probs, &names(3));
+        assert_eq!(m.per_class.len(), 3);
+        assert_eq!(m.per_class[2].support, 0);
+        assert_eq!(m.sensitivity, 0.75);
+        assert_eq!(m.specificity, 1.0);
+        assert!((m.f1 - 5.0 / 6.0).abs() < 1e-12, "{}", m.f1);
+        // Macro AUC over the classes with positives and negatives (0 and 1).
+        assert_eq!(m.per_class[2].auc, None);
+    }
+
+    #[test]
+    fn non_finite_scores_are_refused_with_an_error() {
+        let probs = vec![vec![f64::NAN, f64::NAN], vec![0.2, 0.8]];
+        let e = try_compute(&[0, 1], &probs, &names(2)).unwrap_err().to_string();
+        assert!(e.contains("non-finite") && e.contains("row 0"), "{e}");
+        let probs = vec![vec![0.5, f64::INFINITY]];
+        assert!(try_compute(&[0], &probs, &names(2)).is_err());
+        assert!(try_compute(&[0], &[vec![0.5, 0.5]], &names(2)).is_ok());
+        assert!(try_compute(&[5], &[vec![0.5, 0.5]], &names(2)).is_err());
     }
 }

@@ -106,6 +106,17 @@ pub enum Head {
     Gmp,
 }
 
+/// The name used on the command line and in the README (`bap`, `gap`, `gmp`).
+impl std::fmt::Display for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Head::Bap => "bap",
+            Head::Gap => "gap",
+            Head::Gmp => "gmp",
+        })
+    }
+}
+
 /// Everything that defines a MAG-SD network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MagSdConfig {

@@ -1,5 +1,6 @@
 //! A report as a list of blocks, written as `report.md` (images linked) and a self-contained
 //! `report.html` (images embedded), so a run folder can be read in a browser or on a forge.
+//! Every document states the intended use ([`super::INTENDED_USE`]) right under its title.
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -57,7 +58,7 @@ impl Document {
     }
 
     pub fn to_markdown(&self) -> String {
-        let mut s = format!("# {}\n\n", self.title);
+        let mut s = format!("# {}\n\n**{}**\n\n", self.title, super::INTENDED_USE);
         for b in &self.blocks {
             match b {
                 Block::Heading(l, t) => s += &format!("{} {t}\n\n", "#".repeat(l + 1)),
@@ -84,9 +85,10 @@ impl Document {
              table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}\
              th{{background:#f0f4f8}}td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}\
              figure{{margin:1em 0}}figcaption{{color:#555;font-size:0.9em}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}\
-             </style></head><body><h1>{}</h1>\n",
+             </style></head><body><h1>{}</h1>\n<p><strong>{}</strong></p>\n",
             esc(&self.title),
-            esc(&self.title)
+            esc(&self.title),
+            esc(super::INTENDED_USE)
         );
         for b in &self.blocks {
             match b {
@@ -145,6 +147,8 @@ mod tests {
         let (md, html) = doc.write(d.path()).unwrap();
         let html = std::fs::read_to_string(html).unwrap();
         assert!(html.contains("data:image/png;base64,") && html.contains("&lt;b&gt;") && !html.contains("<b>"));
-        assert!(std::fs::read_to_string(md).unwrap().contains("![fig](a.png)"));
+        let md = std::fs::read_to_string(md).unwrap();
+        assert!(md.contains("![fig](a.png)"));
+        assert!(md.contains(crate::report::INTENDED_USE) && html.contains("Research use only; not for diagnosis."));
     }
 }

@@ -1,10 +1,16 @@
 //! Everything `magsd eval` writes for one model on one dataset: metrics.json, predictions.csv,
 //! ROC and confusion figures, localisation (when ground truth is known), attention overlays and
 //! report.md / report.html.
+//!
+//! Nothing is left out silently: images the data lists but that could not be evaluated are
+//! counted and listed (in metrics.json and the report), images used despite a decoder warning
+//! are listed, classes with no image in the data are marked as such (and kept out of the macro
+//! means), and an evaluation on images that trained the model says so at the top.
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::document::Document;
-use super::overlay::attention_overlay;
+use super::overlay::{attention_overlay, with_caption};
 use super::plots::{ConfusionFigure, RocFigure, save};
 use crate::data::dataset::Dataset;
 use crate::data::decode::{DecodeLimits, decode_file};
@@ -12,6 +18,7 @@ use crate::error::{IoContext, Result};
 use crate::eval::evaluate::{EvalReport, Predictions, write_predictions_csv};
 use crate::eval::localize::{GroundTruth, LocalizationReport, Threshold, localize};
 use crate::eval::metrics::{Metrics, argmax};
+use crate::eval::overlap::TrainingOverlap;
 
 pub struct EvalOptions<'a> {
     pub title: String,
@@ -25,6 +32,8 @@ pub struct EvalOptions<'a> {
     pub model_description: Vec<String>,
     /// Blocks placed right after the title (a caller's summary, figures).
     pub intro: Vec<super::document::Block>,
+    /// Evaluated images that also trained the model (see [`crate::eval::overlap`]).
+    pub training_overlap: Option<TrainingOverlap>,
 }
 
 pub struct EvalOutput {
@@ -54,28 +63,50 @@ pub fn metric_header(first: &str) -> Vec<String> {
     [first, "images", "ACC %", "SEN %", "SPC %", "F1 %", "AUC %"].iter().map(|s| s.to_string()).collect()
 }
 
-/// Indices into `p` of up to `n` predictions, round-robin over the true classes.
-fn overlay_rows(p: &Predictions, classes: usize, n: usize) -> Vec<usize> {
-    let mut per_class: Vec<Vec<usize>> = vec![Vec::new(); classes];
+/// The metadata column overlays are spread over: the image's source collection, where known.
+fn source_column(ds: &Dataset) -> Option<String> {
+    ds.default_breakdown().into_iter().next()
+}
+
+/// Indices into `p` of up to `n` predictions, stratified and deterministic: the true classes
+/// take turns; within a class, the strata (correct first, then wrong; then each source value
+/// in sorted order) take turns; within a stratum, images come in data order. So a handful of
+/// overlays shows every class, right and wrong predictions, and every source.
+fn overlay_rows(p: &Predictions, ds: &Dataset, n: usize) -> Vec<usize> {
+    let source = source_column(ds);
+    // class → (wrong, source) → rows
+    let mut strata: Vec<BTreeMap<(bool, String), Vec<usize>>> = vec![BTreeMap::new(); ds.classes.len()];
     for (row, &y) in p.labels.iter().enumerate() {
-        per_class[y].push(row);
+        let wrong = argmax(&p.probs[row]) != y;
+        let src = source.as_ref().and_then(|c| ds.samples[p.indices[row]].meta.get(c).cloned()).unwrap_or_default();
+        strata[y].entry((wrong, src)).or_default().push(row);
     }
+    let mut queues: Vec<Vec<std::collections::VecDeque<usize>>> =
+        strata.into_iter().map(|m| m.into_values().map(Into::into).collect()).collect();
+    let mut turn = vec![0usize; queues.len()];
     let mut out = Vec::new();
-    let mut k = 0;
-    while out.len() < n && per_class.iter().any(|v| k < v.len()) {
-        for v in &per_class {
-            if out.len() < n && k < v.len() {
-                out.push(v[k]);
+    while out.len() < n && queues.iter().any(|q| q.iter().any(|s| !s.is_empty())) {
+        for (c, q) in queues.iter_mut().enumerate() {
+            if out.len() >= n {
+                break;
             }
+            let live: Vec<usize> = (0..q.len()).filter(|&k| !q[k].is_empty()).collect();
+            if live.is_empty() {
+                continue;
+            }
+            let k = live[turn[c] % live.len()];
+            turn[c] += 1;
+            out.extend(q[k].pop_front());
         }
-        k += 1;
     }
     out
 }
 
 pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOptions) -> Result<EvalOutput> {
     std::fs::create_dir_all(dir).at(dir)?;
-    let report = EvalReport::new(ds, p, &opts.by);
+    let mut report = EvalReport::new(ds, p, &opts.by)?;
+    report.add_dataset_skips(ds);
+    report.training_overlap = opts.training_overlap.clone();
     report.save(&dir.join("metrics.json"))?;
     write_predictions_csv(&dir.join("predictions.csv"), ds, p)?;
     save(&RocFigure { title: "ROC curves (one-vs-rest)".into(), classes: &ds.classes, labels: &p.labels, probs: &p.probs }, &dir.join("roc"))?;
@@ -91,20 +122,43 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
     };
 
     let mut doc = Document::new(&opts.title);
+    if let Some(o) = &report.training_overlap {
+        doc.p(format!("WARNING: {}. Examples: {}.", o.message(), o.examples.join(", ")));
+    }
     doc.blocks.extend(opts.intro.iter().cloned());
-    doc.p(format!("Data: {} ({} images evaluated, each once, without augmentation).", report.data, p.indices.len()));
+    doc.p(format!(
+        "Data: {} ({} images evaluated, each once, without augmentation; {} image(s) of the data not evaluated{}).",
+        report.data,
+        p.indices.len(),
+        report.skipped,
+        if report.skipped > 0 { ", listed at the end" } else { "" }
+    ));
     for line in &opts.model_description {
         doc.p(line.clone());
     }
     doc.h(1, "Metrics");
     doc.table(metric_header("set"), vec![metric_row("all", &report.overall)]);
-    doc.p("SEN, SPC, F1 and AUC are unweighted means over classes, one-vs-rest; SPC = TN/(TN+FP).");
+    let absent: Vec<&str> = report.overall.per_class.iter().filter(|c| c.support == 0).map(|c| c.class.as_str()).collect();
+    doc.p(format!(
+        "SEN, SPC and F1 are unweighted means over the classes present in the data, AUC over those with \
+         positives and negatives; one-vs-rest; SPC = TN/(TN+FP).{}",
+        if absent.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " The model's class(es) {} have no image in this data: they are not in the means or the table below, \
+                 but images predicted as them count as errors.",
+                absent.join(", ")
+            )
+        }
+    ));
     doc.table(
         ["class", "images", "SEN %", "SPC %", "precision %", "F1 %", "AUC %"].iter().map(|s| s.to_string()).collect(),
         report
             .overall
             .per_class
             .iter()
+            .filter(|c| c.support > 0)
             .map(|c| {
                 vec![
                     c.class.clone(),
@@ -129,7 +183,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
     if let Some(l) = &localization {
         doc.h(1, "Localisation");
         doc.p(format!(
-            "{} images with ground truth; threshold {:?}. Mean IoU {:.3}; IoU > 0.25: {:.1} %; IoU > 0.5: {:.1} %.",
+            "{} images with ground truth; threshold {}. Mean IoU {:.3}; IoU > 0.25: {:.1} %; IoU > 0.5: {:.1} %.",
             l.n,
             l.threshold,
             l.mean_iou,
@@ -139,10 +193,15 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
     }
     if opts.overlays > 0 && !p.attention.is_empty() {
         doc.h(1, "Attention");
-        doc.p("Left: the X-ray. Right: mean attention map, threshold contour (white), predicted boxes (green), ground truth (magenta).");
+        doc.p(format!(
+            "Chosen to show every class, right and wrong predictions{}. Left: the X-ray. Right: mean attention map \
+             (colour bar: the map's own minimum to maximum), threshold contour (white), predicted boxes (green), \
+             ground truth (magenta).",
+            source_column(ds).map(|c| format!(" and every {c}")).unwrap_or_default()
+        ));
         std::fs::create_dir_all(dir.join("overlays")).at(dir.join("overlays"))?;
         let base = ds.base_dir();
-        for row in overlay_rows(p, ds.classes.len(), opts.overlays) {
+        for row in overlay_rows(p, ds, opts.overlays) {
             let s = &ds.samples[p.indices[row]];
             let img = decode_file(&s.path, &DecodeLimits::default())?;
             let truth = match opts.ground_truth {
@@ -150,26 +209,39 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
                 None => None,
             };
             let (panel, _) = attention_overlay(&img, &p.attention[row], p.attention_side, opts.threshold, truth.as_deref());
-            let stem = s.path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let rel = PathBuf::from("overlays").join(format!("{row:04}_{stem}.png"));
-            panel.save(dir.join(&rel)).map_err(|e| crate::Error::Data(format!("{}: {e}", dir.join(&rel).display())))?;
             let pred = argmax(&p.probs[row]);
             let iou = localization
                 .as_ref()
                 .and_then(|l| l.images.iter().find(|i| i.path == s.name))
                 .map(|i| format!(", IoU {:.2}", i.iou))
                 .unwrap_or_default();
-            doc.image(
-                rel,
-                format!("{}: true {}, predicted {} ({:.1} %){iou}", s.name, ds.classes[p.labels[row]], ds.classes[pred], 100.0 * p.probs[row][pred]),
+            let verdict = format!(
+                "true {}, predicted {} ({:.1} %){iou}",
+                ds.classes[p.labels[row]],
+                ds.classes[pred],
+                100.0 * p.probs[row][pred]
             );
+            let panel = with_caption(&panel, &[verdict.clone(), s.name.clone()]);
+            let stem = s.path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let rel = PathBuf::from("overlays").join(format!("{row:04}_{stem}.png"));
+            panel.save(dir.join(&rel)).map_err(|e| crate::Error::Data(format!("{}: {e}", dir.join(&rel).display())))?;
+            doc.image(rel, format!("{}: {verdict}", s.name));
         }
     }
     if !report.unreadable.is_empty() {
-        doc.h(1, "Unreadable images (skipped)");
+        doc.h(1, format!("Images not evaluated ({})", report.unreadable.len()));
+        doc.p("These images of the data are in no metric above.");
         doc.table(
             vec!["file".into(), "problem".into()],
             report.unreadable.iter().map(|u| vec![u.path.clone(), u.reason.clone()]).collect(),
+        );
+    }
+    if !report.warnings.is_empty() {
+        doc.h(1, format!("Images evaluated despite a warning ({})", report.warnings.len()));
+        doc.p("These images were used; `--strict` refuses them.");
+        doc.table(
+            vec!["file".into(), "warning".into()],
+            report.warnings.iter().map(|u| vec![u.path.clone(), u.reason.clone()]).collect(),
         );
     }
     let (_, html) = doc.write(dir)?;

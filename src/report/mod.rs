@@ -5,3 +5,6 @@ pub mod evaluation;
 pub mod overlay;
 pub mod plots;
 pub mod run;
+
+/// The intended-use statement every report carries (and the README states).
+pub const INTENDED_USE: &str = "Research use only; not for diagnosis.";

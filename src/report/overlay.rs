@@ -1,8 +1,10 @@
 //! Attention overlays in the style of the paper's Fig. 5 and Fig. 7: the X-ray on the left; on
 //! the right the same image with the mean attention map (upsampled, colour-mapped) blended in,
 //! the threshold contour in white, the predicted boxes in green and, when known, the
-//! ground-truth outline in magenta.
+//! ground-truth outline in magenta, and a colour bar (the map's minimum to maximum) on the right.
+//! [`with_caption`] adds lines of text above a panel (true and predicted class, probability).
 use image::{Rgb, RgbImage};
+use plotters::prelude::*;
 
 use crate::data::decode::{GrayImage, Pixels};
 use crate::eval::localize::{BBox, Threshold, boxes_mask, component_boxes, threshold_mask, upsample};
@@ -60,7 +62,35 @@ fn outline(mask: &[bool], w: usize, h: usize) -> Vec<bool> {
         .collect()
 }
 
-/// Draws the two panels. `map` is the `side × side` mean attention map; `truth`, if given, is
+/// Width of the colour bar strip right of the panels: gap, bar, gap, labels.
+const BAR_GAP: usize = 8;
+const BAR_WIDTH: usize = 16;
+const BAR_LABELS: usize = 40;
+
+/// Draws `lines` with the embedded font onto `img` at (x, y) (top-left of the first line).
+fn draw_text(img: &mut RgbImage, x: i32, y: i32, size: u32, lines: &[String]) {
+    super::plots::register_font();
+    let (w, h) = img.dimensions();
+    let root = BitMapBackend::with_buffer(img.as_mut(), (w, h)).into_drawing_area();
+    let style = TextStyle::from((super::plots::FAMILY, size as f64).into_font()).color(&BLACK);
+    for (k, line) in lines.iter().enumerate() {
+        // A text that cannot be drawn leaves the image without it; the picture is still right.
+        let _ = root.draw(&Text::new(line.clone(), (x, y + k as i32 * (size as i32 + 4)), style.clone()));
+    }
+    let _ = root.present();
+}
+
+/// The panel with `lines` of text above it (e.g. "true covid19, predicted normal (87.2 %)").
+pub fn with_caption(panel: &RgbImage, lines: &[String]) -> RgbImage {
+    const SIZE: u32 = 15;
+    let top = 8 + lines.len() as u32 * (SIZE + 4);
+    let mut out = RgbImage::from_pixel(panel.width(), panel.height() + top, Rgb([255, 255, 255]));
+    image::imageops::replace(&mut out, panel, 0, top as i64);
+    draw_text(&mut out, 4, 4, SIZE, lines);
+    out
+}
+
+/// Draws the two panels and the colour bar. `map` is the `side × side` mean attention map; `truth`, if given, is
 /// the ground-truth mask at the image's original size. Returns the panel and the predicted
 /// boxes in original-image coordinates.
 pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold, truth: Option<&[bool]>) -> (RgbImage, Vec<BBox>) {
@@ -82,7 +112,19 @@ pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold
         outline(&small, w, h)
     });
     let gap = 8;
-    let mut out = RgbImage::from_pixel((2 * w + gap) as u32, h as u32, Rgb([255, 255, 255]));
+    let bar_x = 2 * w + gap + BAR_GAP;
+    let mut out = RgbImage::from_pixel((bar_x + BAR_WIDTH + BAR_LABELS) as u32, h as u32, Rgb([255, 255, 255]));
+    // Colour bar: the map's maximum at the top, its minimum at the bottom.
+    let (bar_top, bar_bottom) = (10usize.min(h / 4), h - 10usize.min(h / 4));
+    for y in bar_top..bar_bottom {
+        let v = 1.0 - (y - bar_top) as f32 / (bar_bottom - bar_top).max(2) as f32;
+        for x in bar_x..bar_x + BAR_WIDTH {
+            out.put_pixel(x as u32, y as u32, Rgb(colormap(v)));
+        }
+    }
+    let label_x = (bar_x + BAR_WIDTH + 4) as i32;
+    draw_text(&mut out, label_x, bar_top as i32, 12, &["max".into()]);
+    draw_text(&mut out, label_x, bar_bottom as i32 - 14, 12, &["min".into()]);
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
@@ -124,12 +166,22 @@ mod tests {
     fn overlay_has_two_panels_and_marks_the_hot_corner() {
         let img = GrayImage::from_u8(96, 96, vec![100; 96 * 96]);
         let (panel, boxes) = attention_overlay(&img, &[1.0, 0.0, 0.0, 0.0], 2, Threshold::Relative(0.5), None);
-        assert_eq!(panel.dimensions(), (2 * 384 + 8, 384)); // shown at 384 px
+        assert_eq!(panel.dimensions(), (2 * 384 + 8 + 8 + 16 + 40, 384)); // shown at 384 px, then the colour bar
         assert_eq!(boxes, vec![BBox { x0: 0, y0: 0, x1: 48, y1: 48 }]);
         // Left panel is the plain image; the right panel is warmer top-left than bottom-right.
         assert_eq!(panel.get_pixel(383, 383), &Rgb([100, 100, 100]));
         let hot = panel.get_pixel(392 + 20, 20);
         let cold = panel.get_pixel(392 + 360, 360);
         assert!(hot[0] > cold[0] && cold[2] >= hot[2], "{hot:?} vs {cold:?}");
+        // The colour bar runs from the colour of 1 at the top to that of 0 at the bottom.
+        let bar_x = 2 * 384 + 8 + 8 + 4;
+        assert_eq!(panel.get_pixel(bar_x, 10).0, colormap(1.0));
+        let bottom = panel.get_pixel(bar_x, 373).0;
+        assert!((0..3).all(|k| (bottom[k] as i32 - colormap(0.0)[k] as i32).abs() <= 4), "{bottom:?}");
+        let captioned = with_caption(&panel, &["true a, predicted b (51.0 %)".into()]);
+        assert_eq!(captioned.width(), panel.width());
+        assert!(captioned.height() > panel.height());
+        // Text was drawn: dark pixels in the caption strip.
+        assert!((0..captioned.width()).any(|x| (0..20).any(|y| captioned.get_pixel(x, y)[0] < 100)));
     }
 }

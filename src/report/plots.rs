@@ -13,9 +13,9 @@ use crate::error::{Error, Result};
 use crate::eval::metrics::binary_auc;
 
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
-const FAMILY: &str = "sans-serif";
+pub(crate) const FAMILY: &str = "sans-serif";
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         for style in [FontStyle::Normal, FontStyle::Bold] {
@@ -70,7 +70,9 @@ pub fn save<F: Figure>(fig: &F, stem: &Path) -> Result<PathBuf> {
     Ok(png)
 }
 
-/// ROC curve points (FPR, TPR) of one class, thresholds at each distinct score.
+/// ROC curve points (FPR, TPR) of one class, thresholds at each distinct score. Scores must
+/// be finite ([`RocFigure`] refuses others); a NaN is treated as equal to itself, so the
+/// points are still finite in number.
 pub fn roc_points(positive: &[bool], scores: &[f64]) -> Vec<(f64, f64)> {
     let n_pos = positive.iter().filter(|&&p| p).count().max(1) as f64;
     let n_neg = positive.iter().filter(|&&p| !p).count().max(1) as f64;
@@ -81,7 +83,8 @@ pub fn roc_points(positive: &[bool], scores: &[f64]) -> Vec<(f64, f64)> {
     let mut i = 0;
     while i < order.len() {
         let s = scores[order[i]];
-        while i < order.len() && scores[order[i]] == s {
+        // `total_cmp`, not `==`: NaN == NaN is false and would never advance `i`.
+        while i < order.len() && scores[order[i]].total_cmp(&s).is_eq() {
             if positive[order[i]] { tp += 1.0 } else { fp += 1.0 }
             i += 1;
         }
@@ -103,6 +106,7 @@ impl Figure for RocFigure<'_> {
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        crate::eval::metrics::check_scores(self.probs, self.classes.len()).map_err(|e| e.to_string())?;
         root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(root)
             .caption(&self.title, (FAMILY, 22))
@@ -273,12 +277,14 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, title: &str, y_
         .map_err(err)?;
     for (i, s) in series.iter().enumerate().filter(|(_, s)| !s.points.is_empty()) {
         let color = PALETTE[i % PALETTE.len()];
+        // A diverged run logs NaN or infinite losses: those epochs have no point.
+        let points: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
         chart
-            .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
             .map_err(err)?
             .label(s.name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2)));
-        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled()))).map_err(err)?;
     }
     chart
         .configure_series_labels()
@@ -314,6 +320,38 @@ mod tests {
         assert_eq!(p.first(), Some(&(0.0, 0.0)));
         assert_eq!(p.last(), Some(&(1.0, 1.0)));
         assert_eq!(p[1], (0.0, 0.5));
+    }
+
+    /// On old code `roc_points` never returned on a NaN score (and grew its vector until the
+    /// OOM killer came); run it on a thread so a regression fails instead of hanging.
+    #[test]
+    fn nan_scores_neither_hang_nor_draw() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(roc_points(&[true, false, true], &[f64::NAN, 0.3, f64::NAN]));
+        });
+        let pts = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("roc_points returned");
+        assert_eq!(pts.len(), 3);
+        let d = tempfile::tempdir().unwrap();
+        let classes: Vec<String> = vec!["a".into(), "b".into()];
+        let probs = vec![vec![f64::NAN, f64::NAN], vec![0.4, 0.6]];
+        let e = save(&RocFigure { title: "ROC".into(), classes: &classes, labels: &[0, 1], probs: &probs }, &d.path().join("roc"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("non-finite"), "{e}");
+    }
+
+    #[test]
+    fn curves_of_a_diverged_run_render() {
+        let d = tempfile::tempdir().unwrap();
+        let series = |v: &[f64]| Series { name: "loss".into(), points: v.iter().enumerate().map(|(e, &y)| (e as f64 + 1.0, y)).collect() };
+        let fig = CurvesFigure {
+            title: "diverged".into(),
+            loss: vec![series(&[1.0, 0.8, f64::NAN, f64::INFINITY])],
+            accuracy: vec![series(&[0.5, 0.6, f64::NAN, 0.0])],
+        };
+        save(&fig, &d.path().join("curves")).unwrap();
+        assert!(!std::fs::read_to_string(d.path().join("curves.svg")).unwrap().contains("NaN"));
     }
 
     #[test]

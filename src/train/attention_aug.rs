@@ -25,6 +25,25 @@ pub enum AttentionAug {
     Patching,
 }
 
+/// The name used in configs and the README (`mixup`, `dimming`, `patching`).
+impl std::fmt::Display for AttentionAug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AttentionAug::Mixup => "mixup",
+            AttentionAug::Dimming => "dimming",
+            AttentionAug::Patching => "patching",
+        })
+    }
+}
+
+/// A list of augmentations as people write it: `mixup, dimming, patching` (`none` when empty).
+pub fn augmentation_list(augs: &[AttentionAug]) -> String {
+    if augs.is_empty() {
+        return "none".into();
+    }
+    augs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+}
+
 /// How maps are scaled before thresholding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1,5 +1,5 @@
-//! The training step as a CUDA graph (`performance.cuda_graph`): captured once, then replayed
-//! with one launch per step instead of thousands of kernel launches. What the step computes is
+//! The training step and the inference forward as CUDA graphs (`performance.cuda_graph`):
+//! captured once, then replayed with one launch per step instead of thousands of kernel launches. What the step computes is
 //! unchanged: the same ops run on static input buffers that each step's batch and random
 //! numbers are copied into. Off by default; CUDA only.
 //!
@@ -144,5 +144,46 @@ impl GraphedStep {
         let rec = self.recorded.as_ref().expect("recorded above");
         rec.graph.call(magsd_graph_replay, "replay")?;
         Ok(handles(&rec.out))
+    }
+}
+
+/// The eval-mode forward (logits) of fixed-size batches as a CUDA graph.
+pub struct GraphedInference {
+    x: Option<Tensor>,
+    recorded: Option<(Graph, Tensor)>,
+    eager_calls: usize,
+    side: Graph,
+}
+
+impl GraphedInference {
+    pub fn new(device: Device) -> Result<Self> {
+        Ok(GraphedInference { x: None, recorded: None, eager_calls: 0, side: Graph::new(device)? })
+    }
+
+    /// `forward` must compute the logits of its argument (same batch size every call); the
+    /// returned tensor is valid until the next call.
+    pub fn run(&mut self, x: &Tensor, forward: impl Fn(&Tensor) -> Tensor) -> Result<Tensor> {
+        if self.x.as_ref().is_some_and(|s| s.size() != x.size()) {
+            return Ok(tch::no_grad(|| forward(x)));
+        }
+        copy_into(&mut self.x, x);
+        let sx = self.x.as_ref().expect("set");
+        if self.eager_calls < WARMUP_STEPS {
+            self.eager_calls += 1;
+            self.side.call(magsd_graph_enter_side, "switching to the side stream")?;
+            let out = tch::no_grad(|| forward(sx));
+            self.side.call(magsd_graph_leave_side, "leaving the side stream")?;
+            return Ok(out);
+        }
+        if self.recorded.is_none() {
+            let graph = Graph::new(sx.device())?;
+            graph.call(magsd_graph_capture_begin, "starting the capture")?;
+            let out = tch::no_grad(|| forward(sx));
+            graph.call(magsd_graph_capture_end, "ending the capture")?;
+            self.recorded = Some((graph, out));
+        }
+        let (graph, out) = self.recorded.as_ref().expect("recorded above");
+        graph.call(magsd_graph_replay, "replay")?;
+        Ok(out.shallow_clone())
     }
 }

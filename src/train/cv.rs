@@ -275,7 +275,7 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
         // Evaluate the held-out fold once, with the selected model, never augmented.
         let m = load_model(&dir.join(MODEL_FILE), opts.device)?;
         let p = predict(&m.model, &loader, &test, opts.device, &cfg.predict_options())?;
-        let report = EvalReport::new(&ds, &p, &opts.by);
+        let report = EvalReport::new(&ds, &p, &opts.by)?;
         report.save(&metrics_path)?;
         write_predictions_csv(&dir.join("predictions.csv"), &ds, &p)?;
         let r = FoldResult {

@@ -19,6 +19,17 @@ pub enum LossVariant {
     MeanCe,
 }
 
+/// The name used in configs and the README (`soft-distance`, `paper-soft-distance`, `mean-ce`).
+impl std::fmt::Display for LossVariant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LossVariant::SoftDistance => "soft-distance",
+            LossVariant::PaperSoftDistance => "paper-soft-distance",
+            LossVariant::MeanCe => "mean-ce",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LossConfig {

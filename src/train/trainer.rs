@@ -301,6 +301,10 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
                     eprintln!("warning: {e} (skipped)");
                 }
             }
+            // The loader reports each image's decoder warnings once (e.g. a truncated JPEG).
+            for (_, w) in &batch.warnings {
+                eprintln!("warning: {w} (used)");
+            }
             if batch.indices.len() >= 2 {
                 let mut rng = Rng::derive(cfg.seed, &[1, epoch as u64, step as u64]);
                 let (x, y) = (&batch.images, &batch.labels);
