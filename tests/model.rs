@@ -179,3 +179,83 @@ fn every_backbone_scale_and_head_gives_shapes_no_nan_and_gradients_everywhere() 
         }
     }
 }
+
+/// What a fresh parameter of this name and shape must look like (PyTorch/torchvision init,
+/// `model::init`; spec §1).
+enum Expected {
+    Const(f64),
+    /// N(0, std²).
+    Normal(f64),
+    /// U(−bound, bound).
+    Uniform(f64),
+}
+
+fn expected_init(name: &str, shape: &[i64], in_channels: i64) -> Expected {
+    let fan_in = || shape[1..].iter().product::<i64>() as f64;
+    let fan_out = || (shape[0] * shape[2..].iter().product::<i64>()) as f64;
+    let last = name.rsplit('.').next().unwrap();
+    let is_bn = name.contains(".bn") || name.starts_with("bn") || name.contains("downsample.1.");
+    match (last, shape.len()) {
+        ("running_mean", _) => Expected::Const(0.0),
+        ("running_var", _) => Expected::Const(1.0),
+        ("weight", 1) if is_bn => Expected::Const(1.0),
+        ("bias", 1) if is_bn => Expected::Const(0.0),
+        // The reference builds these itself after torchvision's constructor: PyTorch's defaults.
+        ("weight", 4) if name.starts_with("attention.") || (name == "conv1.weight" && in_channels != 3) => {
+            Expected::Uniform(1.0 / fan_in().sqrt())
+        }
+        ("weight", 4) => Expected::Normal((2.0 / fan_out()).sqrt()),
+        ("weight", 2) if name.starts_with("classifier.") => Expected::Uniform(1.0 / fan_in().sqrt()),
+        ("bias", 1) if name == "classifier.bias" => Expected::Uniform(f64::NAN), // bound from the weight
+        _ => panic!("{name} {shape:?}: a parameter kind this test does not know; add its expected init"),
+    }
+}
+
+#[test]
+fn fresh_parameters_are_initialised_as_pytorch_and_torchvision_do() {
+    tch::manual_seed(0);
+    let mut configs = vec![MagSdConfig::paper(3), MagSdConfig::tiny(3)];
+    let mut rgb_gap = MagSdConfig::tiny(3);
+    rgb_gap.in_channels = 3;
+    rgb_gap.head = Head::Gap;
+    rgb_gap.scales = Scales::S7_14_28;
+    configs.push(rgb_gap);
+    for cfg in configs {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
+        let vars = vs.variables();
+        let classifier_fan_in = vars["classifier.weight"].size()[1] as f64;
+        let tag = format!("{}/{} ch/{:?}", cfg.backbone, cfg.in_channels, cfg.head);
+        // Kaiming-normal convs, pooled: standardised weights over the whole network have std 1.
+        let (mut sum_sq, mut count) = (0.0, 0i64);
+        for (name, t) in &vars {
+            let t = t.to_kind(Kind::Double);
+            let n = t.numel() as f64;
+            let mean = t.mean(Kind::Double).double_value(&[]);
+            let std = t.std(false).double_value(&[]);
+            let (lo, hi) = (t.min().double_value(&[]), t.max().double_value(&[]));
+            match expected_init(name, &t.size(), cfg.in_channels) {
+                Expected::Const(c) => assert!(lo == c && hi == c, "{tag}: {name} should be all {c}, is in [{lo}, {hi}]"),
+                Expected::Normal(s) => {
+                    // Sample std within 6 standard errors (≈ s/√(2n)), mean within 6·s/√n.
+                    assert!((std / s - 1.0).abs() < 6.0 / (2.0 * n).sqrt(), "{tag}: {name} std {std:.4e}, want {s:.4e}");
+                    assert!(mean.abs() < 6.0 * s / n.sqrt(), "{tag}: {name} mean {mean:.3e}");
+                    sum_sq += (&t / s).square().sum(Kind::Double).double_value(&[]);
+                    count += t.numel() as i64;
+                }
+                Expected::Uniform(b) => {
+                    let b = if b.is_nan() { 1.0 / classifier_fan_in.sqrt() } else { b };
+                    assert!(lo >= -b && hi <= b, "{tag}: {name} in [{lo:.3e}, {hi:.3e}], want within ±{b:.3e}");
+                    if n >= 64.0 {
+                        // Roughly uniform: std b/√3, and the values reach towards both bounds.
+                        let s = b / 3f64.sqrt();
+                        assert!((std / s - 1.0).abs() < 6.0 * 0.75 / n.sqrt(), "{tag}: {name} std {std:.4e}, want {s:.4e}");
+                        assert!(lo < -0.8 * b && hi > 0.8 * b, "{tag}: {name} in [{lo:.3e}, {hi:.3e}] does not fill ±{b:.3e}");
+                    }
+                }
+            }
+        }
+        let pooled = (sum_sq / count as f64).sqrt();
+        assert!((pooled - 1.0).abs() < 0.02, "{tag}: pooled standardised conv std {pooled:.4}");
+    }
+}
