@@ -8,7 +8,12 @@ use magsd::model::weights::{
     copy_exact, import_torchvision, load_model, load_tensors, model_config, parameter_count, save_model,
 };
 use magsd::model::MagSd;
+use magsd::rng::Rng;
+use magsd::train::attention_aug::{augment_batch, AttentionAug, AttentionAugConfig, StepRandom};
+use magsd::train::loss::{soft_distance_loss, LossConfig};
 use tch::{Device, Kind, Tensor, nn};
+
+const ALL_AUGS: [AttentionAug; 3] = [AttentionAug::Mixup, AttentionAug::Dimming, AttentionAug::Patching];
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
@@ -139,8 +144,28 @@ fn saved_model_loads_back_identically() {
     assert!(e.contains("shape"), "{e}");
 }
 
+/// With BAP every parameter has a gradient. With GAP/GMP the attention generator only feeds the
+/// augmentations (no gradient through thresholds and boxes): exactly its parameters have none
+/// (`Head` docs).
+fn assert_gradients_reach_what_the_head_trains(vs: &nn::VarStore, head: Head, tag: &str) {
+    let named = vs.variables();
+    let mut no_grad: Vec<&String> =
+        named.iter().filter(|(_, t)| t.requires_grad() && !t.grad().defined()).map(|(n, _)| n).collect();
+    let mut attention: Vec<&String> =
+        named.iter().filter(|(n, t)| n.starts_with("attention.") && t.requires_grad()).map(|(n, _)| n).collect();
+    assert!(!attention.is_empty(), "{tag}: no attention parameters");
+    no_grad.sort();
+    attention.sort();
+    match head {
+        Head::Bap => assert!(no_grad.is_empty(), "{tag}: some parameters are missing gradients: {no_grad:?}"),
+        Head::Gap | Head::Gmp => {
+            assert_eq!(no_grad, attention, "{tag}: exactly the attention generator should get no gradient")
+        }
+    }
+}
+
 #[test]
-fn every_backbone_scale_and_head_gives_shapes_no_nan_and_gradients_everywhere() {
+fn every_backbone_scale_and_head_gives_shapes_no_nan_and_gradients_where_the_head_sends_them() {
     tch::manual_seed(0);
     for backbone in ["tiny", "resnet18", "resnet34", "resnet50"] {
         for scales in [Scales::S7, Scales::S7_14, Scales::S7_14_28] {
@@ -160,22 +185,115 @@ fn every_backbone_scale_and_head_gives_shapes_no_nan_and_gradients_everywhere() 
                 assert_eq!(out.features.size()[0], 2, "{tag}");
                 assert!(out.attention.min().double_value(&[]) >= 0.0, "{tag}: negative attention");
                 assert!(!bool::try_from(out.logits.isnan().any()).unwrap(), "{tag}: NaN logits");
-                // The attention maps feed the loss only through BAP; for GAP/GMP heads they feed
-                // the augmentations, so sum them in to reach every parameter.
-                let loss = out.logits.sum(Kind::Float) + out.attention.sum(Kind::Float) * 1e-3;
-                loss.backward();
-                for (name, p) in vs.trainable_variables().iter().enumerate() {
-                    let g = p.grad();
-                    assert!(g.defined(), "{tag}: parameter #{name} has no gradient");
-                }
-                let named = vs.variables();
-                let missing: Vec<&String> = named
-                    .iter()
-                    .filter(|(_, t)| t.requires_grad() && !t.grad().defined())
-                    .map(|(n, _)| n)
-                    .collect();
-                assert!(missing.is_empty(), "{tag}: some parameters are missing gradients: {missing:?}");
+                out.logits.sum(Kind::Float).backward();
+                assert_gradients_reach_what_the_head_trains(&vs, head, &tag);
             }
         }
+    }
+}
+
+#[test]
+fn gap_and_gmp_heads_leave_the_attention_generator_untrained_through_a_whole_step() {
+    tch::manual_seed(1);
+    let mut rng = Rng::new(0);
+    let y = Tensor::from_slice(&[0i64, 2]);
+    for head in [Head::Bap, Head::Gap, Head::Gmp] {
+        let mut cfg = MagSdConfig::tiny(3);
+        cfg.head = head;
+        cfg.image_size = 64;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let m = MagSd::new(&vs.root(), cfg).unwrap();
+        let x = Tensor::randn([2, 1, 64, 64], (Kind::Float, Device::Cpu));
+        // The method's training loss: the raw pass plus the three attention-guided views.
+        let out = m.forward_t(&x, true);
+        let r = StepRandom::draw(&mut rng, 2, Device::Cpu);
+        let views = augment_batch(&x, &out.attention, &ALL_AUGS, &AttentionAugConfig::default(), &r);
+        let z_aux: Vec<Tensor> = views.iter().map(|v| m.forward_t(v, true).logits).collect();
+        soft_distance_loss(&out.logits, &z_aux, &y, &LossConfig::default()).total.backward();
+        let tag = format!("tiny/{head:?}");
+        assert_gradients_reach_what_the_head_trains(&vs, head, &tag);
+        // The generator's BatchNorm statistics move in train mode, whatever the head.
+        let moved = vs.variables()["attention.att7.bn.running_mean"].abs().max().double_value(&[]);
+        assert!(moved > 0.0, "{tag}: attention BN statistics did not move");
+    }
+}
+
+/// What a fresh parameter of this name and shape must look like (PyTorch/torchvision init,
+/// `model::init`; spec §1).
+enum Expected {
+    Const(f64),
+    /// N(0, std²).
+    Normal(f64),
+    /// U(−bound, bound).
+    Uniform(f64),
+}
+
+fn expected_init(name: &str, shape: &[i64], in_channels: i64) -> Expected {
+    let fan_in = || shape[1..].iter().product::<i64>() as f64;
+    let fan_out = || (shape[0] * shape[2..].iter().product::<i64>()) as f64;
+    let last = name.rsplit('.').next().unwrap();
+    let is_bn = name.contains(".bn") || name.starts_with("bn") || name.contains("downsample.1.");
+    match (last, shape.len()) {
+        ("running_mean", _) => Expected::Const(0.0),
+        ("running_var", _) => Expected::Const(1.0),
+        ("weight", 1) if is_bn => Expected::Const(1.0),
+        ("bias", 1) if is_bn => Expected::Const(0.0),
+        // The reference builds these itself after torchvision's constructor: PyTorch's defaults.
+        ("weight", 4) if name.starts_with("attention.") || (name == "conv1.weight" && in_channels != 3) => {
+            Expected::Uniform(1.0 / fan_in().sqrt())
+        }
+        ("weight", 4) => Expected::Normal((2.0 / fan_out()).sqrt()),
+        ("weight", 2) if name.starts_with("classifier.") => Expected::Uniform(1.0 / fan_in().sqrt()),
+        ("bias", 1) if name == "classifier.bias" => Expected::Uniform(f64::NAN), // bound from the weight
+        _ => panic!("{name} {shape:?}: a parameter kind this test does not know; add its expected init"),
+    }
+}
+
+#[test]
+fn fresh_parameters_are_initialised_as_pytorch_and_torchvision_do() {
+    tch::manual_seed(0);
+    let mut configs = vec![MagSdConfig::paper(3), MagSdConfig::tiny(3)];
+    let mut rgb_gap = MagSdConfig::tiny(3);
+    rgb_gap.in_channels = 3;
+    rgb_gap.head = Head::Gap;
+    rgb_gap.scales = Scales::S7_14_28;
+    configs.push(rgb_gap);
+    for cfg in configs {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let _m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
+        let vars = vs.variables();
+        let classifier_fan_in = vars["classifier.weight"].size()[1] as f64;
+        let tag = format!("{}/{} ch/{:?}", cfg.backbone, cfg.in_channels, cfg.head);
+        // Kaiming-normal convs, pooled: standardised weights over the whole network have std 1.
+        let (mut sum_sq, mut count) = (0.0, 0i64);
+        for (name, t) in &vars {
+            let t = t.to_kind(Kind::Double);
+            let n = t.numel() as f64;
+            let mean = t.mean(Kind::Double).double_value(&[]);
+            let std = t.std(false).double_value(&[]);
+            let (lo, hi) = (t.min().double_value(&[]), t.max().double_value(&[]));
+            match expected_init(name, &t.size(), cfg.in_channels) {
+                Expected::Const(c) => assert!(lo == c && hi == c, "{tag}: {name} should be all {c}, is in [{lo}, {hi}]"),
+                Expected::Normal(s) => {
+                    // Sample std within 6 standard errors (≈ s/√(2n)), mean within 6·s/√n.
+                    assert!((std / s - 1.0).abs() < 6.0 / (2.0 * n).sqrt(), "{tag}: {name} std {std:.4e}, want {s:.4e}");
+                    assert!(mean.abs() < 6.0 * s / n.sqrt(), "{tag}: {name} mean {mean:.3e}");
+                    sum_sq += (&t / s).square().sum(Kind::Double).double_value(&[]);
+                    count += t.numel() as i64;
+                }
+                Expected::Uniform(b) => {
+                    let b = if b.is_nan() { 1.0 / classifier_fan_in.sqrt() } else { b };
+                    assert!(lo >= -b && hi <= b, "{tag}: {name} in [{lo:.3e}, {hi:.3e}], want within ±{b:.3e}");
+                    if n >= 64.0 {
+                        // Roughly uniform: std b/√3, and the values reach towards both bounds.
+                        let s = b / 3f64.sqrt();
+                        assert!((std / s - 1.0).abs() < 6.0 * 0.75 / n.sqrt(), "{tag}: {name} std {std:.4e}, want {s:.4e}");
+                        assert!(lo < -0.8 * b && hi > 0.8 * b, "{tag}: {name} in [{lo:.3e}, {hi:.3e}] does not fill ±{b:.3e}");
+                    }
+                }
+            }
+        }
+        let pooled = (sum_sq / count as f64).sqrt();
+        assert!((pooled - 1.0).abs() < 0.02, "{tag}: pooled standardised conv std {pooled:.4}");
     }
 }

@@ -5,12 +5,15 @@
 //! summed (`A = att7 + avgpool2(att14) [+ avgpool4(att28)]`, the paper's "residual
 //! connection"). Every map is non-negative. The authors' unused single-scale module has a bias
 //! on its convolution; here every scale uses the same bias-free head, since the BatchNorm that
-//! follows cancels a bias anyway.
+//! follows cancels a bias anyway. As in the reference, which creates these layers itself, the
+//! 1×1 convs keep PyTorch's default `nn.Conv2d` initialisation (U(±1/√c_in)) and the BatchNorms
+//! start at γ 1, β 0 (`model::init`).
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
 use super::config::{MagSdConfig, Scales};
-use super::resnet::{Features, batch_norm};
+use super::init::{batch_norm2d, conv_default};
+use super::resnet::Features;
 
 #[derive(Debug)]
 struct Head {
@@ -20,8 +23,8 @@ struct Head {
 
 impl Head {
     fn new(p: nn::Path, c_in: i64, maps: i64) -> Self {
-        let conv = nn::conv2d(&p / "conv", c_in, maps, 1, nn::ConvConfig { bias: false, ..Default::default() });
-        Head { conv, bn: batch_norm(&p / "bn", maps, 1e-3) }
+        let conv = conv_default(&p / "conv", c_in, maps, 1, 1, 0, false);
+        Head { conv, bn: batch_norm2d(&p / "bn", maps, 1e-3) }
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {

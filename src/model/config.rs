@@ -95,6 +95,15 @@ impl Scales {
 }
 
 /// Classification head (Table 6).
+///
+/// `Gap`/`Gmp` build what the authors' commented `fc_bone` lines would (model.py:52,88-89; spec
+/// §1.3): `Linear(C4 → K, bias)` on the pooled layer4 features, with the attention generator
+/// still built and run on every pass. Its maps then reach the loss only through the
+/// augmentations, whose thresholds and boxes carry no gradient, so the generator's conv and
+/// BatchNorm weights get no gradient and keep their initial values (the SGD step skips them,
+/// weight decay included, as PyTorch's does for a `None` gradient), while its BatchNorm running
+/// statistics still move in train mode. The augmentations thus use an untrained 1×1 projection
+/// of the trained features: only the head differs from the method, which is what Table 6 varies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Head {

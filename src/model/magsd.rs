@@ -5,6 +5,7 @@ use tch::{Kind, Tensor};
 
 use super::attention::AttentionGenerator;
 use super::config::{Head, MagSdConfig};
+use super::init::linear;
 use super::pooling::{bilinear_attention_pool, global_avg_pool, global_max_pool};
 use super::resnet::ResNet;
 
@@ -42,14 +43,9 @@ impl MagSd {
         let backbone = ResNet::new(vs, &config.resnet, config.in_channels);
         let attention = AttentionGenerator::new(&(vs / "attention"), &config);
         let classifier = match config.head {
-            // Linear(M·C → K, bias=False) applied to 100·BAP (spec §1.3).
-            Head::Bap => nn::linear(
-                vs / "classifier",
-                config.num_maps * c4,
-                config.num_classes,
-                nn::LinearConfig { bias: false, ..Default::default() },
-            ),
-            Head::Gap | Head::Gmp => nn::linear(vs / "classifier", c4, config.num_classes, Default::default()),
+            // Linear(M·C → K, bias=False) applied to 100·BAP (spec §1.3), PyTorch's default init.
+            Head::Bap => linear(vs / "classifier", config.num_maps * c4, config.num_classes, false),
+            Head::Gap | Head::Gmp => linear(vs / "classifier", c4, config.num_classes, true),
         };
         Ok(MagSd { config, backbone, attention, classifier })
     }

@@ -1,6 +1,7 @@
 //! The MAG-SD network and its weights. Nothing here knows about files except `weights` and `pth`.
 pub mod attention;
 pub mod config;
+pub mod init;
 pub mod magsd;
 pub mod pooling;
 pub mod pth;

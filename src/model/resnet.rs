@@ -7,26 +7,12 @@ use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
 use super::config::{Block, ResNetConfig};
+use super::init::{batch_norm2d, conv_default, conv_kaiming};
 
-/// torchvision's init: convolutions Kaiming-normal with fan-out for ReLU.
+/// A bias-free k×k conv as torchvision builds it (`conv3x3`/`conv1x1`), with torchvision's
+/// initialisation: Kaiming-normal, fan-out, ReLU.
 fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, stride: i64) -> nn::Conv2D {
-    let cfg = nn::ConvConfig {
-        stride,
-        padding: k / 2,
-        bias: false,
-        ws_init: nn::Init::Kaiming {
-            dist: nn::init::NormalOrUniform::Normal,
-            fan: nn::init::FanInOut::FanOut,
-            non_linearity: nn::init::NonLinearity::ReLU,
-        },
-        ..Default::default()
-    };
-    nn::conv2d(p, c_in, c_out, k, cfg)
-}
-
-/// BatchNorm with PyTorch's defaults (eps 1e-5, momentum 0.1, weight 1, bias 0).
-pub fn batch_norm(p: nn::Path, c: i64, eps: f64) -> nn::BatchNorm {
-    nn::batch_norm2d(p, c, nn::BatchNormConfig { eps, momentum: 0.1, ..Default::default() })
+    conv_kaiming(p, c_in, c_out, k, stride, k / 2, false)
 }
 
 #[derive(Debug)]
@@ -39,7 +25,7 @@ impl Residual {
     fn new(p: &nn::Path, block: Block, c_in: i64, planes: i64, stride: i64) -> Self {
         let c_out = planes * block.expansion();
         let layer = |i: usize, a: i64, b: i64, k: i64, s: i64| {
-            (conv(p / format!("conv{i}"), a, b, k, s), batch_norm(p / format!("bn{i}"), b, 1e-5))
+            (conv(p / format!("conv{i}"), a, b, k, s), batch_norm2d(p / format!("bn{i}"), b, 1e-5))
         };
         let convs = match block {
             Block::Basic => vec![layer(1, c_in, planes, 3, stride), layer(2, planes, planes, 3, 1)],
@@ -51,7 +37,7 @@ impl Residual {
         };
         let downsample = (stride != 1 || c_in != c_out).then(|| {
             let d = p / "downsample";
-            (conv(&d / 0, c_in, c_out, 1, stride), batch_norm(&d / 1, c_out, 1e-5))
+            (conv(&d / 0, c_in, c_out, 1, stride), batch_norm2d(&d / 1, c_out, 1e-5))
         });
         Residual { convs, downsample }
     }
@@ -93,9 +79,19 @@ pub struct Features {
 
 impl ResNet {
     /// Builds the backbone under `p` (use the root path for torchvision names).
+    ///
+    /// Initialisation follows the reference (spec §1.1): every conv that torchvision builds is
+    /// Kaiming-normal (fan-out), every BatchNorm γ 1 / β 0. With 3 input channels the stem is
+    /// torchvision's; with any other count the reference replaces it with a fresh
+    /// `nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)` after torchvision's constructor ran, so it
+    /// keeps PyTorch's default conv initialisation (U(±1/√fan_in)), and so does this stem.
     pub fn new(p: &nn::Path, cfg: &ResNetConfig, in_channels: i64) -> Self {
-        let conv1 = conv(p / "conv1", in_channels, cfg.stem_width, 7, 2);
-        let bn1 = batch_norm(p / "bn1", cfg.stem_width, 1e-5);
+        let conv1 = if in_channels == 3 {
+            conv(p / "conv1", in_channels, cfg.stem_width, 7, 2)
+        } else {
+            conv_default(p / "conv1", in_channels, cfg.stem_width, 7, 2, 3, false)
+        };
+        let bn1 = batch_norm2d(p / "bn1", cfg.stem_width, 1e-5);
         let mut c_in = cfg.stem_width;
         let layers = std::array::from_fn(|stage| {
             let lp = p / format!("layer{}", stage + 1);

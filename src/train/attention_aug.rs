@@ -129,6 +129,26 @@ impl StepRandom {
         let all = crate::device::upload(&Tensor::from_slice(&u).view([b, 8]), device); // one non-blocking upload
         StepRandom { maps: all.narrow(1, 0, 3), theta: all.narrow(1, 3, 3), offset: all.narrow(1, 6, 2) }
     }
+
+    /// Draws given as explicit values, to replay another implementation's step (the parity test
+    /// replays the PyTorch reference's). `map_indices: [B, 3]` int64 are the chosen maps; each
+    /// becomes the uniform at the middle of its interval of the inverse CDF that [`sample_maps`]
+    /// builds from `attention: [B, M, h, w]`, so that [`sample_maps`] picks exactly that map.
+    /// `theta: [B, 3]` and `offset: [B, 2]` are the uniforms as [`StepRandom::draw`] makes them.
+    pub fn from_choices(attention: &Tensor, map_indices: &Tensor, theta: &Tensor, offset: &Tensor) -> Self {
+        let a = attention.detach().to_kind(Kind::Float);
+        let weight = (a.sum_dim_intlist(&[2i64, 3][..], false, Kind::Float) + 1e-12).sqrt().to_kind(Kind::Double); // [B, M]
+        let cdf = weight.cumsum(1, Kind::Double) / weight.sum_dim_intlist(&[1i64][..], true, Kind::Double); // [B, M]
+        let idx = map_indices.to_kind(Kind::Int64).to_device(a.device()); // [B, 3]
+        let hi = cdf.gather(1, &idx, false);
+        let lo = cdf.gather(1, &(&idx - 1).clamp_min(0), false).where_self(&idx.gt(0), &hi.zeros_like());
+        let device = a.device();
+        StepRandom {
+            maps: (lo + hi) / 2.0,
+            theta: theta.to_kind(Kind::Double).to_device(device),
+            offset: offset.to_kind(Kind::Double).to_device(device),
+        }
+    }
 }
 
 /// One map per image `[B, 1, h, w]` scaled as `norm` says, upsampled to `[B, 1, S, S]`, and
