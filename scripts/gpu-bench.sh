@@ -1,24 +1,50 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine (torch 2.11.0+cu130 at /opt/torch/.venv, no Rust, no network), in one
-# call: magsd's benchmark and the PyTorch anchor on the same GPU, then a 5-fold cross-validation
-# time-to-result run. Writes everything to $OUT (or ./gpu-out). Prepare with scripts/prepare-gpu.sh.
+# One GPU call's worth of measurements (prepare with scripts/prepare-gpu.sh, then run with carry
+# [".device"]): magsd's benchmark and the PyTorch anchor interleaved A B A on the same GPU, the
+# CUDA-graph path against eager, the loader on all cores, then Table 3's ResNet50 and MAG-SD rows
+# on the shared cxr set (4 classes, 5 folds). Results go to $OUT (or ./gpu-out); `bench-table.md`
+# is the ratio table. Knobs: EPOCHS (default 4), ITERS (30), TRIALS (5), BATCH (32), SKIP_TRAIN=1,
+# DEVICE, MAGSD_BENCH_EXTRA and ANCHOR_EXTRA (extra flags, e.g. a small image for a CPU dry run).
 set -u
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
-py=/opt/torch/.venv/bin/python
+py="${PYTHON:-python3}"
 export LD_LIBRARY_PATH="$($py -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+dev="${DEVICE:-cuda}"
 b=.device/magsd
+iters="${ITERS:-30}"
+trials="${TRIALS:-5}"
+batch="${BATCH:-32}"
+extra=(${MAGSD_BENCH_EXTRA:-})
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"; date -u; } | tee "$out/gpu.txt"
 run() { echo "+ $*" >&2; "$@"; }
+anchor_extra=(${ANCHOR_EXTRA:-})
+anchor() { run $py .device/bench_magsd_torch.py --device "$dev" --batch "$batch" --warmup 5 --iters "$iters" --infer-warmup 5 --infer-iters "$iters" "${anchor_extra[@]}" "$@"; }
+magsd_bench() { run $b bench --device "$dev" --batch "$batch" --warmup 5 --iters "$iters" --trials "$trials" --infer-iters "$iters" --only train,infer,eval "${extra[@]}" "$@"; }
 {
-  run $py .device/bench_magsd_torch.py --device cuda --batch 32
-  run $b bench --device cuda --batch 32
-  run $py .device/bench_magsd_torch.py --device cuda --batch 32 --amp --channels-last
-  run $b bench --device cuda --batch 32 --bf16 --channels-last
-  run $b bench --device cuda --only loader --data .device/cxr
+  # A B A per precision, so drift of the machine shows up as a difference between the two A's.
+  anchor
+  magsd_bench
+  anchor
+  anchor --amp --channels-last
+  magsd_bench --bf16 --channels-last
+  magsd_bench --bf16 --channels-last --set performance.cuda_graph=true
+  anchor --amp --channels-last
+  magsd_bench --set performance.cuda_graph=true
 } 2>>"$out/bench.err" | tee "$out/bench.jsonl"
-# Time to result: 5-fold CV, 30 epochs per fold, from image files, bf16 + channels-last.
+{
+  run $b bench --device "$dev" --batch "$batch" --only graph-parity "${extra[@]}"
+  run $b bench --device "$dev" --batch "$batch" --only graph-parity --bf16 --channels-last "${extra[@]}"
+  run $b bench --device "$dev" --batch "$batch" --only loader --data .device/cxr "${extra[@]}"
+} 2>>"$out/bench.err" | tee "$out/checks.jsonl"
+$py scripts/bench-table.py "$out/bench.jsonl" "$out/checks.jsonl" > "$out/bench-table.md" 2>>"$out/bench.err"
+cat "$out/bench-table.md"
+[ "${SKIP_TRAIN:-0}" = 1 ] && exit 0
+
+# Table 3's ResNet50 and MAG-SD rows: 4 classes, 5 folds, as many epochs as fit (EPOCHS).
 start=$(date +%s)
-run $b train --data .device/cxr --classes covid19,viral,bacterial,normal --folds 5 --epochs 30 \
-  --device cuda --bf16 --channels-last --out "$out/cv" --quiet > "$out/cv.txt" 2>&1
-echo "cv_wall_seconds $(( $(date +%s) - start ))" | tee -a "$out/cv.txt"
+run $b reproduce --data .device/cxr --classes covid19,viral,bacterial,normal --table 3 --rows resnet50,magsd \
+  --folds 5 --epochs "${EPOCHS:-4}" --device "$dev" --bf16 --channels-last --out "$out/table3" ${TRAIN_EXTRA:-} \
+  > "$out/table3.txt" 2>&1
+echo "table3_wall_seconds $(( $(date +%s) - start ))" | tee -a "$out/table3.txt"
+tar czf "$out/table3.tgz" -C "$out" table3 2>/dev/null && rm -rf "$out/table3"
