@@ -178,10 +178,10 @@ pub fn run(cmd: ModelCommand) -> Result<i32> {
         println!("parameters: {}", group(total));
         let dims = |t: &tch::Tensor| t.size()[1..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
         println!(
-            "outputs: logits [B, {}]; attention [B, {}] (channel mean of the features after ReLU{}); features [B, {}]",
+            "outputs: logits [B, {}]; attention [B, {}] ({}); features [B, {}]",
             cfg.num_classes,
             dims(&out.attention),
-            if cfg.arch == Arch::BcnnAttention { "; here the learned attention maps" } else { "" },
+            if cfg.arch == Arch::BcnnAttention { "learned attention maps" } else { "channel mean of the features after ReLU" },
             dims(&out.features)
         );
     } else {
