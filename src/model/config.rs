@@ -353,6 +353,16 @@ impl MagSdConfig {
         }
     }
 
+    /// The network in words: "MAG-SD resnet50, 32 maps, scales 7+14, Bap head" or
+    /// "ResNet18 (baseline)".
+    pub fn network_name(&self) -> String {
+        if self.arch.is_baseline() {
+            format!("{} (baseline)", self.arch.paper_name())
+        } else {
+            format!("MAG-SD {}, {} maps, scales {}, {:?} head", self.backbone, self.num_maps, self.scales.name(), self.head)
+        }
+    }
+
     /// Side of MA-Net's attention maps and layer4 features (7 at 224).
     pub fn feature_size(&self) -> i64 {
         self.image_size / 32
