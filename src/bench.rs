@@ -2,8 +2,9 @@
 //! and field names as the PyTorch anchor `../shared/reference/bench_magsd_torch.py`, so the two
 //! can be run in one call on one machine and compared as ratios.
 //!
-//! * `train_step`: one MAG-SD step exactly as training runs it (`train::trainer::train_step`) on a
-//!   fixed synthetic batch (no data loading), original images/s = batch / step time;
+//! * `train_step`: one training step exactly as training runs it (`train::trainer::step_for`:
+//!   MAG-SD's, or cross-entropy for a baseline) on a fixed synthetic batch (no data loading),
+//!   original images/s = batch / step time;
 //! * `inference`: eval-mode raw forward (what the metrics use);
 //! * `eval_step`: raw forward + the mean-attention mix-up pass of the reference's test step;
 //! * `predict`: single-image latency of `magsd predict` from the file (decode, preprocess, forward);
@@ -24,7 +25,7 @@ use crate::rng::Rng;
 use crate::train::attention_aug::{StepRandom, attention_mixup};
 use crate::train::config::TrainConfig;
 use crate::train::optim::Sgd;
-use crate::train::trainer::{seeded_init, train_step};
+use crate::train::trainer::{seeded_init, step_for};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Measure {
@@ -111,10 +112,9 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                 let x = input(o.batch);
                 let y = Tensor::randint(o.classes as i64, [o.batch as i64], (Kind::Int64, o.device));
                 let mut rng = Rng::new(o.config.seed);
-                let mut step = || {
-                    let random = StepRandom::draw(&mut rng, o.batch as i64, o.device);
-                    train_step(model, &mut sgd, &x, &y, &random, &o.config, o.device, o.config.optim.lr).loss.total.detach()
-                };
+                // The network's own step, as training chooses it (MAG-SD's, or cross-entropy for a baseline).
+                let stepper = step_for(model_config.arch);
+                let mut step = || stepper.step(model, &mut sgd, &x, &y, &mut rng, &o.config, o.device, o.config.optim.lr).loss.total.detach();
                 let t = Instant::now();
                 let mut losses = Vec::new();
                 for _ in 0..o.warmup {
@@ -133,9 +133,11 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                     losses.push(l.double_value(&[]));
                 }
                 let per = dt / o.iters.max(1) as f64;
+                // Forward passes per image: the raw one plus one per augmented view (MAG-SD), or one.
+                let fwd = if model_config.arch.is_baseline() { 1 } else { 1 + o.config.method.augmentations.len() };
                 json!({"bench": "train_step", "train_warmup_s": warmup_s, "train_iters": o.iters,
-                    "train_step_ms": 1e3 * per, "train_img_s": o.batch as f64 / per, "train_fwd_img_s": 4.0 * o.batch as f64 / per,
-                    "fwd_images_per_train_step": 4 * o.batch,
+                    "train_step_ms": 1e3 * per, "train_img_s": o.batch as f64 / per, "train_fwd_img_s": (fwd * o.batch) as f64 / per,
+                    "fwd_images_per_train_step": fwd * o.batch,
                     "loss_first": losses.first(), "loss_last": losses.last(), "loss_finite": losses.iter().all(|v| v.is_finite())})
             }
             Measure::Infer => {
