@@ -83,6 +83,9 @@ struct Stage {
 
 impl Stage {
     /// Input `[B, C_in, h, w]` → the stage's sum `[B, C, h, w]` (shortcut + every module).
+    // Out-of-place adds on purpose: `+=` on a tch tensor is in-place, and the previous sum is
+    // the input the next module's convolution keeps for its backward pass.
+    #[allow(clippy::assign_op_pattern)]
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let mut sum = self.shortcut.forward(x); // [B, C, h, w]
         for (j, m) in self.modules.iter().enumerate() {

@@ -3,7 +3,8 @@
 //!
 //! Every baseline returns MA-Net's outputs: logits, its last convolutional feature map, and as
 //! `attention` a class-agnostic activation map — the channel mean of those features after ReLU,
-//! `[B, 1, h, w]`, ≥ 0 — so that localisation, heat maps and overlays work for every network.
+//! `[B, 1, h, w]`, ≥ 0 (U-Net's full-resolution map averaged 4×4) — so that localisation, heat
+//! maps and overlays work for every network.
 //! That map is not a learned attention (it is neither class-specific like Grad-CAM nor trained
 //! to attend); BCNN(Attention) is the exception and returns its learned maps.
 pub mod bcnn;
@@ -21,6 +22,8 @@ use super::config::{Arch, MagSdConfig, ResNetConfig};
 use super::magsd::MagSdOutput;
 
 /// One of the baselines, built for a config whose `arch` is not `magsd`.
+// One value per model, built once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Baseline {
     Vgg16(vgg::Vgg16),
@@ -59,7 +62,13 @@ impl Baseline {
             Baseline::InceptionV3(m) => m.forward_t(x, train),
             Baseline::CovidNet(m) => m.forward_t(x, train),
             Baseline::Fpn(m) => m.forward_t(x, train),
-            Baseline::UNet(m) => m.forward_t(x, train),
+            Baseline::UNet(m) => {
+                // The decoder's map has the input's side; 4×4-averaged like FPN's P2 (S/4), so
+                // that kept maps stay small (56×56 instead of 224×224 floats per image).
+                let (logits, features) = m.forward_t(x, train);
+                let attention = activation_map(&features).avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None); // [B, 1, S, S] -> [B, 1, S/4, S/4]
+                return MagSdOutput { logits, attention, features };
+            }
             Baseline::Bcnn(m) => {
                 let (logits, attention, features) = m.forward_t(x, train);
                 if let Some(attention) = attention {
