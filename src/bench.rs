@@ -6,8 +6,9 @@
 //! reported as the median with min and max over the trials (field `*_trials` lists them), so two
 //! runs can be compared with their spread in view.
 //!
-//! * `train_step`: one MAG-SD step exactly as training runs it (`train::trainer::train_step`) on a
-//!   fixed synthetic batch (no data loading), original images/s = batch / step time;
+//! * `train_step`: one training step exactly as training runs it (`train::trainer::step_for`:
+//!   MAG-SD's, replayed as a CUDA graph with `performance.cuda_graph`, or cross-entropy for a
+//!   baseline) on a fixed synthetic batch (no data loading), original images/s = batch / step time;
 //! * `inference`: eval-mode raw forward (what the metrics use);
 //! * `eval_step`: raw forward + the mean-attention mix-up pass of the reference's test step;
 //! * `predict`: single-image latency of `magsd predict` from the file (decode, preprocess, forward);
@@ -32,7 +33,7 @@ use crate::train::attention_aug::{StepRandom, attention_mixup};
 use crate::train::config::TrainConfig;
 use crate::train::optim::Sgd;
 use crate::train::cuda_graph::{GraphedInference, GraphedStep};
-use crate::train::trainer::{seeded_init, train_step};
+use crate::train::trainer::{seeded_init, step_for, train_step};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Measure {
@@ -124,17 +125,10 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                 let x = input(o.batch);
                 let y = Tensor::randint(o.classes as i64, [o.batch as i64], (Kind::Int64, o.device));
                 let mut rng = Rng::new(o.config.seed);
-                let mut graphed = match o.config.performance.cuda_graph && o.device.is_cuda() {
-                    true => Some(GraphedStep::new(o.device)?),
-                    false => None,
-                };
+                // The network's own step, as training chooses it (MAG-SD's, or cross-entropy for a baseline).
+                let stepper = step_for(model_config.arch, &o.config, o.device)?;
                 let mut step = || {
-                    let random = StepRandom::draw(&mut rng, o.batch as i64, o.device);
-                    let lr = o.config.optim.lr;
-                    let out = match &mut graphed {
-                        Some(g) => g.step(model, &mut sgd, &x, &y, &random, &o.config, lr).expect("CUDA graph step"),
-                        None => train_step(model, &mut sgd, &x, &y, &random, &o.config, o.device, lr),
-                    };
+                    let out = stepper.step(model, &mut sgd, &x, &y, &mut rng, &o.config, o.device, o.config.optim.lr).expect("training step");
                     out.loss.total.detach().copy()
                 };
                 let t = Instant::now();
@@ -156,10 +150,12 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                 }
                 let img_s: Vec<f64> = per.iter().map(|p| o.batch as f64 / p).collect();
                 let (med, lo, hi) = spread(&img_s);
+                // Forward passes per image: the raw one plus one per augmented view (MAG-SD), or one.
+                let fwd = if model_config.arch.is_baseline() { 1 } else { 1 + o.config.method.augmentations.len() };
                 json!({"bench": "train_step", "train_warmup_s": warmup_s, "train_iters": o.iters, "trials": o.trials,
                     "train_step_ms": 1e3 * o.batch as f64 / med, "train_img_s": med, "train_img_s_min": lo, "train_img_s_max": hi,
-                    "train_img_s_trials": img_s, "train_fwd_img_s": 4.0 * med,
-                    "fwd_images_per_train_step": 4 * o.batch,
+                    "train_img_s_trials": img_s, "train_fwd_img_s": fwd as f64 * med,
+                    "fwd_images_per_train_step": fwd * o.batch,
                     "loss_first": losses.first(), "loss_last": losses.last(), "loss_finite": losses.iter().all(|v| v.is_finite())})
             }
             Measure::GraphParity => {

@@ -25,6 +25,10 @@ pub enum Error {
     /// The user asked to stop (Ctrl-C); state was saved where that was possible.
     #[error("interrupted")]
     Interrupted,
+    /// Training cannot go on (a non-finite loss or weight); the files on disk hold the last
+    /// good state.
+    #[error("{0}")]
+    Training(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

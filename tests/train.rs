@@ -8,7 +8,11 @@ use magsd::data::split::{SplitFile, check_split};
 use magsd::model::weights::load_tensors;
 use magsd::train::config::TrainConfig;
 use magsd::train::cv::{self, RunOptions, RunResult};
-use magsd::train::trainer::{LAST_CHECKPOINT, LOG_FILE, MODEL_FILE};
+use magsd::data::loader::Loader;
+use magsd::model::config::Arch;
+use magsd::model::weights::load_model;
+use magsd::train::checkpoint;
+use magsd::train::trainer::{LAST_CHECKPOINT, LOG_FILE, MODEL_FILE, TrainJob, train};
 use tch::Device;
 
 /// Two classes told apart by where a bright blob sits (upper left vs lower right), with noise.
@@ -171,4 +175,64 @@ fn tiny_cross_validation_on_the_demo_images_completes() {
     let mut all: Vec<usize> = split.folds.concat();
     all.sort();
     assert_eq!(all, (0..32).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_baseline_trains_through_the_same_trainer() {
+    let d = tempfile::tempdir().unwrap();
+    blobs(&d.path().join("data"), 8);
+    let out = d.path().join("run");
+    cv::run(&tiny(&["epochs=1", "model.arch=\"resnet18\""]), open(&d.path().join("data")), 0, &opts(&out)).unwrap();
+    let epochs = epoch_records(&out.join(LOG_FILE));
+    assert_eq!(epochs.len(), 1);
+    assert!(epochs[0]["train_loss"].as_f64().unwrap().is_finite());
+    let m = load_model(&out.join(MODEL_FILE), Device::Cpu).unwrap();
+    assert_eq!(m.model.config.arch, Arch::Resnet18);
+}
+
+#[test]
+fn a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint() {
+    let d = tempfile::tempdir().unwrap();
+    blobs(&d.path().join("data"), 8);
+    let out = d.path().join("run");
+    // Epoch 1 trains normally; from epoch 2 the rate is 1e-3 × 1e33 = 1e30.
+    let cfg = tiny(&["epochs=4", "optim.schedule={kind=\"multi-step\", milestones=[1], gamma=1e33}"]);
+    let e = cv::run(&cfg, open(&d.path().join("data")), 0, &opts(&out)).err().expect("training must stop").to_string();
+    assert!(e.contains("non-finite") && e.contains("epoch 2"), "{e}");
+    assert!(e.contains(LAST_CHECKPOINT), "{e}");
+    // checkpoint-last is still the end of epoch 1, loadable, with finite weights.
+    let ck = checkpoint::load(&out.join(LAST_CHECKPOINT)).unwrap();
+    assert_eq!((ck.state.epoch, ck.state.step), (1, 0));
+    for (name, t) in &ck.model {
+        assert!(bool::try_from(t.isfinite().all()).unwrap(), "{name} is not finite in checkpoint-last");
+    }
+    load_model(&out.join(LAST_CHECKPOINT), Device::Cpu).unwrap();
+    let log = std::fs::read_to_string(out.join(LOG_FILE)).unwrap();
+    assert!(log.contains("\"diverged\""), "the log records why training stopped");
+    assert_eq!(epoch_records(&out.join(LOG_FILE)).len(), 1);
+}
+
+#[test]
+fn zero_training_images_is_an_error() {
+    let d = tempfile::tempdir().unwrap();
+    blobs(&d.path().join("data"), 2);
+    let ds = open(&d.path().join("data"));
+    // A fixed number of iterations per epoch once let an empty training set "complete".
+    let cfg = tiny(&["iters_per_epoch=2"]);
+    let job = TrainJob {
+        model_config: cfg.model_config_for(&ds.classes).unwrap(),
+        loader: Loader::new(ds.clone(), cv::input_pipeline(&cfg).unwrap(), cfg.seed, false),
+        config: cfg,
+        train_idx: Vec::new(),
+        val_idx: vec![0, 1],
+        out_dir: d.path().join("run"),
+        device: Device::Cpu,
+        resume: false,
+        stop_after_steps: None,
+        label: "fold 1/2".into(),
+        verbose: false,
+    };
+    let e = train(&job).err().expect("must refuse").to_string();
+    assert!(e.contains("fold 1/2") && e.contains("no training images"), "{e}");
+    assert!(!d.path().join("run").join(MODEL_FILE).exists());
 }

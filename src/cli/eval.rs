@@ -90,12 +90,9 @@ fn load(args: &ModelRun) -> Result<(LoadedModel, Device, PathBuf)> {
 fn describe(m: &LoadedModel, path: &Path) -> Vec<String> {
     let c = &m.model.config;
     vec![format!(
-        "Model: {} (MAG-SD {}, {} maps, scales {}, {} head, {}×{} input, CLAHE {}, z-score {}).",
+        "Model: {} ({}, {}×{} input, CLAHE {}, z-score {}).",
         path.display(),
-        c.backbone,
-        c.num_maps,
-        c.scales.name(),
-        c.head,
+        c.network_name(),
         c.image_size,
         c.image_size,
         if c.clahe { "on" } else { "off" },

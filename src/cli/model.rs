@@ -5,14 +5,17 @@ use clap::Subcommand;
 use tch::{Device, nn};
 
 use crate::error::{Error, Result};
-use crate::model::config::{Head, MagSdConfig, Scales};
+use crate::model::config::{Arch, Head, MagSdConfig, Scales};
 use crate::model::weights::{import_torchvision, load_tensors, model_config, parameter_count, copy_exact};
 use crate::model::MagSd;
 
 /// Architecture options; each overrides the preset it is applied to.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct ModelArgs {
-    /// resnet18, resnet34, resnet50 or tiny.
+    /// The network: magsd (MA-Net) or a baseline of the paper's Table 3.
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+    /// MA-Net's backbone: resnet18, resnet34, resnet50 or tiny.
     #[arg(long)]
     pub backbone: Option<String>,
     /// Number of attention maps per scale (M).
@@ -41,6 +44,9 @@ impl ModelArgs {
     /// The given options as `model.*` overrides of a training config (see `TrainConfig::resolve`).
     pub fn overrides(&self) -> Vec<String> {
         let mut o = Vec::new();
+        if let Some(v) = self.arch {
+            o.push(format!("model.arch={}", toml_string(v.name())));
+        }
         if let Some(v) = &self.backbone {
             o.push(format!("model.backbone={}", toml_string(v)));
         }
@@ -63,6 +69,9 @@ impl ModelArgs {
     }
 
     pub fn apply(&self, mut cfg: MagSdConfig) -> Result<MagSdConfig> {
+        if let Some(a) = self.arch {
+            cfg = cfg.with_arch(a);
+        }
         if let Some(b) = &self.backbone {
             cfg = cfg.with_backbone(b)?;
         }
@@ -89,9 +98,10 @@ impl ModelArgs {
 #[derive(Subcommand, Debug)]
 pub enum ModelCommand {
     /// Print a network's structure and parameter count, or what a weight file holds.
-    #[command(after_help = "Examples:\n  magsd model info --backbone resnet50 --classes 3\n  magsd model info --weights resnet50-torchvision.pth --classes 3\n  magsd model info --weights runs/x/model.safetensors")]
+    #[command(after_help = "Examples:\n  magsd model info --backbone resnet50 --classes 3\n  magsd model info --arch inception-v3 --classes 3\n  magsd model info --weights resnet50-torchvision.pth --classes 3\n  magsd model info --weights runs/x/model.safetensors")]
     Info {
-        /// A magsd model (.safetensors) or a torchvision ResNet checkpoint (.pth/.safetensors).
+        /// A magsd model (.safetensors) or a torchvision checkpoint (.pth/.safetensors) of the
+        /// chosen network (ResNet for MA-Net; VGG16, ResNet18/50 or InceptionV3 for those baselines).
         #[arg(long)]
         weights: Option<PathBuf>,
         /// Output classes.
@@ -111,6 +121,7 @@ pub fn run(cmd: ModelCommand) -> Result<i32> {
     let mut source = None;
     let mut report = None;
     let vs = nn::VarStore::new(Device::Cpu);
+    let model;
     if let Some(path) = &weights {
         // A magsd model file carries its own config.
         let embedded = if path.extension().is_some_and(|e| e == "safetensors") {
@@ -122,18 +133,18 @@ pub fn run(cmd: ModelCommand) -> Result<i32> {
         match embedded {
             Some((c, tensors)) => {
                 cfg = c;
-                let _m = MagSd::new(&vs.root(), cfg.clone())?;
+                model = MagSd::new(&vs.root(), cfg.clone())?;
                 copy_exact(&vs, &tensors, path)?;
                 source = Some("magsd model");
             }
             None => {
-                let _m = MagSd::new(&vs.root(), cfg.clone())?;
+                model = MagSd::new(&vs.root(), cfg.clone())?;
                 report = Some(import_torchvision(&vs, path)?);
-                source = Some("torchvision checkpoint, imported into the backbone");
+                source = Some("torchvision checkpoint, imported by name");
             }
         }
     } else {
-        let _m = MagSd::new(&vs.root(), cfg.clone())?;
+        model = MagSd::new(&vs.root(), cfg.clone())?;
     }
     let count = |prefix: &dyn Fn(&str) -> bool| -> i64 {
         vs.variables().iter().filter(|(n, t)| prefix(n) && t.requires_grad()).map(|(_, t)| t.numel() as i64).sum()
@@ -152,21 +163,44 @@ pub fn run(cmd: ModelCommand) -> Result<i32> {
         println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::Config(e.to_string()))?);
         return Ok(0);
     }
-    println!(
-        "model: MAG-SD {}, {}-channel {}×{} input, {} classes, {} maps, scales {}, head {:?}",
-        cfg.backbone, cfg.in_channels, cfg.image_size, cfg.image_size, cfg.num_classes, cfg.num_maps, cfg.scales.name(), cfg.head
-    );
-    println!(
-        "parameters: {} (backbone {}, attention {}, classifier {})",
-        group(total),
-        group(total - attention - classifier),
-        group(attention),
-        group(classifier)
-    );
-    println!(
-        "outputs: logits [B, {}]; attention [B, {}, {s}, {s}]; features [B, {c4}, {s}, {s}]",
-        cfg.num_classes, cfg.num_maps
-    );
+    if cfg.arch.is_baseline() {
+        // Shapes of a baseline's outputs depend on the network: run it once on a zero image.
+        let x = tch::Tensor::zeros([1, cfg.in_channels, cfg.image_size, cfg.image_size], (tch::Kind::Float, Device::Cpu));
+        let out = tch::no_grad(|| model.forward_t(&x, false));
+        println!(
+            "model: {} (baseline), {}-channel {}×{} input, {} classes",
+            cfg.arch.paper_name(),
+            cfg.in_channels,
+            cfg.image_size,
+            cfg.image_size,
+            cfg.num_classes
+        );
+        println!("parameters: {}", group(total));
+        let dims = |t: &tch::Tensor| t.size()[1..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+        println!(
+            "outputs: logits [B, {}]; attention [B, {}] ({}); features [B, {}]",
+            cfg.num_classes,
+            dims(&out.attention),
+            if cfg.arch == Arch::BcnnAttention { "learned attention maps" } else { "channel mean of the features after ReLU" },
+            dims(&out.features)
+        );
+    } else {
+        println!(
+            "model: MAG-SD {}, {}-channel {}×{} input, {} classes, {} maps, scales {}, head {:?}",
+            cfg.backbone, cfg.in_channels, cfg.image_size, cfg.image_size, cfg.num_classes, cfg.num_maps, cfg.scales.name(), cfg.head
+        );
+        println!(
+            "parameters: {} (backbone {}, attention {}, classifier {})",
+            group(total),
+            group(total - attention - classifier),
+            group(attention),
+            group(classifier)
+        );
+        println!(
+            "outputs: logits [B, {}]; attention [B, {}, {s}, {s}]; features [B, {c4}, {s}, {s}]",
+            cfg.num_classes, cfg.num_maps
+        );
+    }
     if let (Some(path), Some(kind)) = (&weights, source) {
         println!("weights: {} ({kind})", path.display());
     }

@@ -19,7 +19,8 @@ use crate::train::cv::{self, RunOptions, RunResult, RunSpec};
   magsd train --data ../shared/data/cxr --label-column label3 --preset authors-code --device cuda --bf16\n  \
   magsd train --data my_xrays/ --folds 0 --pretrained resnet50-imagenet.pth --out runs/final\n  \
   magsd train --config my.toml --set optim.lr=0.01 --set method.augmentations='[\"mixup\"]' --data x.csv\n  \
-  magsd train --resume runs/demo-cv            # continue after Ctrl-C or a crash\n\n\
+  magsd train --resume runs/demo-cv            # continue after Ctrl-C or a crash\n  \
+  magsd train --data ../shared/data/cxr --arch resnet50 --folds 5   # a baseline of Table 3\n\n\
 Presets: paper (lr 1e-3, wd 1e-6, batch 32, 100 epochs), authors-code (wd 5e-4, Nesterov, lr x0.1\n\
 after epochs 75 and 125, batch 16, 150 epochs of 345 steps), tiny (small network, 96 px, 3 epochs,\n\
 no validation split: the last epoch's model is kept; for CPU tests). paper and authors-code hold out\n\
@@ -70,7 +71,8 @@ pub struct TrainArgs {
     /// Channels-last memory layout (CUDA).
     #[arg(long)]
     pub channels_last: bool,
-    /// Start the backbone from a torchvision ResNet checkpoint (.pth or .safetensors).
+    /// Start from a torchvision checkpoint (.pth or .safetensors): a ResNet for MA-Net's backbone,
+    /// or the chosen baseline's own (VGG16, ResNet18/50, InceptionV3), matched by name.
     #[arg(long)]
     pub pretrained: Option<PathBuf>,
     #[command(flatten)]

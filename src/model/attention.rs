@@ -65,3 +65,17 @@ impl AttentionGenerator {
         a
     }
 }
+
+impl AttentionGenerator {
+    /// The same generator over any backbone whose three deepest maps (each twice the side of
+    /// the next) have `channels = (c2, c3, c4)`: used by BCNN(Attention) on VGG16's conv3_3,
+    /// conv4_3 and conv5_3 (`crate::model::baselines::bcnn`).
+    pub fn for_channels(p: &nn::Path, channels: (i64, i64, i64), maps: i64, scales: Scales) -> Self {
+        let (c2, c3, c4) = channels;
+        AttentionGenerator {
+            att7: Head::new(p / "att7", c4, maps),
+            att14: scales.uses_14().then(|| Head::new(p / "att14", c3, maps)),
+            att28: scales.uses_28().then(|| Head::new(p / "att28", c2, maps)),
+        }
+    }
+}

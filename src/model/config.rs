@@ -126,9 +126,110 @@ impl std::fmt::Display for Head {
     }
 }
 
+/// Which network `magsd` trains: MA-Net (MAG-SD, the default) or one of the baselines of the
+/// paper's Table 3 (`src/model/baselines/`). MAG-SD(0AUG) is not an architecture: it is
+/// `magsd` with `method.augmentations = []`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// MA-Net, the MAG-SD network (paper §3.2).
+    #[default]
+    Magsd,
+    /// VGG16 (Simonyan & Zisserman 2015), torchvision's structure.
+    Vgg16,
+    /// ResNet18 classifier (He et al. 2016): backbone, global average pool, `fc`.
+    Resnet18,
+    /// ResNet50 classifier (He et al. 2016): backbone, global average pool, `fc`.
+    Resnet50,
+    /// InceptionV3 (Szegedy et al. 2016), torchvision's structure without the auxiliary head.
+    InceptionV3,
+    /// COVID-Net (Wang & Wong 2020): PEPX modules with long-range connections.
+    CovidNet,
+    /// Bilinear CNN (Lin et al. 2015) on VGG16 conv5_3 features.
+    Bcnn,
+    /// BCNN with MAG-SD's multiscale attention and bilinear attention pooling.
+    BcnnAttention,
+    /// Feature pyramid network (Lin et al. 2017) on ResNet50 with a pooled classification head.
+    Fpn,
+    /// U-Net (Ronneberger et al. 2015) with a pooled classification head.
+    Unet,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 10] = [
+        Arch::Magsd,
+        Arch::Vgg16,
+        Arch::Resnet18,
+        Arch::Resnet50,
+        Arch::InceptionV3,
+        Arch::CovidNet,
+        Arch::Bcnn,
+        Arch::BcnnAttention,
+        Arch::Fpn,
+        Arch::Unet,
+    ];
+
+    /// The kebab-case name used in config files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Magsd => "magsd",
+            Arch::Vgg16 => "vgg16",
+            Arch::Resnet18 => "resnet18",
+            Arch::Resnet50 => "resnet50",
+            Arch::InceptionV3 => "inception-v3",
+            Arch::CovidNet => "covid-net",
+            Arch::Bcnn => "bcnn",
+            Arch::BcnnAttention => "bcnn-attention",
+            Arch::Fpn => "fpn",
+            Arch::Unet => "unet",
+        }
+    }
+
+    /// The name as the paper's Table 3 writes it.
+    pub fn paper_name(self) -> &'static str {
+        match self {
+            Arch::Magsd => "MAG-SD",
+            Arch::Vgg16 => "VGG16",
+            Arch::Resnet18 => "ResNet18",
+            Arch::Resnet50 => "ResNet50",
+            Arch::InceptionV3 => "InceptionV3",
+            Arch::CovidNet => "COVID-Net",
+            Arch::Bcnn => "BCNN",
+            Arch::BcnnAttention => "BCNN(Attention)",
+            Arch::Fpn => "FPN",
+            Arch::Unet => "U-Net",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Arch::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            let names: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+            Error::Config(format!("arch '{s}': use one of {}", names.join(", ")))
+        })
+    }
+
+    /// Input side at paper scale: InceptionV3 its own 299, everything else 224.
+    pub fn paper_image_size(self) -> i64 {
+        match self {
+            Arch::InceptionV3 => 299,
+            _ => 224,
+        }
+    }
+
+    /// True for the networks trained by the plain cross-entropy step (every baseline).
+    pub fn is_baseline(self) -> bool {
+        self != Arch::Magsd
+    }
+}
+
 /// Everything that defines a MAG-SD network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MagSdConfig {
+    /// The network: MA-Net or a baseline. The fields below that describe MA-Net's backbone,
+    /// maps, scales and head apply to MA-Net (BCNN(Attention) uses `num_maps` and `scales`);
+    /// baselines have their published structure.
+    #[serde(default)]
+    pub arch: Arch,
     /// Name of the backbone preset ("resnet50", "tiny", ...), for people; `resnet` is what counts.
     pub backbone: String,
     pub resnet: ResNetConfig,
@@ -139,7 +240,7 @@ pub struct MagSdConfig {
     pub num_maps: i64,
     pub scales: Scales,
     pub head: Head,
-    /// Side of the square input; must be a multiple of 32.
+    /// Side of the square input; a multiple of 32 (InceptionV3: at least 75).
     pub image_size: i64,
     /// Class names in output order (empty when unknown).
     #[serde(default)]
@@ -167,6 +268,7 @@ impl MagSdConfig {
     /// The paper's network: ResNet50, 1 channel, 32 maps, scales 7+14, BAP, 224×224.
     pub fn paper(num_classes: i64) -> Self {
         MagSdConfig {
+            arch: Arch::Magsd,
             backbone: "resnet50".into(),
             resnet: ResNetConfig::resnet50(),
             in_channels: 1,
@@ -207,6 +309,14 @@ impl MagSdConfig {
         Ok(self)
     }
 
+    /// Selects the network; the input side becomes the arch's paper size (299 for InceptionV3,
+    /// 224 otherwise). Callers that want another size set `image_size` afterwards.
+    pub fn with_arch(mut self, arch: Arch) -> Self {
+        self.arch = arch;
+        self.image_size = arch.paper_image_size();
+        self
+    }
+
     pub fn validate(&self) -> Result<()> {
         // Bounds on what a config (a flag, or a model file's metadata) may claim, so that a
         // bad value is an error here and not an allocation failure inside libtorch.
@@ -219,7 +329,15 @@ impl MagSdConfig {
                 return Err(Error::Config(format!("{key} {value} is larger than magsd allows ({max})")));
             }
         }
-        if self.image_size <= 0 || self.image_size % 32 != 0 {
+        if self.arch == Arch::InceptionV3 {
+            // torchvision's InceptionV3 needs at least 75×75 (its 1×1 maps after Mixed_7a).
+            if self.image_size < 75 {
+                return Err(Error::Config(format!(
+                    "image size {} is too small for InceptionV3 (at least 75; 299 at paper scale)",
+                    self.image_size
+                )));
+            }
+        } else if self.image_size <= 0 || self.image_size % 32 != 0 {
             return Err(Error::Config(format!(
                 "image size {} must be a positive multiple of 32 (the backbone downsamples by 32)",
                 self.image_size
@@ -246,7 +364,8 @@ impl MagSdConfig {
 
     /// True when two configs build networks with the same parameters (names and shapes).
     pub fn same_architecture(&self, other: &MagSdConfig) -> bool {
-        self.resnet == other.resnet
+        self.arch == other.arch
+            && self.resnet == other.resnet
             && self.in_channels == other.in_channels
             && self.num_classes == other.num_classes
             && self.num_maps == other.num_maps
@@ -272,7 +391,17 @@ impl MagSdConfig {
         }
     }
 
-    /// Side of the attention maps and layer4 features (7 at 224).
+    /// The network in words: "MAG-SD resnet50, 32 maps, scales 7+14, Bap head" or
+    /// "ResNet18 (baseline)".
+    pub fn network_name(&self) -> String {
+        if self.arch.is_baseline() {
+            format!("{} (baseline)", self.arch.paper_name())
+        } else {
+            format!("MAG-SD {}, {} maps, scales {}, {:?} head", self.backbone, self.num_maps, self.scales.name(), self.head)
+        }
+    }
+
+    /// Side of MA-Net's attention maps and layer4 features (7 at 224).
     pub fn feature_size(&self) -> i64 {
         self.image_size / 32
     }

@@ -1,10 +1,12 @@
 //! MA-Net, the MAG-SD network (paper §3.2; spec §1): ResNet backbone → multiscale attention
-//! generator → classification head.
+//! generator → classification head; and [`MagSd`], the one network type the trainer, evaluation,
+//! prediction and serving use, which holds MA-Net or a baseline (`super::baselines`).
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::attention::AttentionGenerator;
-use super::config::{Head, MagSdConfig};
+use super::baselines::Baseline;
+use super::config::{Arch, Head, MagSdConfig};
 use super::init::linear;
 use super::pooling::{bilinear_attention_pool, global_avg_pool, global_max_pool};
 use super::resnet::ResNet;
@@ -13,9 +15,12 @@ use super::resnet::ResNet;
 pub struct MagSdOutput {
     /// `[B, K]` class scores (before softmax).
     pub logits: Tensor,
-    /// `[B, M, S/32, S/32]` attention maps, all ≥ 0 (7×7 at 224).
+    /// `[B, M, S/32, S/32]` attention maps, all ≥ 0 (7×7 at 224). For a baseline, its
+    /// class-agnostic activation map `[B, 1, h, w]` (see `super::baselines`), or BCNN(Attention)'s
+    /// learned maps.
     pub attention: Tensor,
-    /// `[B, C4, S/32, S/32]` layer4 features (2048 channels for ResNet50).
+    /// `[B, C4, S/32, S/32]` layer4 features (2048 channels for ResNet50); for a baseline, its
+    /// last convolutional feature map.
     pub features: Tensor,
 }
 
@@ -26,19 +31,37 @@ impl MagSdOutput {
     }
 }
 
+/// The network magsd trains: MA-Net (MAG-SD) or a baseline, chosen by `config.arch`.
 #[derive(Debug)]
 pub struct MagSd {
     pub config: MagSdConfig,
+    net: Network,
+}
+
+// One value per model, built once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Network {
+    MaNet(MaNet),
+    Baseline(Baseline),
+}
+
+#[derive(Debug)]
+struct MaNet {
     backbone: ResNet,
     attention: AttentionGenerator,
     classifier: nn::Linear,
 }
 
 impl MagSd {
-    /// Builds the network with fresh weights in `vs`: backbone at the root (torchvision names),
-    /// attention heads under `attention.`, the classifier as `classifier.`.
+    /// Builds the network with fresh weights in `vs`. MA-Net: backbone at the root (torchvision
+    /// names), attention heads under `attention.`, the classifier as `classifier.`; a baseline:
+    /// see its file in `super::baselines`.
     pub fn new(vs: &nn::Path, config: MagSdConfig) -> crate::Result<Self> {
         config.validate()?;
+        if config.arch != Arch::Magsd {
+            return Ok(MagSd { net: Network::Baseline(Baseline::new(vs, &config)), config });
+        }
         let (_, _, c4) = config.resnet.channels();
         let backbone = ResNet::new(vs, &config.resnet, config.in_channels);
         let attention = AttentionGenerator::new(&(vs / "attention"), &config);
@@ -47,20 +70,24 @@ impl MagSd {
             Head::Bap => linear(vs / "classifier", config.num_maps * c4, config.num_classes, false),
             Head::Gap | Head::Gmp => linear(vs / "classifier", c4, config.num_classes, true),
         };
-        Ok(MagSd { config, backbone, attention, classifier })
+        Ok(MagSd { config, net: Network::MaNet(MaNet { backbone, attention, classifier }) })
     }
 
     /// `x: [B, in_channels, S, S]`. `train` selects batch statistics in BatchNorm (and updates
     /// the running ones); `false` uses the running statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> MagSdOutput {
-        let f = self.backbone.forward_t(x, train);
-        let attention = self.attention.forward_t(&f, train);
+        let net = match &self.net {
+            Network::MaNet(net) => net,
+            Network::Baseline(b) => return b.forward_t(x, train),
+        };
+        let f = net.backbone.forward_t(x, train);
+        let attention = net.attention.forward_t(&f, train);
         let pooled = match self.config.head {
             Head::Bap => bilinear_attention_pool(&f.f4, &attention) * 100.0, // [B, M*C]
             Head::Gap => global_avg_pool(&f.f4),                              // [B, C]
             Head::Gmp => global_max_pool(&f.f4),                              // [B, C]
         };
-        let logits = self.classifier.forward(&pooled.to_kind(Kind::Float)); // [B, K]
+        let logits = net.classifier.forward(&pooled.to_kind(Kind::Float)); // [B, K]
         MagSdOutput { logits, attention, features: f.f4 }
     }
 }

@@ -1,5 +1,6 @@
-//! The MAG-SD network and its weights. Nothing here knows about files except `weights` and `pth`.
+//! The MAG-SD network, the paper's baselines, and their weights. Nothing here knows about files except `weights` and `pth`.
 pub mod attention;
+pub mod baselines;
 pub mod config;
 pub mod init;
 pub mod magsd;
@@ -8,5 +9,5 @@ pub mod pth;
 pub mod resnet;
 pub mod weights;
 
-pub use config::{Head, MagSdConfig, Scales};
+pub use config::{Arch, Head, MagSdConfig, Scales};
 pub use magsd::{MagSd, MagSdOutput};

@@ -119,3 +119,16 @@ impl ResNet {
         Features { f2, f3, f4 }
     }
 }
+
+impl ResNet {
+    /// `x: [B, in_channels, S, S]` → the outputs of layer1..layer4 (`[B, C_i, S/4 … S/32]`),
+    /// for the feature pyramid baseline (`crate::model::baselines::fpn`).
+    pub fn forward_stages(&self, x: &Tensor, train: bool) -> [Tensor; 4] {
+        let x = self.bn1.forward_t(&self.conv1.forward(x), train).relu(); // [B, 64, S/2, S/2]
+        let mut y = x.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false); // -> [B, 64, S/4, S/4]
+        std::array::from_fn(|i| {
+            y = self.layers[i].iter().fold(y.shallow_clone(), |y, r| r.forward_t(&y, train)); // [B, C_i, S/2^(i+2), ...]
+            y.shallow_clone()
+        })
+    }
+}

@@ -1,5 +1,5 @@
-//! Model files: whole MAG-SD models as safetensors with their config embedded, and import of
-//! torchvision ResNet checkpoints (`.pth` state dicts or `.safetensors`) into the backbone.
+//! Model files: whole models (MA-Net or a baseline) as safetensors with their config embedded,
+//! and import of torchvision checkpoints (`.pth` state dicts or `.safetensors`) by name.
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -199,10 +199,17 @@ pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>> {
     }
 }
 
-/// Loads a torchvision ResNet checkpoint into the backbone of a model built in `vs`
-/// (torchvision names: `conv1.weight`, `layer1.0.conv1.weight`, ...; a `module.` prefix from
-/// DataParallel is dropped). RGB stem weights `[64, 3, 7, 7]` are summed over the colour axis
-/// for a 1-channel model, which gives the same response to a gray image as the RGB network
+/// The last (class) layers of torchvision's classifiers: ResNet and InceptionV3 `fc`, VGG16
+/// `classifier.6`. With another number of classes they are skipped, not refused.
+const CLASS_LAYERS: [&str; 4] = ["fc.weight", "fc.bias", "classifier.6.weight", "classifier.6.bias"];
+
+/// Loads a torchvision checkpoint into a model built in `vs`, by name: a ResNet into MA-Net's
+/// backbone (or the ResNet18/50 and FPN baselines), `vgg16` into VGG16, BCNN and
+/// BCNN(Attention), `inception_v3` into InceptionV3 (torchvision names: `conv1.weight`,
+/// `layer1.0.conv1.weight`, `features.0.weight`, `Mixed_5b.branch1x1.conv.weight`, ...; a
+/// `module.` prefix from DataParallel is dropped). The checkpoint's class layer is skipped when
+/// its number of classes differs. RGB stem weights (e.g. `[64, 3, 7, 7]`) are summed over the
+/// colour axis for a 1-channel model, which gives the same response to a gray image as the RGB network
 /// gives to that image replicated in three channels (the authors re-initialised this layer
 /// instead). Any other shape mismatch is refused with an error naming the tensor.
 pub fn import_torchvision(vs: &nn::VarStore, path: &Path) -> Result<ImportReport> {
@@ -220,13 +227,18 @@ pub fn import_torchvision(vs: &nn::VarStore, path: &Path) -> Result<ImportReport
         let src = if s == d {
             report.loaded.push(name.clone());
             src
-        } else if name == "conv1.weight" && s.len() == 4 && d.len() == 4 && s[1] == 3 && d[1] == 1 && s[0] == d[0] && s[2..] == d[2..] {
+        } else if s.len() == 4 && d.len() == 4 && s[1] == 3 && d[1] == 1 && s[0] == d[0] && s[2..] == d[2..] {
+            // Only a network's first convolution reads 3 channels.
             report.adapted.insert(name.clone(), "RGB stem summed over the colour axis for 1-channel input".into());
             src.sum_dim_intlist(&[1i64][..], true, Kind::Float)
+        } else if CLASS_LAYERS.contains(&name.as_str()) && s.len() == d.len() && s[1..] == d[1..] {
+            // The pretrained network's class layer (e.g. ImageNet's 1000 classes): left fresh.
+            report.unused.push(name);
+            continue;
         } else {
             return Err(Error::Model(format!(
                 "{}: tensor {name} has shape {s:?} in the checkpoint but {d:?} in the model \
-                 (a different backbone? choose the matching one with --backbone)",
+                 (a different network? choose the matching one with --arch or --backbone)",
                 path.display()
             )));
         };

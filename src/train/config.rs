@@ -15,12 +15,16 @@ use crate::data::augment::AugmentPolicy;
 use crate::data::preprocess::{PreprocessConfig, ZScore};
 use crate::device::DeviceChoice;
 use crate::error::{Error, IoContext, Result};
-use crate::model::config::{Head, MagSdConfig, Scales};
+use crate::model::config::{Arch, Head, MagSdConfig, Scales};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
-    /// resnet18, resnet34, resnet50 or tiny.
+    /// The network: magsd (MA-Net, the default) or a baseline of Table 3 (vgg16, resnet18,
+    /// resnet50, inception-v3, covid-net, bcnn, bcnn-attention, fpn, unet).
+    #[serde(default)]
+    pub arch: Arch,
+    /// MA-Net's backbone: resnet18, resnet34, resnet50 or tiny.
     pub backbone: String,
     pub maps: i64,
     pub scales: Scales,
@@ -132,6 +136,7 @@ impl TrainConfig {
             batch_size: 32,
             iters_per_epoch: None,
             model: ModelSection {
+                arch: Arch::Magsd,
                 backbone: "resnet50".into(),
                 maps: 32,
                 scales: Scales::S7_14,
@@ -223,8 +228,12 @@ impl TrainConfig {
         let file_preset = file_value.as_ref().and_then(|t| t.get("preset")).and_then(|v| v.as_str()).map(String::from);
         let name = preset.map(String::from).or(file_preset).unwrap_or_else(|| "paper".into());
         let name = name.as_str();
-        let mut value = toml::Table::try_from(Self::preset(name)?).expect("config serialises to TOML");
+        let preset = Self::preset(name)?;
+        let preset_size = preset.model.image_size;
+        let mut value = toml::Table::try_from(preset).expect("config serialises to TOML");
+        let mut size_given = false;
         if let Some(f) = file_value {
+            size_given |= f.get("model").and_then(|m| m.get("image_size")).is_some();
             merge(&mut value, f);
         }
         value.insert("preset".into(), toml::Value::String(name.into()));
@@ -232,7 +241,18 @@ impl TrainConfig {
             let (key, raw) = o
                 .split_once('=')
                 .ok_or_else(|| Error::Config(format!("'{o}': overrides are key=value, e.g. optim.lr=0.01")))?;
+            size_given |= key.trim() == "model.image_size";
             set_path(&mut value, key.trim(), parse_value(raw.trim()))?;
+        }
+        // The preset's input side is for the chosen network: InceptionV3 has its own 299 at paper
+        // scale (the tiny preset's 96 suits every network). A side given in the file or an
+        // override wins.
+        let arch = value.get("model").and_then(|m| m.get("arch")).and_then(|a| a.as_str()).map(Arch::parse).transpose()?;
+        if let Some(arch) = arch
+            && !size_given
+            && preset_size == Arch::Magsd.paper_image_size()
+        {
+            set_path(&mut value, "model.image_size", toml::Value::Integer(arch.paper_image_size()))?;
         }
         let cfg: TrainConfig = value
             .try_into()
@@ -325,6 +345,7 @@ impl TrainConfig {
     pub fn model_config(&self, num_classes: usize) -> Result<MagSdConfig> {
         let m = &self.model;
         let cfg = MagSdConfig {
+            arch: m.arch,
             num_maps: m.maps,
             scales: m.scales,
             head: m.head,
@@ -440,6 +461,7 @@ mod tests {
         let e = TrainConfig::resolve(Some("nope"), None, &[]).unwrap_err().to_string();
         assert!(e.contains("preset"), "{e}");
         let c = TrainConfig::resolve(Some("tiny"), None, &["model.scales=\"7+14+28\"".into(), "data.augment=paper".into()]).unwrap();
+        assert_eq!(c.model.arch, Arch::Magsd);
         assert_eq!(c.model.scales, Scales::S7_14_28);
         assert_eq!(c.data.augment, AugmentPolicy::Paper);
     }
@@ -464,6 +486,25 @@ mod tests {
         TrainConfig::resolve(Some("tiny"), None, &["optim.lr=1e30".into()]).unwrap();
         let c = TrainConfig::resolve(Some("tiny"), None, &["performance.deterministic=true".into()]).unwrap();
         assert!(c.performance.deterministic);
+    }
+
+    #[test]
+    fn the_arch_key_selects_a_baseline_and_inception_gets_its_own_input_side() {
+        let c = TrainConfig::resolve(None, None, &["model.arch=\"inception-v3\"".into()]).unwrap();
+        assert_eq!(c.model.arch, Arch::InceptionV3);
+        assert_eq!(c.model.image_size, 299);
+        assert_eq!(c.model_config(3).unwrap().arch, Arch::InceptionV3);
+        let c = TrainConfig::resolve(None, None, &["model.arch=\"inception-v3\"".into(), "model.image_size=96".into()]).unwrap();
+        assert_eq!(c.model.image_size, 96);
+        let c = TrainConfig::resolve(Some("tiny"), None, &["model.arch=\"vgg16\"".into()]).unwrap();
+        assert_eq!((c.model.arch, c.model.image_size), (Arch::Vgg16, 96));
+        let c = TrainConfig::resolve(None, None, &["model.arch=\"resnet18\"".into()]).unwrap();
+        assert_eq!(c.model.image_size, 224);
+        // A config without the key (every config written before it existed) is MA-Net.
+        let back: TrainConfig = toml::from_str(&TrainConfig::paper().to_toml().replace("arch = \"magsd\"\n", "")).unwrap();
+        assert_eq!(back.model.arch, Arch::Magsd);
+        let e = TrainConfig::resolve(None, None, &["model.arch=\"alexnet\"".into()]).unwrap_err().to_string();
+        assert!(e.contains("alexnet"), "{e}");
     }
 
     #[test]

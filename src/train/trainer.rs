@@ -1,6 +1,8 @@
-//! The MAG-SD training loop (spec §4). One step:
-//! raw forward (train mode) → three maps per image → attention mix-up, dimming, patching (no
-//! gradient) → three more forwards → soft-distance loss → backward → SGD.
+//! The training loop for every network (spec §4): start or resume, epochs of steps, validation,
+//! checkpoints. Each network brings its own step ([`TrainStep`]): MA-Net's is raw forward
+//! (train mode) → three maps per image → attention mix-up, dimming, patching (no gradient) →
+//! three more forwards → soft-distance loss → backward → SGD; a baseline's is one forward,
+//! cross-entropy, backward, SGD.
 //!
 //! Reproducibility: each step's random numbers come from our RNG keyed by (seed, epoch, step),
 //! the epoch's image order and image augmentation from (seed, epoch), the initial weights from
@@ -34,7 +36,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::eval::evaluate::predict;
 use crate::eval::metrics;
 use crate::model::weights::{copy_exact, import_torchvision, save_model};
-use crate::model::{MagSd, MagSdConfig};
+use crate::model::{Arch, MagSd, MagSdConfig};
 use crate::rng::{Rng, mix};
 
 /// Set by the command line's Ctrl-C handler: training stops after the current step and saves.
@@ -95,6 +97,73 @@ pub struct StepOutput {
     pub loss: super::loss::LossParts,
     /// Correct raw-branch predictions in the batch.
     pub correct: Tensor,
+}
+
+/// One optimisation step of a network on a batch already on the device. Each network brings
+/// its own: [`MagSdStep`] for MA-Net (spec §4), [`CrossEntropyStep`] for the baselines.
+pub trait TrainStep {
+    /// `rng` is this step's generator, keyed by (seed, epoch, step): a step's random numbers
+    /// come from it alone, so a resumed run repeats them.
+    #[allow(clippy::too_many_arguments)]
+    fn step(&self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64)
+    -> Result<StepOutput>;
+}
+
+/// The step for `arch`, chosen here and nowhere else: MA-Net trains with MAG-SD's step (replayed
+/// as a CUDA graph with `performance.cuda_graph` on CUDA), every baseline with plain
+/// cross-entropy.
+pub fn step_for(arch: Arch, cfg: &TrainConfig, device: Device) -> Result<Box<dyn TrainStep>> {
+    Ok(if arch.is_baseline() {
+        Box::new(CrossEntropyStep)
+    } else if cfg.performance.cuda_graph && device.is_cuda() {
+        Box::new(GraphedMagSdStep(std::cell::RefCell::new(GraphedStep::new(device)?)))
+    } else {
+        Box::new(MagSdStep)
+    })
+}
+
+/// MAG-SD's step (spec §4): see [`train_step`]. With `method.augmentations = []` (MAG-SD(0AUG))
+/// there are no augmented views and the soft-distance loss is the raw branch's cross-entropy.
+pub struct MagSdStep;
+
+impl TrainStep for MagSdStep {
+    fn step(&self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
+        let random = StepRandom::draw(rng, x.size()[0], device);
+        Ok(train_step(model, sgd, x, y, &random, cfg, device, lr))
+    }
+}
+
+/// MAG-SD's step recorded once as a CUDA graph and replayed (`train::cuda_graph`): the same
+/// computation and the same random numbers as [`MagSdStep`].
+pub struct GraphedMagSdStep(std::cell::RefCell<GraphedStep>);
+
+impl TrainStep for GraphedMagSdStep {
+    fn step(&self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
+        let random = StepRandom::draw(rng, x.size()[0], device);
+        self.0.borrow_mut().step(model, sgd, x, y, &random, cfg, lr)
+    }
+}
+
+/// The baselines' step: one forward in training mode, cross-entropy, backward, SGD. Dropout
+/// (VGG16, InceptionV3) draws from libtorch's generator, which is seeded from the step's `rng`
+/// first so that a resumed run repeats the masks; runs sharing one process also share that
+/// generator, and may then interleave their draws.
+pub struct CrossEntropyStep;
+
+impl TrainStep for CrossEntropyStep {
+    fn step(&self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
+        {
+            let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+            tch::manual_seed((rng.next_u64() >> 1) as i64);
+        }
+        let out = autocast_bf16(cfg.performance.bf16, device, || model.forward_t(x, true));
+        let ce = out.logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
+        sgd.zero_grad();
+        ce.backward();
+        sgd.step(lr);
+        let correct = tch::no_grad(|| out.logits.argmax(1, false).eq_tensor(y).sum(Kind::Float));
+        Ok(StepOutput { loss: super::loss::LossParts { total: ce.shallow_clone(), ce }, correct })
+    }
 }
 
 /// One MAG-SD training step on a batch already on `device` (spec §4): raw forward → three
@@ -194,9 +263,58 @@ fn validate(job: &TrainJob, model: &MagSd) -> Result<Validation> {
     Ok(Validation { loss: p.mean_ce(), metrics, failures: p.failures.len() })
 }
 
+/// Everything a run carries from one epoch to the next.
+struct Session {
+    vs: nn::VarStore,
+    model: MagSd,
+    sgd: Sgd,
+    state: TrainState,
+    log: Log,
+    last_path: PathBuf,
+}
+
 /// Trains (or continues training) the job's model. Returns when every epoch is done or when it
-/// was asked to stop, having saved a checkpoint either way.
+/// was asked to stop, having saved a checkpoint either way. A non-finite loss (or weight) stops
+/// training with an error before any checkpoint is written, so `checkpoint-last` keeps the last
+/// good state; so does an epoch in which no training image could be read.
 pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
+    let cfg = &job.config;
+    if job.train_idx.is_empty() {
+        return Err(Error::Data(format!("{}: no training images (nothing to train on)", job.label)));
+    }
+    let iters = cfg.iters_per_epoch.unwrap_or(job.train_idx.len() / cfg.batch_size);
+    if iters == 0 {
+        return Err(Error::Data(format!(
+            "{}: {} training images cannot fill one batch of {}",
+            job.label,
+            job.train_idx.len(),
+            cfg.batch_size
+        )));
+    }
+    let mut s = start(job)?;
+    if cfg.performance.cuda_graph && !job.device.is_cuda() && job.verbose {
+        eprintln!("note: performance.cuda_graph applies on CUDA only; this run steps eagerly");
+    }
+    let stepper = step_for(job.model_config.arch, cfg, job.device)?;
+    while s.state.epoch < cfg.epochs {
+        let epoch = s.state.epoch;
+        let lr = cfg.optim.schedule.lr_at(cfg.optim.lr, epoch, cfg.epochs);
+        let sums = match run_epoch(job, &mut s, stepper.as_ref(), iters, lr)? {
+            EpochEnd::Done(sums) => sums,
+            EpochEnd::Stopped => {
+                check_weights(job, &mut s)?;
+                checkpoint::save(&s.last_path, &s.vs, &s.sgd, &job.model_config, cfg, &s.state)?;
+                return Ok(TrainOutcome { finish: Finish::Stopped, model_path: job.out_dir.join(MODEL_FILE), best: s.state.best.clone(), state: s.state });
+            }
+        };
+        end_epoch(job, &mut s, sums, lr)?;
+    }
+    Ok(TrainOutcome { finish: Finish::Completed, model_path: job.out_dir.join(MODEL_FILE), best: s.state.best.clone(), state: s.state })
+}
+
+/// Builds the model and optimiser, then resumes from `checkpoint-last` or starts fresh (from
+/// `model.pretrained` when given), and opens the log.
+fn start(job: &TrainJob) -> Result<Session> {
     let cfg = &job.config;
     let dir = &job.out_dir;
     std::fs::create_dir_all(dir).at(dir)?;
@@ -215,18 +333,14 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
     if resumed {
         let ck = checkpoint::load(&last_path)?;
         if !ck.model_config.same_architecture(&job.model_config) {
+            let describe = |c: &MagSdConfig| {
+                format!("{} {} {} maps, scales {}, {:?}", c.arch.name(), c.backbone, c.num_maps, c.scales.name(), c.head)
+            };
             return Err(Error::Model(format!(
-                "{}: the checkpoint's network ({} {} maps, scales {}, {:?}) differs from the requested one \
-                 ({} {} maps, scales {}, {:?}); refusing to resume",
+                "{}: the checkpoint's network ({}) differs from the requested one ({}); refusing to resume",
                 last_path.display(),
-                ck.model_config.backbone,
-                ck.model_config.num_maps,
-                ck.model_config.scales.name(),
-                ck.model_config.head,
-                job.model_config.backbone,
-                job.model_config.num_maps,
-                job.model_config.scales.name(),
-                job.model_config.head
+                describe(&ck.model_config),
+                describe(&job.model_config)
             )));
         }
         if ck.train_config.seed != cfg.seed || ck.train_config.optim != cfg.optim || ck.train_config.batch_size != cfg.batch_size {
@@ -243,7 +357,7 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
         let r = import_torchvision(&vs, pre)?;
         if job.verbose {
             eprintln!(
-                "{}: backbone from {}: {} tensors loaded, {} adapted, {} fresh",
+                "{}: weights from {}: {} tensors loaded, {} adapted, {} fresh",
                 job.label,
                 pre.display(),
                 r.loaded.len(),
@@ -257,140 +371,181 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
     }
     let mut log = Log::open(&dir.join(LOG_FILE), resumed.then_some(state.global_step))?;
     if !resumed {
-        log.record(json!({"type": "start", "global_step": 0, "label": job.label, "train_images": job.train_idx.len(),
-            "val_images": job.val_idx.len(), "device": crate::device::describe(job.device)}))?;
+        log.record(json!({"type": "start", "global_step": 0, "label": job.label, "arch": job.model_config.arch.name(),
+            "train_images": job.train_idx.len(), "val_images": job.val_idx.len(), "device": crate::device::describe(job.device)}))?;
     }
+    Ok(Session { vs, model, sgd, state, log, last_path })
+}
 
+/// Device-side sums of one epoch's training losses, read back at its end.
+struct EpochSums {
+    loss: Tensor,
+    ce: Tensor,
+    correct: Tensor,
+    images: usize,
+    seconds: f64,
+}
+
+enum EpochEnd {
+    Done(EpochSums),
+    /// Asked to stop (Ctrl-C or `stop_after_steps`) after the step in `state`.
+    Stopped,
+}
+
+/// The error for a non-finite loss or weight, after recording it in the log.
+fn diverged(job: &TrainJob, s: &mut Session, what: &str) -> Error {
+    let st = &s.state;
+    let _ = s.log.record(json!({"type": "diverged", "epoch": st.epoch, "step": st.step, "global_step": st.global_step, "what": what}));
+    let _ = s.log.flush();
+    let kept = if s.last_path.exists() {
+        format!("{} still holds the last good state", s.last_path.display())
+    } else {
+        "no checkpoint had been written yet".to_string()
+    };
+    Error::Training(format!(
+        "{}: {what} at epoch {} step {} (global step {}); training stopped and nothing was saved \
+         after it: {kept}. Lower the learning rate (optim.lr) or check the data",
+        job.label,
+        st.epoch + 1,
+        st.step,
+        st.global_step
+    ))
+}
+
+/// Refuses to save weights that are not all finite (the last update can break them after the
+/// last loss was read).
+fn check_weights(job: &TrainJob, s: &mut Session) -> Result<()> {
+    let finite = tch::no_grad(|| s.vs.trainable_variables().iter().all(|t| bool::try_from(t.isfinite().all()).unwrap_or(false)));
+    if finite { Ok(()) } else { Err(diverged(job, s, "non-finite weights")) }
+}
+
+/// Runs the rest of the current epoch from `state.step`. Losses stay on the device and are
+/// read back (one sync) only at log points, where a non-finite loss stops training.
+fn run_epoch(job: &TrainJob, s: &mut Session, stepper: &dyn TrainStep, iters: usize, lr: f64) -> Result<EpochEnd> {
+    let cfg = &job.config;
+    let epoch = s.state.epoch;
     let bs = cfg.batch_size;
-    let iters = cfg.iters_per_epoch.unwrap_or(job.train_idx.len() / bs);
-    if iters == 0 {
+    let order = epoch_order(&job.train_idx, cfg.seed, epoch, iters * bs);
+    let start_step = s.state.step;
+    let bar = progress_bar(job, epoch, iters, start_step);
+    let cl = cfg.performance.channels_last && job.device.is_cuda();
+    let zero = || Tensor::zeros([], (Kind::Float, job.device));
+    let (mut win_loss, mut win_ce, mut win_correct, mut win_n) = (zero(), zero(), zero(), 0usize);
+    let (mut ep_loss, mut ep_ce, mut ep_correct, mut ep_n) = (zero(), zero(), zero(), 0usize);
+    let mut win_t = Instant::now();
+    let ep_t = Instant::now();
+    let mut warned: std::collections::HashSet<usize> = Default::default();
+    let host_batches = job.loader.batches(order[start_step * bs..].to_vec(), bs, Some(epoch as u64), cfg.performance.prefetch);
+    for (offset, batch) in DeviceBatches::new(host_batches, job.device, cl).enumerate() {
+        let step = start_step + offset;
+        for (i, e) in &batch.failures {
+            if warned.insert(*i) {
+                eprintln!("warning: {e} (skipped)");
+            }
+        }
+        // The loader reports each image's decoder warnings once (e.g. a truncated JPEG).
+        for (_, w) in &batch.warnings {
+            eprintln!("warning: {w} (used)");
+        }
+        if batch.indices.len() >= 2 {
+            let mut rng = Rng::derive(cfg.seed, &[1, epoch as u64, step as u64]);
+            let out = stepper.step(&s.model, &mut s.sgd, &batch.images, &batch.labels, &mut rng, cfg, job.device, lr)?;
+            let n = batch.indices.len();
+            let (l, c) = (out.loss.total.detach() * n as f64, out.loss.ce.detach() * n as f64);
+            win_loss += &l;
+            win_ce += &c;
+            win_correct += &out.correct;
+            win_n += n;
+            ep_loss += l;
+            ep_ce += c;
+            ep_correct += out.correct;
+            ep_n += n;
+        }
+        s.state.step = step + 1;
+        s.state.global_step += 1;
+        bar.inc(1);
+        let stop = INTERRUPTED.load(Ordering::SeqCst) || job.stop_after_steps.is_some_and(|n| s.state.global_step >= n);
+        if (s.state.step.is_multiple_of(cfg.performance.log_every) || s.state.step == iters || stop) && win_n > 0 {
+            let secs = win_t.elapsed().as_secs_f64();
+            let (loss, ce, acc) = (
+                win_loss.double_value(&[]) / win_n as f64,
+                win_ce.double_value(&[]) / win_n as f64,
+                win_correct.double_value(&[]) / win_n as f64,
+            );
+            if !loss.is_finite() {
+                bar.abandon_with_message("non-finite loss; stopped");
+                return Err(diverged(job, s, &format!("non-finite loss ({loss})")));
+            }
+            s.log.record(json!({"type": "step", "epoch": epoch, "step": s.state.step, "global_step": s.state.global_step,
+                "lr": lr, "loss": loss, "ce": ce, "distance": loss - ce, "accuracy": acc,
+                "images_per_s": win_n as f64 / secs.max(1e-9)}))?;
+            bar.set_message(format!("loss {loss:.4} acc {acc:.3} {:.1} img/s", win_n as f64 / secs.max(1e-9)));
+            (win_loss, win_ce, win_correct, win_n) = (zero(), zero(), zero(), 0);
+            win_t = Instant::now();
+        }
+        if stop {
+            bar.abandon_with_message("stopped; checkpoint saved");
+            s.log.flush()?;
+            return Ok(EpochEnd::Stopped);
+        }
+    }
+    bar.finish_and_clear();
+    if ep_n == 0 && start_step < iters {
         return Err(Error::Data(format!(
-            "{}: {} training images cannot fill one batch of {bs}",
+            "{}: no training image of epoch {} could be read (see the warnings above)",
             job.label,
-            job.train_idx.len()
+            epoch + 1
         )));
     }
-    let cl = cfg.performance.channels_last && job.device.is_cuda();
-    if cfg.performance.cuda_graph && !job.device.is_cuda() && job.verbose {
-        eprintln!("note: performance.cuda_graph applies on CUDA only; this run steps eagerly");
+    let seconds = ep_t.elapsed().as_secs_f64();
+    Ok(EpochEnd::Done(EpochSums { loss: ep_loss, ce: ep_ce, correct: ep_correct, images: ep_n, seconds }))
+}
+
+/// End of an epoch: checks, validation, best tracking, checkpoints.
+fn end_epoch(job: &TrainJob, s: &mut Session, sums: EpochSums, lr: f64) -> Result<()> {
+    let cfg = &job.config;
+    let epoch = s.state.epoch;
+    let n = sums.images.max(1) as f64;
+    let train_loss = sums.loss.double_value(&[]) / n;
+    if !train_loss.is_finite() {
+        return Err(diverged(job, s, &format!("non-finite loss ({train_loss})")));
     }
-    let mut graphed = match cfg.performance.cuda_graph && job.device.is_cuda() {
-        true => Some(GraphedStep::new(job.device)?),
-        false => None,
-    };
-    let mut warned: std::collections::HashSet<usize> = Default::default();
-
-    while state.epoch < cfg.epochs {
-        let epoch = state.epoch;
-        let lr = cfg.optim.schedule.lr_at(cfg.optim.lr, epoch, cfg.epochs);
-        let order = epoch_order(&job.train_idx, cfg.seed, epoch, iters * bs);
-        let start_step = state.step;
-        let bar = progress_bar(job, epoch, iters, start_step);
-        // Running sums on the device; read back only at log points (each read is a sync).
-        let zero = || Tensor::zeros([], (Kind::Float, job.device));
-        let (mut win_loss, mut win_ce, mut win_correct, mut win_n) = (zero(), zero(), zero(), 0usize);
-        let (mut ep_loss, mut ep_ce, mut ep_correct, mut ep_n) = (zero(), zero(), zero(), 0usize);
-        let mut win_t = Instant::now();
-        let ep_t = Instant::now();
-        let host_batches = job.loader.batches(order[start_step * bs..].to_vec(), bs, Some(epoch as u64), cfg.performance.prefetch);
-        let batches = DeviceBatches::new(host_batches, job.device, cl);
-        for (offset, batch) in batches.enumerate() {
-            let step = start_step + offset;
-            for (i, e) in &batch.failures {
-                if warned.insert(*i) {
-                    eprintln!("warning: {e} (skipped)");
-                }
-            }
-            // The loader reports each image's decoder warnings once (e.g. a truncated JPEG).
-            for (_, w) in &batch.warnings {
-                eprintln!("warning: {w} (used)");
-            }
-            if batch.indices.len() >= 2 {
-                let mut rng = Rng::derive(cfg.seed, &[1, epoch as u64, step as u64]);
-                let (x, y) = (&batch.images, &batch.labels);
-                let random = StepRandom::draw(&mut rng, batch.indices.len() as i64, job.device);
-                let out = match &mut graphed {
-                    Some(g) => g.step(&model, &mut sgd, x, y, &random, cfg, lr)?,
-                    None => train_step(&model, &mut sgd, x, y, &random, cfg, job.device, lr),
-                };
-                let (loss, correct) = (out.loss, out.correct);
-                let n = batch.indices.len();
-                let (l, c) = (loss.total.detach() * n as f64, loss.ce.detach() * n as f64);
-                win_loss += &l;
-                win_ce += &c;
-                win_correct += &correct;
-                win_n += n;
-                ep_loss += l;
-                ep_ce += c;
-                ep_correct += correct;
-                ep_n += n;
-            }
-            state.step = step + 1;
-            state.global_step += 1;
-            bar.inc(1);
-            let stop = INTERRUPTED.load(Ordering::SeqCst) || job.stop_after_steps.is_some_and(|s| state.global_step >= s);
-            if (state.step.is_multiple_of(cfg.performance.log_every) || state.step == iters || stop) && win_n > 0 {
-                let secs = win_t.elapsed().as_secs_f64();
-                let (loss, ce, acc) = (
-                    win_loss.double_value(&[]) / win_n as f64,
-                    win_ce.double_value(&[]) / win_n as f64,
-                    win_correct.double_value(&[]) / win_n as f64,
-                );
-                log.record(json!({"type": "step", "epoch": epoch, "step": state.step, "global_step": state.global_step,
-                    "lr": lr, "loss": loss, "ce": ce, "distance": loss - ce, "accuracy": acc,
-                    "images_per_s": win_n as f64 / secs.max(1e-9)}))?;
-                bar.set_message(format!("loss {loss:.4} acc {acc:.3} {:.1} img/s", win_n as f64 / secs.max(1e-9)));
-                (win_loss, win_ce, win_correct, win_n) = (zero(), zero(), zero(), 0);
-                win_t = Instant::now();
-            }
-            if stop {
-                bar.abandon_with_message("stopped; checkpoint saved");
-                log.flush()?;
-                checkpoint::save(&last_path, &vs, &sgd, &job.model_config, cfg, &state)?;
-                return Ok(TrainOutcome { finish: Finish::Stopped, model_path: dir.join(MODEL_FILE), best: state.best.clone(), state });
-            }
-        }
-        bar.finish_and_clear();
-
-        // End of epoch: validation, best tracking, checkpoints.
-        let secs = ep_t.elapsed().as_secs_f64();
-        let n = ep_n.max(1) as f64;
-        let mut record = json!({"type": "epoch", "epoch": epoch, "global_step": state.global_step, "lr": lr,
-            "train_loss": ep_loss.double_value(&[]) / n, "train_ce": ep_ce.double_value(&[]) / n,
-            "train_accuracy": ep_correct.double_value(&[]) / n, "images": ep_n, "seconds": secs,
-            "images_per_s": ep_n as f64 / secs.max(1e-9)});
-        state.epoch += 1;
-        state.step = 0;
-        let validate_now = !job.val_idx.is_empty() && (state.epoch.is_multiple_of(cfg.validation.every) || state.epoch == cfg.epochs);
-        let mut improved = job.val_idx.is_empty();
-        if validate_now {
-            let v = validate(job, &model)?;
-            record["val"] = json!({"loss": v.loss, "accuracy": v.metrics.accuracy, "sensitivity": v.metrics.sensitivity,
-                "specificity": v.metrics.specificity, "f1": v.metrics.f1, "auc": v.metrics.auc, "images": v.metrics.n,
-                "unreadable": v.failures});
-            let better = match &state.best {
-                None => true,
-                Some(b) => v.metrics.accuracy > b.accuracy || (v.metrics.accuracy == b.accuracy && v.loss < b.loss),
-            };
-            if better {
-                state.best = Some(Best { epoch, accuracy: v.metrics.accuracy, loss: v.loss });
-                improved = true;
-            }
-        }
-        if job.verbose {
-            eprintln!("{}", epoch_line(&job.label, &record));
-        }
-        log.record(record)?;
-        log.flush()?;
-        checkpoint::save(&last_path, &vs, &sgd, &job.model_config, cfg, &state)?;
-        if improved {
-            save_model(&dir.join(MODEL_FILE), &vs, &job.model_config)?;
-            if !job.val_idx.is_empty() {
-                checkpoint::save(&dir.join(BEST_CHECKPOINT), &vs, &sgd, &job.model_config, cfg, &state)?;
-            }
+    check_weights(job, s)?;
+    let mut record = json!({"type": "epoch", "epoch": epoch, "global_step": s.state.global_step, "lr": lr,
+        "train_loss": train_loss, "train_ce": sums.ce.double_value(&[]) / n,
+        "train_accuracy": sums.correct.double_value(&[]) / n, "images": sums.images, "seconds": sums.seconds,
+        "images_per_s": sums.images as f64 / sums.seconds.max(1e-9)});
+    s.state.epoch += 1;
+    s.state.step = 0;
+    let validate_now = !job.val_idx.is_empty() && (s.state.epoch.is_multiple_of(cfg.validation.every) || s.state.epoch == cfg.epochs);
+    let mut improved = job.val_idx.is_empty();
+    if validate_now {
+        let v = validate(job, &s.model)?;
+        record["val"] = json!({"loss": v.loss, "accuracy": v.metrics.accuracy, "sensitivity": v.metrics.sensitivity,
+            "specificity": v.metrics.specificity, "f1": v.metrics.f1, "auc": v.metrics.auc, "images": v.metrics.n,
+            "unreadable": v.failures});
+        let better = match &s.state.best {
+            None => true,
+            Some(b) => v.metrics.accuracy > b.accuracy || (v.metrics.accuracy == b.accuracy && v.loss < b.loss),
+        };
+        if better {
+            s.state.best = Some(Best { epoch, accuracy: v.metrics.accuracy, loss: v.loss });
+            improved = true;
         }
     }
-    Ok(TrainOutcome { finish: Finish::Completed, model_path: dir.join(MODEL_FILE), best: state.best.clone(), state })
+    if job.verbose {
+        eprintln!("{}", epoch_line(&job.label, &record));
+    }
+    s.log.record(record)?;
+    s.log.flush()?;
+    checkpoint::save(&s.last_path, &s.vs, &s.sgd, &job.model_config, cfg, &s.state)?;
+    if improved {
+        save_model(&job.out_dir.join(MODEL_FILE), &s.vs, &job.model_config)?;
+        if !job.val_idx.is_empty() {
+            checkpoint::save(&job.out_dir.join(BEST_CHECKPOINT), &s.vs, &s.sgd, &job.model_config, cfg, &s.state)?;
+        }
+    }
+    Ok(())
 }
 
 fn progress_bar(job: &TrainJob, epoch: usize, iters: usize, done: usize) -> ProgressBar {
@@ -422,4 +577,36 @@ fn epoch_line(label: &str, r: &serde_json::Value) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// MAG-SD(0AUG) is MA-Net trained on the raw branch's cross-entropy alone: with no
+    /// augmentations, MAG-SD's step must do exactly what the plain cross-entropy step does.
+    #[test]
+    fn magsd_without_augmentations_is_the_cross_entropy_step() {
+        let mut cfg = TrainConfig::tiny();
+        cfg.method.augmentations.clear();
+        let mut model_cfg = MagSdConfig::tiny(2);
+        model_cfg.image_size = 64;
+        let x = Tensor::randn([4, 1, 64, 64], (Kind::Float, Device::Cpu));
+        let y = Tensor::from_slice(&[0i64, 1, 1, 0]);
+        let run = |stepper: &dyn TrainStep| {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let model = seeded_init(&vs, &model_cfg, 7).unwrap();
+            let params = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+            let mut sgd = Sgd::new(params, 0.9, 5e-4, true);
+            let out = stepper.step(&model, &mut sgd, &x, &y, &mut Rng::new(1), &cfg, Device::Cpu, 0.01);
+            (out.loss.total.double_value(&[]), out.loss.ce.double_value(&[]), crate::model::weights::named_variables(&vs))
+        };
+        let (loss_a, ce_a, w_a) = run(&MagSdStep);
+        let (loss_b, ce_b, w_b) = run(&CrossEntropyStep);
+        assert_eq!(loss_a, ce_a, "no augmentations: the loss is the cross-entropy");
+        assert_eq!((loss_a, ce_a), (loss_b, ce_b));
+        for ((n, a), (_, b)) in w_a.iter().zip(&w_b) {
+            assert!(a.equal(b), "{n} differs after one step");
+        }
+    }
 }
