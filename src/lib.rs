@@ -18,6 +18,7 @@ pub mod eval;
 pub mod model;
 pub mod report;
 pub mod rng;
+pub mod runfolder;
 pub mod train;
 
 pub use error::{Error, Result};
