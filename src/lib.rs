@@ -17,6 +17,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod report;
+pub mod reproduce;
 pub mod rng;
 pub mod runfolder;
 pub mod train;

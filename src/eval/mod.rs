@@ -2,3 +2,4 @@
 pub mod evaluate;
 pub mod localize;
 pub mod metrics;
+pub mod stats;
