@@ -31,6 +31,9 @@ pub struct ReproduceArgs {
     /// Tables: 3, 4, 5, 6, 7, 8 or all (comma-separated or repeated).
     #[arg(long)]
     pub table: Vec<String>,
+    /// Only these rows of the tables (their folder names, e.g. resnet18,magsd); default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Vec<String>,
     #[arg(long, default_value_t = 5)]
     pub folds: usize,
     #[arg(long)]
@@ -120,6 +123,7 @@ impl ReproduceArgs {
             dataset: crate::data::dataset::DatasetOptions { label_column: base.data.label_column.clone(), classes: base.data.classes.clone() },
             folds: self.folds,
             tables: rows::parse_tables(&self.table)?,
+            only_rows: self.rows.clone(),
             base,
             command: std::env::args().collect::<Vec<_>>().join(" "),
         };

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::rows::{self, MAGSD, PAPER_MAGSD, Table};
+use super::rows::{MAGSD, PAPER_MAGSD, Table};
 use super::{Grid, Unit};
 use crate::error::Result;
 use crate::eval::metrics::{MeanStd, Metrics, compute};
@@ -160,7 +160,7 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
     let classes = grid.spec.classes.clone();
     let patients = grid.patients()?;
     let mut data: BTreeMap<String, RowData> = BTreeMap::new();
-    for r in rows::rows_of(&grid.spec.tables) {
+    for r in grid.spec.rows() {
         let d = load_row(grid, r.id)?;
         if d.missing.is_empty() {
             let summary = summarise_folds(d.folds.clone());
@@ -172,7 +172,7 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
     }
     let mut boots: BTreeMap<String, BTreeMap<String, BootstrapCi>> = BTreeMap::new();
     let mut reports = Vec::new();
-    for t in grid.spec.tables.iter().filter_map(|&n| rows::table(n)) {
+    for t in grid.spec.tables() {
         let mut result = TableResult { number: t.number, title: t.title.into(), classes: classes.clone(), folds: grid.spec.folds, rows: Vec::new() };
         for tr in &t.rows {
             let d = &data[tr.row.id];
@@ -190,7 +190,7 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
                 mean_std: if metrics.is_empty() { BTreeMap::new() } else { crate::eval::metrics::summarise(&metrics) },
                 pooled: (!d.labels.is_empty()).then(|| compute(&d.labels, &d.probs, &classes)),
                 bootstrap: boots[tr.row.id].clone(),
-                vs_magsd: (tr.row != MAGSD).then(|| compare(d, &data[MAGSD.id])).flatten(),
+                vs_magsd: data.get(MAGSD.id).filter(|_| tr.row != MAGSD).and_then(|m| compare(d, m)),
             });
         }
         let dir = grid.dir.join(format!("table-{}", t.number));

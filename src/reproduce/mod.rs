@@ -51,7 +51,30 @@ pub struct GridSpec {
     pub classes: Vec<String>,
     pub folds: usize,
     pub tables: Vec<u8>,
+    /// Only these rows (folder ids) of the tables; empty: every row.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub only_rows: Vec<String>,
     pub command: String,
+}
+
+impl GridSpec {
+    /// The grid's tables, with only the selected rows.
+    pub fn tables(&self) -> Vec<rows::Table> {
+        self.tables
+            .iter()
+            .filter_map(|&n| rows::table(n))
+            .map(|mut t| {
+                t.rows.retain(|r| self.only_rows.is_empty() || self.only_rows.iter().any(|o| o == r.row.id));
+                t
+            })
+            .filter(|t| !t.rows.is_empty())
+            .collect()
+    }
+
+    /// The distinct rows of the grid's tables, in table order (each trained once).
+    pub fn rows(&self) -> Vec<Row> {
+        rows::rows_of(&self.tables).into_iter().filter(|r| self.only_rows.is_empty() || self.only_rows.iter().any(|o| o == r.id)).collect()
+    }
 }
 
 /// One unit of work: one row trained and evaluated on one fold.
@@ -76,6 +99,8 @@ pub struct GridRequest {
     pub dataset: DatasetOptions,
     pub folds: usize,
     pub tables: Vec<u8>,
+    /// Only these rows (folder ids); empty: all rows of the tables.
+    pub only_rows: Vec<String>,
     /// The resolved base config (preset, file, --set, --epochs).
     pub base: TrainConfig,
     pub command: String,
@@ -99,11 +124,17 @@ impl Grid {
             classes: ds.classes.clone(),
             folds: req.folds,
             tables: req.tables.clone(),
+            only_rows: req.only_rows.clone(),
             command: req.command.clone(),
         };
-        let units = plan(&rows::rows_of(&req.tables), req.folds);
+        let all = rows::rows_of(&req.tables);
+        if let Some(bad) = req.only_rows.iter().find(|o| !all.iter().any(|r| r.id == o.as_str())) {
+            let ids: Vec<&str> = all.iter().map(|r| r.id).collect();
+            return Err(Error::Config(format!("--rows {bad}: tables {:?} have the rows {}", req.tables, ids.join(", "))));
+        }
+        let units = plan(&spec.rows(), req.folds);
         // Every row's config must resolve before anything is trained.
-        for r in rows::rows_of(&req.tables) {
+        for r in spec.rows() {
             row_config_from(&req.base, &r.overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .map_err(|e| Error::Config(format!("row '{}' ({}): {e}", r.id, r.overrides.join(" "))))?;
         }
@@ -115,6 +146,7 @@ impl Grid {
                 && old.spec.label_column == spec.label_column
                 && old.spec.folds == spec.folds
                 && old.spec.tables == spec.tables
+                && old.spec.only_rows == spec.only_rows
                 && old_base == req.base;
             if !same {
                 return Err(Error::Config(format!(
