@@ -2,7 +2,7 @@
 //! fold, each trained and evaluated by `train::cv`'s single-fold code on identical folds.
 //!
 //! ```text
-//! DIR/reproduce.json     the grid (GridSpec): data, classes, folds, tables, command
+//! DIR/reproduce.json     the grid (GridSpec): data (absolute), classes, folds, tables, rows, command
 //! DIR/base-config.toml   the user's preset/config/--set/--epochs, resolved; rows add to it
 //! DIR/split.json         the patient-level folds, made once, shared by every row
 //! DIR/patients.json      image name → patient key (for patient-level bootstrap)
@@ -119,7 +119,8 @@ impl Grid {
         }
         let spec = GridSpec {
             format_version: GRID_FORMAT_VERSION,
-            data: req.data.clone(),
+            // Absolute, so units started elsewhere (Slurm tasks, --gpus children) find it.
+            data: std::path::absolute(&req.data).at(&req.data)?,
             label_column: req.dataset.label_column.clone(),
             classes: ds.classes.clone(),
             folds: req.folds,
