@@ -113,7 +113,8 @@ fn plan_unit_collect_round_trip_and_resume_never_redoes_a_unit() {
     // Rerunning the unit does nothing; resuming the grid runs only the other three.
     let text = ok(magsd(&["reproduce", "--out", g, "--unit", "1"]));
     assert!(text.contains("had finished already"), "{text}");
-    let text = ok(magsd(&["reproduce", "--out", g, "--quiet"]));
+    // The same command again (with --data) resumes the grid.
+    let text = ok(magsd(&grid_args(data.to_str().unwrap(), g, "8")));
     assert!(text.contains("all 4 units finished"), "{text}");
     assert_eq!(std::fs::read(unit_dir.join("train.jsonl")).unwrap(), log_before);
     assert_eq!(mtime(&unit_dir.join("fold.json")), result_time);
