@@ -304,44 +304,6 @@ impl Figure for CurvesFigure {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roc_points_run_from_origin_to_one_one() {
-        let p = roc_points(&[true, false, true, false], &[0.9, 0.8, 0.4, 0.1]);
-        assert_eq!(p.first(), Some(&(0.0, 0.0)));
-        assert_eq!(p.last(), Some(&(1.0, 1.0)));
-        assert_eq!(p[1], (0.0, 0.5));
-    }
-
-    #[test]
-    fn figures_render_to_png_and_svg() {
-        let d = tempfile::tempdir().unwrap();
-        let classes: Vec<String> = vec!["covid19".into(), "normal".into(), "pneumonia".into()];
-        let labels = vec![0, 1, 2, 0, 1, 2];
-        let probs = vec![
-            vec![0.8, 0.1, 0.1],
-            vec![0.2, 0.7, 0.1],
-            vec![0.1, 0.3, 0.6],
-            vec![0.4, 0.4, 0.2],
-            vec![0.3, 0.3, 0.4],
-            vec![0.2, 0.5, 0.3],
-        ];
-        let png = save(&RocFigure { title: "ROC".into(), classes: &classes, labels: &labels, probs: &probs }, &d.path().join("roc")).unwrap();
-        let img = image::open(&png).unwrap().to_rgb8();
-        assert_eq!(img.dimensions(), (640, 600));
-        // Coloured curve pixels exist (not just a blank canvas).
-        assert!(img.pixels().any(|p| p[0] > 200 && p[1] < 160 && p[2] < 60), "no orange curve drawn");
-        assert!(d.path().join("roc.svg").exists());
-        let conf = vec![vec![2, 0, 0], vec![0, 1, 1], vec![0, 1, 1]];
-        save(&ConfusionFigure { title: "Confusion".into(), classes: &classes, confusion: &conf }, &d.path().join("cm")).unwrap();
-        let svg = std::fs::read_to_string(d.path().join("cm.svg")).unwrap();
-        assert!(svg.contains("covid19") && svg.contains("(2)"), "labels and counts are in the figure");
-    }
-}
-
 /// One model's pooled out-of-fold predictions, for [`RowsRocFigure`].
 pub struct RocRow<'a> {
     pub name: String,
@@ -442,5 +404,43 @@ impl Figure for RowsRocFigure<'_> {
             .border_style(BLACK.mix(0.4))
             .draw()
             .map_err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roc_points_run_from_origin_to_one_one() {
+        let p = roc_points(&[true, false, true, false], &[0.9, 0.8, 0.4, 0.1]);
+        assert_eq!(p.first(), Some(&(0.0, 0.0)));
+        assert_eq!(p.last(), Some(&(1.0, 1.0)));
+        assert_eq!(p[1], (0.0, 0.5));
+    }
+
+    #[test]
+    fn figures_render_to_png_and_svg() {
+        let d = tempfile::tempdir().unwrap();
+        let classes: Vec<String> = vec!["covid19".into(), "normal".into(), "pneumonia".into()];
+        let labels = vec![0, 1, 2, 0, 1, 2];
+        let probs = vec![
+            vec![0.8, 0.1, 0.1],
+            vec![0.2, 0.7, 0.1],
+            vec![0.1, 0.3, 0.6],
+            vec![0.4, 0.4, 0.2],
+            vec![0.3, 0.3, 0.4],
+            vec![0.2, 0.5, 0.3],
+        ];
+        let png = save(&RocFigure { title: "ROC".into(), classes: &classes, labels: &labels, probs: &probs }, &d.path().join("roc")).unwrap();
+        let img = image::open(&png).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (640, 600));
+        // Coloured curve pixels exist (not just a blank canvas).
+        assert!(img.pixels().any(|p| p[0] > 200 && p[1] < 160 && p[2] < 60), "no orange curve drawn");
+        assert!(d.path().join("roc.svg").exists());
+        let conf = vec![vec![2, 0, 0], vec![0, 1, 1], vec![0, 1, 1]];
+        save(&ConfusionFigure { title: "Confusion".into(), classes: &classes, confusion: &conf }, &d.path().join("cm")).unwrap();
+        let svg = std::fs::read_to_string(d.path().join("cm.svg")).unwrap();
+        assert!(svg.contains("covid19") && svg.contains("(2)"), "labels and counts are in the figure");
     }
 }

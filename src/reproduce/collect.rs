@@ -129,6 +129,8 @@ fn compare(row: &RowData, reference: &RowData) -> Option<Comparison> {
     })
 }
 
+type MetricFn = fn(&Metrics) -> Option<f64>;
+
 fn bootstrap(d: &RowData, patients: &BTreeMap<String, String>, classes: &[String], opts: BootstrapOptions) -> BTreeMap<String, BootstrapCi> {
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, name) in d.names.iter().enumerate() {
@@ -142,8 +144,7 @@ fn bootstrap(d: &RowData, patients: &BTreeMap<String, String>, classes: &[String
         compute(&labels, &probs, classes)
     };
     let mut out = BTreeMap::new();
-    let stats: [(&str, fn(&Metrics) -> Option<f64>); 3] =
-        [("accuracy", |m| Some(m.accuracy)), ("f1", |m| Some(m.f1)), ("auc", |m| m.auc)];
+    let stats: [(&str, MetricFn); 3] = [("accuracy", |m| Some(m.accuracy)), ("f1", |m| Some(m.f1)), ("auc", |m| m.auc)];
     for (i, (name, f)) in stats.into_iter().enumerate() {
         // One stream per statistic, the same for every row.
         let seed = crate::rng::mix(opts.seed, &[i as u64]);

@@ -365,36 +365,36 @@ pub fn run_on_gpus(grid: &Grid, exe: &Path, gpus: &[String], verbose: bool) -> R
     let mut failed = Vec::new();
     loop {
         for (slot, gpu) in running.iter_mut().zip(gpus) {
-            if let Some((index, child)) = slot {
-                if let Some(status) = child.try_wait().map_err(|e| Error::io(exe, e))? {
-                    if !status.success() {
-                        eprintln!("unit {index} failed ({status}); see {}", logs.join(format!("unit-{index}.log")).display());
-                        failed.push(*index);
-                    } else if verbose {
-                        eprintln!("unit {index} finished on GPU {gpu}");
-                    }
-                    *slot = None;
+            if let Some((index, child)) = slot
+                && let Some(status) = child.try_wait().map_err(|e| Error::io(exe, e))?
+            {
+                if !status.success() {
+                    eprintln!("unit {index} failed ({status}); see {}", logs.join(format!("unit-{index}.log")).display());
+                    failed.push(*index);
+                } else if verbose {
+                    eprintln!("unit {index} finished on GPU {gpu}");
                 }
+                *slot = None;
             }
-            if slot.is_none() {
-                if let Some(index) = queue.pop_front() {
-                    let log_path = logs.join(format!("unit-{index}.log"));
-                    let log = std::fs::File::create(&log_path).at(&log_path)?;
-                    let err = log.try_clone().at(&log_path)?;
-                    let child = Command::new(exe)
-                        .args(["reproduce", "--unit", &index.to_string(), "--out"])
-                        .arg(&grid.dir)
-                        .env("CUDA_VISIBLE_DEVICES", gpu)
-                        .stdin(Stdio::null())
-                        .stdout(log)
-                        .stderr(err)
-                        .spawn()
-                        .map_err(|e| Error::io(exe, e))?;
-                    if verbose {
-                        eprintln!("unit {index} started on GPU {gpu}");
-                    }
-                    *slot = Some((index, child));
+            if slot.is_none()
+                && let Some(index) = queue.pop_front()
+            {
+                let log_path = logs.join(format!("unit-{index}.log"));
+                let log = std::fs::File::create(&log_path).at(&log_path)?;
+                let err = log.try_clone().at(&log_path)?;
+                let child = Command::new(exe)
+                    .args(["reproduce", "--unit", &index.to_string(), "--out"])
+                    .arg(&grid.dir)
+                    .env("CUDA_VISIBLE_DEVICES", gpu)
+                    .stdin(Stdio::null())
+                    .stdout(log)
+                    .stderr(err)
+                    .spawn()
+                    .map_err(|e| Error::io(exe, e))?;
+                if verbose {
+                    eprintln!("unit {index} started on GPU {gpu}");
                 }
+                *slot = Some((index, child));
             }
         }
         if queue.is_empty() && running.iter().all(Option::is_none) {

@@ -139,10 +139,10 @@ impl FoldRunner {
     /// `fold.json` exists) is read back, not redone. `None`: training stopped early.
     pub fn run_fold(&self, split: &Folds, k: usize, dir: &Path, opts: &RunOptions) -> Result<Option<FoldResult>> {
         let (cfg, ds) = (&self.cfg, &self.ds);
-        if opts.resume {
-            if let Some(r) = FoldResult::load_if_done(dir)? {
-                return Ok(Some(r));
-            }
+        if opts.resume
+            && let Some(r) = FoldResult::load_if_done(dir)?
+        {
+            return Ok(Some(r));
         }
         let folds = split.folds.len();
         let test = split.folds[k].clone();
