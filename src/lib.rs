@@ -17,7 +17,9 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod report;
+pub mod reproduce;
 pub mod rng;
+pub mod runfolder;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod eval;
 pub mod model;
 pub mod train;
+pub mod reproduce;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,6 +49,8 @@ pub enum Command {
         /// A training run folder (the `--out` of `magsd train`).
         run: std::path::PathBuf,
     },
+    /// The paper's Tables 3–8 on your data: rows × folds, resumable, locally, on GPUs or on Slurm.
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -62,6 +65,7 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
         Command::Localize(a) => eval::eval(a.into(), true),
         Command::Predict(a) => eval::predict_images(a),
         Command::Report { run } => eval::report(&run),
+        Command::Reproduce(a) => reproduce::run(a),
     }
 }
 

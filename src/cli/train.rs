@@ -234,6 +234,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             let cfg = TrainConfig::resolve(args.preset.as_deref(), args.config.as_deref(), &args.overrides())?;
             let data = args.data.clone().expect("clap requires --data without --resume");
             let spec = RunSpec {
+                format_version: crate::runfolder::FORMAT_VERSION,
                 data,
                 label_column: cfg.data.label_column.clone(),
                 classes: Vec::new(),

@@ -3,3 +3,4 @@ pub mod evaluate;
 pub mod localize;
 pub mod metrics;
 pub mod overlap;
+pub mod stats;

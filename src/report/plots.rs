@@ -310,6 +310,109 @@ impl Figure for CurvesFigure {
     }
 }
 
+/// One model's pooled out-of-fold predictions, for [`RowsRocFigure`].
+pub struct RocRow<'a> {
+    pub name: String,
+    pub labels: &'a [usize],
+    pub probs: &'a [Vec<f64>],
+    /// Shown in the legend (the table's AUC).
+    pub auc: Option<f64>,
+}
+
+/// The macro-average ROC curve of one model: two classes → the curve of class 1 (as the
+/// binary AUC); more → each class's one-vs-rest TPR, interpolated at 201 common FPRs,
+/// averaged over the classes that have positives and negatives.
+pub fn macro_roc_points(labels: &[usize], probs: &[Vec<f64>], classes: usize) -> Vec<(f64, f64)> {
+    let curve = |c: usize| {
+        let positive: Vec<bool> = labels.iter().map(|&y| y == c).collect();
+        let scores: Vec<f64> = probs.iter().map(|p| p[c]).collect();
+        binary_auc(&positive, &scores).map(|_| roc_points(&positive, &scores))
+    };
+    if classes == 2 {
+        return curve(1).unwrap_or_default();
+    }
+    let curves: Vec<Vec<(f64, f64)>> = (0..classes).filter_map(curve).collect();
+    if curves.is_empty() {
+        return Vec::new();
+    }
+    let tpr_at = |pts: &[(f64, f64)], x: f64| {
+        // Linear interpolation; at vertical steps the highest TPR reached at x.
+        let mut best = 0.0f64;
+        for w in pts.windows(2) {
+            let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+            if x1 == x0 && x0 <= x {
+                best = best.max(y1);
+            } else if x0 <= x && x <= x1 {
+                best = best.max(y0 + (y1 - y0) * (x - x0) / (x1 - x0));
+            }
+        }
+        best
+    };
+    (0..=200)
+        .map(|i| {
+            let x = i as f64 / 200.0;
+            (x, curves.iter().map(|c| tpr_at(c, x)).sum::<f64>() / curves.len() as f64)
+        })
+        .collect()
+}
+
+/// Fig. 6: one macro-average ROC curve per model on the same axes.
+pub struct RowsRocFigure<'a> {
+    pub title: String,
+    pub classes: usize,
+    pub rows: Vec<RocRow<'a>>,
+}
+
+impl Figure for RowsRocFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (680, 620)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        root.fill(&WHITE).map_err(err)?;
+        let mut chart = ChartBuilder::on(root)
+            .caption(&self.title, (FAMILY, 20))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0f64..1f64, 0f64..1.0f64)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc("False positive rate (1 − specificity)")
+            .y_desc("True positive rate (sensitivity)")
+            .label_style((FAMILY, 14))
+            .axis_desc_style((FAMILY, 15))
+            .light_line_style(WHITE.mix(0.0))
+            .draw()
+            .map_err(err)?;
+        chart
+            .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], ShapeStyle::from(&BLACK.mix(0.3)).stroke_width(1)))
+            .map_err(err)?;
+        for (i, row) in self.rows.iter().enumerate() {
+            let pts = macro_roc_points(row.labels, row.probs, self.classes);
+            if pts.is_empty() {
+                continue;
+            }
+            let color = PALETTE[i % PALETTE.len()];
+            let auc = row.auc.map(|a| format!(" (AUC {a:.3})")).unwrap_or_default();
+            chart
+                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .map_err(err)?
+                .label(format!("{}{auc}", row.name))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .label_font((FAMILY, 13))
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK.mix(0.4))
+            .draw()
+            .map_err(err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,32 +1,13 @@
-//! The report of a training run folder (see `train::cv` for its layout): settings, per-fold and
+//! The report of a training run folder (layout: `crate::runfolder`): settings, per-fold and
 //! mean ± std metrics, pooled out-of-fold ROC and confusion figures, training curves.
 use std::path::{Path, PathBuf};
 
 use super::document::Document;
 use super::evaluation::{metric_header, metric_row};
 use super::plots::{ConfusionFigure, CurvesFigure, RocFigure, save};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{IoContext, Result};
 use crate::eval::metrics::compute;
-use crate::train::cv::{CONFIG_FILE, CvSummary, RunSpec, SUMMARY_FILE};
-use crate::train::trainer::LOG_FILE;
-
-/// Reads a `predictions.csv` back: (true class index, probabilities).
-fn read_predictions(path: &Path, classes: &[String]) -> Result<Vec<(usize, Vec<f64>)>> {
-    let mut r = csv::Reader::from_path(path).map_err(|e| Error::bad_file(path, e.to_string()))?;
-    let mut out = Vec::new();
-    for rec in r.records() {
-        let rec = rec.map_err(|e| Error::bad_file(path, e.to_string()))?;
-        let y = classes
-            .iter()
-            .position(|c| Some(c.as_str()) == rec.get(1))
-            .ok_or_else(|| Error::bad_file(path, format!("unknown label {:?}", rec.get(1))))?;
-        let probs = (0..classes.len())
-            .map(|k| rec.get(2 + k).and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| Error::bad_file(path, "bad probability")))
-            .collect::<Result<Vec<f64>>>()?;
-        out.push((y, probs));
-    }
-    Ok(out)
-}
+use crate::runfolder::{CONFIG_FILE, CvSummary, LOG_FILE, PREDICTIONS_FILE, RunSpec, fold_dir, read_predictions};
 
 /// Writes `RUN/report.md` and `RUN/report.html`; returns the HTML's path.
 pub fn write_run_report(run: &Path) -> Result<PathBuf> {
@@ -37,10 +18,7 @@ pub fn write_run_report(run: &Path) -> Result<PathBuf> {
     doc.p(format!("Data: {} (label column '{}'; classes {}).", spec.data.display(), spec.label_column, classes.join(", ")));
     doc.p(format!("Command: {}", spec.command));
 
-    let summary_path = run.join(SUMMARY_FILE);
-    if summary_path.exists() {
-        let s: CvSummary = serde_json::from_slice(&std::fs::read(&summary_path).at(&summary_path)?)
-            .map_err(|e| Error::bad_file(&summary_path, e.to_string()))?;
+    if let Some(s) = CvSummary::load_if_present(run)? {
         doc.h(1, format!("{}-fold patient-level cross-validation", s.folds.len()));
         let mut rows: Vec<Vec<String>> = s.folds.iter().map(|f| metric_row(&format!("fold {}", f.fold), &f.metrics)).collect();
         let ms = |k: &str| {
@@ -54,7 +32,7 @@ pub fn write_run_report(run: &Path) -> Result<PathBuf> {
         let mut labels = Vec::new();
         let mut probs = Vec::new();
         for f in &s.folds {
-            for (y, p) in read_predictions(&run.join(format!("fold-{}/predictions.csv", f.fold)), classes)? {
+            for (_, y, p) in read_predictions(&fold_dir(run, f.fold).join(PREDICTIONS_FILE), classes)? {
                 labels.push(y);
                 probs.push(p);
             }
@@ -68,8 +46,8 @@ pub fn write_run_report(run: &Path) -> Result<PathBuf> {
         doc.image("confusion.png", "Confusion matrix (rows normalised), out-of-fold predictions of all folds");
         doc.h(2, "Training curves");
         for f in &s.folds {
-            let log = run.join(format!("fold-{}/{LOG_FILE}", f.fold));
-            let stem = run.join(format!("fold-{}/curves", f.fold));
+            let log = fold_dir(run, f.fold).join(LOG_FILE);
+            let stem = fold_dir(run, f.fold).join("curves");
             save(&CurvesFigure::from_log(&format!("fold {}", f.fold), &log)?, &stem)?;
             doc.image(format!("fold-{}/curves.png", f.fold), format!("fold {}: loss and accuracy per epoch", f.fold));
         }

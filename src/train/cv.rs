@@ -1,15 +1,5 @@
 //! Training runs: k-fold patient-level cross-validation (`--folds k`) or one final model on
-//! everything given (`--folds 0`), in a run folder:
-//!
-//! ```text
-//! RUN/run.json            what was run: data, classes, folds, command line
-//! RUN/config.toml         the resolved training config
-//! RUN/split.json          the patient-level folds (k ≥ 2)
-//! RUN/fold-K/             per fold: train.jsonl, checkpoint-last/best.safetensors,
-//!                         model.safetensors, metrics.json, predictions.csv (held-out fold)
-//! RUN/cv-summary.json     per-fold metrics and mean ± std (k ≥ 2); cv-summary.md the same as a table
-//! RUN/train.jsonl, RUN/model.safetensors, ...   (k = 0: the final model, no held-out data)
-//! ```
+//! everything given (`--folds 0`), in a run folder whose layout `crate::runfolder` owns.
 //!
 //! In each fold a patient-level `validation.fraction` of the training folds picks the best
 //! epoch; the held-out fold is evaluated once, with that model. Every fold starts from the same
@@ -17,38 +7,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::config::TrainConfig;
-use super::trainer::{Finish, MODEL_FILE, TrainJob, train};
+use super::trainer::{Finish, TrainJob, train};
 use crate::data::dataset::Dataset;
 use crate::data::decode::DecodeLimits;
 use crate::data::loader::{InputPipeline, Loader};
-use crate::data::split::{SplitFile, check_split, holdout_split, stratified_patient_kfold};
+use crate::data::split::{Folds, SplitFile, check_split, holdout_split, stratified_patient_kfold};
 use crate::error::{Error, IoContext, Result};
 use crate::eval::evaluate::{EvalReport, predict, write_predictions_csv};
-use crate::eval::metrics::{MeanStd, Metrics, summarise};
+use crate::eval::metrics::{Metrics, summarise};
 use crate::model::weights::load_model;
-
-/// What a run folder was made from (`run.json`), enough to resume it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct RunSpec {
-    pub data: PathBuf,
-    pub label_column: String,
-    pub classes: Vec<String>,
-    pub folds: usize,
-    pub command: String,
-}
-
-impl RunSpec {
-    /// Reads `dir/run.json`.
-    pub fn load(dir: &Path) -> Result<Self> {
-        let path = dir.join(RUN_FILE);
-        serde_json::from_slice(&std::fs::read(&path).at(&path)?)
-            .map_err(|e| Error::bad_file(&path, format!("not a magsd run: {e}")))
-    }
-}
+pub use crate::runfolder::{CONFIG_FILE, CvSummary, FoldResult, RUN_FILE, RunSpec, SPLIT_FILE, SUMMARY_FILE};
+use crate::runfolder::{METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, SUMMARY_MARKDOWN, fold_dir};
 
 pub struct RunOptions {
     pub out: PathBuf,
@@ -60,32 +32,12 @@ pub struct RunOptions {
     pub by: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FoldResult {
-    pub fold: usize,
-    pub train_images: usize,
-    pub val_images: usize,
-    pub test_images: usize,
-    pub best_epoch: Option<usize>,
-    pub metrics: Metrics,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CvSummary {
-    pub folds: Vec<FoldResult>,
-    pub mean_std: std::collections::BTreeMap<String, MeanStd>,
-}
-
 pub enum RunResult {
     CrossValidation(CvSummary),
     Final { model: PathBuf },
     Stopped,
 }
 
-pub const RUN_FILE: &str = "run.json";
-pub const CONFIG_FILE: &str = "config.toml";
-pub const SPLIT_FILE: &str = "split.json";
-pub const SUMMARY_FILE: &str = "cv-summary.json";
 
 pub fn input_pipeline(cfg: &TrainConfig) -> Result<InputPipeline> {
     Ok(InputPipeline {
@@ -201,83 +153,76 @@ pub fn prepare_run_dir(out: &Path, spec: &RunSpec, cfg: &TrainConfig, resume: bo
         }
     }
     std::fs::create_dir_all(out).at(out)?;
-    crate::error::write_atomic(&run_path, &serde_json::to_vec_pretty(spec).expect("serialises"))?;
+    spec.save(out)?;
     crate::error::write_atomic(&out.join(CONFIG_FILE), cfg.to_toml().as_bytes())
 }
 
-/// Trains according to `cfg` on `ds` into `opts.out`, with `folds` as in [`RunSpec`].
-pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions) -> Result<RunResult> {
-    if folds == 1 {
-        return Err(Error::Config("--folds must be 0 (one final model) or at least 2".into()));
-    }
-    if ds.samples.is_empty() {
-        return Err(Error::Data(format!("{}: no images", ds.source.display())));
-    }
-    let model_config = cfg.model_config_for(&ds.classes)?;
-    let loader = Loader::new(ds.clone(), input_pipeline(cfg)?, cfg.seed, cfg.performance.cache);
-    let all: Vec<usize> = (0..ds.samples.len()).collect();
-    let job = |train_idx: Vec<usize>, val_idx: Vec<usize>, dir: PathBuf, label: String| TrainJob {
-        config: cfg.clone(),
-        model_config: model_config.clone(),
-        loader: loader.clone(),
-        train_idx,
-        val_idx,
-        out_dir: dir,
-        device: opts.device,
-        resume: opts.resume,
-        stop_after_steps: opts.stop_after_steps,
-        label,
-        verbose: opts.verbose,
-    };
+/// What every fold of one training config shares: the config, the network and one loader
+/// (so decoded images are cached across folds).
+pub struct FoldRunner {
+    cfg: TrainConfig,
+    ds: Arc<Dataset>,
+    model_config: crate::model::MagSdConfig,
+    loader: Loader,
+}
 
-    if folds == 0 {
-        let outcome = train(&job(all, Vec::new(), opts.out.clone(), "final".into()))?;
-        return Ok(match outcome.finish {
-            Finish::Stopped => RunResult::Stopped,
-            Finish::Completed => RunResult::Final { model: outcome.model_path },
-        });
-    }
-
-    let split_path = opts.out.join(SPLIT_FILE);
-    let split = if split_path.exists() {
-        SplitFile::load(&split_path)?.resolve(&ds, &split_path)?
-    } else {
-        let s = stratified_patient_kfold(&ds, &all, folds, cfg.seed)?;
-        SplitFile::new(&ds, &s).save(&split_path)?;
-        s
-    };
-    check_split(&ds, &split.folds)?;
-
-    let mut results = Vec::new();
-    for k in 0..folds {
-        let dir = opts.out.join(format!("fold-{k}"));
-        let metrics_path = dir.join("metrics.json");
-        let result_path = dir.join("fold.json");
-        if opts.resume && result_path.exists() {
-            let r: FoldResult = serde_json::from_slice(&std::fs::read(&result_path).at(&result_path)?)
-                .map_err(|e| Error::bad_file(&result_path, e.to_string()))?;
-            results.push(r);
-            continue;
+impl FoldRunner {
+    pub fn new(cfg: &TrainConfig, ds: Arc<Dataset>) -> Result<Self> {
+        if ds.samples.is_empty() {
+            return Err(Error::Data(format!("{}: no images", ds.source.display())));
         }
+        let model_config = cfg.model_config_for(&ds.classes)?;
+        let loader = Loader::new(ds.clone(), input_pipeline(cfg)?, cfg.seed, cfg.performance.cache);
+        Ok(FoldRunner { cfg: cfg.clone(), ds, model_config, loader })
+    }
+
+    fn job(&self, train_idx: Vec<usize>, val_idx: Vec<usize>, dir: PathBuf, label: String, opts: &RunOptions) -> TrainJob {
+        TrainJob {
+            config: self.cfg.clone(),
+            model_config: self.model_config.clone(),
+            loader: self.loader.clone(),
+            train_idx,
+            val_idx,
+            out_dir: dir,
+            device: opts.device,
+            resume: opts.resume,
+            stop_after_steps: opts.stop_after_steps,
+            label,
+            verbose: opts.verbose,
+        }
+    }
+
+    /// Trains fold `k` of `split` in `dir` (a patient-level validation split of the other folds
+    /// picks the best epoch), then evaluates the held-out fold once with that model, never
+    /// augmented, and writes `fold.json` last. With `opts.resume` a finished fold (its
+    /// `fold.json` exists) is read back, not redone. `None`: training stopped early.
+    pub fn run_fold(&self, split: &Folds, k: usize, dir: &Path, opts: &RunOptions) -> Result<Option<FoldResult>> {
+        let (cfg, ds) = (&self.cfg, &self.ds);
+        if opts.resume
+            && let Some(r) = FoldResult::load_if_done(dir)?
+        {
+            return Ok(Some(r));
+        }
+        let folds = split.folds.len();
         let test = split.folds[k].clone();
         let rest: Vec<usize> = split.folds.iter().enumerate().filter(|(j, _)| *j != k).flat_map(|(_, f)| f.clone()).collect();
         let (train_idx, val_idx) = if cfg.validation.fraction > 0.0 {
-            holdout_split(&ds, &rest, cfg.validation.fraction, cfg.seed)?
+            holdout_split(ds, &rest, cfg.validation.fraction, cfg.seed)?
         } else {
             (rest, Vec::new())
         };
-        check_split(&ds, &[train_idx.clone(), val_idx.clone(), test.clone()])?;
+        check_split(ds, &[train_idx.clone(), val_idx.clone(), test.clone()])?;
         let label = format!("fold {}/{folds}", k + 1);
-        let outcome = train(&job(train_idx.clone(), val_idx.clone(), dir.clone(), label))?;
+        let outcome = train(&self.job(train_idx.clone(), val_idx.clone(), dir.to_path_buf(), label, opts))?;
         if outcome.finish == Finish::Stopped {
-            return Ok(RunResult::Stopped);
+            return Ok(None);
         }
         // Evaluate the held-out fold once, with the selected model, never augmented.
         let m = load_model(&dir.join(MODEL_FILE), opts.device)?;
-        let p = predict(&m.model, &loader, &test, opts.device, &cfg.predict_options())?;
-        let report = EvalReport::new(&ds, &p, &opts.by)?;
-        report.save(&metrics_path)?;
-        write_predictions_csv(&dir.join("predictions.csv"), &ds, &p)?;
+        let p = predict(&m.model, &self.loader, &test, opts.device, &cfg.predict_options())?;
+        let report = EvalReport::new(ds, &p, &opts.by)?;
+        report.save(&dir.join(METRICS_FILE))?;
+        write_predictions_csv(&dir.join(PREDICTIONS_FILE), ds, &p)?;
         let r = FoldResult {
             fold: k,
             train_images: train_idx.len(),
@@ -286,7 +231,7 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
             best_epoch: outcome.best.map(|b| b.epoch),
             metrics: report.overall,
         };
-        crate::error::write_atomic(&result_path, &serde_json::to_vec_pretty(&r).expect("serialises"))?;
+        r.save(dir)?;
         if opts.verbose {
             eprintln!(
                 "fold {}/{folds}: held-out accuracy {:.4}, macro F1 {:.4}, AUC {}",
@@ -296,12 +241,58 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
                 r.metrics.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
             );
         }
-        results.push(r);
+        Ok(Some(r))
     }
+}
+
+/// The patient-level folds of `split_path`, made (seeded by `seed`) and saved there when the
+/// file does not exist yet; checked to be disjoint.
+pub fn load_or_make_split(ds: &Dataset, split_path: &Path, folds: usize, seed: u64) -> Result<Folds> {
+    let split = if split_path.exists() {
+        SplitFile::load(split_path)?.resolve(ds, split_path)?
+    } else {
+        let all: Vec<usize> = (0..ds.samples.len()).collect();
+        let s = stratified_patient_kfold(ds, &all, folds, seed)?;
+        SplitFile::new(ds, &s).save(split_path)?;
+        s
+    };
+    check_split(ds, &split.folds)?;
+    Ok(split)
+}
+
+/// Per-fold results and their mean ± std.
+pub fn summarise_folds(results: Vec<FoldResult>) -> CvSummary {
     let metrics: Vec<Metrics> = results.iter().map(|r| r.metrics.clone()).collect();
-    let summary = CvSummary { mean_std: summarise(&metrics), folds: results };
-    crate::error::write_atomic(&opts.out.join(SUMMARY_FILE), &serde_json::to_vec_pretty(&summary).expect("serialises"))?;
-    crate::error::write_atomic(&opts.out.join("cv-summary.md"), summary_markdown(&summary, &ds.classes).as_bytes())?;
+    CvSummary { mean_std: summarise(&metrics), folds: results }
+}
+
+/// Trains according to `cfg` on `ds` into `opts.out`, with `folds` as in [`RunSpec`].
+pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions) -> Result<RunResult> {
+    if folds == 1 {
+        return Err(Error::Config("--folds must be 0 (one final model) or at least 2".into()));
+    }
+    let runner = FoldRunner::new(cfg, ds.clone())?;
+
+    if folds == 0 {
+        let all: Vec<usize> = (0..ds.samples.len()).collect();
+        let outcome = train(&runner.job(all, Vec::new(), opts.out.clone(), "final".into(), opts))?;
+        return Ok(match outcome.finish {
+            Finish::Stopped => RunResult::Stopped,
+            Finish::Completed => RunResult::Final { model: outcome.model_path },
+        });
+    }
+
+    let split = load_or_make_split(&ds, &opts.out.join(SPLIT_FILE), folds, cfg.seed)?;
+    let mut results = Vec::new();
+    for k in 0..folds {
+        match runner.run_fold(&split, k, &fold_dir(&opts.out, k), opts)? {
+            Some(r) => results.push(r),
+            None => return Ok(RunResult::Stopped),
+        }
+    }
+    let summary = summarise_folds(results);
+    summary.save(&opts.out)?;
+    crate::error::write_atomic(&opts.out.join(SUMMARY_MARKDOWN), summary_markdown(&summary, &ds.classes).as_bytes())?;
     Ok(RunResult::CrossValidation(summary))
 }
 

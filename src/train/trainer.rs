@@ -42,10 +42,7 @@ use crate::rng::{Rng, mix};
 /// Set by the command line's Ctrl-C handler: training stops after the current step and saves.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-pub const LOG_FILE: &str = "train.jsonl";
-pub const LAST_CHECKPOINT: &str = "checkpoint-last.safetensors";
-pub const BEST_CHECKPOINT: &str = "checkpoint-best.safetensors";
-pub const MODEL_FILE: &str = "model.safetensors";
+pub use crate::runfolder::{BEST_CHECKPOINT, LAST_CHECKPOINT, LOG_FILE, MODEL_FILE};
 
 /// One training run: a model, the images to train and validate on, and where to write.
 pub struct TrainJob {

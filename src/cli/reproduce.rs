@@ -1,0 +1,239 @@
+//! `magsd reproduce`: the paper's Tables 3–8 on the user's data, locally, on several GPUs or as
+//! a Slurm job array.
+use std::path::PathBuf;
+
+use super::model::toml_string;
+use crate::error::{Error, Result};
+use crate::reproduce::collect::{BootstrapOptions, collect};
+use crate::reproduce::slurm::{SlurmOptions, submit, write_job};
+use crate::reproduce::{Grid, GridRequest, UnitOutcome, UnitRunner, rows, run_on_gpus, run_sequential};
+use crate::train::config::TrainConfig;
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+  magsd reproduce --data ../shared/data/cxr-demo --preset tiny --table 7 --folds 2 --epochs 1 --out runs/t7\n  \
+  magsd reproduce --data ../shared/data/cxr/manifest.csv --table all --folds 5 --epochs 100 --out runs/paper --gpus 0,1,2,3\n  \
+  magsd reproduce --data x.csv --table 3,8 --out runs/grid --slurm --partition gpu --time 12:00:00 --account proj\n  \
+  magsd reproduce --out runs/grid --collect      # the tables from whatever has finished\n  \
+  magsd reproduce --out runs/grid                # resume: finished units are never redone\n\n\
+One unit = one table row x one fold; every row uses the same folds (DIR/split.json). Rows are the\n\
+user's preset/config/--set plus each row's overrides (see the tables' 'Rows' section).")]
+pub struct ReproduceArgs {
+    /// Images: an ImageFolder root, a folder with manifest.csv, or a manifest CSV (needed to
+    /// start a grid; an existing grid folder remembers it).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value = "label")]
+    pub label_column: String,
+    /// Keep only these classes, in this order (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
+    /// Tables: 3, 4, 5, 6, 7, 8 or all (comma-separated or repeated).
+    #[arg(long)]
+    pub table: Vec<String>,
+    /// Only these rows of the tables (their folder names, e.g. resnet18,magsd); default: all.
+    #[arg(long, value_delimiter = ',')]
+    pub rows: Vec<String>,
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// paper, authors-code or tiny (default: paper, or the config file's preset).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// A TOML config (a run's config.toml works).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override any setting of every row: section.key=value (TOML value), repeatable.
+    #[arg(long = "set")]
+    pub set: Vec<String>,
+    /// The grid folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Write the grid and its unit list (DIR/plan.json), run nothing.
+    #[arg(long, conflicts_with_all = ["unit", "collect", "slurm"])]
+    pub plan: bool,
+    /// Run unit N of DIR/plan.json only (what a Slurm array task runs).
+    #[arg(long, conflicts_with_all = ["collect", "slurm", "gpus"])]
+    pub unit: Option<usize>,
+    /// Build the tables from the finished units and list the missing ones.
+    #[arg(long, conflicts_with_all = ["slurm", "gpus"])]
+    pub collect: bool,
+    /// Run one unit per GPU at a time as child processes (CUDA_VISIBLE_DEVICES), e.g. 0,1,2,3.
+    #[arg(long, value_delimiter = ',')]
+    pub gpus: Option<Vec<String>>,
+    /// Write DIR/slurm/job.sh (a job array over the pending units) and submit it with sbatch.
+    #[arg(long)]
+    pub slurm: bool,
+    /// With --slurm: write the job script only.
+    #[arg(long, requires = "slurm")]
+    pub no_submit: bool,
+    /// With --slurm: wait until every array task has ended (sbatch --wait), then collect.
+    #[arg(long, requires = "slurm")]
+    pub wait: bool,
+    #[arg(long, requires = "slurm")]
+    pub partition: Option<String>,
+    /// Time limit per array task (Slurm syntax, e.g. 12:00:00).
+    #[arg(long, requires = "slurm")]
+    pub time: Option<String>,
+    #[arg(long, requires = "slurm")]
+    pub account: Option<String>,
+    /// GPUs per array task (0 for CPU-only clusters).
+    #[arg(long, default_value_t = 1)]
+    pub gpus_per_task: u32,
+    #[arg(long, requires = "slurm")]
+    pub cpus_per_task: Option<u32>,
+    #[arg(long, requires = "slurm")]
+    pub mem: Option<String>,
+    /// At most this many array tasks at once.
+    #[arg(long, requires = "slurm")]
+    pub max_parallel: Option<u32>,
+    /// Any other sbatch option for the job script (repeatable), e.g. --sbatch=--qos=long.
+    #[arg(long = "sbatch", requires = "slurm", allow_hyphen_values = true)]
+    pub sbatch: Vec<String>,
+    /// Bootstrap resamples for the confidence intervals.
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap: usize,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl ReproduceArgs {
+    fn overrides(&self) -> Vec<String> {
+        let mut o = self.set.clone();
+        if let Some(e) = self.epochs {
+            o.push(format!("epochs={e}"));
+        }
+        o.push(format!("data.label_column={}", toml_string(&self.label_column)));
+        if let Some(c) = &self.classes {
+            let list: Vec<String> = c.iter().map(|s| toml_string(s)).collect();
+            o.push(format!("data.classes=[{}]", list.join(", ")));
+        }
+        o
+    }
+
+    /// Opens the grid in --out, creating it when --data is given.
+    fn grid(&self) -> Result<Grid> {
+        let Some(data) = &self.data else {
+            return Grid::open(&self.out);
+        };
+        let base = TrainConfig::resolve(self.preset.as_deref(), self.config.as_deref(), &self.overrides())?;
+        let req = GridRequest {
+            data: data.clone(),
+            dataset: crate::data::dataset::DatasetOptions { label_column: base.data.label_column.clone(), classes: base.data.classes.clone(), ..Default::default() },
+            folds: self.folds,
+            tables: rows::parse_tables(&self.table)?,
+            only_rows: self.rows.clone(),
+            base,
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+        };
+        Grid::init(&self.out, &req)
+    }
+}
+
+fn collect_and_print(grid: &Grid, args: &ReproduceArgs) -> Result<i32> {
+    let c = collect(grid, BootstrapOptions { resamples: args.bootstrap, ..Default::default() })?;
+    for (n, html) in &c.reports {
+        println!("table {n}: {}", html.display());
+    }
+    if c.missing.is_empty() {
+        println!("all {} units finished", grid.units.len());
+    } else {
+        println!("{} of {} units missing:", c.missing.len(), grid.units.len());
+        for u in &c.missing {
+            println!("  unit {}: row {}, fold {}", u.index, u.row, u.fold);
+        }
+    }
+    Ok(0)
+}
+
+pub fn run(args: ReproduceArgs) -> Result<i32> {
+    if args.bootstrap == 0 {
+        return Err(Error::Config("--bootstrap must be at least 1 (1,000 or more for a 95 % interval)".into()));
+    }
+    if args.data.is_some() && args.table.is_empty() {
+        return Err(Error::Config("--table: name the tables to reproduce (3, 4, 5, 6, 7, 8 or all)".into()));
+    }
+    let grid = args.grid()?;
+    let verbose = !args.quiet;
+    if let Some(n) = args.unit {
+        let u = grid.unit(n)?.clone();
+        super::install_ctrl_c();
+        return Ok(match UnitRunner::new(&grid, verbose)?.run(&u)? {
+            UnitOutcome::AlreadyDone => {
+                println!("unit {n} (row {}, fold {}) had finished already", u.row, u.fold);
+                0
+            }
+            UnitOutcome::Done => {
+                println!("unit {n} (row {}, fold {}) finished: {}", u.row, u.fold, grid.unit_dir(&u).display());
+                0
+            }
+            UnitOutcome::Stopped => {
+                eprintln!("unit {n} stopped with a checkpoint; rerun it to continue");
+                130
+            }
+        });
+    }
+    if args.plan {
+        let pending = grid.pending()?.len();
+        println!(
+            "{} units ({} rows × {} folds), {pending} not finished: {}",
+            grid.units.len(),
+            grid.units.len() / grid.spec.folds,
+            grid.spec.folds,
+            grid.dir.join(crate::reproduce::PLAN_FILE).display()
+        );
+        return Ok(0);
+    }
+    if args.collect {
+        return collect_and_print(&grid, &args);
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::Config(format!("cannot find the magsd binary: {e}")))?;
+    if args.slurm {
+        let opts = SlurmOptions {
+            partition: args.partition.clone(),
+            time: args.time.clone(),
+            account: args.account.clone(),
+            gpus_per_task: args.gpus_per_task,
+            cpus_per_task: args.cpus_per_task,
+            mem: args.mem.clone(),
+            max_parallel: args.max_parallel,
+            extra: args.sbatch.clone(),
+        };
+        let Some(job) = write_job(&grid, &exe, &opts)? else {
+            println!("every unit has finished; nothing to submit");
+            return collect_and_print(&grid, &args);
+        };
+        println!("job script: {}", job.display());
+        if args.no_submit {
+            println!("submit it with: sbatch {}\nthen: magsd reproduce --out {} --collect", job.display(), grid.dir.display());
+            return Ok(0);
+        }
+        let id = submit(&job, args.wait)?;
+        println!("submitted job {id}");
+        if args.wait {
+            return collect_and_print(&grid, &args);
+        }
+        println!("when it has finished: magsd reproduce --out {} --collect", grid.dir.display());
+        return Ok(0);
+    }
+    super::install_ctrl_c();
+    if verbose {
+        eprintln!("magsd reproduce: {} units ({} not finished) in {}", grid.units.len(), grid.pending()?.len(), grid.dir.display());
+    }
+    match &args.gpus {
+        Some(gpus) if !gpus.is_empty() => {
+            let failed = run_on_gpus(&grid, &exe, gpus, verbose)?;
+            if !failed.is_empty() {
+                eprintln!("{} units failed: {failed:?}", failed.len());
+            }
+        }
+        _ => {
+            if run_sequential(&grid, verbose)? == UnitOutcome::Stopped {
+                eprintln!("stopped; rerun `magsd reproduce --out {}` to continue", grid.dir.display());
+                return Ok(130);
+            }
+        }
+    }
+    collect_and_print(&grid, &args)
+}

@@ -1,0 +1,363 @@
+//! `magsd reproduce --collect`: the tables from whatever units have finished — per table a
+//! Markdown/HTML report in the paper's layout (mean ± std over folds), the paper's numbers
+//! beside ours, Fig. 6 (one ROC curve per row from pooled out-of-fold predictions), paired
+//! tests against MAG-SD and patient-level bootstrap intervals (`eval::stats`).
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::rows::{MAGSD, PAPER_MAGSD, Table};
+use super::{Grid, Unit};
+use crate::error::Result;
+use crate::eval::metrics::{MeanStd, Metrics, compute};
+use crate::eval::stats::{BootstrapCi, PairedT, Wilcoxon, bootstrap_ci, paired_t_test, wilcoxon_signed_rank};
+use crate::report::document::Document;
+use crate::report::plots::{RocRow, RowsRocFigure, save};
+use crate::runfolder::{FoldResult, PREDICTIONS_FILE, SUMMARY_MARKDOWN, fold_dir, read_predictions, write_json};
+use crate::train::cv::{summarise_folds, summary_markdown};
+
+/// Bootstrap settings: resamples, seed, level.
+#[derive(Clone, Copy, Debug)]
+pub struct BootstrapOptions {
+    pub resamples: usize,
+    pub seed: u64,
+}
+
+impl Default for BootstrapOptions {
+    fn default() -> Self {
+        BootstrapOptions { resamples: 1000, seed: 0 }
+    }
+}
+
+/// A row against MAG-SD over the folds both have finished: paired t and Wilcoxon tests of the
+/// per-fold accuracy and macro-F1.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Comparison {
+    pub folds: Vec<usize>,
+    pub accuracy_diff: f64,
+    pub accuracy_t: Option<PairedT>,
+    pub accuracy_wilcoxon: Option<Wilcoxon>,
+    pub f1_diff: f64,
+    pub f1_t: Option<PairedT>,
+    pub f1_wilcoxon: Option<Wilcoxon>,
+}
+
+/// One row of a table as collected.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RowResult {
+    pub id: String,
+    pub label: String,
+    pub note: Option<String>,
+    /// The paper's ACC (%) on its datasets A, B, C (spec §9), for reference.
+    pub paper_acc: Option<[f64; 3]>,
+    pub folds: Vec<FoldResult>,
+    pub missing_folds: Vec<usize>,
+    pub mean_std: BTreeMap<String, MeanStd>,
+    /// Metrics of the pooled out-of-fold predictions of the finished folds.
+    pub pooled: Option<Metrics>,
+    /// 95 % patient-level bootstrap intervals of the pooled accuracy, macro-F1 and AUC.
+    pub bootstrap: BTreeMap<String, BootstrapCi>,
+    pub vs_magsd: Option<Comparison>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TableResult {
+    pub number: u8,
+    pub title: String,
+    pub classes: Vec<String>,
+    pub folds: usize,
+    pub rows: Vec<RowResult>,
+}
+
+/// What `collect` wrote and what is still missing.
+pub struct Collected {
+    /// (table number, report.html).
+    pub reports: Vec<(u8, PathBuf)>,
+    pub missing: Vec<Unit>,
+}
+
+/// A row's finished folds and their pooled predictions.
+struct RowData {
+    folds: Vec<FoldResult>,
+    missing: Vec<usize>,
+    names: Vec<String>,
+    labels: Vec<usize>,
+    probs: Vec<Vec<f64>>,
+}
+
+fn load_row(grid: &Grid, id: &str) -> Result<RowData> {
+    let classes = &grid.spec.classes;
+    let mut d = RowData { folds: Vec::new(), missing: Vec::new(), names: Vec::new(), labels: Vec::new(), probs: Vec::new() };
+    for k in 0..grid.spec.folds {
+        let dir = fold_dir(&grid.row_dir(id), k);
+        match FoldResult::load_if_done(&dir)? {
+            None => d.missing.push(k),
+            Some(r) => {
+                for (name, y, p) in read_predictions(&dir.join(PREDICTIONS_FILE), classes)? {
+                    d.names.push(name);
+                    d.labels.push(y);
+                    d.probs.push(p);
+                }
+                d.folds.push(r);
+            }
+        }
+    }
+    Ok(d)
+}
+
+fn compare(row: &RowData, reference: &RowData) -> Option<Comparison> {
+    let pairs: Vec<(&FoldResult, &FoldResult)> =
+        row.folds.iter().filter_map(|a| reference.folds.iter().find(|b| b.fold == a.fold).map(|b| (a, b))).collect();
+    if pairs.is_empty() {
+        return None;
+    }
+    let pick = |f: fn(&Metrics) -> f64| -> (Vec<f64>, Vec<f64>) {
+        (pairs.iter().map(|(a, _)| f(&a.metrics)).collect(), pairs.iter().map(|(_, b)| f(&b.metrics)).collect())
+    };
+    let mean_diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).sum::<f64>() / a.len() as f64;
+    let (acc_a, acc_b) = pick(|m| m.accuracy);
+    let (f1_a, f1_b) = pick(|m| m.f1);
+    Some(Comparison {
+        folds: pairs.iter().map(|(a, _)| a.fold).collect(),
+        accuracy_diff: mean_diff(&acc_a, &acc_b),
+        accuracy_t: paired_t_test(&acc_a, &acc_b),
+        accuracy_wilcoxon: wilcoxon_signed_rank(&acc_a, &acc_b),
+        f1_diff: mean_diff(&f1_a, &f1_b),
+        f1_t: paired_t_test(&f1_a, &f1_b),
+        f1_wilcoxon: wilcoxon_signed_rank(&f1_a, &f1_b),
+    })
+}
+
+type MetricFn = fn(&Metrics) -> Option<f64>;
+
+fn bootstrap(d: &RowData, patients: &BTreeMap<String, String>, classes: &[String], opts: BootstrapOptions) -> BTreeMap<String, BootstrapCi> {
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, name) in d.names.iter().enumerate() {
+        let key = patients.get(name).cloned().unwrap_or_else(|| format!("image:{name}"));
+        groups.entry(key).or_default().push(i);
+    }
+    let groups: Vec<Vec<usize>> = groups.into_values().collect();
+    let metric = |idx: &[usize]| {
+        let labels: Vec<usize> = idx.iter().map(|&i| d.labels[i]).collect();
+        let probs: Vec<Vec<f64>> = idx.iter().map(|&i| d.probs[i].clone()).collect();
+        compute(&labels, &probs, classes)
+    };
+    let mut out = BTreeMap::new();
+    let stats: [(&str, MetricFn); 3] = [("accuracy", |m| Some(m.accuracy)), ("f1", |m| Some(m.f1)), ("auc", |m| m.auc)];
+    for (i, (name, f)) in stats.into_iter().enumerate() {
+        // One stream per statistic, the same for every row.
+        let seed = crate::rng::mix(opts.seed, &[i as u64]);
+        if let Some(ci) = bootstrap_ci(&groups, opts.resamples, seed, 0.95, |idx| f(&metric(idx))) {
+            out.insert(name.to_string(), ci);
+        }
+    }
+    out
+}
+
+/// Collects every table of the grid; rows whose folds have all finished also get their
+/// run folder's `cv-summary.json`, so `magsd report DIR/ROW` works on them.
+pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
+    let classes = grid.spec.classes.clone();
+    let patients = grid.patients()?;
+    let mut data: BTreeMap<String, RowData> = BTreeMap::new();
+    for r in grid.spec.rows() {
+        let d = load_row(grid, r.id)?;
+        if d.missing.is_empty() {
+            let summary = summarise_folds(d.folds.clone());
+            let dir = grid.row_dir(r.id);
+            summary.save(&dir)?;
+            crate::error::write_atomic(&dir.join(SUMMARY_MARKDOWN), summary_markdown(&summary, &classes).as_bytes())?;
+        }
+        data.insert(r.id.to_string(), d);
+    }
+    let mut boots: BTreeMap<String, BTreeMap<String, BootstrapCi>> = BTreeMap::new();
+    let mut reports = Vec::new();
+    for t in grid.spec.tables() {
+        let mut result = TableResult { number: t.number, title: t.title.into(), classes: classes.clone(), folds: grid.spec.folds, rows: Vec::new() };
+        for tr in &t.rows {
+            let d = &data[tr.row.id];
+            if !boots.contains_key(tr.row.id) {
+                boots.insert(tr.row.id.to_string(), if d.labels.is_empty() { BTreeMap::new() } else { bootstrap(d, &patients, &classes, opts) });
+            }
+            let metrics: Vec<Metrics> = d.folds.iter().map(|f| f.metrics.clone()).collect();
+            result.rows.push(RowResult {
+                id: tr.row.id.into(),
+                label: tr.label.into(),
+                note: tr.note.map(String::from),
+                paper_acc: tr.paper_acc,
+                folds: d.folds.clone(),
+                missing_folds: d.missing.clone(),
+                mean_std: if metrics.is_empty() { BTreeMap::new() } else { crate::eval::metrics::summarise(&metrics) },
+                pooled: (!d.labels.is_empty()).then(|| compute(&d.labels, &d.probs, &classes)),
+                bootstrap: boots[tr.row.id].clone(),
+                vs_magsd: data.get(MAGSD.id).filter(|_| tr.row != MAGSD).and_then(|m| compare(d, m)),
+            });
+        }
+        let dir = grid.dir.join(format!("table-{}", t.number));
+        write_json(&dir.join("results.json"), &result)?;
+        let rows_roc: Vec<RocRow> = t
+            .rows
+            .iter()
+            .zip(&result.rows)
+            .filter(|(tr, _)| !data[tr.row.id].labels.is_empty())
+            .map(|(tr, r)| RocRow {
+                name: tr.label.to_string(),
+                labels: &data[tr.row.id].labels,
+                probs: &data[tr.row.id].probs,
+                auc: r.pooled.as_ref().and_then(|m| m.auc),
+            })
+            .collect();
+        let has_figure = !rows_roc.is_empty();
+        if has_figure {
+            let fig = RowsRocFigure { title: format!("Table {}: ROC, pooled out-of-fold (macro average)", t.number), classes: classes.len(), rows: rows_roc };
+            save(&fig, &dir.join("roc"))?;
+        }
+        let (_, html) = document(&t, &result, grid, has_figure, opts).write(&dir)?;
+        reports.push((t.number, html));
+    }
+    let missing = grid.pending()?.into_iter().cloned().collect();
+    Ok(Collected { reports, missing })
+}
+
+fn pct(v: f64) -> String {
+    format!("{:.2}", 100.0 * v)
+}
+
+fn ms(r: &RowResult, key: &str) -> String {
+    r.mean_std.get(key).filter(|v| v.n > 0).map(|v| format!("{} ± {}", pct(v.mean), pct(v.std))).unwrap_or_else(|| "—".into())
+}
+
+fn p_value(p: Option<f64>) -> String {
+    match p {
+        None => "n/a".into(),
+        Some(p) if p < 0.001 => format!("{p:.1e}"),
+        Some(p) => format!("{p:.3}"),
+    }
+}
+
+fn ci(r: &RowResult, key: &str) -> String {
+    match (r.pooled.as_ref(), r.bootstrap.get(key)) {
+        (_, Some(c)) => format!("{} [{}, {}]", pct(c.estimate), pct(c.low), pct(c.high)),
+        (Some(m), None) if key == "accuracy" => pct(m.accuracy),
+        _ => "n/a".into(),
+    }
+}
+
+fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: BootstrapOptions) -> Document {
+    let k = res.classes.len();
+    let mut doc = Document::new(format!("Table {}: {}", t.number, t.title));
+    doc.p(format!(
+        "Data: {} (label column '{}'; {} classes: {}); {}-fold patient-level cross-validation, the same folds for every row ({}).",
+        grid.spec.data.display(),
+        grid.spec.label_column,
+        k,
+        res.classes.join(", "),
+        res.folds,
+        grid.dir.join(crate::runfolder::SPLIT_FILE).display()
+    ));
+    let missing: usize = res.rows.iter().map(|r| r.missing_folds.len()).sum();
+    if missing > 0 {
+        doc.p(format!(
+            "Incomplete: {missing} row × fold units of this table have not finished; their rows show the finished folds only \
+             (see the folds column). Rerun `magsd reproduce --out {}` to finish them.",
+            grid.dir.display()
+        ));
+    }
+    let mut header: Vec<String> = ["Method", "ACC %", "SEN %", "SPC %", "F1 %", "AUC %", "folds"].iter().map(|s| s.to_string()).collect();
+    header.extend(["paper ACC % A (2 classes)", "paper B (3)", "paper C (4)"].iter().map(|s| s.to_string()));
+    let rows: Vec<Vec<String>> = res
+        .rows
+        .iter()
+        .map(|r| {
+            let mut v = vec![
+                r.label.clone(),
+                ms(r, "accuracy"),
+                ms(r, "sensitivity"),
+                ms(r, "specificity"),
+                ms(r, "f1"),
+                ms(r, "auc"),
+                format!("{}/{}", r.folds.len(), res.folds),
+            ];
+            match r.paper_acc {
+                Some(a) => v.extend(a.iter().map(|x| format!("{x:.2}"))),
+                None => v.extend(["—".to_string(), "—".into(), "—".into()]),
+            }
+            v
+        })
+        .collect();
+    doc.table(header, rows);
+    doc.p(
+        "Ours: mean ± std over the held-out folds (std with n − 1); SEN, SPC, F1 and AUC are unweighted means over \
+         classes (one-vs-rest), SPC = TN/(TN+FP). Paper: the paper's reported accuracy on its own datasets A, B and C \
+         (spec §9), for reference only — other data, other folds; — where spec §9 does not give the paper's number.",
+    );
+    for r in res.rows.iter().filter(|r| r.note.is_some()) {
+        doc.p(format!("{}: {}.", r.label, r.note.as_deref().unwrap_or_default()));
+    }
+    if let Some((name, _, v, s)) = PAPER_MAGSD.iter().find(|(_, kk, _, _)| *kk == k) {
+        doc.p(format!(
+            "The paper's MAG-SD on its dataset {name} ({k} classes): ACC {:.2} ± {:.2}, SEN {:.2} ± {:.2}, SPC {:.2} ± {:.2}, \
+             F1 {:.2} ± {:.2}, AUC {:.2}.",
+            v[0], s[0], v[1], s[1], v[2], s[2], v[3], s[3], v[4]
+        ));
+    }
+
+    doc.h(2, "Statistics");
+    let header: Vec<String> = [
+        "Method",
+        "pooled ACC % [95% CI]",
+        "pooled F1 % [95% CI]",
+        "pooled AUC % [95% CI]",
+        "ΔACC vs MAG-SD",
+        "p (t)",
+        "p (Wilcoxon)",
+        "ΔF1 vs MAG-SD",
+        "p (t)",
+        "p (Wilcoxon)",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let rows: Vec<Vec<String>> = res
+        .rows
+        .iter()
+        .map(|r| {
+            let mut v = vec![r.label.clone(), ci(r, "accuracy"), ci(r, "f1"), ci(r, "auc")];
+            match &r.vs_magsd {
+                None => v.extend(["—".to_string(), "—".into(), "—".into(), "—".into(), "—".into(), "—".into()]),
+                Some(c) => v.extend([
+                    format!("{:+.2}", 100.0 * c.accuracy_diff),
+                    p_value(c.accuracy_t.as_ref().map(|t| t.p)),
+                    p_value(c.accuracy_wilcoxon.as_ref().map(|w| w.p)),
+                    format!("{:+.2}", 100.0 * c.f1_diff),
+                    p_value(c.f1_t.as_ref().map(|t| t.p)),
+                    p_value(c.f1_wilcoxon.as_ref().map(|w| w.p)),
+                ]),
+            }
+            v
+        })
+        .collect();
+    doc.table(header, rows);
+    doc.p(format!(
+        "Pooled: every image predicted once, by the fold model that did not see it; 95 % percentile bootstrap intervals \
+         over {} resamples of patients (not images; seed {}). Δ: mean over the folds both rows finished of (row − MAG-SD), \
+         in percentage points; p: two-sided paired t-test and Wilcoxon signed-rank test of the per-fold values \
+         (zero differences dropped; exact or sign-flip enumeration for small n, as SciPy). With 5 folds the Wilcoxon \
+         p-value cannot be below 0.0625; n/a: undefined (e.g. identical differences in every fold).",
+        opts.resamples, opts.seed
+    ));
+    if has_figure {
+        doc.image(
+            "roc.png",
+            "Fig. 6: ROC of every row from pooled out-of-fold predictions. With more than two classes each curve is the \
+             macro average (one-vs-rest TPR averaged over classes at each FPR); with two, the curve of the second class. \
+             Legend: the pooled macro AUC (as in the statistics table).",
+        );
+    }
+    doc.h(2, "Rows");
+    let rows: Vec<Vec<String>> =
+        t.rows.iter().map(|tr| vec![tr.label.to_string(), tr.row.id.to_string(), if tr.row.overrides.is_empty() { "(the base config)".into() } else { tr.row.overrides.join(" ") }]).collect();
+    doc.table(vec!["Method".into(), "folder".into(), "config overrides".into()], rows);
+    doc
+}

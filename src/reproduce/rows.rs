@@ -1,0 +1,221 @@
+//! The paper's Tables 3–8 as rows: each row is a name and `--set`-style config overrides applied
+//! on top of the user's preset/config, with the paper's own accuracies (spec §9) for reference.
+//!
+//! A row that appears in several tables (MAG-SD itself is the reference row of every table) is
+//! trained once. Table 7's "no augmentation" row is MAG-SD(0AUG): with no augmented branch the
+//! loss is the raw branch's cross-entropy, so there is no soft-distance term either (spec §3).
+
+/// One trained configuration (its folder under the grid is its `id`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Row {
+    pub id: &'static str,
+    /// Config overrides (`section.key=value`, TOML values), after the user's.
+    pub overrides: &'static [&'static str],
+}
+
+/// The paper's accuracy (%) of a row on its datasets A (2 classes), B (3) and C (4), spec §9.
+pub type PaperAcc = [f64; 3];
+
+/// A row as a table shows it.
+#[derive(Clone, Copy, Debug)]
+pub struct TableRow {
+    pub row: Row,
+    pub label: &'static str,
+    pub paper_acc: Option<PaperAcc>,
+    pub note: Option<&'static str>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Table {
+    pub number: u8,
+    pub title: &'static str,
+    pub rows: Vec<TableRow>,
+}
+
+pub const TABLES: [u8; 6] = [3, 4, 5, 6, 7, 8];
+
+/// The reference row of every table: the user's config unchanged.
+pub const MAGSD: Row = Row { id: "magsd", overrides: &[] };
+pub const MAGSD_0AUG: Row = Row { id: "magsd-0aug", overrides: &["method.augmentations=[]"] };
+
+/// A Table 3 baseline: `model.arch` selects the network (the baseline networks' config key);
+/// trained with the raw branch's cross-entropy only (no attention-guided augmentation).
+const fn baseline(id: &'static str, overrides: &'static [&'static str]) -> Row {
+    Row { id, overrides }
+}
+
+/// The paper's MAG-SD row in full (spec §9): ACC, SEN, SPC, F1, AUC (%) per dataset.
+pub const PAPER_MAGSD: [(&str, usize, [f64; 5], [f64; 4]); 3] = [
+    ("A", 2, [96.94, 97.83, 94.93, 96.23, 99.94], [1.10, 1.53, 1.26, 1.02]),
+    ("B", 3, [95.85, 95.74, 97.73, 95.54, 98.72], [1.27, 1.20, 0.45, 1.59]),
+    ("C", 4, [87.12, 87.20, 95.20, 86.98, 95.11], [1.55, 1.64, 0.64, 1.27]),
+];
+
+const PAPER_MAGSD_ACC: PaperAcc = [96.94, 95.85, 87.12];
+
+fn row(row: Row, label: &'static str, paper_acc: Option<PaperAcc>) -> TableRow {
+    TableRow { row, label, paper_acc, note: None }
+}
+
+/// Table `n` (3–8).
+pub fn table(n: u8) -> Option<Table> {
+    let magsd = row(MAGSD, "MAG-SD", Some(PAPER_MAGSD_ACC));
+    let t = match n {
+        3 => Table {
+            number: 3,
+            title: "MAG-SD against other networks",
+            rows: vec![
+                row(baseline("vgg16", &["model.arch=\"vgg16\"", "method.augmentations=[]"]), "VGG16", None),
+                row(baseline("resnet18", &["model.arch=\"resnet18\"", "method.augmentations=[]"]), "ResNet18", None),
+                row(
+                    baseline("resnet50", &["model.arch=\"resnet50\"", "method.augmentations=[]"]),
+                    "ResNet50",
+                    Some([92.94, 92.56, 82.94]),
+                ),
+                row(baseline("inception-v3", &["model.arch=\"inception-v3\"", "method.augmentations=[]"]), "InceptionV3", None),
+                row(baseline("covid-net", &["model.arch=\"covid-net\"", "method.augmentations=[]"]), "COVID-Net", None),
+                row(baseline("bcnn", &["model.arch=\"bcnn\"", "method.augmentations=[]"]), "BCNN", None),
+                row(
+                    baseline("bcnn-attention", &["model.arch=\"bcnn-attention\"", "method.augmentations=[]"]),
+                    "BCNN(Attention)",
+                    Some([96.43, 95.11, 85.04]),
+                ),
+                row(baseline("fpn", &["model.arch=\"fpn\"", "method.augmentations=[]"]), "FPN", None),
+                row(baseline("unet", &["model.arch=\"unet\"", "method.augmentations=[]"]), "U-Net", None),
+                row(MAGSD_0AUG, "MAG-SD(0AUG)", Some([94.31, 93.25, 84.13])),
+                magsd,
+            ],
+        },
+        4 => Table {
+            number: 4,
+            title: "CLAHE",
+            rows: vec![row(Row { id: "no-clahe", overrides: &["data.clahe=false"] }, "w/o CLAHE", Some([95.56, 93.45, 85.47])), TableRow {
+                label: "with CLAHE (MAG-SD)",
+                ..magsd
+            }],
+        },
+        5 => Table {
+            number: 5,
+            title: "Attention scales",
+            rows: vec![
+                row(Row { id: "scales-7", overrides: &["model.scales=\"7\""] }, "7×7", Some([95.31, 94.75, 85.44])),
+                TableRow { label: "7×7 + 14×14 (MAG-SD)", ..magsd },
+                row(Row { id: "scales-7-14-28", overrides: &["model.scales=\"7+14+28\""] }, "7×7 + 14×14 + 28×28", Some([95.88, 94.74, 85.01])),
+            ],
+        },
+        6 => Table {
+            number: 6,
+            title: "Pooling",
+            rows: vec![
+                row(Row { id: "gmp", overrides: &["model.head=\"gmp\""] }, "GMP", Some([94.31, 94.47, 84.79])),
+                row(Row { id: "gap", overrides: &["model.head=\"gap\""] }, "GAP", Some([95.06, 94.91, 85.09])),
+                TableRow { label: "BAP (MAG-SD)", ..magsd },
+            ],
+        },
+        7 => Table {
+            number: 7,
+            title: "Attention-guided augmentations",
+            rows: vec![
+                row(MAGSD_0AUG, "none (= MAG-SD(0AUG))", None),
+                row(Row { id: "aug-mixup", overrides: &["method.augmentations=[\"mixup\"]"] }, "mix-up", Some([94.69, 93.56, 85.47])),
+                TableRow {
+                    note: Some("the paper's table header (AM+AD) names this combination for its two-augmentation row"),
+                    ..row(
+                        Row { id: "aug-mixup-dimming", overrides: &["method.augmentations=[\"mixup\", \"dimming\"]"] },
+                        "mix-up + dimming",
+                        Some([95.81, 94.97, 86.31]),
+                    )
+                },
+                TableRow {
+                    note: Some("the paper's text names this combination for the same row; its numbers are printed with mix-up + dimming"),
+                    ..row(
+                        Row { id: "aug-mixup-patching", overrides: &["method.augmentations=[\"mixup\", \"patching\"]"] },
+                        "mix-up + patching",
+                        None,
+                    )
+                },
+                TableRow { label: "mix-up + dimming + patching (MAG-SD)", ..magsd },
+            ],
+        },
+        8 => Table {
+            number: 8,
+            title: "Soft distance against the mean cross-entropy",
+            rows: vec![
+                row(Row { id: "mean-ce", overrides: &["method.loss.variant=\"mean-ce\""] }, "mean CE (the paper's \"L2\")", Some([95.93, 94.62, 83.99])),
+                TableRow { label: "soft distance (MAG-SD)", ..magsd },
+            ],
+        },
+        _ => return None,
+    };
+    Some(t)
+}
+
+/// Parses `3`, `4,7` or `all` into table numbers.
+pub fn parse_tables(specs: &[String]) -> crate::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for s in specs.iter().flat_map(|s| s.split(',')).map(str::trim) {
+        if s == "all" {
+            out.extend(TABLES);
+            continue;
+        }
+        let n: u8 = s
+            .parse()
+            .ok()
+            .filter(|n| TABLES.contains(n))
+            .ok_or_else(|| crate::Error::Config(format!("--table {s}: use 3, 4, 5, 6, 7, 8 or all")))?;
+        out.push(n);
+    }
+    if out.is_empty() {
+        return Err(crate::Error::Config("--table: name at least one of 3, 4, 5, 6, 7, 8 or all".into()));
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// The distinct rows of `tables`, in table order (each trained once).
+pub fn rows_of(tables: &[u8]) -> Vec<Row> {
+    let mut out: Vec<Row> = Vec::new();
+    for t in tables.iter().filter_map(|&n| table(n)) {
+        for r in t.rows {
+            if !out.iter().any(|o| o.id == r.row.id) {
+                out.push(r.row);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_table_has_magsd_and_rows_with_one_id_have_one_config() {
+        let all = rows_of(&TABLES);
+        for n in TABLES {
+            assert!(table(n).unwrap().rows.iter().any(|r| r.row == MAGSD), "table {n}");
+        }
+        for t in TABLES.iter().filter_map(|&n| table(n)) {
+            for r in t.rows {
+                assert_eq!(all.iter().find(|a| a.id == r.row.id), Some(&r.row));
+            }
+        }
+        // Table 7 shares MAG-SD(0AUG) with Table 3 and MAG-SD with everything.
+        assert_eq!(rows_of(&[7]).len(), 5);
+        assert_eq!(rows_of(&[3, 7]).len(), 11 + 3);
+        assert_eq!(parse_tables(&["all".into()]).unwrap(), TABLES.to_vec());
+        assert_eq!(parse_tables(&["8,7".into(), "7".into()]).unwrap(), vec![7, 8]);
+        assert!(parse_tables(&["9".into()]).is_err());
+    }
+
+    #[test]
+    fn ablation_rows_resolve_to_configs_on_every_preset() {
+        for preset in crate::train::config::PRESETS {
+            for r in rows_of(&[4, 5, 6, 7, 8]) {
+                let o: Vec<String> = r.overrides.iter().map(|s| s.to_string()).collect();
+                crate::train::config::TrainConfig::resolve(Some(preset), None, &o).unwrap_or_else(|e| panic!("{preset} {}: {e}", r.id));
+            }
+        }
+    }
+}
