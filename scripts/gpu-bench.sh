@@ -41,15 +41,12 @@ $py scripts/bench-table.py "$out/bench.jsonl" "$out/checks.jsonl" > "$out/bench-
 cat "$out/bench-table.md"
 [ "${SKIP_TRAIN:-0}" = 1 ] && exit 0
 
-# Table 3's ResNet50 and MAG-SD rows: 4 classes, 5 folds, as many epochs as fit (EPOCHS). Both
-# runs use the same seed, so `magsd train` makes the same patient-level split for both.
-for arch in resnet50 magsd; do
-  start=$(date +%s)
-  run $b train --data .device/cxr --classes covid19,viral,bacterial,normal --arch "$arch" --folds 5 \
-    --epochs "${EPOCHS:-3}" --device "$dev" --bf16 --channels-last --out "$out/table3-$arch" --quiet ${TRAIN_EXTRA:-} \
-    > "$out/table3-$arch.txt" 2>&1
-  echo "wall_seconds $(( $(date +%s) - start ))" | tee -a "$out/table3-$arch.txt"
-  cat "$out/table3-$arch/cv-summary.md" 2>/dev/null | tee -a "$out/table3-$arch.txt"
-done
-tar czf "$out/table3.tgz" -C "$out" table3-resnet50 table3-magsd --exclude='*.safetensors' 2>/dev/null
-rm -rf "$out/table3-resnet50" "$out/table3-magsd"
+# Table 3's ResNet50 and MAG-SD rows: 4 classes, 5 folds, as many epochs as fit (EPOCHS), one
+# grid (same folds for both rows), bf16 + channels-last.
+start=$(date +%s)
+run $b reproduce --data .device/cxr --classes covid19,viral,bacterial,normal --table 3 --rows resnet50,magsd \
+  --folds 5 --epochs "${EPOCHS:-3}" --set performance.bf16=true --set performance.channels_last=true \
+  --out "$out/table3" ${TRAIN_EXTRA:-} > "$out/table3.txt" 2>&1
+echo "wall_seconds $(( $(date +%s) - start ))" | tee -a "$out/table3.txt"
+cat "$out"/table3/table-3/report.md 2>/dev/null | head -60 | tee -a "$out/table3.txt"
+tar czf "$out/table3.tgz" --exclude='*.safetensors' -C "$out" table3 2>/dev/null && rm -rf "$out/table3"
