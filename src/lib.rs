@@ -19,5 +19,6 @@ pub mod model;
 pub mod report;
 pub mod rng;
 pub mod train;
+pub mod serve;
 
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod eval;
 pub mod model;
 pub mod train;
+pub mod serve;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,6 +48,8 @@ pub enum Command {
     Report {
         run: std::path::PathBuf,
     },
+    /// Serve a model: a web page, an HTTP API and the KServe v2 protocol, with dynamic batching.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -61,6 +64,7 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
         Command::Localize(a) => eval::eval(a, true),
         Command::Predict(a) => eval::predict_images(a),
         Command::Report { run } => eval::report(&run),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

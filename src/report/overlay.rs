@@ -116,6 +116,27 @@ pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold
     (out, boxes)
 }
 
+/// The layers of [`attention_overlay`]'s right panel, apart, for a viewer that blends them
+/// itself (the `magsd serve` page): the image as 8-bit gray and the colour-mapped attention, both
+/// at display size (longest side 384), and the boxes in original-image coordinates, the same
+/// boxes [`attention_overlay`] finds.
+pub struct AttentionLayers {
+    pub gray: image::GrayImage,
+    pub heat: RgbImage,
+    pub boxes: Vec<BBox>,
+}
+
+/// Splits the overlay into its layers; see [`AttentionLayers`].
+pub fn attention_layers(img: &GrayImage, map: &[f32], side: usize, t: Threshold) -> AttentionLayers {
+    let (gray, w, h) = display_gray(img);
+    let up = upsample(map, side, w, h);
+    let max = up.iter().cloned().fold(f32::MIN, f32::max).max(1e-12);
+    let min = up.iter().cloned().fold(f32::MAX, f32::min);
+    let heat = RgbImage::from_fn(w as u32, h as u32, |x, y| Rgb(colormap((up[y as usize * w + x as usize] - min) / (max - min).max(1e-12))));
+    let (_, boxes) = attention_overlay(img, map, side, t, None);
+    AttentionLayers { gray: image::GrayImage::from_raw(w as u32, h as u32, gray).expect("w × h samples"), heat, boxes }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +152,19 @@ mod tests {
         let hot = panel.get_pixel(392 + 20, 20);
         let cold = panel.get_pixel(392 + 360, 360);
         assert!(hot[0] > cold[0] && cold[2] >= hot[2], "{hot:?} vs {cold:?}");
+    }
+
+    #[test]
+    fn layers_match_the_overlay() {
+        let img = GrayImage::from_u8(120, 80, (0..120 * 80).map(|i| (i % 251) as u8).collect());
+        let map = [0.1, 0.9, 0.2, 0.3, 0.0, 0.8, 0.4, 0.1, 0.2];
+        let t = Threshold::Relative(0.5);
+        let l = attention_layers(&img, &map, 3, t);
+        let (panel, boxes) = attention_overlay(&img, &map, 3, t, None);
+        assert_eq!(l.boxes, boxes);
+        assert_eq!(l.gray.dimensions(), (384, 256));
+        assert_eq!(l.heat.dimensions(), (384, 256));
+        // The overlay's left panel is the gray layer.
+        assert_eq!(panel.get_pixel(7, 9)[0], l.gray.get_pixel(7, 9)[0]);
     }
 }
