@@ -562,3 +562,29 @@ fn over_the_socket_the_body_limit_answers_413_in_json() {
     let _ = stop.send(());
     rt.block_on(server).unwrap().unwrap();
 }
+
+#[test]
+fn the_command_says_how_to_get_a_model_and_measures_itself_on_loopback() {
+    let magsd = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_magsd")).args(args).output().unwrap();
+    let o = magsd(&["serve"]);
+    let text = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(text.contains("magsd demo") && text.contains("runs/demo-<time>/train/model.safetensors"), "{text}");
+    let help = magsd(&["serve", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Examples:"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let o = magsd(&[
+        "serve", "--model", model.to_str().unwrap(), "--device", "cpu", "--load-test", "--concurrency", "1,3", "--requests", "6",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for (l, c) in lines.iter().zip([1, 3]) {
+        assert_eq!(l["concurrency"], json!(c));
+        assert_eq!((l["requests"].as_u64(), l["ok"].as_u64()), (Some(6), Some(6)), "{l}");
+        assert!(l["requests_per_s"].as_f64().unwrap() > 0.0 && l["p99_ms"].as_f64().unwrap() >= l["p50_ms"].as_f64().unwrap());
+    }
+}
