@@ -13,7 +13,7 @@ use magsd::model::{MagSd, MagSdConfig};
 use magsd::serve::{Limits, ServeOptions, load, serve};
 use serde_json::{Value, json};
 
-const ELEMENT: &str = "element-6066-11e4-a52e-4a6b-0b3ab9f2d6bd";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// Installs Chromium and ChromeDriver from Debian's packages unless they are there.
 fn ensure_chromium() {
@@ -140,7 +140,7 @@ fn the_page_shows_probabilities_heatmap_and_per_image_errors_in_chromium() {
     let sid = session["sessionId"].as_str().unwrap().to_string();
     wd.call("POST", &format!("/session/{sid}/url"), Some(json!({ "url": page })));
     let input = wd.call("POST", &format!("/session/{sid}/element"), Some(json!({ "using": "css selector", "value": "#files" })));
-    let eid = input[ELEMENT].as_str().unwrap().to_string();
+    let eid = input[ELEMENT].as_str().unwrap_or_else(|| panic!("no #files input: {input}")).to_string();
     let files = format!("{}\n{}", chest.display(), notes.display());
     wd.call("POST", &format!("/session/{sid}/element/{eid}/value"), Some(json!({ "text": files })));
 
@@ -176,11 +176,14 @@ fn the_page_shows_probabilities_heatmap_and_per_image_errors_in_chromium() {
          let coloured = 0;
          for (let i = 0; i < d.length; i += 4) if (Math.abs(d[i] - d[i + 2]) > 30) coloured++;
          return {name: r.querySelector('h3').textContent, bars: r.querySelectorAll('.bar').length,
+                 top_bar_px: r.querySelector('.bar.top .fill').offsetWidth, track_px: r.querySelector('.bar.top .track').offsetWidth,
                  predicted: r.querySelector('.predicted strong').textContent,
                  coloured: coloured / (d.length / 4), width: c.width, timing: r.querySelector('.timing').textContent};",
     );
     assert_eq!(done["name"], json!("chest.png"));
     assert_eq!(done["bars"], json!(3), "{done}");
+    // The predicted class has the longest bar: at least a third of its track.
+    assert!(3 * done["top_bar_px"].as_u64().unwrap() >= done["track_px"].as_u64().unwrap(), "{done}");
     assert!(["covid19", "normal", "pneumonia"].contains(&done["predicted"].as_str().unwrap()), "{done}");
     assert!(done["width"].as_u64().unwrap() >= 300, "{done}");
     assert!(done["coloured"].as_f64().unwrap() > 0.2, "the heatmap is drawn over the image: {done}");

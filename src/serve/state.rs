@@ -152,7 +152,7 @@ fn preprocessing(c: &MagSdConfig) -> Preprocessing {
         decode: "PNG, JPEG or DICOM recognised by content; colour to gray (BT.601); DICOM modality rescale, VOI window, MONOCHROME1 inverted".into(),
         resize: format!("bilinear to {0}×{0}, aspect ratio not kept", p.size),
         clahe: p.clahe.map(|k| format!("clip limit {}, {}×{} tiles", k.clip_limit, k.tiles_x, k.tiles_y)),
-        zscore: format!("{:?}", p.zscore),
+        zscore: serde_json::to_value(p.zscore).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
     }
 }
 
@@ -167,7 +167,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         file: file.display().to_string(),
         classes: config.class_labels(),
         backbone: config.backbone.clone(),
-        head: format!("{:?}", config.head),
+        head: format!("{:?}", config.head).to_uppercase(),
         scales: config.scales.name().to_string(),
         attention_maps: config.num_maps,
         input_size: config.image_size as usize,
