@@ -102,9 +102,13 @@ pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold
             out.put_pixel((w + gap + x) as u32, y as u32, Rgb(c));
         }
     }
-    // Boxes back in original-image coordinates.
+    (out, to_original(&boxes, img, w, h))
+}
+
+/// Boxes found at display size `w × h`, back in original-image coordinates.
+fn to_original(boxes: &[BBox], img: &GrayImage, w: usize, h: usize) -> Vec<BBox> {
     let (sx, sy) = (img.width as f64 / w as f64, img.height as f64 / h as f64);
-    let boxes = boxes
+    boxes
         .iter()
         .map(|b| BBox {
             x0: (b.x0 as f64 * sx) as usize,
@@ -112,8 +116,7 @@ pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold
             x1: ((b.x1 as f64 * sx).ceil() as usize).min(img.width),
             y1: ((b.y1 as f64 * sy).ceil() as usize).min(img.height),
         })
-        .collect();
-    (out, boxes)
+        .collect()
 }
 
 /// The layers of [`attention_overlay`]'s right panel, apart, for a viewer that blends them
@@ -133,7 +136,7 @@ pub fn attention_layers(img: &GrayImage, map: &[f32], side: usize, t: Threshold)
     let max = up.iter().cloned().fold(f32::MIN, f32::max).max(1e-12);
     let min = up.iter().cloned().fold(f32::MAX, f32::min);
     let heat = RgbImage::from_fn(w as u32, h as u32, |x, y| Rgb(colormap((up[y as usize * w + x as usize] - min) / (max - min).max(1e-12))));
-    let (_, boxes) = attention_overlay(img, map, side, t, None);
+    let boxes = to_original(&component_boxes(&threshold_mask(&up, t), w, h), img, w, h);
     AttentionLayers { gray: image::GrayImage::from_raw(w as u32, h as u32, gray).expect("w × h samples"), heat, boxes }
 }
 
