@@ -586,5 +586,7 @@ fn the_command_says_how_to_get_a_model_and_measures_itself_on_loopback() {
         assert_eq!(l["concurrency"], json!(c));
         assert_eq!((l["requests"].as_u64(), l["ok"].as_u64()), (Some(6), Some(6)), "{l}");
         assert!(l["requests_per_s"].as_f64().unwrap() > 0.0 && l["p99_ms"].as_f64().unwrap() >= l["p50_ms"].as_f64().unwrap());
+        let mean_batch = l["mean_batch"].as_f64().unwrap();
+        assert!((1.0..=c as f64).contains(&mean_batch), "{l}");
     }
 }

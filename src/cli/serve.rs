@@ -179,8 +179,11 @@ async fn run_load_test(state: Arc<AppState>, a: &ServeArgs, token: Option<String
     tokio::task::spawn_blocking(move || load_test(&warm)).await.map_err(|e| Error::Data(e.to_string()))??; // warm-up, not reported
     for &c in &a.concurrency {
         let o = LoadOptions { concurrency: c, requests: a.requests, ..base.clone() };
+        let (batches0, images0) = state.metrics.batches();
         let r = tokio::task::spawn_blocking(move || load_test(&o)).await.map_err(|e| Error::Data(e.to_string()))??;
+        let (batches1, images1) = state.metrics.batches();
         let mut line = serde_json::to_value(&r).expect("report serialises");
+        line["mean_batch"] = ((images1 - images0) as f64 / (batches1 - batches0).max(1) as f64).into();
         line["bench"] = "serve".into();
         line["model"] = state.card.backbone.clone().into();
         line["device"] = state.card.device.clone().into();

@@ -124,6 +124,11 @@ impl Metrics {
         });
     }
 
+    /// (batches, images) run through the model so far.
+    pub fn batches(&self) -> (u64, u64) {
+        self.with(|m| (m.batch_size.count, m.images))
+    }
+
     /// Everything in the Prometheus text exposition format (version 0.0.4).
     pub fn render(&self, queue_length: usize, queue_capacity: usize, ready: bool) -> String {
         self.with(|m| {
