@@ -111,6 +111,10 @@ fn png_base64(img: image::DynamicImage) -> Result<String, ApiError> {
     Ok(base64::engine::general_purpose::STANDARD.encode(buf.into_inner()))
 }
 
+/// An upload after decoding and preprocessing: its name, the seconds it took, and the model
+/// input with the decoded image, or why it failed.
+type Prepared = (String, f64, crate::Result<(Vec<f32>, GrayImage)>);
+
 /// An image on its way through the steps.
 struct Item {
     name: String,
@@ -130,7 +134,7 @@ pub async fn predict(State(state): State<Arc<AppState>>, Query(q): Query<Predict
     }
     // Decode and preprocess every upload in parallel on the rayon pool.
     let st = state.clone();
-    let prepared: Vec<(String, f64, crate::Result<(Vec<f32>, GrayImage)>)> = on_pool(move || {
+    let prepared: Vec<Prepared> = on_pool(move || {
         files
             .par_iter()
             .map(|(name, bytes)| {
