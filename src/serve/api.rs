@@ -37,13 +37,17 @@ pub struct PredictQuery {
     pub filename: Option<String>,
 }
 
-/// Runs `f` on the rayon pool (CPU work stays off the async runtime's threads).
-pub async fn on_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs `f` on the rayon pool (CPU work stays off the async runtime's threads). A panic in `f`
+/// (a decoder bug on a hostile file, say) becomes a 500 for this request; the server goes on.
+pub async fn on_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     rayon::spawn(move || {
-        let _ = tx.send(f());
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
     });
-    rx.await.expect("the rayon task sends its result")
+    match rx.await {
+        Ok(Ok(v)) => Ok(v),
+        _ => Err(ApiError::internal("internal error while processing this request")),
+    }
 }
 
 /// An extractor's refusal as an API error; a body over the limit says which limit.
@@ -139,12 +143,14 @@ pub async fn predict(State(state): State<Arc<AppState>>, Query(q): Query<Predict
             .par_iter()
             .map(|(name, bytes)| {
                 let t = Instant::now();
-                let r = decode_bytes(Path::new(name), bytes, &st.pipeline.limits).map(|img| (st.pipeline.eval_plane(&img).data, img));
+                let prepare = || decode_bytes(Path::new(name), bytes, &st.pipeline.limits).map(|img| (st.pipeline.eval_plane(&img).data, img));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(prepare))
+                    .unwrap_or_else(|_| Err(crate::Error::bad_file(name, "the decoder failed on this file")));
                 (name.clone(), t.elapsed().as_secs_f64(), r)
             })
             .collect()
     })
-    .await;
+    .await?;
     // Queue them all, then wait: the batcher can put them (and other requests' images) in one batch.
     let mut waiting = Vec::new();
     for (name, preprocess_s, r) in prepared {
@@ -176,7 +182,7 @@ pub async fn predict(State(state): State<Arc<AppState>>, Query(q): Query<Predict
     let results: Vec<Result<Prediction, (String, ApiError)>> = on_pool(move || {
         items.into_par_iter().map(|it| finish(&st, it, heatmap, arrived)).collect()
     })
-    .await;
+    .await?;
     if let [Err((_, e))] = results.as_slice() {
         return Err(e.clone());
     }

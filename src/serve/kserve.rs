@@ -175,7 +175,7 @@ pub async fn infer(State(state): State<Arc<AppState>>, Path(name): Path<String>,
         let planes = input_planes(&req, size)?;
         Ok((req.id.clone(), wanted_outputs(&req)?, planes))
     })
-    .await?;
+    .await??;
     let n = planes.len();
     if n > state.batcher.capacity() {
         return Err(ApiError::new(
