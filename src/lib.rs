@@ -7,7 +7,7 @@
 //! where the paper and the authors' code differ and which one we follow.
 //!
 //! Data flows `data` (decode → preprocess → augment → batches) → `model` → `train` → `eval` →
-//! `report`; `cli` is a thin front door over the library.
+//! `report`; `cli` is a thin front door over the library, and `serve` (`magsd serve`) its HTTP one.
 pub mod bench;
 pub mod cli;
 pub mod data;
@@ -21,5 +21,6 @@ pub mod reproduce;
 pub mod rng;
 pub mod runfolder;
 pub mod train;
+pub mod serve;
 
 pub use error::{Error, Result};

@@ -8,6 +8,7 @@ pub mod eval;
 pub mod model;
 pub mod train;
 pub mod reproduce;
+pub mod serve;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -51,6 +52,8 @@ pub enum Command {
     },
     /// The paper's Tables 3–8 on your data: rows × folds, resumable, locally, on GPUs or on Slurm.
     Reproduce(reproduce::ReproduceArgs),
+    /// Serve a model: a web page, an HTTP API and the KServe v2 protocol, with dynamic batching.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -66,6 +69,7 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
         Command::Predict(a) => eval::predict_images(a),
         Command::Report { run } => eval::report(&run),
         Command::Reproduce(a) => reproduce::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

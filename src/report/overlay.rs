@@ -144,9 +144,13 @@ pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold
             out.put_pixel((w + gap + x) as u32, y as u32, Rgb(c));
         }
     }
-    // Boxes back in original-image coordinates.
+    (out, to_original(&boxes, img, w, h))
+}
+
+/// Boxes found at display size `w × h`, back in original-image coordinates.
+fn to_original(boxes: &[BBox], img: &GrayImage, w: usize, h: usize) -> Vec<BBox> {
     let (sx, sy) = (img.width as f64 / w as f64, img.height as f64 / h as f64);
-    let boxes = boxes
+    boxes
         .iter()
         .map(|b| BBox {
             x0: (b.x0 as f64 * sx) as usize,
@@ -154,8 +158,28 @@ pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold
             x1: ((b.x1 as f64 * sx).ceil() as usize).min(img.width),
             y1: ((b.y1 as f64 * sy).ceil() as usize).min(img.height),
         })
-        .collect();
-    (out, boxes)
+        .collect()
+}
+
+/// The layers of [`attention_overlay`]'s right panel, apart, for a viewer that blends them
+/// itself (the `magsd serve` page): the image as 8-bit gray and the colour-mapped attention, both
+/// at display size (longest side 384), and the boxes in original-image coordinates, the same
+/// boxes [`attention_overlay`] finds.
+pub struct AttentionLayers {
+    pub gray: image::GrayImage,
+    pub heat: RgbImage,
+    pub boxes: Vec<BBox>,
+}
+
+/// Splits the overlay into its layers; see [`AttentionLayers`].
+pub fn attention_layers(img: &GrayImage, map: &[f32], side: usize, t: Threshold) -> AttentionLayers {
+    let (gray, w, h) = display_gray(img);
+    let up = upsample(map, side, w, h);
+    let max = up.iter().cloned().fold(f32::MIN, f32::max).max(1e-12);
+    let min = up.iter().cloned().fold(f32::MAX, f32::min);
+    let heat = RgbImage::from_fn(w as u32, h as u32, |x, y| Rgb(colormap((up[y as usize * w + x as usize] - min) / (max - min).max(1e-12))));
+    let boxes = to_original(&component_boxes(&threshold_mask(&up, t), w, h), img, w, h);
+    AttentionLayers { gray: image::GrayImage::from_raw(w as u32, h as u32, gray).expect("w × h samples"), heat, boxes }
 }
 
 #[cfg(test)]
@@ -183,5 +207,19 @@ mod tests {
         assert!(captioned.height() > panel.height());
         // Text was drawn: dark pixels in the caption strip.
         assert!((0..captioned.width()).any(|x| (0..20).any(|y| captioned.get_pixel(x, y)[0] < 100)));
+    }
+
+    #[test]
+    fn layers_match_the_overlay() {
+        let img = GrayImage::from_u8(120, 80, (0..120 * 80).map(|i| (i % 251) as u8).collect());
+        let map = [0.1, 0.9, 0.2, 0.3, 0.0, 0.8, 0.4, 0.1, 0.2];
+        let t = Threshold::Relative(0.5);
+        let l = attention_layers(&img, &map, 3, t);
+        let (panel, boxes) = attention_overlay(&img, &map, 3, t, None);
+        assert_eq!(l.boxes, boxes);
+        assert_eq!(l.gray.dimensions(), (384, 256));
+        assert_eq!(l.heat.dimensions(), (384, 256));
+        // The overlay's left panel is the gray layer.
+        assert_eq!(panel.get_pixel(7, 9)[0], l.gray.get_pixel(7, 9)[0]);
     }
 }

@@ -1,0 +1,245 @@
+//! The v1 API: `POST /api/v1/predict` (one image as the body, or several as multipart files),
+//! `GET /api/v1/model` and `GET /healthz`. Each image goes through the same library steps as
+//! `magsd predict`: decode from bytes, `InputPipeline::eval_plane`, the model (here in a
+//! dynamic batch), softmax, and the attention boxes of `report::overlay`.
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::batcher::{Inference, SubmitError};
+use super::error::{ApiError, ErrorKind};
+use super::state::{AppState, INTENDED_USE};
+use crate::data::decode::{GrayImage, decode_bytes};
+use crate::eval::localize::BBox;
+use crate::eval::metrics::argmax;
+use crate::report::overlay::attention_layers;
+
+/// Longest accepted upload name (longer ones are cut).
+const MAX_NAME: usize = 200;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct PredictQuery {
+    /// Add the heatmap and the display image as base64 PNGs.
+    #[serde(default)]
+    pub heatmap: bool,
+    /// Name of a raw-body upload, used in messages (default "upload").
+    pub filename: Option<String>,
+}
+
+/// Runs `f` on the rayon pool (CPU work stays off the async runtime's threads). A panic in `f`
+/// (a decoder bug on a hostile file, say) becomes a 500 for this request; the server goes on.
+pub async fn on_pool<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.await {
+        Ok(Ok(v)) => Ok(v),
+        _ => Err(ApiError::internal("internal error while processing this request")),
+    }
+}
+
+/// An extractor's refusal as an API error; a body over the limit says which limit.
+fn rejection(status: StatusCode, text: String, max_body: usize) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE { ApiError::too_large(max_body) } else { ApiError::new(status, ErrorKind::of_status(status), text) }
+}
+
+/// The uploads of a request: multipart fields (each file) or the whole body.
+async fn uploads(req: Request, filename: Option<String>, max_body: usize) -> Result<Vec<(String, Bytes)>, ApiError> {
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let cut = |s: &str| s.chars().take(MAX_NAME).collect::<String>();
+    if multipart {
+        let mut mp = Multipart::from_request(req, &()).await.map_err(|e| rejection(e.status(), e.body_text(), max_body))?;
+        let mut out = Vec::new();
+        while let Some(field) = mp.next_field().await.map_err(|e| rejection(e.status(), e.body_text(), max_body))? {
+            let name = cut(field.file_name().or(field.name()).unwrap_or("upload"));
+            let data = field.bytes().await.map_err(|e| rejection(e.status(), e.body_text(), max_body))?;
+            out.push((name, data));
+        }
+        Ok(out)
+    } else {
+        let body = Bytes::from_request(req, &()).await.map_err(|e| rejection(e.status(), e.body_text(), max_body))?;
+        Ok(if body.is_empty() { Vec::new() } else { vec![(cut(filename.as_deref().unwrap_or("upload")), body)] })
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Timings {
+    /// Decode, resize, CLAHE, z-score.
+    preprocess: f64,
+    /// Wait in the batching queue.
+    queue: f64,
+    /// Model time of the batch.
+    inference: f64,
+    /// From the request's arrival to this answer, boxes and heatmap included.
+    total: f64,
+}
+
+/// One image's answer.
+#[derive(Debug, Serialize)]
+struct Prediction {
+    file: String,
+    format: String,
+    width: usize,
+    height: usize,
+    predicted: String,
+    probabilities: serde_json::Map<String, Value>,
+    /// Attention boxes in original-image pixels, end-exclusive.
+    boxes: Vec<BBox>,
+    batch_size: usize,
+    timings_ms: Timings,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    heatmap_png: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_png: Option<String>,
+}
+
+fn png_base64(img: image::DynamicImage) -> Result<String, ApiError> {
+    let mut buf = Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png).map_err(|e| ApiError::internal(format!("cannot encode PNG: {e}")))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(buf.into_inner()))
+}
+
+/// An upload after decoding and preprocessing: its name, the seconds it took, and the model
+/// input with the decoded image, or why it failed.
+type Prepared = (String, f64, crate::Result<(Vec<f32>, GrayImage)>);
+
+/// An image on its way through the steps.
+struct Item {
+    name: String,
+    image: Option<GrayImage>,
+    preprocess_s: f64,
+    outcome: Result<Inference, ApiError>,
+}
+
+/// `POST /api/v1/predict`.
+pub async fn predict(State(state): State<Arc<AppState>>, Query(q): Query<PredictQuery>, req: Request) -> Result<Response, ApiError> {
+    let arrived = Instant::now();
+    let files = uploads(req, q.filename, state.limits.max_body_bytes).await?;
+    if files.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty request: send a PNG, JPEG or DICOM image as the body, or files as multipart/form-data",
+        ));
+    }
+    // Decode and preprocess every upload in parallel on the rayon pool.
+    let st = state.clone();
+    let prepared: Vec<Prepared> = on_pool(move || {
+        files
+            .par_iter()
+            .map(|(name, bytes)| {
+                let t = Instant::now();
+                let prepare = || decode_bytes(Path::new(name), bytes, &st.pipeline.limits).map(|img| (st.pipeline.eval_plane(&img).data, img));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(prepare))
+                    .unwrap_or_else(|_| Err(crate::Error::bad_file(name, "the decoder failed on this file")));
+                (name.clone(), t.elapsed().as_secs_f64(), r)
+            })
+            .collect()
+    })
+    .await?;
+    // Queue them all, then wait: the batcher can put them (and other requests' images) in one batch.
+    let mut waiting = Vec::new();
+    for (name, preprocess_s, r) in prepared {
+        let (rx, image) = match r {
+            Ok((plane, img)) => match state.batcher.submit(plane) {
+                Ok(rx) => (Ok(rx), Some(img)),
+                Err(SubmitError::QueueFull) => (Err(ApiError::queue_full(state.batcher.capacity())), None),
+                Err(SubmitError::Stopped) => (Err(ApiError::internal("the model thread has stopped")), None),
+            },
+            Err(e) => (Err(ApiError::bad_image(e.to_string())), None),
+        };
+        waiting.push((name, preprocess_s, image, rx));
+    }
+    let mut items = Vec::new();
+    for (name, preprocess_s, image, rx) in waiting {
+        let outcome = match rx {
+            Ok(rx) => match rx.await {
+                Ok(Ok(inf)) => Ok(inf),
+                Ok(Err(e)) => Err(ApiError::internal(e)),
+                Err(_) => Err(ApiError::internal("the model thread stopped before answering")),
+            },
+            Err(e) => Err(e),
+        };
+        items.push(Item { name, image, preprocess_s, outcome });
+    }
+    // Boxes (and heatmaps) on the pool as well.
+    let st = state.clone();
+    let heatmap = q.heatmap;
+    let results: Vec<Result<Prediction, (String, ApiError)>> = on_pool(move || {
+        items.into_par_iter().map(|it| finish(&st, it, heatmap, arrived)).collect()
+    })
+    .await?;
+    if let [Err((_, e))] = results.as_slice() {
+        return Err(e.clone());
+    }
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|r| match r {
+            Ok(p) => serde_json::to_value(p).expect("prediction serialises"),
+            Err((file, e)) => {
+                state.metrics.error(e.kind.0);
+                json!({ "file": file, "error": e.message, "status": e.status.as_u16() })
+            }
+        })
+        .collect();
+    Ok(Json(json!({ "model": state.card.name, "intended_use": INTENDED_USE, "results": results })).into_response())
+}
+
+fn finish(state: &AppState, it: Item, heatmap: bool, arrived: Instant) -> Result<Prediction, (String, ApiError)> {
+    let name = it.name;
+    let inf = it.outcome.map_err(|e| (name.clone(), e))?;
+    let img = it.image.expect("a queued image was decoded");
+    let layers = attention_layers(&img, &inf.attention, inf.attention_side, state.threshold);
+    let (heatmap_png, image_png) = if heatmap {
+        let enc = |i| png_base64(i).map_err(|e| (name.clone(), e));
+        (Some(enc(image::DynamicImage::ImageRgb8(layers.heat))?), Some(enc(image::DynamicImage::ImageLuma8(layers.gray))?))
+    } else {
+        (None, None)
+    };
+    let classes = &state.card.classes;
+    let ms = |s: f64| (s * 1e6).round() / 1e3;
+    Ok(Prediction {
+        file: name,
+        format: img.source.format.clone(),
+        width: img.width,
+        height: img.height,
+        predicted: classes[argmax(&inf.probs)].clone(),
+        probabilities: classes.iter().zip(&inf.probs).map(|(c, p)| (c.clone(), json!(p))).collect(),
+        boxes: layers.boxes,
+        batch_size: inf.batch_size,
+        timings_ms: Timings {
+            preprocess: ms(it.preprocess_s),
+            queue: ms(inf.queue_s),
+            inference: ms(inf.inference_s),
+            total: ms(arrived.elapsed().as_secs_f64()),
+        },
+        heatmap_png,
+        image_png,
+    })
+}
+
+/// `GET /api/v1/model`: the model card.
+pub async fn model(State(state): State<Arc<AppState>>) -> Response {
+    Json(&state.card).into_response()
+}
+
+/// `GET /healthz`: the process answers (200); `ready` says whether the model thread runs.
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let b = &state.batcher;
+    Json(json!({ "status": "ok", "ready": b.is_ready(), "queue_length": b.queue_length(), "queue_capacity": b.capacity() }))
+        .into_response()
+}

@@ -1,0 +1,209 @@
+//! Dynamic batching, as TorchServe and Triton do it: each image's model input waits in a bounded
+//! queue; one thread owns the model (tch tensors are not `Sync`) and takes up to `max_batch`
+//! inputs, or whatever arrived within `max_wait` of the first, runs them as one batch and
+//! answers each caller. A full queue refuses at once (the handler answers 503 with
+//! Retry-After); nobody is ever blocked waiting for room.
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, Instant};
+
+use tch::{Device, Kind};
+use tokio::sync::oneshot;
+
+use super::metrics::Metrics;
+use crate::eval::evaluate::infer;
+use crate::model::weights::LoadedModel;
+
+#[derive(Clone, Copy, Debug)]
+pub struct BatchOptions {
+    /// Most images per forward pass.
+    pub max_batch: usize,
+    /// How long the batcher waits for more images after the first one of a batch.
+    pub max_wait: Duration,
+    /// Images that may wait; one more is refused.
+    pub queue: usize,
+    /// Side of the square model input.
+    pub input_size: usize,
+    /// bf16 autocast (CUDA).
+    pub bf16: bool,
+}
+
+/// What the model said about one image.
+#[derive(Clone, Debug)]
+pub struct Inference {
+    /// Softmax probabilities, in the model's class order.
+    pub probs: Vec<f64>,
+    /// Mean attention map, `attention_side²` values, row-major.
+    pub attention: Vec<f32>,
+    pub attention_side: usize,
+    /// Time the image waited in the queue.
+    pub queue_s: f64,
+    /// Model time of the batch it ran in.
+    pub inference_s: f64,
+    /// Images in that batch.
+    pub batch_size: usize,
+}
+
+pub type Reply = Result<Inference, String>;
+
+struct Job {
+    /// `[1, S, S]` z-scored input, row-major.
+    input: Vec<f32>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// Why an image was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The queue holds `--queue` images already.
+    QueueFull,
+    /// The batcher thread has stopped.
+    Stopped,
+}
+
+/// The handlers' end of the queue (cheap to clone).
+#[derive(Clone)]
+pub struct Batcher {
+    tx: SyncSender<Job>,
+    length: Arc<AtomicUsize>,
+    ready: Arc<AtomicBool>,
+    capacity: usize,
+    input_size: usize,
+}
+
+/// The model thread's end of the queue; [`BatchWorker::spawn`] starts it.
+pub struct BatchWorker {
+    rx: Receiver<Job>,
+    length: Arc<AtomicUsize>,
+    ready: Arc<AtomicBool>,
+    opts: BatchOptions,
+    metrics: Arc<Metrics>,
+}
+
+/// A queue of `opts.queue` images (at least 1) and its two ends.
+pub fn queue(opts: BatchOptions, metrics: Arc<Metrics>) -> (Batcher, BatchWorker) {
+    let opts = BatchOptions { max_batch: opts.max_batch.max(1), queue: opts.queue.max(1), ..opts };
+    let (tx, rx) = sync_channel(opts.queue);
+    let length = Arc::new(AtomicUsize::new(0));
+    let ready = Arc::new(AtomicBool::new(false));
+    let batcher = Batcher { tx, length: length.clone(), ready: ready.clone(), capacity: opts.queue, input_size: opts.input_size };
+    (batcher, BatchWorker { rx, length, ready, opts, metrics })
+}
+
+impl Batcher {
+    /// Queues one model input (`S × S` values); the receiver gets the answer. Never blocks.
+    pub fn submit(&self, input: Vec<f32>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+        debug_assert_eq!(input.len(), self.input_size * self.input_size);
+        let (reply, rx) = oneshot::channel();
+        self.length.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(Job { input, enqueued: Instant::now(), reply }) {
+            Ok(()) => Ok(rx),
+            Err(e) => {
+                self.length.fetch_sub(1, Ordering::SeqCst);
+                Err(match e {
+                    TrySendError::Full(_) => SubmitError::QueueFull,
+                    TrySendError::Disconnected(_) => SubmitError::Stopped,
+                })
+            }
+        }
+    }
+
+    /// Images waiting now.
+    pub fn queue_length(&self) -> usize {
+        self.length.load(Ordering::SeqCst)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// True once the model thread runs.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+impl BatchWorker {
+    /// Starts the model thread. It ends when every [`Batcher`] is gone (server shut down).
+    pub fn spawn(self, model: LoadedModel, device: Device) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let ready = self.ready.clone();
+        ready.store(true, Ordering::SeqCst); // the thread owns a loaded model from its first instruction
+        let handle = std::thread::Builder::new().name("magsd-batcher".into()).spawn(move || self.run(&model, device));
+        if handle.is_err() {
+            ready.store(false, Ordering::SeqCst);
+        }
+        handle
+    }
+
+    fn run(self, m: &LoadedModel, device: Device) {
+        while let Ok(first) = self.rx.recv() {
+            let mut jobs = vec![first];
+            let deadline = Instant::now() + self.opts.max_wait;
+            while jobs.len() < self.opts.max_batch {
+                match self.rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.length.fetch_sub(jobs.len(), Ordering::SeqCst);
+            // A caller that gave up (timeout, closed connection) needs no forward pass.
+            jobs.retain(|j| !j.reply.is_closed());
+            if !jobs.is_empty() {
+                self.run_batch(m, device, jobs);
+            }
+        }
+        self.ready.store(false, Ordering::SeqCst);
+    }
+
+    fn run_batch(&self, m: &LoadedModel, device: Device, jobs: Vec<Job>) {
+        let (n, s) = (jobs.len(), self.opts.input_size);
+        let taken = Instant::now();
+        let mut data = Vec::with_capacity(n * s * s);
+        for j in &jobs {
+            data.extend_from_slice(&j.input);
+        }
+        let start = Instant::now();
+        // libtorch reports failures (e.g. out of GPU memory) by panicking through tch: answer
+        // this batch's callers with the message and keep serving.
+        let out = catch_unwind(AssertUnwindSafe(|| -> Result<(Vec<f64>, Vec<f32>, usize), String> {
+            let x = tch::Tensor::from_slice(&data).view([n as i64, 1, s as i64, s as i64]); // [B, 1, S, S]
+            let (probs, att) = infer(&m.model, &x, device, self.opts.bf16, false); // [B, K], [B, 1, h, w]
+            let side = att.size()[2] as usize;
+            let probs: Vec<f64> = Vec::try_from(probs.to_device(Device::Cpu).to_kind(Kind::Double).flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
+            let att: Vec<f32> = Vec::try_from(att.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
+            Ok((probs, att, side))
+        }))
+        .unwrap_or_else(|p| {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(format!("model failed: {}", msg.unwrap_or_else(|| "unknown error".into())))
+        });
+        let inference_s = start.elapsed().as_secs_f64();
+        self.metrics.batch(n, inference_s);
+        for j in &jobs {
+            self.metrics.queued(taken.duration_since(j.enqueued).as_secs_f64());
+        }
+        match out {
+            Ok((probs, att, side)) => {
+                let k = probs.len() / n;
+                for (i, j) in jobs.into_iter().enumerate() {
+                    let _ = j.reply.send(Ok(Inference {
+                        probs: probs[i * k..(i + 1) * k].to_vec(),
+                        attention: att[i * side * side..(i + 1) * side * side].to_vec(),
+                        attention_side: side,
+                        queue_s: taken.duration_since(j.enqueued).as_secs_f64(),
+                        inference_s,
+                        batch_size: n,
+                    }));
+                }
+            }
+            Err(e) => {
+                for j in jobs {
+                    let _ = j.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}

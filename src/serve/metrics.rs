@@ -1,0 +1,231 @@
+//! Prometheus text metrics of the server: requests by route and status, errors by kind, request
+//! latency, time spent in the batching queue, batch sizes and model time per batch, and the
+//! queue's current length. Kept in one mutex: a few updates per request cost nothing next to a
+//! forward pass.
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::{ApiError, ErrorKind, json_error};
+use super::state::AppState;
+
+/// Upper bounds (seconds) of the latency and queue-time buckets.
+const SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Upper bounds of the batch-size buckets.
+const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+/// A cumulative histogram as Prometheus exposes it.
+#[derive(Clone, Debug)]
+struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram { bounds, counts: vec![0; bounds.len()], sum: 0.0, count: 0 }
+    }
+
+    fn observe(&mut self, v: f64) {
+        for (c, &b) in self.counts.iter_mut().zip(self.bounds) {
+            if v <= b {
+                *c += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
+
+    /// `name_bucket{labels,le="..."}` lines, then `_sum` and `_count`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (c, b) in self.counts.iter().zip(self.bounds) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{braces} {}", self.count);
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    requests: BTreeMap<(String, u16), u64>,
+    errors: BTreeMap<String, u64>,
+    latency: BTreeMap<String, Histogram>,
+    queue: Histogram,
+    batch_size: Histogram,
+    inference: Histogram,
+    images: u64,
+}
+
+/// The server's counters.
+#[derive(Debug)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            inner: Mutex::new(Inner {
+                requests: BTreeMap::new(),
+                errors: BTreeMap::new(),
+                latency: BTreeMap::new(),
+                queue: Histogram::new(SECONDS),
+                batch_size: Histogram::new(SIZES),
+                inference: Histogram::new(SECONDS),
+                images: 0,
+            }),
+        }
+    }
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        // A panic elsewhere while holding the lock leaves plain counters: keep using them.
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut g)
+    }
+
+    /// One finished HTTP request.
+    pub fn request(&self, route: &str, status: u16, seconds: f64) {
+        self.with(|m| {
+            *m.requests.entry((route.to_string(), status)).or_default() += 1;
+            m.latency.entry(route.to_string()).or_insert_with(|| Histogram::new(SECONDS)).observe(seconds);
+        });
+    }
+
+    /// One error of `kind` (a whole request, or one image of a several-image request).
+    pub fn error(&self, kind: &str) {
+        self.with(|m| *m.errors.entry(kind.to_string()).or_default() += 1);
+    }
+
+    /// One image's wait in the queue before the batcher took it.
+    pub fn queued(&self, seconds: f64) {
+        self.with(|m| m.queue.observe(seconds));
+    }
+
+    /// One batch through the model.
+    pub fn batch(&self, size: usize, seconds: f64) {
+        self.with(|m| {
+            m.batch_size.observe(size as f64);
+            m.inference.observe(seconds);
+            m.images += size as u64;
+        });
+    }
+
+    /// (batches, images) run through the model so far.
+    pub fn batches(&self) -> (u64, u64) {
+        self.with(|m| (m.batch_size.count, m.images))
+    }
+
+    /// Everything in the Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, queue_length: usize, queue_capacity: usize, ready: bool) -> String {
+        self.with(|m| {
+            let mut o = String::new();
+            o.push_str("# HELP magsd_requests_total HTTP requests answered, by route and status code.\n# TYPE magsd_requests_total counter\n");
+            for ((route, status), n) in &m.requests {
+                let _ = writeln!(o, "magsd_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+            }
+            o.push_str("# HELP magsd_errors_total Errors by kind (bad_request, bad_image, unauthorized, not_found, too_large, timeout, queue_full, not_ready, internal).\n# TYPE magsd_errors_total counter\n");
+            for (kind, n) in &m.errors {
+                let _ = writeln!(o, "magsd_errors_total{{kind=\"{kind}\"}} {n}");
+            }
+            o.push_str("# HELP magsd_request_duration_seconds Time from request to response, by route.\n# TYPE magsd_request_duration_seconds histogram\n");
+            for (route, h) in &m.latency {
+                h.render(&mut o, "magsd_request_duration_seconds", &format!("route=\"{route}\""));
+            }
+            o.push_str("# HELP magsd_queue_seconds Time an image waited in the batching queue.\n# TYPE magsd_queue_seconds histogram\n");
+            m.queue.render(&mut o, "magsd_queue_seconds", "");
+            o.push_str("# HELP magsd_batch_size Images per batch run on the model (dynamic batching).\n# TYPE magsd_batch_size histogram\n");
+            m.batch_size.render(&mut o, "magsd_batch_size", "");
+            o.push_str("# HELP magsd_inference_seconds Model time per batch.\n# TYPE magsd_inference_seconds histogram\n");
+            m.inference.render(&mut o, "magsd_inference_seconds", "");
+            let _ = writeln!(o, "# HELP magsd_images_total Images run through the model.\n# TYPE magsd_images_total counter\nmagsd_images_total {}", m.images);
+            let _ = writeln!(o, "# HELP magsd_queue_length Images waiting for the batcher now.\n# TYPE magsd_queue_length gauge\nmagsd_queue_length {queue_length}");
+            let _ = writeln!(o, "# HELP magsd_queue_capacity Images the queue holds before answering 503.\n# TYPE magsd_queue_capacity gauge\nmagsd_queue_capacity {queue_capacity}");
+            let _ = writeln!(o, "# HELP magsd_ready 1 when the model is loaded and the batcher runs.\n# TYPE magsd_ready gauge\nmagsd_ready {}", ready as u8);
+            o
+        })
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let b = &state.batcher;
+    let body = state.metrics.render(b.queue_length(), b.capacity(), b.is_ready());
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"))], body).into_response()
+}
+
+/// The outermost layer: times every request, counts it by route and status, counts errors by
+/// kind, and gives the layers' own plain answers (413 from the body limit, 408 from the
+/// timeout, 404, ...) the JSON error shape every other error has.
+pub async fn track(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let mut res = next.run(req).await;
+    let status = res.status();
+    if status.is_client_error() || status.is_server_error() {
+        let kind = match res.extensions().get::<ErrorKind>() {
+            Some(k) => *k,
+            None => {
+                let kind = ErrorKind::of_status(status);
+                let is_json = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+                if !is_json {
+                    res = json_error(status, kind, layer_message(status, &state));
+                }
+                kind
+            }
+        };
+        state.metrics.error(kind.0);
+    }
+    state.metrics.request(&route, status.as_u16(), start.elapsed().as_secs_f64());
+    res
+}
+
+/// What to say when a layer (not a handler) refused the request.
+fn layer_message(status: StatusCode, state: &AppState) -> String {
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(state.limits.max_body_bytes).message,
+        StatusCode::REQUEST_TIMEOUT => format!("request took longer than this server's limit of {} s (--timeout-s)", state.limits.timeout.as_secs_f64()),
+        StatusCode::NOT_FOUND => "no such endpoint; see GET /api/v1/model and the README's `magsd serve` section".into(),
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this endpoint".into(),
+        s => s.canonical_reason().unwrap_or("error").to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_render_in_prometheus_form() {
+        let m = Metrics::default();
+        m.batch(3, 0.02);
+        m.batch(8, 0.2);
+        m.request("/api/v1/predict", 200, 0.03);
+        m.error("bad_image");
+        let text = m.render(2, 64, true);
+        assert!(text.contains("magsd_batch_size_bucket{le=\"2\"} 0\n"), "{text}");
+        assert!(text.contains("magsd_batch_size_bucket{le=\"4\"} 1\n"));
+        assert!(text.contains("magsd_batch_size_bucket{le=\"8\"} 2\n"));
+        assert!(text.contains("magsd_batch_size_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains("magsd_batch_size_sum 11\n"));
+        assert!(text.contains("magsd_images_total 11\n"));
+        assert!(text.contains("magsd_requests_total{route=\"/api/v1/predict\",status=\"200\"} 1\n"));
+        assert!(text.contains("magsd_request_duration_seconds_bucket{route=\"/api/v1/predict\",le=\"0.05\"} 1\n"));
+        assert!(text.contains("magsd_errors_total{kind=\"bad_image\"} 1\n"));
+        assert!(text.contains("magsd_queue_length 2\n") && text.contains("magsd_queue_capacity 64\n"));
+        assert!(text.contains("magsd_ready 1\n"));
+    }
+}
