@@ -2,13 +2,14 @@
 # One GPU call's worth of measurements (prepare with scripts/prepare-gpu.sh, then run with carry
 # [".device"]): magsd's benchmark and the PyTorch anchor interleaved A B A on the same GPU, the
 # CUDA-graph path against eager, the loader on all cores, then Table 3's ResNet50 and MAG-SD rows
-# on the shared cxr set (4 classes, 5 folds). Results go to $OUT (or ./gpu-out); `bench-table.md`
+# on the shared cxr set (4 classes, 5 folds), and `magsd serve` under load with and without
+# dynamic batching. Results go to $OUT (or ./gpu-out); `bench-table.md`
 # is the ratio table. Knobs: EPOCHS (default 3), ITERS (30), TRIALS (5), BATCH (32), SKIP_TRAIN=1,
 # DEVICE, MAGSD_BENCH_EXTRA and ANCHOR_EXTRA (extra flags, e.g. a small image for a CPU dry run).
 set -u
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
-py="${PYTHON:-python3}"
+py="${PYTHON:-$( [ -x /opt/torch/.venv/bin/python ] && echo /opt/torch/.venv/bin/python || echo python3)}"
 export LD_LIBRARY_PATH="$($py -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 dev="${DEVICE:-cuda}"
 b=.device/magsd
@@ -49,4 +50,13 @@ run $b reproduce --data .device/cxr --classes covid19,viral,bacterial,normal --t
   --out "$out/table3" ${TRAIN_EXTRA:-} > "$out/table3.txt" 2>&1
 echo "wall_seconds $(( $(date +%s) - start ))" | tee -a "$out/table3.txt"
 cat "$out"/table3/table-3/report.md 2>/dev/null | head -60 | tee -a "$out/table3.txt"
+
+# magsd serve on loopback with the MAG-SD model of fold 0, without and with dynamic batching.
+model="$out/table3/magsd/fold-0/model.safetensors"
+if [ -f "$model" ]; then
+  for mb in 1 16; do
+    run $b serve --model "$model" --device "$dev" --max-batch $mb --max-wait-ms 5 --queue 256 \
+      --load-test --concurrency 1,4,16 --requests 200 --load-seconds 10 2>>"$out/bench.err" | tee -a "$out/serve.jsonl"
+  done
+fi
 tar czf "$out/table3.tgz" --exclude='*.safetensors' -C "$out" table3 2>/dev/null && rm -rf "$out/table3"
