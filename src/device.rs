@@ -50,6 +50,7 @@ unsafe extern "C" {
     fn magsd_cuda_autocast_is_bf16() -> i32;
     fn magsd_autocast_enter() -> i32;
     fn magsd_autocast_exit(prev: i32) -> i32;
+    fn magsd_pin_memory(t: *mut std::ffi::c_void) -> *mut std::ffi::c_void;
 }
 
 /// Runs `f` under CUDA autocast with bfloat16 when `enabled` and `device` is CUDA; otherwise
@@ -90,12 +91,20 @@ pub fn autocast_is_bf16() -> bool {
 /// run). On the CPU, or when memory cannot be pinned, it is a plain copy.
 pub fn upload(t: &Tensor, device: Device) -> Tensor {
     if device.is_cuda()
-        && let Ok(pinned) = t.f_pin_memory(device)
+        && let Some(pinned) = pin_memory(t)
         && let Ok(on_device) = pinned.f_to_device_(device, t.kind(), true, false)
     {
         return on_device;
     }
     t.to_device(device)
+}
+
+/// A page-locked copy of a host tensor, or None when memory cannot be pinned (no CUDA driver).
+fn pin_memory(t: &Tensor) -> Option<Tensor> {
+    // SAFETY: `t.as_ptr()` is a live `at::Tensor*`; the shim returns a new one that we own, or null.
+    let p = unsafe { magsd_pin_memory(t.as_ptr() as *mut std::ffi::c_void) };
+    // SAFETY: a non-null result is a fresh tensor handle, owned from here on.
+    (!p.is_null()).then(|| unsafe { Tensor::from_ptr(p as *mut torch_sys::C_tensor) })
 }
 
 /// The same values in channels-last (NHWC) memory order, still indexed as `[N, C, H, W]`:

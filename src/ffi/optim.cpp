@@ -1,6 +1,7 @@
 // The SGD update as one group of libtorch multi-tensor (`_foreach_*`) kernels, as PyTorch's
 // `torch.optim.SGD(foreach=True)` does: a handful of launches for all parameters instead of
-// several per parameter. tch does not expose the `_foreach_*` operators.
+// several per parameter. tch does not expose the `_foreach_*` operators. Also pinning host
+// memory for the uploads of batches and random numbers.
 #include <torch/torch.h>
 
 #include <vector>
@@ -38,6 +39,19 @@ int magsd_sgd_foreach(at::Tensor **params, at::Tensor **grads, at::Tensor **bufs
     return 0;
   } catch (...) {
     return -1;
+  }
+}
+}
+
+extern "C" {
+// A page-locked copy of a host tensor (`Tensor.pin_memory()` without the deprecated device
+// argument, which tch always passes and which makes libtorch warn on every call). Returns a new
+// `at::Tensor*` for tch to own, or null on error (e.g. no CUDA driver to pin with).
+at::Tensor *magsd_pin_memory(at::Tensor *t) {
+  try {
+    return new at::Tensor(t->pin_memory());
+  } catch (...) {
+    return nullptr;
   }
 }
 }
