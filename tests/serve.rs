@@ -147,7 +147,7 @@ async fn page_model_card_health_and_metrics_answer() {
     let s = server_with(|_| {});
     let page = call(&s.app, get("/")).await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.text.contains("Research use only — not for diagnosis."), "{}", page.text);
+    assert!(page.text.contains("Research use only; not for diagnosis."), "{}", page.text);
     assert!(!page.text.contains("http://") && !page.text.contains("https://"), "the page must load nothing from elsewhere");
     for (asset, kind) in [("/assets/app.js", "javascript"), ("/assets/style.css", "css")] {
         let a = call(&s.app, get(asset)).await;

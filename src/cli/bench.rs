@@ -74,12 +74,11 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     if a.code_optim {
         sets.extend(["optim.weight_decay=5e-4".to_string(), "optim.nesterov=true".to_string()]);
     }
-    if a.bf16 {
-        sets.push("performance.bf16=true".into());
-    }
-    if a.channels_last {
-        sets.push("performance.channels_last=true".into());
-    }
+    // Explicit, whatever the preset says: fp32 eager unless asked (--bf16, --channels-last,
+    // --set performance.cuda_graph=true), as the anchor's flags.
+    sets.push(format!("performance.bf16={}", a.bf16));
+    sets.push(format!("performance.channels_last={}", a.channels_last));
+    sets.push("performance.cuda_graph=false".into());
     sets.extend(a.model.overrides());
     sets.extend(a.set.iter().cloned());
     let config = TrainConfig::resolve(Some("paper"), None, &sets)?;

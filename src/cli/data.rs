@@ -103,10 +103,10 @@ pub fn run(cmd: DataCommand) -> Result<i32> {
             let check = check_split(&ds, &f.folds)?;
             SplitFile::new(&ds, &f).save(&out)?;
             println!(
-                "wrote {}: {} folds of {:?} images; check passed ({} patients, {} images hashed, no leak, no duplicate)",
+                "wrote {}: {} folds of {} images; check passed ({} patients, {} images hashed, no leak, no duplicate)",
                 out.display(),
                 folds,
-                f.folds.iter().map(Vec::len).collect::<Vec<_>>(),
+                f.folds.iter().map(|f| f.len().to_string()).collect::<Vec<_>>().join(", "),
                 check.patients,
                 check.images_hashed
             );
@@ -217,7 +217,7 @@ fn summary(args: &DataArgs, folds: usize, seed: u64, by: &[String]) -> Result<i3
         None
     };
     let counts = ds.class_counts();
-    println!("data: {} ({:?})", ds.source.display(), ds.kind);
+    println!("data: {} ({})", ds.source.display(), ds.kind);
     println!("images: {}   patients: {}   classes: {}", ds.samples.len(), ds.patient_count(), ds.classes.len());
     let width = ds.classes.iter().map(String::len).max().unwrap_or(5).max(5);
     println!("\n{:<width$}  images", "class");

@@ -15,6 +15,7 @@ use crate::eval::evaluate::{PredictOptions, infer, predict};
 use crate::eval::localize::{GroundTruth, Threshold};
 use crate::eval::metrics::argmax;
 use crate::eval::overlap::training_overlap;
+use crate::runfolder;
 use crate::model::weights::{LoadedModel, load_model};
 use crate::report::evaluation::{EvalOptions, write_evaluation};
 use crate::report::overlay::attention_overlay;
@@ -199,7 +200,7 @@ fn check_eval_out(out: &Path, force: bool) -> Result<()> {
     if force {
         return Ok(());
     }
-    let run_files = [crate::train::cv::RUN_FILE, "fold.json", crate::train::trainer::MODEL_FILE, crate::train::trainer::LOG_FILE];
+    let run_files = [runfolder::RUN_FILE, runfolder::FOLD_RESULT_FILE, runfolder::MODEL_FILE, runfolder::LOG_FILE];
     if let Some(f) = run_files.iter().find(|f| out.join(f).exists()) {
         return Err(Error::Config(format!(
             "{} is a training run folder (it holds {f}); evaluating into it would replace its files. \

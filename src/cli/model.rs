@@ -186,7 +186,7 @@ pub fn run(cmd: ModelCommand) -> Result<i32> {
         );
     } else {
         println!(
-            "model: MAG-SD {}, {}-channel {}×{} input, {} classes, {} maps, scales {}, head {:?}",
+            "model: MAG-SD {}, {}-channel {}×{} input, {} classes, {} maps, scales {}, head {}",
             cfg.backbone, cfg.in_channels, cfg.image_size, cfg.image_size, cfg.num_classes, cfg.num_maps, cfg.scales.name(), cfg.head
         );
         println!(

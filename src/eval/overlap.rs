@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::{Dataset, DatasetOptions};
 use crate::data::split::SplitFile;
-use crate::train::cv::{RUN_FILE, RunSpec, SPLIT_FILE};
+use crate::runfolder::{RUN_FILE, RunSpec, SPLIT_FILE};
 
 /// Evaluated images that also trained (or validated) the model.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

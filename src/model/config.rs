@@ -397,7 +397,7 @@ impl MagSdConfig {
         if self.arch.is_baseline() {
             format!("{} (baseline)", self.arch.paper_name())
         } else {
-            format!("MAG-SD {}, {} maps, scales {}, {:?} head", self.backbone, self.num_maps, self.scales.name(), self.head)
+            format!("MAG-SD {}, {} maps, scales {}, {} head", self.backbone, self.num_maps, self.scales.name(), self.head)
         }
     }
 

@@ -14,7 +14,11 @@ pub fn write_run_report(run: &Path) -> Result<PathBuf> {
     let spec = RunSpec::load(run)?;
     let config = std::fs::read_to_string(run.join(CONFIG_FILE)).at(run.join(CONFIG_FILE))?;
     let classes = &spec.classes;
-    let mut doc = Document::new(format!("MAG-SD training run {}", run.display()));
+    // The network's name as the paper writes it (a run of `--arch resnet50` is no MAG-SD run).
+    let network = toml::from_str::<crate::train::config::TrainConfig>(&config)
+        .map(|c| c.model.arch.paper_name())
+        .unwrap_or("MAG-SD");
+    let mut doc = Document::new(format!("{network} training run {}", run.display()));
     doc.p(format!("Data: {} (label column '{}'; classes {}).", spec.data.display(), spec.label_column, classes.join(", ")));
     doc.p(format!("Command: {}", spec.command));
 
@@ -26,7 +30,11 @@ pub fn write_run_report(run: &Path) -> Result<PathBuf> {
         };
         rows.push(vec!["mean ± std".into(), String::new(), ms("accuracy"), ms("sensitivity"), ms("specificity"), ms("f1"), ms("auc")]);
         doc.table(metric_header("held-out fold"), rows);
-        doc.p("Each fold's model (best epoch on a patient-level validation split of its training folds) is evaluated once on its held-out fold. Std over folds uses n − 1.");
+        doc.p(if s.folds.iter().all(|f| f.best_epoch.is_some()) {
+            "Each fold's model (best epoch on a patient-level validation split of its training folds) is evaluated once on its held-out fold. Std over folds uses n − 1."
+        } else {
+            "Each fold's model (its last epoch: this run had no validation split) is evaluated once on its held-out fold. Std over folds uses n − 1."
+        });
 
         // Pooled out-of-fold predictions: every image predicted once, by the model that did not see it.
         let mut labels = Vec::new();

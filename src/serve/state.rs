@@ -16,10 +16,10 @@ use crate::error::{Error, IoContext, Result};
 use crate::eval::localize::Threshold;
 use crate::model::MagSdConfig;
 use crate::model::weights::{LoadedModel, load_model};
-use crate::train::cv::{CvSummary, RUN_FILE, RunSpec, SUMMARY_FILE};
+use crate::runfolder::{CvSummary, RUN_FILE, RunSpec, SUMMARY_FILE};
 
 /// The notice shown with every answer and on the page.
-pub const INTENDED_USE: &str = "Research use only — not for diagnosis.";
+pub use crate::report::INTENDED_USE;
 
 /// Limits a request must keep to.
 #[derive(Clone, Debug)]
@@ -167,7 +167,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         file: file.display().to_string(),
         classes: config.class_labels(),
         backbone: config.backbone.clone(),
-        head: format!("{:?}", config.head).to_uppercase(),
+        head: config.head.to_string(),
         scales: config.scales.name().to_string(),
         attention_maps: config.num_maps,
         input_size: config.image_size as usize,

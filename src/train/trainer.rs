@@ -331,7 +331,7 @@ fn start(job: &TrainJob) -> Result<Session> {
         let ck = checkpoint::load(&last_path)?;
         if !ck.model_config.same_architecture(&job.model_config) {
             let describe = |c: &MagSdConfig| {
-                format!("{} {} {} maps, scales {}, {:?}", c.arch.name(), c.backbone, c.num_maps, c.scales.name(), c.head)
+                format!("{} {} {} maps, scales {}, {} head", c.arch.name(), c.backbone, c.num_maps, c.scales.name(), c.head)
             };
             return Err(Error::Model(format!(
                 "{}: the checkpoint's network ({}) differs from the requested one ({}); refusing to resume",
@@ -595,7 +595,7 @@ mod tests {
             let model = seeded_init(&vs, &model_cfg, 7).unwrap();
             let params = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
             let mut sgd = Sgd::new(params, 0.9, 5e-4, true);
-            let out = stepper.step(&model, &mut sgd, &x, &y, &mut Rng::new(1), &cfg, Device::Cpu, 0.01);
+            let out = stepper.step(&model, &mut sgd, &x, &y, &mut Rng::new(1), &cfg, Device::Cpu, 0.01).unwrap();
             (out.loss.total.double_value(&[]), out.loss.ce.double_value(&[]), crate::model::weights::named_variables(&vs))
         };
         let (loss_a, ce_a, w_a) = run(&MagSdStep);
