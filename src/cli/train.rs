@@ -16,7 +16,7 @@ use crate::train::cv::{self, RunOptions, RunResult, RunSpec};
 #[command(after_help = "Examples:\n  \
   magsd train --data ../shared/data/cxr-demo --preset tiny --folds 4 --out runs/demo-cv\n  \
   magsd train --data ../shared/data/cxr/manifest.csv --classes covid19,viral,bacterial,normal --folds 5\n  \
-  magsd train --data ../shared/data/cxr --label-column label3 --preset authors-code --device cuda --bf16\n  \
+  magsd train --data ../shared/data/cxr --label-column label3 --preset authors-code --device cuda --fp32\n  \
   magsd train --data my_xrays/ --folds 0 --pretrained resnet50-imagenet.pth --out runs/final\n  \
   magsd train --config my.toml --set optim.lr=0.01 --set method.augmentations='[\"mixup\"]' --data x.csv\n  \
   magsd train --resume runs/demo-cv            # continue after Ctrl-C or a crash\n  \

@@ -86,7 +86,7 @@ pub struct GraphedStep {
 fn copy_into(dst: &mut Option<Tensor>, src: &Tensor) {
     match dst {
         Some(d) if d.size() == src.size() => {
-            let _ = d.copy_(src);
+            d.copy_(src);
         }
         _ => *dst = Some(src.copy()),
     }
@@ -117,9 +117,9 @@ impl GraphedStep {
         copy_into(&mut self.y, y);
         match &mut self.random {
             Some(r) => {
-                let _ = r.maps.copy_(&random.maps);
-                let _ = r.theta.copy_(&random.theta);
-                let _ = r.offset.copy_(&random.offset);
+                r.maps.copy_(&random.maps);
+                r.theta.copy_(&random.theta);
+                r.offset.copy_(&random.offset);
             }
             None => {
                 self.random = Some(StepRandom { maps: random.maps.copy(), theta: random.theta.copy(), offset: random.offset.copy() })
