@@ -50,6 +50,35 @@ fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("{e:?}")
 }
 
+/// A white ROC chart on [0, 1]²: title, axes named by rate, and the chance diagonal.
+fn roc_axes<'a, DB: DrawingBackend>(
+    root: &'a DrawingArea<DB, Shift>,
+    title: &str,
+    title_size: u32,
+) -> std::result::Result<ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>, String> {
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, (FAMILY, title_size))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0f64..1f64, 0f64..1.0f64)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("False positive rate (1 − specificity)")
+        .y_desc("True positive rate (sensitivity)")
+        .label_style((FAMILY, 14))
+        .axis_desc_style((FAMILY, 15))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+    chart
+        .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], ShapeStyle::from(&BLACK.mix(0.3)).stroke_width(1)))
+        .map_err(err)?;
+    Ok(chart)
+}
+
 /// Writes `stem.png` and `stem.svg`; returns the PNG's path.
 pub fn save<F: Figure>(fig: &F, stem: &Path) -> Result<PathBuf> {
     register_font();
@@ -107,26 +136,7 @@ impl Figure for RocFigure<'_> {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
         crate::eval::metrics::check_scores(self.probs, self.classes.len()).map_err(|e| e.to_string())?;
-        root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, (FAMILY, 22))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..1f64, 0f64..1.0f64)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("False positive rate (1 − specificity)")
-            .y_desc("True positive rate (sensitivity)")
-            .label_style((FAMILY, 14))
-            .axis_desc_style((FAMILY, 15))
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(err)?;
-        chart
-            .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], ShapeStyle::from(&BLACK.mix(0.3)).stroke_width(1)))
-            .map_err(err)?;
+        let mut chart = roc_axes(root, &self.title, 22)?;
         for (c, name) in self.classes.iter().enumerate() {
             let positive: Vec<bool> = self.labels.iter().map(|&y| y == c).collect();
             let scores: Vec<f64> = self.probs.iter().map(|p| p[c]).collect();
@@ -369,26 +379,7 @@ impl Figure for RowsRocFigure<'_> {
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
-        root.fill(&WHITE).map_err(err)?;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, (FAMILY, 20))
-            .margin(16)
-            .x_label_area_size(48)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..1f64, 0f64..1.0f64)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .x_desc("False positive rate (1 − specificity)")
-            .y_desc("True positive rate (sensitivity)")
-            .label_style((FAMILY, 14))
-            .axis_desc_style((FAMILY, 15))
-            .light_line_style(WHITE.mix(0.0))
-            .draw()
-            .map_err(err)?;
-        chart
-            .draw_series(LineSeries::new(vec![(0.0, 0.0), (1.0, 1.0)], ShapeStyle::from(&BLACK.mix(0.3)).stroke_width(1)))
-            .map_err(err)?;
+        let mut chart = roc_axes(root, &self.title, 20)?;
         for (i, row) in self.rows.iter().enumerate() {
             let pts = macro_roc_points(row.labels, row.probs, self.classes);
             if pts.is_empty() {
