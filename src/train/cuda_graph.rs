@@ -1,7 +1,8 @@
 //! The training step and the inference forward as CUDA graphs (`performance.cuda_graph`):
-//! captured once, then replayed with one launch per step instead of thousands of kernel launches. What the step computes is
-//! unchanged: the same ops run on static input buffers that each step's batch and random
-//! numbers are copied into. Off by default; CUDA only.
+//! captured once, then replayed with one launch per step instead of thousands of kernel
+//! launches. What the step computes is unchanged: the same ops run on static input buffers that
+//! each step's batch and random numbers are copied into. CUDA only; on in every preset, and
+//! `magsd bench` uses it only when asked.
 //!
 //! The first steps run eagerly on the graph's side stream (as PyTorch's whole-network capture
 //! recommends, so that cuDNN and cuBLAS set up their workspaces there); then the step is

@@ -6,9 +6,10 @@
 //!
 //! Reproducibility: each step's random numbers come from our RNG keyed by (seed, epoch, step),
 //! the epoch's image order and image augmentation from (seed, epoch), the initial weights from
-//! libtorch's generator seeded under a process-wide lock; so a run is a function of its seed,
-//! data and device (even with other runs in the same process), and a resumed run repeats
-//! exactly what the uninterrupted run does.
+//! libtorch's generator seeded under a process-wide lock; so on the CPU (and on CUDA with
+//! `--deterministic`, which fixes cuDNN's algorithms) a run is a function of its seed and data
+//! (even with other runs in the same process), and a resumed run repeats exactly what the
+//! uninterrupted run does.
 //!
 //! Files written to the job's folder: `train.jsonl` (one record per logged step and per epoch),
 //! `checkpoint-last.safetensors` (every epoch end and on stop), `checkpoint-best.safetensors`
