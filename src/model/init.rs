@@ -27,6 +27,10 @@ fn pytorch_uniform(fan_in: i64) -> Init {
     Init::Uniform { lo: -bound, up: bound }
 }
 
+/// torchvision's `kaiming_normal_(mode="fan_out", nonlinearity="relu")`: N(0, 2/fan_out).
+pub const KAIMING_FAN_OUT: Init =
+    Init::Kaiming { dist: NormalOrUniform::Normal, fan: FanInOut::FanOut, non_linearity: NonLinearity::ReLU };
+
 /// A k×k convolution initialised as torchvision's ResNet/VGG constructors do: weight
 /// N(0, 2/fan_out) (`kaiming_normal_`, fan_out, ReLU), bias 0.
 pub fn conv_kaiming<'a, P: Borrow<nn::Path<'a>>>(
@@ -42,11 +46,7 @@ pub fn conv_kaiming<'a, P: Borrow<nn::Path<'a>>>(
         stride,
         padding,
         bias,
-        ws_init: Init::Kaiming {
-            dist: NormalOrUniform::Normal,
-            fan: FanInOut::FanOut,
-            non_linearity: NonLinearity::ReLU,
-        },
+        ws_init: KAIMING_FAN_OUT,
         bs_init: Init::Const(0.0),
         ..Default::default()
     };

@@ -32,11 +32,7 @@ fn depthwise(p: &nn::Path, c: i64) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
         padding: 1,
         groups: c,
-        ws_init: nn::Init::Kaiming {
-            dist: nn::init::NormalOrUniform::Normal,
-            fan: nn::init::FanInOut::FanOut,
-            non_linearity: nn::init::NonLinearity::ReLU,
-        },
+        ws_init: crate::model::init::KAIMING_FAN_OUT,
         bs_init: nn::Init::Const(0.0),
         ..Default::default()
     };

@@ -49,11 +49,7 @@ impl UNet {
         // Decoder level i (4, 3, 2, 1) goes from WIDTHS[i] to WIDTHS[i-1] channels.
         let up_cfg = nn::ConvTransposeConfig {
             stride: 2,
-            ws_init: nn::Init::Kaiming {
-                dist: nn::init::NormalOrUniform::Normal,
-                fan: nn::init::FanInOut::FanOut,
-                non_linearity: nn::init::NonLinearity::ReLU,
-            },
+            ws_init: crate::model::init::KAIMING_FAN_OUT,
             bs_init: nn::Init::Const(0.0),
             ..Default::default()
         };
