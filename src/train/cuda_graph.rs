@@ -66,11 +66,42 @@ impl Drop for Graph {
     }
 }
 
-/// Static buffers and the recorded step.
-struct Recorded {
-    graph: Graph,
-    lr: f64,
-    out: StepOutput,
+/// What every graphed computation shares: eager runs on the side stream while warming up, then
+/// one recording per `key` (the learning rate, a constant inside the graph), then replays.
+struct Replayer<T> {
+    device: Device,
+    side: Graph,
+    eager_runs: usize,
+    recorded: Option<(Graph, f64, T)>,
+}
+
+impl<T> Replayer<T> {
+    fn new(device: Device) -> Result<Self> {
+        Ok(Replayer { device, side: Graph::new(device)?, eager_runs: 0, recorded: None })
+    }
+
+    /// Runs `work` eagerly (warm-up) or records it once for `key`, then replays the recording;
+    /// returns `work`'s own outputs after an eager run, `share(outputs)` after a replay.
+    fn run(&mut self, key: f64, mut work: impl FnMut() -> T, share: impl Fn(&T) -> T) -> Result<T> {
+        if self.eager_runs < WARMUP_STEPS {
+            self.eager_runs += 1;
+            self.side.call(magsd_graph_enter_side, "switching to the side stream")?;
+            let out = work();
+            self.side.call(magsd_graph_leave_side, "leaving the side stream")?;
+            return Ok(out);
+        }
+        if self.recorded.as_ref().is_none_or(|r| r.1 != key) {
+            self.recorded = None; // frees the old graph and its memory pool first
+            let graph = Graph::new(self.device)?;
+            graph.call(magsd_graph_capture_begin, "starting the capture")?;
+            let out = work();
+            graph.call(magsd_graph_capture_end, "ending the capture")?;
+            self.recorded = Some((graph, key, out));
+        }
+        let (graph, _, out) = self.recorded.as_ref().expect("recorded above");
+        graph.call(magsd_graph_replay, "replay")?;
+        Ok(share(out))
+    }
 }
 
 pub struct GraphedStep {
@@ -78,10 +109,7 @@ pub struct GraphedStep {
     x: Option<Tensor>,
     y: Option<Tensor>,
     random: Option<StepRandom>,
-    eager_steps: usize,
-    recorded: Option<Recorded>,
-    /// A graph handle used for the warm-up steps' side stream.
-    side: Graph,
+    replayer: Replayer<StepOutput>,
 }
 
 fn copy_into(dst: &mut Option<Tensor>, src: &Tensor) {
@@ -102,7 +130,7 @@ fn handles(o: &StepOutput) -> StepOutput {
 
 impl GraphedStep {
     pub fn new(device: Device) -> Result<Self> {
-        Ok(GraphedStep { device, x: None, y: None, random: None, eager_steps: 0, recorded: None, side: Graph::new(device)? })
+        Ok(GraphedStep { device, x: None, y: None, random: None, replayer: Replayer::new(device)? })
     }
 
     /// One training step, the same as [`train_step`]; the returned tensors are valid until the
@@ -127,38 +155,20 @@ impl GraphedStep {
             }
         }
         let (sx, sy, sr) = (self.x.as_ref().expect("set"), self.y.as_ref().expect("set"), self.random.as_ref().expect("set"));
-        if self.eager_steps < WARMUP_STEPS {
-            self.eager_steps += 1;
-            self.side.call(magsd_graph_enter_side, "switching to the side stream")?;
-            let out = train_step(model, sgd, sx, sy, sr, cfg, self.device, lr);
-            self.side.call(magsd_graph_leave_side, "leaving the side stream")?;
-            return Ok(out);
-        }
-        if self.recorded.as_ref().is_none_or(|r| r.lr != lr) {
-            self.recorded = None; // frees the old graph and its memory pool first
-            let graph = Graph::new(self.device)?;
-            graph.call(magsd_graph_capture_begin, "starting the capture")?;
-            let out = train_step(model, sgd, sx, sy, sr, cfg, self.device, lr);
-            graph.call(magsd_graph_capture_end, "ending the capture")?;
-            self.recorded = Some(Recorded { graph, lr, out });
-        }
-        let rec = self.recorded.as_ref().expect("recorded above");
-        rec.graph.call(magsd_graph_replay, "replay")?;
-        Ok(handles(&rec.out))
+        let device = self.device;
+        self.replayer.run(lr, || train_step(model, sgd, sx, sy, sr, cfg, device, lr), handles)
     }
 }
 
 /// The eval-mode forward (logits) of fixed-size batches as a CUDA graph.
 pub struct GraphedInference {
     x: Option<Tensor>,
-    recorded: Option<(Graph, Tensor)>,
-    eager_calls: usize,
-    side: Graph,
+    replayer: Replayer<Tensor>,
 }
 
 impl GraphedInference {
     pub fn new(device: Device) -> Result<Self> {
-        Ok(GraphedInference { x: None, recorded: None, eager_calls: 0, side: Graph::new(device)? })
+        Ok(GraphedInference { x: None, replayer: Replayer::new(device)? })
     }
 
     /// `forward` must compute the logits of its argument (same batch size every call); the
@@ -169,22 +179,6 @@ impl GraphedInference {
         }
         copy_into(&mut self.x, x);
         let sx = self.x.as_ref().expect("set");
-        if self.eager_calls < WARMUP_STEPS {
-            self.eager_calls += 1;
-            self.side.call(magsd_graph_enter_side, "switching to the side stream")?;
-            let out = tch::no_grad(|| forward(sx));
-            self.side.call(magsd_graph_leave_side, "leaving the side stream")?;
-            return Ok(out);
-        }
-        if self.recorded.is_none() {
-            let graph = Graph::new(sx.device())?;
-            graph.call(magsd_graph_capture_begin, "starting the capture")?;
-            let out = tch::no_grad(|| forward(sx));
-            graph.call(magsd_graph_capture_end, "ending the capture")?;
-            self.recorded = Some((graph, out));
-        }
-        let (graph, out) = self.recorded.as_ref().expect("recorded above");
-        graph.call(magsd_graph_replay, "replay")?;
-        Ok(out.shallow_clone())
+        self.replayer.run(0.0, || tch::no_grad(|| forward(sx)), Tensor::shallow_clone)
     }
 }
