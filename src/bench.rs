@@ -116,12 +116,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
         let line = match m {
             Measure::Train => {
                 let model = model.expect("model built");
-                let mut sgd = Sgd::new(
-                    vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect(),
-                    o.config.optim.momentum,
-                    o.config.optim.weight_decay,
-                    o.config.optim.nesterov,
-                );
+                let mut sgd = Sgd::for_store(&vs, &o.config.optim);
                 let x = input(o.batch);
                 let y = Tensor::randint(o.classes as i64, [o.batch as i64], (Kind::Int64, o.device));
                 let mut rng = Rng::new(o.config.seed);
@@ -168,12 +163,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                     if cl {
                         vars_to_channels_last(&vs);
                     }
-                    let mut sgd = Sgd::new(
-                        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect(),
-                        o.config.optim.momentum,
-                        o.config.optim.weight_decay,
-                        o.config.optim.nesterov,
-                    );
+                    let mut sgd = Sgd::for_store(&vs, &o.config.optim);
                     let mut graphed = if graph { Some(GraphedStep::new(o.device)?) } else { None };
                     let mut rng = Rng::new(o.config.seed);
                     let mut out = Vec::new();

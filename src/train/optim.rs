@@ -64,6 +64,12 @@ impl Sgd {
         Sgd { params, buffers, momentum, weight_decay, nesterov }
     }
 
+    /// The optimiser of a run: every trainable variable of `vs`, with the settings of `optim`.
+    pub fn for_store(vs: &tch::nn::VarStore, optim: &crate::train::config::OptimSection) -> Self {
+        let params = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        Sgd::new(params, optim.momentum, optim.weight_decay, optim.nesterov)
+    }
+
     pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
             p.zero_grad();

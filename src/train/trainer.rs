@@ -318,12 +318,7 @@ fn start(job: &TrainJob) -> Result<Session> {
     std::fs::create_dir_all(dir).at(dir)?;
     let vs = nn::VarStore::new(job.device);
     let model = seeded_init(&vs, &job.model_config, cfg.seed)?;
-    let mut sgd = Sgd::new(
-        vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect(),
-        cfg.optim.momentum,
-        cfg.optim.weight_decay,
-        cfg.optim.nesterov,
-    );
+    let mut sgd = Sgd::for_store(&vs, &cfg.optim);
 
     let last_path = dir.join(LAST_CHECKPOINT);
     let mut state = TrainState { epoch: 0, step: 0, global_step: 0, best: None };
