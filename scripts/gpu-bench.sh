@@ -9,8 +9,7 @@
 set -u
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
-py="${PYTHON:-$( [ -x /opt/torch/.venv/bin/python ] && echo /opt/torch/.venv/bin/python || echo python3)}"
-export LD_LIBRARY_PATH="$($py -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$(dirname "$0")/gpu-env.sh"
 dev="${DEVICE:-cuda}"
 b=.device/magsd
 iters="${ITERS:-30}"

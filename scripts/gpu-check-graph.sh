@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Second GPU call (2026-11-26): CUDA-graph parity against two eager runs, and the end-to-end
 # epoch throughput of `magsd train` with and without the graph. Carry [".device"].
-py=/opt/torch/.venv/bin/python; export LD_LIBRARY_PATH="$($py -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+source "$(dirname "$0")/gpu-env.sh"
 b=.device/magsd; o=$OUT
 $b bench --device cuda --only graph-parity > $o/parity.jsonl 2>$o/err.txt
 $b bench --device cuda --only graph-parity --bf16 --channels-last >> $o/parity.jsonl 2>>$o/err.txt

@@ -2,8 +2,7 @@
 # Runs on the GPU machine (prepare with scripts/prepare-gpu.sh; carry [".device"]). GPU check of `magsd train --deterministic`: two identical runs must log identical losses.
 set -u
 out="${OUT:-gpu-out}"; mkdir -p "$out"
-py=/opt/torch/.venv/bin/python
-export LD_LIBRARY_PATH="$($py -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$(dirname "$0")/gpu-env.sh"
 nvidia-smi --query-gpu=name --format=csv,noheader
 b=.device/magsd
 $b data synth --out /tmp/ph --per-class 16 --size 160 > /dev/null || exit 1

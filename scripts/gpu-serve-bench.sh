@@ -7,8 +7,7 @@
 set -u
 out="${OUT:-gpu-out}"
 mkdir -p "$out"
-py=/opt/torch/.venv/bin/python
-export LD_LIBRARY_PATH="$($py -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+source "$(dirname "$0")/gpu-env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 b=.device/magsd
 work=$(mktemp -d)
