@@ -319,13 +319,13 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     )?;
     let r = &o.report.overall;
     println!(
-        "{} images: accuracy {:.4}, macro sensitivity {:.4}, specificity {:.4}, F1 {:.4}, AUC {}",
+        "{} images: accuracy {:.4}, macro sensitivity {}, specificity {}, F1 {}, AUC {}",
         r.n,
         r.accuracy,
-        r.sensitivity,
-        r.specificity,
-        r.f1,
-        r.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
+        four_places(r.sensitivity),
+        four_places(r.specificity),
+        four_places(r.f1),
+        four_places(r.auc)
     );
     for (_, w) in &p.warnings {
         eprintln!("warning: {w} (used; --strict refuses it)");
@@ -609,6 +609,11 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
         );
     }
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// A metric with four decimals, or `n/a` when undefined.
+fn four_places(v: Option<f64>) -> String {
+    v.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
 }
 
 pub fn report(run: &Path) -> Result<i32> {

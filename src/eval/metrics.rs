@@ -9,7 +9,16 @@
 //! model class left out with `--classes`) stays in the per-class table but does not pull the
 //! means down. The macro AUC runs over classes that have both positives and negatives. For two
 //! classes the macro AUC is the binary AUC of class 1 (what `roc_auc_score` returns for binary
-//! problems). Undefined ratios (0/0) count as 0.
+//! problems).
+//!
+//! Undefined numbers are `None` (`null` in JSON, `n/a` in reports), never 0: a class with no
+//! image has no sensitivity and no F1; a class that is never predicted has no precision; a
+//! class with no negative image (every image is of that class) has no specificity, and the
+//! macro specificity runs over the classes that have one. scikit-learn reports 0 with a warning
+//! in these cases (`zero_division`); where both are defined the numbers are the same.
+//!
+//! [`compute_over`] leaves chosen classes out of the macro means as well (e.g. classes that a
+//! grouped fold's training part never saw, whose figures would only measure that absence).
 //!
 //! Scores must be finite: [`try_compute`] and [`check_scores`] refuse NaN or infinite
 //! probabilities (a diverged model) with an error instead of ranking them.
@@ -23,10 +32,14 @@ use crate::error::{Error, Result};
 pub struct PerClass {
     pub class: String,
     pub support: usize,
-    pub sensitivity: f64,
-    pub specificity: f64,
-    pub precision: f64,
-    pub f1: f64,
+    /// `None` when the class has no image.
+    pub sensitivity: Option<f64>,
+    /// `None` when every image is of this class (no negatives).
+    pub specificity: Option<f64>,
+    /// `None` when the class is never predicted.
+    pub precision: Option<f64>,
+    /// `None` when the class has no image.
+    pub f1: Option<f64>,
     /// `None` when the class has no positives or no negatives.
     pub auc: Option<f64>,
 }
@@ -35,9 +48,11 @@ pub struct PerClass {
 pub struct Metrics {
     pub n: usize,
     pub accuracy: f64,
-    pub sensitivity: f64,
-    pub specificity: f64,
-    pub f1: f64,
+    /// Macro mean; `None` when no class is counted (no image, or only uncounted classes).
+    pub sensitivity: Option<f64>,
+    /// `None` also when no counted class has a negative image (a one-class set).
+    pub specificity: Option<f64>,
+    pub f1: Option<f64>,
     pub auc: Option<f64>,
     pub per_class: Vec<PerClass>,
     /// `confusion[true][predicted]`.
@@ -57,6 +72,11 @@ pub fn argmax(p: &[f64]) -> usize {
 
 fn ratio(a: usize, b: usize) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+/// `a / b`, or `None` when `b` is 0.
+fn defined_ratio(a: usize, b: usize) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
 }
 
 /// Binary ROC AUC of `scores` for `positive` labels, ties counted half (Mann–Whitney U).
@@ -118,7 +138,15 @@ pub fn try_compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> 
 /// Metrics of predictions `argmax(probs)` against `y_true`, for `classes` (names in order).
 /// Expects finite scores; callers with untrusted scores use [`try_compute`].
 pub fn compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Metrics {
+    compute_over(y_true, probs, classes, &vec![true; classes.len()])
+}
+
+/// [`compute`] with the macro means over the classes present in `y_true` for which
+/// `counted[c]` holds (the per-class figures and the accuracy still cover every class). With two
+/// classes the AUC needs both counted.
+pub fn compute_over(y_true: &[usize], probs: &[Vec<f64>], classes: &[String], counted: &[bool]) -> Metrics {
     assert_eq!(y_true.len(), probs.len());
+    assert_eq!(counted.len(), classes.len());
     let k = classes.len();
     let n = y_true.len();
     let y_pred: Vec<usize> = probs.iter().map(|p| argmax(p)).collect();
@@ -135,26 +163,25 @@ pub fn compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Metr
         let tn = n - tp - fn_ - fp;
         let positive: Vec<bool> = y_true.iter().map(|&t| t == c).collect();
         let scores: Vec<f64> = probs.iter().map(|p| p[c]).collect();
+        let present = tp + fn_ > 0;
         per_class.push(PerClass {
             class: classes[c].clone(),
             support: tp + fn_,
-            sensitivity: ratio(tp, tp + fn_),
-            specificity: ratio(tn, tn + fp),
-            precision: ratio(tp, tp + fp),
-            f1: ratio(2 * tp, 2 * tp + fp + fn_),
+            sensitivity: defined_ratio(tp, tp + fn_),
+            specificity: defined_ratio(tn, tn + fp),
+            precision: defined_ratio(tp, tp + fp),
+            f1: present.then(|| ratio(2 * tp, 2 * tp + fp + fn_)),
             auc: binary_auc(&positive, &scores),
         });
     }
-    // Classes present in the true labels (scikit-learn with `labels=np.unique(y_true)`).
-    let present: Vec<&PerClass> = (0..k).filter(|&c| y_true.contains(&c)).map(|c| &per_class[c]).collect();
-    let mean = |f: &dyn Fn(&PerClass) -> f64| {
-        if present.is_empty() { 0.0 } else { present.iter().map(|m| f(m)).sum::<f64>() / present.len() as f64 }
-    };
+    // Classes present in the true labels (scikit-learn with `labels=np.unique(y_true)`) and counted.
+    let used: Vec<&PerClass> = (0..k).filter(|&c| counted[c] && per_class[c].support > 0).map(|c| &per_class[c]).collect();
+    let mean_of = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let mean = |f: &dyn Fn(&PerClass) -> Option<f64>| mean_of(used.iter().filter_map(|m| f(m)).collect());
     let auc = if k == 2 {
-        per_class[1].auc
+        per_class[1].auc.filter(|_| counted[0] && counted[1])
     } else {
-        let aucs: Vec<f64> = per_class.iter().filter_map(|m| m.auc).collect();
-        (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
+        mean_of((0..k).filter(|&c| counted[c]).filter_map(|c| per_class[c].auc).collect())
     };
     Metrics {
         n,
@@ -183,17 +210,22 @@ pub fn mean_std(values: &[f64]) -> MeanStd {
     MeanStd { mean, std: var.sqrt(), n }
 }
 
-/// ACC, SEN, SPC, F1 and AUC as mean ± std over folds (AUC over the folds that have one).
+/// ACC, SEN, SPC, F1 and AUC as mean ± std over folds, each over the folds where it is defined
+/// (a metric defined in no fold is left out).
 pub fn summarise(folds: &[Metrics]) -> BTreeMap<String, MeanStd> {
     let mut out = BTreeMap::new();
-    let pick = |f: &dyn Fn(&Metrics) -> Option<f64>| folds.iter().filter_map(f).collect::<Vec<f64>>();
-    out.insert("accuracy".into(), mean_std(&pick(&|m| Some(m.accuracy))));
-    out.insert("sensitivity".into(), mean_std(&pick(&|m| Some(m.sensitivity))));
-    out.insert("specificity".into(), mean_std(&pick(&|m| Some(m.specificity))));
-    out.insert("f1".into(), mean_std(&pick(&|m| Some(m.f1))));
-    let aucs = pick(&|m| m.auc);
-    if !aucs.is_empty() {
-        out.insert("auc".into(), mean_std(&aucs));
+    let metrics: [(&str, fn(&Metrics) -> Option<f64>); 5] = [
+        ("accuracy", |m| (m.n > 0).then_some(m.accuracy)),
+        ("sensitivity", |m| m.sensitivity),
+        ("specificity", |m| m.specificity),
+        ("f1", |m| m.f1),
+        ("auc", |m| m.auc),
+    ];
+    for (name, f) in metrics {
+        let values: Vec<f64> = folds.iter().filter_map(f).collect();
+        if !values.is_empty() {
+            out.insert(name.to_string(), mean_std(&values));
+        }
     }
     out
 }
@@ -221,8 +253,8 @@ mod tests {
         // True: [0,0,0,1]; predicted: [0,0,1,1]. Class 0: TP 2, FN 1, FP 0, TN 1.
         let probs = vec![vec![0.9, 0.1], vec![0.8, 0.2], vec![0.3, 0.7], vec![0.2, 0.8]];
         let m = compute(&[0, 0, 0, 1], &probs, &names(2));
-        assert_eq!(m.per_class[0].specificity, 1.0); // TN/(TN+FP) = 1/1; NPV would be 1/2
-        assert_eq!(m.per_class[1].specificity, 2.0 / 3.0);
+        assert_eq!(m.per_class[0].specificity, Some(1.0)); // TN/(TN+FP) = 1/1; NPV would be 1/2
+        assert_eq!(m.per_class[1].specificity, Some(2.0 / 3.0));
         assert_eq!(m.confusion, vec![vec![2, 1], vec![0, 1]]);
         assert_eq!(m.accuracy, 0.75);
     }
@@ -242,11 +274,39 @@ mod tests {
         let m = compute(&[0, 0, 1, 1], &probs, &names(3));
         assert_eq!(m.per_class.len(), 3);
         assert_eq!(m.per_class[2].support, 0);
-        assert_eq!(m.sensitivity, 0.75);
-        assert_eq!(m.specificity, 1.0);
-        assert!((m.f1 - 5.0 / 6.0).abs() < 1e-12, "{}", m.f1);
+        assert_eq!(m.sensitivity, Some(0.75));
+        assert_eq!(m.specificity, Some(1.0));
+        assert!((m.f1.unwrap() - 5.0 / 6.0).abs() < 1e-12, "{:?}", m.f1);
         // Macro AUC over the classes with positives and negatives (0 and 1).
         assert_eq!(m.per_class[2].auc, None);
+        // The absent class's sensitivity and F1 are undefined, not 0; its precision is 0/1.
+        assert_eq!((m.per_class[2].sensitivity, m.per_class[2].f1), (None, None));
+        assert_eq!(m.per_class[2].precision, Some(0.0));
+    }
+
+    #[test]
+    fn a_one_class_set_has_no_specificity_and_uncounted_classes_leave_the_means() {
+        // Every image is class 0: no negatives for class 0, so no specificity at all.
+        let probs = vec![vec![0.8, 0.2], vec![0.3, 0.7]];
+        let m = compute(&[0, 0], &probs, &names(2));
+        assert_eq!(m.per_class[0].specificity, None);
+        assert_eq!(m.specificity, None);
+        assert_eq!(m.auc, None);
+        assert_eq!(m.accuracy, 0.5);
+        // Class 1 never predicted: no precision.
+        let m = compute(&[0, 1], &[vec![0.9, 0.1], vec![0.6, 0.4]], &names(2));
+        assert_eq!(m.per_class[1].precision, None);
+        // Class 2 present but not counted (e.g. absent from training): out of the macro means.
+        let probs = vec![vec![0.8, 0.1, 0.1], vec![0.1, 0.8, 0.1], vec![0.1, 0.8, 0.1]];
+        let m = compute_over(&[0, 1, 2], &probs, &names(3), &[true, true, false]);
+        assert_eq!(m.sensitivity, Some(1.0));
+        assert_eq!(m.per_class[2].sensitivity, Some(0.0));
+        // Nothing counted: no macro mean at all.
+        let m = compute_over(&[2], &[vec![0.1, 0.1, 0.8]], &names(3), &[true, true, false]);
+        assert_eq!((m.sensitivity, m.f1, m.accuracy), (None, None, 1.0));
+        assert!((m.accuracy - 2.0 / 3.0).abs() < 1e-12);
+        let aucs = [m.per_class[0].auc.unwrap(), m.per_class[1].auc.unwrap()];
+        assert_eq!(m.auc, Some((aucs[0] + aucs[1]) / 2.0));
     }
 
     #[test]

@@ -46,16 +46,21 @@ fn pct(v: f64) -> String {
     format!("{:.2}", 100.0 * v)
 }
 
+/// A percentage with two decimals, or `n/a` when undefined.
+pub fn pct_or_na(v: Option<f64>) -> String {
+    v.map(pct).unwrap_or_else(|| "n/a".into())
+}
+
 /// ACC/SEN/SPC/F1/AUC as a table row.
 pub fn metric_row(name: &str, m: &Metrics) -> Vec<String> {
     vec![
         name.to_string(),
         m.n.to_string(),
-        pct(m.accuracy),
-        pct(m.sensitivity),
-        pct(m.specificity),
-        pct(m.f1),
-        m.auc.map(pct).unwrap_or_else(|| "n/a".into()),
+        pct_or_na((m.n > 0).then_some(m.accuracy)),
+        pct_or_na(m.sensitivity),
+        pct_or_na(m.specificity),
+        pct_or_na(m.f1),
+        pct_or_na(m.auc),
     ]
 }
 
@@ -163,11 +168,11 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
                 vec![
                     c.class.clone(),
                     c.support.to_string(),
-                    pct(c.sensitivity),
-                    pct(c.specificity),
-                    pct(c.precision),
-                    pct(c.f1),
-                    c.auc.map(pct).unwrap_or_else(|| "n/a".into()),
+                    pct_or_na(c.sensitivity),
+                    pct_or_na(c.specificity),
+                    pct_or_na(c.precision),
+                    pct_or_na(c.f1),
+                    pct_or_na(c.auc),
                 ]
             })
             .collect(),

@@ -234,10 +234,10 @@ impl FoldRunner {
         r.save(dir)?;
         if opts.verbose {
             eprintln!(
-                "fold {}/{folds}: held-out accuracy {:.4}, macro F1 {:.4}, AUC {}",
+                "fold {}/{folds}: held-out accuracy {:.4}, macro F1 {}, AUC {}",
                 k + 1,
                 r.metrics.accuracy,
-                r.metrics.f1,
+                r.metrics.f1.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into()),
                 r.metrics.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
             );
         }
@@ -299,6 +299,7 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
 /// The cross-validation table: one row per fold, then mean ± std.
 pub fn summary_markdown(s: &CvSummary, classes: &[String]) -> String {
     let pct = |v: f64| format!("{:.2}", 100.0 * v);
+    let opt = |v: Option<f64>| v.map(pct).unwrap_or_else(|| "n/a".into());
     let mut out = format!(
         "# Cross-validation ({} folds, classes: {})\n\n| fold | images | ACC | SEN | SPC | F1 | AUC |\n|---|---|---|---|---|---|---|\n",
         s.folds.len(),
@@ -310,11 +311,11 @@ pub fn summary_markdown(s: &CvSummary, classes: &[String]) -> String {
             "| {} | {} | {} | {} | {} | {} | {} |\n",
             f.fold,
             m.n,
-            pct(m.accuracy),
-            pct(m.sensitivity),
-            pct(m.specificity),
-            pct(m.f1),
-            m.auc.map(pct).unwrap_or_else(|| "n/a".into())
+            opt((m.n > 0).then_some(m.accuracy)),
+            opt(m.sensitivity),
+            opt(m.specificity),
+            opt(m.f1),
+            opt(m.auc)
         );
     }
     let ms = |k: &str| s.mean_std.get(k).map(|v| format!("{} ± {}", pct(v.mean), pct(v.std))).unwrap_or_else(|| "n/a".into());
