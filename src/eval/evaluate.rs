@@ -11,7 +11,9 @@ use crate::data::dataset::Dataset;
 use crate::data::loader::Loader;
 use crate::device::{autocast_bf16, channels_last};
 use crate::error::{Error, IoContext, Result, write_atomic};
-use crate::eval::metrics::{Metrics, argmax, try_compute};
+use crate::eval::metrics::{Metrics, argmax, compute_over, try_compute_over};
+use crate::eval::probe::{ProbeInput, SourceProbe, source_probe};
+use crate::eval::within_source::{self, Scored, WithinSource, within_source};
 use crate::eval::overlap::TrainingOverlap;
 use crate::model::MagSd;
 
@@ -22,6 +24,8 @@ pub struct PredictOptions {
     pub channels_last: bool,
     /// Keep each image's mean attention map (for localisation and overlays).
     pub keep_attention: bool,
+    /// Keep each image's pooled last feature map (for the source probe, `eval::probe`).
+    pub keep_features: bool,
     /// Fail, listing them all, when any image is unreadable or decoded with a warning (e.g. a
     /// truncated JPEG), instead of skipping or using it.
     pub strict: bool,
@@ -38,6 +42,8 @@ pub struct Predictions {
     /// Mean attention map per image, `side × side`, row-major (when asked for).
     pub attention: Vec<Vec<f32>>,
     pub attention_side: usize,
+    /// Global average of the last feature map per image (when asked for).
+    pub features: Vec<Vec<f32>>,
     /// Images that could not be read: (dataset index, reason).
     pub failures: Vec<(usize, String)>,
     /// Images used although their decoder warned (e.g. a truncated JPEG): (dataset index, warning).
@@ -54,11 +60,18 @@ impl Predictions {
 
 /// Forward pass in eval mode without gradients: `(probabilities [B, K], mean attention [B, 1, h, w])`.
 pub fn infer(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> (Tensor, Tensor) {
+    let (probs, attention, _) = infer_with_features(model, x, device, bf16, cl);
+    (probs, attention)
+}
+
+/// [`infer`], also returning the pooled last feature map `[B, C]` on the CPU (`eval::probe`).
+pub fn infer_with_features(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> (Tensor, Tensor, Tensor) {
     tch::no_grad(|| {
         let x = x.to_device(device);
         let x = if cl { channels_last(&x) } else { x };
         let out = autocast_bf16(bf16, device, || model.forward_t(&x, false));
-        (out.logits.to_kind(Kind::Float).softmax(1, Kind::Float), out.mean_attention())
+        let features = crate::eval::probe::pooled_features(&out.features);
+        (out.logits.to_kind(Kind::Float).softmax(1, Kind::Float), out.mean_attention(), features)
     })
 }
 
@@ -72,7 +85,12 @@ pub fn predict(model: &MagSd, loader: &Loader, indices: &[usize], device: Device
         if batch.indices.is_empty() {
             continue;
         }
-        let (probs, att) = infer(model, &batch.images, device, opts.bf16, opts.channels_last);
+        let (probs, att, features) = infer_with_features(model, &batch.images, device, opts.bf16, opts.channels_last);
+        if opts.keep_features {
+            let d = features.size()[1] as usize;
+            let flat: Vec<f32> = Vec::try_from(features.flatten(0, -1))?;
+            out.features.extend(flat.chunks(d).map(|c| c.to_vec()));
+        }
         let probs = probs.to_device(Device::Cpu).to_kind(Kind::Double);
         let k = probs.size()[1] as usize;
         let flat: Vec<f64> = Vec::try_from(probs.flatten(0, -1))?;
@@ -132,28 +150,58 @@ pub struct EvalReport {
     /// Set when evaluated images also trained the model (the metrics are then no held-out estimate).
     #[serde(default)]
     pub training_overlap: Option<TrainingOverlap>,
+    /// Classes the model was not trained on here (a grouped fold's training part lacked them):
+    /// out of the macro means (`metrics::compute_over`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent_from_training: Vec<String>,
+    /// Per `by` column: pooled within-source metrics beside the overall ones (`eval::within_source`).
+    #[serde(default)]
+    pub within_source: BTreeMap<String, WithinSource>,
+    /// Per `by` column: the source and within-source class probes (`eval::probe`), when the
+    /// features were kept.
+    #[serde(default)]
+    pub probe: BTreeMap<String, SourceProbe>,
 }
 
 impl EvalReport {
-    /// Metrics of `p` overall and per group; an error if any score is not finite.
+    /// Metrics of `p` overall and per group, within-source metrics and (with features) the
+    /// probes per group column; an error if any score is not finite.
     pub fn new(ds: &Dataset, p: &Predictions, by: &[String]) -> Result<Self> {
-        let overall = try_compute(&p.labels, &p.probs, &ds.classes)?;
+        Self::new_over(ds, p, by, &vec![true; ds.classes.len()])
+    }
+
+    /// [`EvalReport::new`] with the macro means over the classes for which `trained` holds
+    /// (`metrics::compute_over`); the others are listed in `absent_from_training`.
+    pub fn new_over(ds: &Dataset, p: &Predictions, by: &[String], trained: &[bool]) -> Result<Self> {
+        let overall = try_compute_over(&p.labels, &p.probs, &ds.classes, trained)?;
         let mut groups = BTreeMap::new();
         for col in by {
             let mut per_value: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             for (row, &i) in p.indices.iter().enumerate() {
-                let v = ds.samples[i].meta.get(col).cloned().unwrap_or_default();
-                per_value.entry(v).or_default().push(row);
+                per_value.entry(source_of(ds, i, col)).or_default().push(row);
             }
             let m = per_value
                 .into_iter()
                 .map(|(v, rows)| {
                     let y: Vec<usize> = rows.iter().map(|&r| p.labels[r]).collect();
                     let pr: Vec<Vec<f64>> = rows.iter().map(|&r| p.probs[r].clone()).collect();
-                    Ok((if v.is_empty() { "(empty)".into() } else { v }, try_compute(&y, &pr, &ds.classes)?))
+                    (v, compute_over(&y, &pr, &ds.classes, trained))
                 })
-                .collect::<Result<_>>()?;
+                .collect();
             groups.insert(col.clone(), m);
+        }
+        let patients: Vec<String> = p.indices.iter().map(|&i| ds.samples[i].patient_key()).collect();
+        let mut within = BTreeMap::new();
+        let mut probes = BTreeMap::new();
+        for col in by {
+            let sources: Vec<String> = p.indices.iter().map(|&i| source_of(ds, i, col)).collect();
+            let scored =
+                Scored { labels: &p.labels, probs: &p.probs, sources: &sources, patients: &patients, classes: &ds.classes, counted: trained };
+            within.insert(col.clone(), within_source(col, &scored, within_source::RESAMPLES, 0));
+            if p.features.len() == p.indices.len() && !p.features.is_empty() {
+                let input = ProbeInput { features: &p.features, labels: &p.labels, classes: &ds.classes, sources: &sources, patients: &patients };
+                probes.insert(col.clone(), source_probe(col, &input));
+            }
         }
         let listed = |v: &[(usize, String)]| -> Vec<Unreadable> {
             v.iter().map(|(i, reason)| Unreadable { path: ds.samples[*i].path.display().to_string(), reason: reason.clone() }).collect()
@@ -168,6 +216,9 @@ impl EvalReport {
             unreadable,
             warnings: listed(&p.warnings),
             training_overlap: None,
+            absent_from_training: ds.classes.iter().zip(trained).filter(|(_, t)| !**t).map(|(c, _)| c.clone()).collect(),
+            within_source: within,
+            probe: probes,
         })
     }
 
@@ -185,6 +236,14 @@ impl EvalReport {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).at(path)?;
         serde_json::from_slice(&bytes).map_err(|e| Error::bad_file(path, format!("not a magsd metrics.json: {e}")))
+    }
+}
+
+/// Sample `i`'s value of metadata `column`, `(empty)` when it has none.
+fn source_of(ds: &Dataset, i: usize, column: &str) -> String {
+    match ds.samples[i].meta.get(column).map(String::as_str) {
+        None | Some("") => "(empty)".into(),
+        Some(v) => v.to_string(),
     }
 }
 

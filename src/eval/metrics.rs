@@ -125,6 +125,11 @@ pub fn check_scores(probs: &[Vec<f64>], classes: usize) -> Result<()> {
 
 /// [`compute`] after [`check_scores`]: an error instead of metrics of non-finite scores.
 pub fn try_compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Result<Metrics> {
+    try_compute_over(y_true, probs, classes, &vec![true; classes.len()])
+}
+
+/// [`compute_over`] after the checks of [`try_compute`].
+pub fn try_compute_over(y_true: &[usize], probs: &[Vec<f64>], classes: &[String], counted: &[bool]) -> Result<Metrics> {
     if y_true.len() != probs.len() {
         return Err(Error::Data(format!("{} labels for {} predictions", y_true.len(), probs.len())));
     }
@@ -132,7 +137,7 @@ pub fn try_compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> 
         return Err(Error::Data(format!("label {y} is not one of the {} classes", classes.len())));
     }
     check_scores(probs, classes.len())?;
-    Ok(compute(y_true, probs, classes))
+    Ok(compute_over(y_true, probs, classes, counted))
 }
 
 /// Metrics of predictions `argmax(probs)` against `y_true`, for `classes` (names in order).
@@ -302,8 +307,8 @@ mod tests {
         assert_eq!(m.sensitivity, Some(1.0));
         assert_eq!(m.per_class[2].sensitivity, Some(0.0));
         // Nothing counted: no macro mean at all.
-        let m = compute_over(&[2], &[vec![0.1, 0.1, 0.8]], &names(3), &[true, true, false]);
-        assert_eq!((m.sensitivity, m.f1, m.accuracy), (None, None, 1.0));
+        let none = compute_over(&[2], &[vec![0.1, 0.1, 0.8]], &names(3), &[true, true, false]);
+        assert_eq!((none.sensitivity, none.f1, none.accuracy), (None, None, 1.0));
         assert!((m.accuracy - 2.0 / 3.0).abs() < 1e-12);
         let aucs = [m.per_class[0].auc.unwrap(), m.per_class[1].auc.unwrap()];
         assert_eq!(m.auc, Some((aucs[0] + aucs[1]) / 2.0));

@@ -168,7 +168,7 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
             let summary = summarise_folds(d.folds.clone());
             let dir = grid.row_dir(r.id);
             summary.save(&dir)?;
-            crate::error::write_atomic(&dir.join(SUMMARY_MARKDOWN), summary_markdown(&summary, &classes).as_bytes())?;
+            crate::error::write_atomic(&dir.join(SUMMARY_MARKDOWN), summary_markdown(&summary, &classes, &grid.spec.grouping.describe(grid.spec.folds)).as_bytes())?;
         }
         data.insert(r.id.to_string(), d);
     }
