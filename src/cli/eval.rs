@@ -285,7 +285,14 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     let loader = Loader::new(ds.clone(), pipeline, 0, false);
     let all: Vec<usize> = (0..ds.samples.len()).collect();
     // Every image is read before deciding, so that --strict can list all the bad ones at once.
-    let opts = PredictOptions { batch_size: args.run.batch_size, bf16: args.run.bf16, keep_attention: true, strict: false, ..Default::default() };
+    let opts = PredictOptions {
+        batch_size: args.run.batch_size,
+        bf16: args.run.bf16,
+        keep_attention: true,
+        keep_features: true,
+        strict: false,
+        ..Default::default()
+    };
     let p = predict(&m.model, &loader, &all, device, &opts)?;
     if args.strict {
         let bad = not_used(&ds, &p, true);

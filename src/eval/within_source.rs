@@ -195,6 +195,17 @@ pub fn within_source(column: &str, s: &Scored, resamples: usize, seed: u64) -> W
 }
 
 impl WithinSource {
+    /// `lower` when the within-source interval of macro-F1 (or AUC where F1 is undefined) lies
+    /// below the overall estimate, `no clear gap` otherwise, `n/a` without mixed sources.
+    pub fn gap(&self) -> &'static str {
+        let pick = [(&self.f1, &self.overall_f1), (&self.auc, &self.overall_auc)];
+        match pick.iter().find_map(|(w, o)| Some((w.as_ref()?, o.as_ref()?))) {
+            None => "n/a",
+            Some((w, o)) if w.high < o.estimate => "lower",
+            Some(_) => "no clear gap",
+        }
+    }
+
     /// One plain sentence on what the gap between the overall and the within-source figures
     /// means (macro-F1, or AUC where F1 is undefined).
     pub fn verdict(&self) -> String {
@@ -210,7 +221,7 @@ impl WithinSource {
             return "The within-source figures are undefined here (too few images of a second class).".into();
         };
         let pct = |v: f64| format!("{:.1} %", 100.0 * v);
-        if within.high < overall.estimate {
+        if self.gap() == "lower" {
             format!(
                 "Within a {col}, {name} is {} (95 % CI {}–{}) against {} overall: the model separates the classes less well \
                  inside one {col} than across them, so part of its overall score comes from recognising the {col}, not the disease.",

@@ -177,10 +177,39 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
             })
             .collect(),
     );
+    if !report.absent_from_training.is_empty() {
+        doc.p(format!(
+            "The model was trained without any image of {}: those classes are left out of the macro means, and their \
+             figures only measure that absence.",
+            report.absent_from_training.join(", ")
+        ));
+    }
     for (col, groups) in &report.by {
         doc.h(2, format!("By {col}"));
         doc.p("Watch for source confounding: a model can score well by recognising where an image came from.");
-        doc.table(metric_header(col), groups.iter().map(|(v, m)| metric_row(v, m)).collect());
+        let mut header = metric_header(col);
+        header.push("classes present".into());
+        let rows = groups
+            .iter()
+            .map(|(v, m)| {
+                let mut row = metric_row(v, m);
+                let present = m.per_class.iter().filter(|c| c.support > 0).count();
+                row.push(if present >= 2 { format!("{present} (mixed)") } else { present.to_string() });
+                row
+            })
+            .collect();
+        doc.table(header, rows);
+    }
+    if !report.within_source.is_empty() {
+        doc.h(1, "Shortcut audit");
+        doc.p(super::audit::DEFINITIONS);
+        for (col, w) in &report.within_source {
+            doc.h(2, format!("Within one {col}"));
+            super::audit::within_source_section(&mut doc, w);
+            if let Some(p) = report.probe.get(col) {
+                super::audit::probe_section(&mut doc, p);
+            }
+        }
     }
     doc.h(1, "Figures");
     doc.image("roc.png", "ROC curves per class with their AUC");
