@@ -344,7 +344,9 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
             eprintln!("  skipped: {line}");
         }
     }
-    if let Some(l) = &o.localization {
+    if let Some(l) = o.localization.as_ref().filter(|l| l.n == 0) {
+        println!("localisation: n/a (no evaluated image has a lesion mask or box; threshold {})", l.threshold);
+    } else if let Some(l) = &o.localization {
         println!(
             "localisation ({} images with ground truth, threshold {}): mean IoU {:.3}, IoU > 0.25: {:.1} %, IoU > 0.5: {:.1} %",
             l.n,

@@ -167,7 +167,10 @@ pub fn group_kfold(ds: &Dataset, indices: &[usize], k: usize, column: &str) -> R
 fn held_out_value(ds: &Dataset, indices: &[usize], column: &str, value: &str) -> Result<Vec<Vec<usize>>> {
     let values = column_values(ds, indices, column)?;
     check_patients_within_groups(ds, indices, &values, column)?;
-    let (test, train): (Vec<(usize, &String)>, Vec<(usize, &String)>) = indices.iter().copied().zip(&values).partition(|(_, v)| *v == value);
+    let (mut test, mut train) = (Vec::new(), Vec::new());
+    for (&i, v) in indices.iter().zip(&values) {
+        if v == value { test.push(i) } else { train.push(i) }
+    }
     if test.is_empty() {
         let mut distinct: Vec<&String> = values.iter().collect();
         distinct.sort();
@@ -180,7 +183,7 @@ fn held_out_value(ds: &Dataset, indices: &[usize], column: &str, value: &str) ->
     if train.is_empty() {
         return Err(Error::Config(format!("--test-source {value}: every image has {column} '{value}'; nothing is left to train on")));
     }
-    Ok(vec![test.into_iter().map(|(i, _)| i).collect(), train.into_iter().map(|(i, _)| i).collect()])
+    Ok(vec![test, train])
 }
 
 /// `k` folds of sample indices into a dataset.

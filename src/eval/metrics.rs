@@ -219,7 +219,8 @@ pub fn mean_std(values: &[f64]) -> MeanStd {
 /// (a metric defined in no fold is left out).
 pub fn summarise(folds: &[Metrics]) -> BTreeMap<String, MeanStd> {
     let mut out = BTreeMap::new();
-    let metrics: [(&str, fn(&Metrics) -> Option<f64>); 5] = [
+    type Pick = fn(&Metrics) -> Option<f64>;
+    let metrics: [(&str, Pick); 5] = [
         ("accuracy", |m| (m.n > 0).then_some(m.accuracy)),
         ("sensitivity", |m| m.sensitivity),
         ("specificity", |m| m.specificity),

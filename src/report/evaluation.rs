@@ -214,7 +214,10 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
     doc.h(1, "Figures");
     doc.image("roc.png", "ROC curves per class with their AUC");
     doc.image("confusion.png", "Confusion matrix: rows are true classes, normalised; counts in brackets");
-    if let Some(l) = &localization {
+    if localization.as_ref().is_some_and(|l| l.n == 0) {
+        doc.h(1, "Localisation");
+        doc.p("n/a: no evaluated image has a lesion mask or box.");
+    } else if let Some(l) = &localization {
         doc.h(1, "Localisation");
         doc.p(format!(
             "{} images with ground truth; threshold {}. Mean IoU {:.3}; IoU > 0.25: {:.1} %; IoU > 0.5: {:.1} %.",
