@@ -53,7 +53,7 @@ fn confounded_run(dir: &Path, marker: &[&str]) -> Value {
     let train = synth(&dir.join("train"), 24, 1, "1", marker);
     let test = synth(&dir.join("test"), 40, 2, "0.8", marker);
     let run = dir.join("run");
-    let mut args = train_args(s(&train), s(&run), "4");
+    let mut args = train_args(s(&train), s(&run), "6");
     args.extend(["--folds", "0"]);
     ok(magsd(&args));
     let out = dir.join("eval");
@@ -93,11 +93,13 @@ fn without_the_marker_a_model_of_the_lesions_shows_no_gap() {
     let m = confounded_run(d.path(), &[]);
     let w = &m["within_source"]["source_repo"];
     let (within_auc, overall_auc) = (estimate(w, "auc"), estimate(w, "overall_auc"));
-    assert!(within_auc > 0.8, "within-source AUC {within_auc}: the lesions are learnable within a site");
-    assert!((within_auc - overall_auc).abs() < 0.1, "within {within_auc} vs overall {overall_auc}");
+    assert!(within_auc > 0.75, "within-source AUC {within_auc}: the lesions are learnable within a site");
+    assert!((within_auc - overall_auc).abs() < 0.15, "within {within_auc} vs overall {overall_auc}");
     assert!(w["f1"]["high"].as_f64().unwrap() >= estimate(w, "overall_f1"), "no gap expected: {w}");
     let p = &m["probe"]["source_repo"];
     assert_eq!(p["shortcut_signature"], false, "{p}");
+    let report = std::fs::read_to_string(d.path().join("eval/report.md")).unwrap();
+    assert!(report.contains("no clear gap") && report.contains("No shortcut signature"), "{report}");
 }
 
 #[test]

@@ -143,14 +143,15 @@ fn lbfgs(f: impl Fn(&Tensor) -> (f64, Tensor), x0: Tensor, max_iter: usize, tol:
         let mut alphas = Vec::with_capacity(history.len());
         for (s, y, rho) in history.iter().rev() {
             let a = rho * dot(s, &q);
-            q -= y * a;
+            // Out of place: `q` starts as a view of `g`, and tch's `-=` would write into it.
+            q = &q - y * a;
             alphas.push(a);
         }
         let gamma = history.back().map(|(s, y, _)| dot(s, y) / dot(y, y)).unwrap_or(1.0 / max_abs(&g).max(1e-12));
         let mut r = q * gamma;
         for ((s, y, rho), a) in history.iter().zip(alphas.iter().rev()) {
             let b = rho * dot(y, &r);
-            r += s * (a - b);
+            r = &r + s * (a - b);
         }
         let mut direction = -r;
         let mut slope = dot(&g, &direction);

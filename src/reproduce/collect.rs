@@ -296,14 +296,29 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
     let k = res.classes.len();
     let mut doc = Document::new(format!("Table {}: {}", t.number, t.title));
     doc.p(format!(
-        "Data: {} (label column '{}'; {} classes: {}); {}-fold patient-level cross-validation, the same folds for every row ({}).",
+        "Data: {} (label column '{}'; {} classes: {}); {}, the same folds for every row ({}).",
         grid.spec.data.display(),
         grid.spec.label_column,
         k,
         res.classes.join(", "),
-        res.folds,
+        grid.spec.grouping.describe(res.folds),
         grid.dir.join(crate::runfolder::SPLIT_FILE).display()
     ));
+    // Every row has the same folds, so one line per fold.
+    let absent: std::collections::BTreeSet<String> = res
+        .rows
+        .iter()
+        .flat_map(|r| &r.folds)
+        .filter(|f| !(f.absent_from_training.is_empty() && f.absent_from_test.is_empty()))
+        .map(|f| format!("fold {}: training lacks [{}], test lacks [{}]", f.fold, f.absent_from_training.join(", "), f.absent_from_test.join(", ")))
+        .collect();
+    if !absent.is_empty() {
+        doc.p(format!(
+            "Grouped parts lack classes ({}). A class absent from a fold's training part is left out of that fold's macro means; \
+             the per-class figures of a class absent from its test part are n/a.",
+            absent.into_iter().collect::<Vec<_>>().join("; ")
+        ));
+    }
     let missing: usize = res.rows.iter().map(|r| r.missing_folds.len()).sum();
     if missing > 0 {
         doc.p(format!(
