@@ -40,11 +40,13 @@ fn options(model: &Path) -> ServeOptions {
         name: "magsd".into(),
         device: tch::Device::Cpu,
         token: None,
+        allow_hosts: Vec::new(),
+        show_paths: false,
         max_batch: 4,
         max_wait: Duration::from_millis(2),
         queue: 16,
         bf16: false,
-        limits: Limits { max_body_bytes: 2 << 20, max_pixels: 1_000_000, timeout: Duration::from_secs(30) },
+        limits: Limits { max_body_bytes: 2 << 20, max_pixels: 1_000_000, max_request_pixels: 4_000_000, max_parts: 16, timeout: Duration::from_secs(30) },
         threshold: Threshold::default(),
     }
 }
@@ -256,7 +258,7 @@ async fn several_files_in_one_request_fail_one_by_one() {
 
 #[tokio::test]
 async fn bad_uploads_get_clear_json_errors() {
-    let s = server_with(|o| o.limits = Limits { max_body_bytes: 300_000, max_pixels: 100 * 100, timeout: Duration::from_secs(30) });
+    let s = server_with(|o| o.limits = Limits { max_body_bytes: 300_000, max_pixels: 100 * 100, ..o.limits.clone() });
     let png = phantom_png(64);
     let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
         ("empty body", Vec::new(), StatusCode::BAD_REQUEST, "empty request"),
