@@ -33,8 +33,8 @@ pub struct ServeArgs {
     /// an empty token is refused).
     #[arg(long)]
     pub token: Option<String>,
-    /// Also answer requests whose Host header is NAME (besides localhost and IP addresses);
-    /// repeatable; '*' answers any name.
+    /// Also answer requests whose Host header is NAME (besides localhost, IP addresses and a
+    /// --host name); repeatable; '*' answers any name.
     #[arg(long = "allow-host", value_name = "NAME")]
     pub allow_host: Vec<String>,
     /// Show the model file's and training run's paths and command on the model card without a
@@ -63,9 +63,10 @@ pub struct ServeArgs {
     /// once over all requests.
     #[arg(long, default_value_t = 64_000_000)]
     pub max_request_pixels: u64,
-    /// Most images in one request (multipart files, or N of a KServe tensor; 413 above it).
-    #[arg(long, default_value_t = 32)]
-    pub max_parts: usize,
+    /// Most images in one request (multipart files, or N of a KServe tensor; 413 above it);
+    /// default 32, or --queue if that is smaller.
+    #[arg(long)]
+    pub max_parts: Option<usize>,
     /// Per-request time limit, in seconds (408 after it); a connection must also send each
     /// request's headers within it.
     #[arg(long, default_value_t = 30)]
@@ -131,6 +132,16 @@ fn phantom_png() -> Vec<u8> {
     buf.into_inner()
 }
 
+/// The `--allow-host` names, and the `--host` name when it is one (a server told to listen on
+/// `xray.example.org` answers to that name).
+fn allowed_hosts(a: &ServeArgs) -> Vec<String> {
+    let mut hosts = a.allow_host.clone();
+    if a.host.parse::<std::net::IpAddr>().is_err() && !is_loopback(&a.host) {
+        hosts.push(a.host.clone());
+    }
+    hosts
+}
+
 pub fn run(a: ServeArgs) -> Result<i32> {
     let Some(model) = a.model.clone() else {
         return Ok(no_model());
@@ -149,7 +160,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         name: a.name.clone(),
         device,
         token: token.clone(),
-        allow_hosts: a.allow_host.clone(),
+        allow_hosts: allowed_hosts(&a),
         show_paths: a.show_paths,
         max_batch: a.max_batch,
         max_wait: Duration::from_millis(a.max_wait_ms),
@@ -159,7 +170,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
             max_body_bytes: a.max_body_mb.saturating_mul(1 << 20),
             max_pixels: a.max_pixels,
             max_request_pixels: a.max_request_pixels,
-            max_parts: a.max_parts,
+            max_parts: a.max_parts.unwrap_or(a.queue.min(32)),
             timeout: Duration::from_secs(a.timeout_s.max(1)),
         },
         threshold: Threshold::parse(&a.threshold)?,
