@@ -2,7 +2,7 @@
 //! be read from /proc: oversized requests (a body over the limit, 1,000 parts, 100 images whose
 //! headers claim 8000×8000 16-bit RGBA), slow ones (headers and body sent a byte at a time),
 //! malformed ones (KServe shapes that overflow, ragged rows, lying lengths, garbage images, a
-//! foreign Host), and heavy valid ones several at once. Bounded in count and time (about half a
+//! foreign Host), and heavy valid ones several at once (a 16 M pixel 16-bit RGBA PNG each). Bounded in count and time (about half a
 //! minute). It checks that every answer is the expected refusal, that `/healthz` keeps answering
 //! quickly throughout, that the peak resident memory stays under the bound the README derives
 //! from the limits, and that a request that timed out stops using the CPU.
@@ -221,15 +221,15 @@ fn oversized_slow_and_malformed_requests_are_refused_within_bounded_memory_and_t
     };
 
     // Oversized.
-    let huge = format!("POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n", 200 * MB);
+    let huge = format!("POST /api/v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n", 200 * MB);
     expect("a body of 200 MB announced", huge.as_bytes(), &[413]);
     let dot: &[u8] = b"x";
     let (ct, body) = multipart(&vec![dot; 1000]);
     expect("1,000 parts", &request("POST", "/api/v1/predict", &[("Content-Type", ct)], &body), &[413]);
-    let fake = claimed_png(8000, 8000);
+    let fake = claimed_png(4000, 4000);
     let (ct, body) = multipart(&vec![&fake[..]; 8]);
-    expect("8 images claiming 8000×8000 16-bit RGBA", &request("POST", "/api/v1/predict?heatmap=true", &[("Content-Type", ct)], &body), &[413]);
-    let (ct, body) = multipart(&[&fake[..]]);
+    expect("8 images claiming 4000×4000 16-bit RGBA (128 M pixels)", &request("POST", "/api/v1/predict?heatmap=true", &[("Content-Type", ct)], &body), &[413]);
+    let (ct, body) = multipart(&[&claimed_png(8000, 8000)[..]]);
     expect("one image claiming 8000×8000", &request("POST", "/api/v1/predict", &[("Content-Type", ct)], &body), &[400]);
 
     // Malformed.
@@ -245,7 +245,7 @@ fn oversized_slow_and_malformed_requests_are_refused_within_bounded_memory_and_t
     expect("garbage as an image", &request("POST", "/api/v1/predict", &[], &[0x42; 5000]), &[400]);
     expect("half a PNG", &request("POST", "/api/v1/predict", &[], &rgba16_png(64)[..300]), &[400]);
     expect("a foreign Host", b"GET /api/v1/model HTTP/1.1\r\nHost: rebind.attacker.example\r\nConnection: close\r\n\r\n", &[403]);
-    expect("a request line of 100 KB", format!("GET /{} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", "a".repeat(100_000)).as_bytes(), &[404, 414, 431]);
+    expect("a request line of 100 KB", format!("GET /{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", "a".repeat(100_000)).as_bytes(), &[404, 414, 431]);
 
     // Slow: headers, then a body, a byte every 100 ms; both cut at the timeout.
     for (what, head, trickle) in [

@@ -9,13 +9,14 @@ any failure raises (non-zero exit).
 import asyncio
 import json
 import sys
-from importlib.metadata import version
+from importlib.metadata import version as package_version
 
 import numpy as np
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
-from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig, RequestedOutput
+from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve.protocol.infer_type import RequestedOutput
 
 url, folder = sys.argv[1], sys.argv[2]
 expected = json.load(open(f"{folder}/expected.json"))
@@ -141,4 +142,4 @@ async def kserve_calls():
 
 
 asyncio.run(kserve_calls())
-print(f"{checks} checks passed (tritonclient {version('tritonclient')}, kserve {version('kserve')})")
+print(f"{checks} checks passed (tritonclient {package_version('tritonclient')}, kserve {package_version('kserve')})")
