@@ -315,27 +315,28 @@ fn oversized_slow_and_malformed_requests_are_refused_within_bounded_memory_and_t
 #[test]
 fn a_request_that_timed_out_stops_using_the_cpu() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    // 100 images of 2000×2000 16-bit RGBA (a 400 M pixel request, allowed here) take several
-    // seconds to decode; the request times out after 2 s, and the work must stop with it.
+    // 100 images of 3000×3000 16-bit RGBA (a 900 M pixel request, allowed here) take tens of
+    // CPU seconds to decode; the request times out after 2 s, and the work must stop with it.
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
     let s = Served::start(
         &model,
-        &["--timeout-s", "2", "--max-request-pixels", "400000000", "--max-pixels", "4000000", "--max-parts", "100", "--queue", "128"],
+        &["--timeout-s", "2", "--max-request-pixels", "900000000", "--max-pixels", "9000000", "--max-parts", "100", "--queue", "128"],
     );
-    let img = rgba16_png(2000);
+    let img = rgba16_png(3000);
     let (ct, body) = multipart(&vec![&img[..]; 100]);
     let t = Instant::now();
     let answer = raw(&s.addr, &request("POST", "/api/v1/predict?heatmap=true", &[("Content-Type", ct)], &body), Duration::from_secs(30));
     let took = t.elapsed();
     assert_eq!(answer.as_ref().map(|a| a.0), Some(408), "{:?}", answer.map(|a| a.1.chars().take(300).collect::<String>()));
-    assert!(took < Duration::from_secs(4), "answered after {took:?}");
-    // Decodes already running finish (one image each, well under a second); nothing after.
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    // The decodes running at the timeout finish (one image each, about a second on a busy
+    // machine); after them the server is idle, where without cancelling it went on decoding.
+    std::thread::sleep(Duration::from_secs(3));
     let before = s.cpu_s();
     std::thread::sleep(Duration::from_secs(2));
     let used = s.cpu_s() - before;
-    println!("after the 408: {used:.2} CPU s in 2 s; peak RSS {} MB", s.peak_rss() / MB);
-    assert!(used < 0.3, "the server used {used:.2} CPU s in the 2 s after the request timed out");
+    println!("from 3 to 5 s after the 408: {used:.2} CPU s; peak RSS {} MB", s.peak_rss() / MB);
+    assert!(used < 0.1, "the server used {used:.2} CPU s between 3 and 5 s after the request timed out");
     assert!(healthz_ms(&s.addr).is_some());
 }
