@@ -227,7 +227,7 @@ fn oversized_slow_and_malformed_requests_are_refused_within_bounded_memory_and_t
     let (ct, body) = multipart(&vec![dot; 1000]);
     expect("1,000 parts", &request("POST", "/api/v1/predict", &[("Content-Type", ct)], &body), &[413]);
     let fake = claimed_png(4000, 4000);
-    let (ct, body) = multipart(&vec![&fake[..]; 8]);
+    let (ct, body) = multipart(&[&fake[..]; 8]);
     expect("8 images claiming 4000×4000 16-bit RGBA (128 M pixels)", &request("POST", "/api/v1/predict?heatmap=true", &[("Content-Type", ct)], &body), &[413]);
     let (ct, body) = multipart(&[&claimed_png(8000, 8000)[..]]);
     expect("one image claiming 8000×8000", &request("POST", "/api/v1/predict", &[("Content-Type", ct)], &body), &[400]);
