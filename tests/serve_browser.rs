@@ -101,7 +101,7 @@ fn the_page_shows_probabilities_heatmap_and_per_image_errors_in_chromium() {
         max_wait: Duration::from_millis(5),
         queue: 16,
         bf16: false,
-        limits: Limits { max_body_bytes: 8 << 20, max_pixels: 4_000_000, ..Limits::default() },
+        limits: Limits { max_body_bytes: 8 << 20, max_pixels: 4_000_000, max_parts: 16, ..Limits::default() },
         threshold: Threshold::default(),
     };
     let state = load(&opts).unwrap().start().unwrap();

@@ -14,7 +14,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::error::{ApiError, ErrorKind};
-use super::state::AppState;
 use crate::error::{Error, Result};
 
 /// The host names this server answers to.
@@ -63,7 +62,7 @@ impl AllowedHosts {
 }
 
 /// Layer over every route: refuses a request whose `Host` names no host of this server (403).
-pub async fn check_host(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+pub async fn check_host(State(hosts): State<Arc<AllowedHosts>>, req: Request, next: Next) -> Response {
     let host = match req.headers().get(header::HOST) {
         Some(v) => match v.to_str() {
             Ok(s) => Some(s.to_string()),
@@ -72,7 +71,7 @@ pub async fn check_host(State(state): State<Arc<AppState>>, req: Request, next: 
         None => req.uri().authority().map(|a| a.as_str().to_string()),
     };
     match host {
-        Some(h) if !state.hosts.allows(&h) => ApiError::new(
+        Some(h) if !hosts.allows(&h) => ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorKind::FORBIDDEN_HOST,
             format!(

@@ -74,7 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(state.limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.limits.timeout))
-        .layer(from_fn_with_state(state.clone(), host::check_host))
+        .layer(from_fn_with_state(state.hosts.clone(), host::check_host))
         .layer(from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }

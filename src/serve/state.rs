@@ -129,7 +129,7 @@ pub struct AppState {
     pub batching: BatchOptions,
     pub metrics: Arc<Metrics>,
     pub token: Option<String>,
-    pub hosts: AllowedHosts,
+    pub hosts: Arc<AllowedHosts>,
     pub limits: Limits,
     /// Pixels that may be decoded at once over all requests (`limits.max_request_pixels`).
     pub decode_budget: Arc<Semaphore>,
@@ -264,7 +264,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         batching,
         metrics,
         token: opts.token.clone(),
-        hosts,
+        hosts: Arc::new(hosts),
         limits: opts.limits.clone(),
         decode_budget: Arc::new(Semaphore::new(opts.limits.max_request_pixels as usize)),
         threshold: opts.threshold,
