@@ -1,4 +1,5 @@
-//! DICOM decoding on synthetic files that the test writes itself with dicom-object.
+//! DICOM decoding: synthetic files that the tests write with dicom-object, a crafted header
+//! under a memory bound, `data inspect --write`, and pydicom itself on its own test files.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
