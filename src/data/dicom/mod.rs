@@ -59,9 +59,14 @@ pub(super) struct Header {
     pub frames: usize,
 }
 
+/// Every element's claimed length checked against the bytes left in the file (from "DICM"),
+/// before dicom-rs is given the file (it allocates what a header claims).
+pub(super) fn check_header_lengths(path: &Path, bytes: &[u8], max_pixels: u64) -> Result<()> {
+    precheck::check_lengths(bytes, max_pixels).map_err(|e| Error::bad_file(path, format!("corrupt DICOM file: {e}")))
+}
+
 pub(super) fn decode_dicom(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage> {
-    precheck::check_lengths(bytes, limits.max_pixels)
-        .map_err(|e| Error::bad_file(path, format!("corrupt DICOM file: {e}")))?;
+    check_header_lengths(path, bytes, limits.max_pixels)?;
     let obj = dicom_object::OpenFileOptions::new()
         .from_reader(bytes)
         .map_err(|e| Error::bad_file(path, format!("corrupt or truncated DICOM: {e}")))?;

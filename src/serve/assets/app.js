@@ -1,6 +1,6 @@
 // The magsd serve page: sends each chosen image to POST /api/v1/predict?heatmap=true and draws
 // the answer (probability bars, predicted class, attention heatmap with an opacity slider,
-// attention boxes, time taken). Errors appear next to the image they concern.
+// attention boxes, time taken, the decoder's warnings). Errors appear next to the image they concern.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -81,6 +81,7 @@ async function render(box, r) {
     `model ${t.inference.toFixed(0)} in a batch of ${r.batch_size})`);
   meta.classList.add("timing");
   info.appendChild(meta);
+  for (const w of r.warnings || []) info.appendChild(el("p", "warning", "Warning: " + w));
   box.querySelector(".status").remove();
   box.dataset.state = "done";
 }
