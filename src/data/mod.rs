@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod dataset;
 pub mod decode;
+pub mod dicom;
 pub mod loader;
 pub mod prefetch;
 pub mod preprocess;
