@@ -65,7 +65,7 @@ pub struct DemoSummary {
     pub test_images: usize,
     pub accuracy: f64,
     pub chance_accuracy: f64,
-    pub f1: f64,
+    pub f1: Option<f64>,
     pub auc: Option<f64>,
     /// Mean IoU of attention boxes with the lesion masks, and of a uniform map (whole image).
     pub mean_iou: Option<f64>,
@@ -195,11 +195,11 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
 pub fn summary_table(s: &DemoSummary) -> String {
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
     let mut t = format!(
-        "\n| result | value |\n|---|---|\n| held-out images | {} |\n| accuracy | {:.3} (chance {:.3}) |\n| macro F1 | {:.3} |\n| macro AUC | {} |\n",
+        "\n| result | value |\n|---|---|\n| held-out images | {} |\n| accuracy | {:.3} (chance {:.3}) |\n| macro F1 | {} |\n| macro AUC | {} |\n",
         s.test_images,
         s.accuracy,
         s.chance_accuracy,
-        s.f1,
+        opt(s.f1),
         opt(s.auc)
     );
     if s.mean_iou.is_some() {

@@ -13,7 +13,7 @@ use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::eval::evaluate::{PredictOptions, infer, predict};
 use crate::eval::localize::{GroundTruth, Threshold};
-use crate::eval::metrics::argmax;
+use crate::eval::metrics::{argmax, fixed4_or_na};
 use crate::eval::overlap::training_overlap;
 use crate::runfolder;
 use crate::model::weights::{LoadedModel, load_model};
@@ -319,13 +319,13 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     )?;
     let r = &o.report.overall;
     println!(
-        "{} images: accuracy {:.4}, macro sensitivity {:.4}, specificity {:.4}, F1 {:.4}, AUC {}",
+        "{} images: accuracy {:.4}, macro sensitivity {}, specificity {}, F1 {}, AUC {}",
         r.n,
         r.accuracy,
-        r.sensitivity,
-        r.specificity,
-        r.f1,
-        r.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
+        fixed4_or_na(r.sensitivity),
+        fixed4_or_na(r.specificity),
+        fixed4_or_na(r.f1),
+        fixed4_or_na(r.auc)
     );
     for (_, w) in &p.warnings {
         eprintln!("warning: {w} (used; --strict refuses it)");
@@ -403,7 +403,7 @@ fn looks_like_image(path: &Path) -> bool {
 
 /// The inputs: files as given; folders searched recursively (hidden entries skipped) for files
 /// with an image extension or image content, in name order.
-fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let mut entries: Vec<PathBuf> =
             std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();

@@ -5,6 +5,7 @@ pub mod augment;
 pub mod dataset;
 pub mod decode;
 pub mod loader;
+pub mod ood_sets;
 pub mod prefetch;
 pub mod preprocess;
 pub mod split;

@@ -17,6 +17,7 @@ use crate::data::decode::{DecodeLimits, decode_file};
 use crate::error::{IoContext, Result};
 use crate::eval::evaluate::{EvalReport, Predictions, write_predictions_csv};
 use crate::eval::localize::{GroundTruth, LocalizationReport, Threshold, localize};
+use crate::eval::metrics::pct_or_na;
 use crate::eval::metrics::{Metrics, argmax};
 use crate::eval::overlap::TrainingOverlap;
 
@@ -52,10 +53,10 @@ pub fn metric_row(name: &str, m: &Metrics) -> Vec<String> {
         name.to_string(),
         m.n.to_string(),
         pct(m.accuracy),
-        pct(m.sensitivity),
-        pct(m.specificity),
-        pct(m.f1),
-        m.auc.map(pct).unwrap_or_else(|| "n/a".into()),
+        pct_or_na(m.sensitivity),
+        pct_or_na(m.specificity),
+        pct_or_na(m.f1),
+        pct_or_na(m.auc),
     ]
 }
 
@@ -163,10 +164,10 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
                 vec![
                     c.class.clone(),
                     c.support.to_string(),
-                    pct(c.sensitivity),
-                    pct(c.specificity),
-                    pct(c.precision),
-                    pct(c.f1),
+                    pct_or_na(c.sensitivity),
+                    pct_or_na(c.specificity),
+                    pct_or_na(c.precision),
+                    pct_or_na(c.f1),
                     c.auc.map(pct).unwrap_or_else(|| "n/a".into()),
                 ]
             })
