@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::dataset::Dataset;
 use super::decode::{GrayImage, Pixels, decode_file};
 use super::loader::InputPipeline;
+use super::preprocess::Plane;
 
 /// Metadata key under which a model file stores its [`InputStats`] as JSON.
 pub const STATS_KEY: &str = "magsd.input_stats";
@@ -66,6 +67,11 @@ pub struct InputStats {
 
 /// The three numbers of a decoded image under `pipeline` (no augmentation).
 pub fn image_features(img: &GrayImage, pipeline: &InputPipeline) -> ImageFeatures {
+    features_of(img, &pipeline.eval_plane(img))
+}
+
+/// The three numbers of a decoded image and its model input `plane` (`InputPipeline::eval_plane`).
+pub fn features_of(img: &GrayImage, plane: &Plane) -> ImageFeatures {
     let (scale, values): (f64, Vec<f64>) = match &img.pixels {
         Pixels::U8(v) => (1.0, v.iter().map(|&x| f64::from(x)).collect()),
         Pixels::U16(v) => (255.0 / 65535.0, v.iter().map(|&x| f64::from(x)).collect()),
@@ -73,7 +79,6 @@ pub fn image_features(img: &GrayImage, pipeline: &InputPipeline) -> ImageFeature
     let n = values.len().max(1) as f64;
     let mean = values.iter().sum::<f64>() / n;
     let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-    let plane = pipeline.eval_plane(img);
     let (w, h) = (plane.width, plane.height);
     let (mut sum, mut count) = (0.0f64, 0usize);
     for y in 0..h {
@@ -94,6 +99,15 @@ pub fn image_features(img: &GrayImage, pipeline: &InputPipeline) -> ImageFeature
         intensity_std: var.sqrt() * scale,
         gradient_energy: if count > 0 { sum / count as f64 } else { 0.0 },
     }
+}
+
+/// The three numbers of the dataset's images at `indices` (in parallel), `None` for an image
+/// that cannot be read.
+pub fn measure(ds: &Dataset, indices: &[usize], pipeline: &InputPipeline) -> Vec<Option<ImageFeatures>> {
+    indices
+        .par_iter()
+        .map(|&i| decode_file(&ds.samples[i].path, &pipeline.limits).ok().map(|img| image_features(&img, pipeline)))
+        .collect()
 }
 
 fn version_one() -> u32 {
@@ -142,11 +156,7 @@ impl InputStats {
         let n = ds.samples.len();
         let take = n.min(MAX_IMAGES);
         let picks: Vec<usize> = (0..take).map(|i| i * n / take.max(1)).collect();
-        let features: Vec<ImageFeatures> = picks
-            .par_iter()
-            .filter_map(|&i| decode_file(&ds.samples[i].path, &pipeline.limits).ok())
-            .map(|img| image_features(&img, pipeline))
-            .collect();
+        let features: Vec<ImageFeatures> = measure(ds, &picks, pipeline).into_iter().flatten().collect();
         Self::from_features(&features)
     }
 

@@ -209,6 +209,35 @@ impl CalibrationReport {
         let reliability = reliability(probs, labels);
         CalibrationReport { images: probs.len(), ece: reliability.ece, brier: brier(probs, labels), reliability }
     }
+
+    /// The report of several disjoint sets taken together (the folds of a cross-validation):
+    /// bins merged by their counts, so the ECE is exactly that of the pooled images; the Brier
+    /// score weighted by images.
+    pub fn pool(reports: &[&CalibrationReport]) -> Self {
+        let images: usize = reports.iter().map(|r| r.images).sum();
+        let bins: Vec<ReliabilityBin> = (0..ECE_BINS)
+            .map(|b| {
+                let count: usize = reports.iter().map(|r| r.reliability.bins[b].count).sum();
+                let sum = |f: fn(&ReliabilityBin) -> Option<f64>| {
+                    reports.iter().map(|r| &r.reliability.bins[b]).filter_map(|x| Some(f(x)? * x.count as f64)).sum::<f64>()
+                };
+                let mean = |f| (count > 0).then(|| sum(f) / count as f64);
+                ReliabilityBin {
+                    lower: bin_edge(b),
+                    upper: bin_edge(b + 1),
+                    count,
+                    confidence: mean(|x| x.confidence),
+                    accuracy: mean(|x| x.accuracy),
+                }
+            })
+            .collect();
+        let ece = bins
+            .iter()
+            .filter_map(|b| Some(b.count as f64 / images.max(1) as f64 * (b.accuracy? - b.confidence?).abs()))
+            .sum();
+        let brier = (images > 0).then(|| reports.iter().filter_map(|r| Some(r.brier? * r.images as f64)).sum::<f64>() / images as f64);
+        CalibrationReport { images, ece, brier, reliability: Reliability { bins, ece } }
+    }
 }
 
 #[cfg(test)]
@@ -271,5 +300,16 @@ mod tests {
         assert!((r.ece - want).abs() < 1e-15, "{} vs {want}", r.ece);
         assert_eq!(brier(&[vec![1.0, 0.0]], &[1]), Some(2.0));
         assert_eq!(brier(&[], &[]), None);
+    }
+
+    #[test]
+    fn pooled_reports_equal_the_report_of_the_pooled_images() {
+        let (a, ya) = (vec![vec![0.9, 0.1], vec![0.6, 0.4], vec![0.2, 0.8]], vec![0, 1, 1]);
+        let (b, yb) = (vec![vec![0.95, 0.05], vec![0.55, 0.45]], vec![0, 0]);
+        let pooled = CalibrationReport::pool(&[&CalibrationReport::new(&a, &ya), &CalibrationReport::new(&b, &yb)]);
+        let all: Vec<Vec<f64>> = a.iter().chain(&b).cloned().collect();
+        let direct = CalibrationReport::new(&all, &[ya, yb].concat());
+        assert_eq!(pooled.images, 5);
+        assert!((pooled.ece - direct.ece).abs() < 1e-12 && (pooled.brier.unwrap() - direct.brier.unwrap()).abs() < 1e-12);
     }
 }

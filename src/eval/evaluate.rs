@@ -168,6 +168,10 @@ pub struct EvalReport {
     /// Set when evaluated images also trained the model (the metrics are then no held-out estimate).
     #[serde(default)]
     pub training_overlap: Option<TrainingOverlap>,
+    /// Calibration before and after, unusual images, operating points (absent in files written
+    /// before magsd reported them).
+    #[serde(default)]
+    pub reliability: Option<crate::eval::reliability::EvalReliability>,
 }
 
 impl EvalReport {
@@ -204,6 +208,7 @@ impl EvalReport {
             unreadable,
             warnings: listed(&p.warnings),
             training_overlap: None,
+            reliability: None,
         })
     }
 

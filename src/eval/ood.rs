@@ -41,6 +41,9 @@ pub const OOD_KEY: &str = "magsd.ood";
 pub const OOD_VERSION: u32 = 1;
 /// The stored eigenvector basis holds at most this many numbers (4 MB in f32).
 pub const MAX_BASIS_FLOATS: usize = 1 << 20;
+/// Relative slack of the threshold: a batch of images and the same image alone give features
+/// that differ in their last digits, and the threshold is itself one image's score.
+pub const THRESHOLD_TOLERANCE: f64 = 1e-4;
 /// Default in-distribution acceptance rate of the threshold.
 pub const DEFAULT_TPR: f64 = 0.95;
 
@@ -241,12 +244,14 @@ impl OodDetector {
         Ok(OodDetector { info, model })
     }
 
-    /// The verdicts for `features` `[B, d]`. A non-finite score (a broken model) is unusual.
+    /// The verdicts for `features` `[B, d]`: unusual above the threshold (scores within
+    /// [`THRESHOLD_TOLERANCE`] of it count as at it). A non-finite score (a broken model) is unusual.
     pub fn judge(&self, features: &Tensor) -> Vec<OodVerdict> {
+        let t = self.info.threshold;
         self.model
             .score(features)
             .into_iter()
-            .map(|s| OodVerdict { score: s, threshold: self.info.threshold, unusual: !s.is_finite() || s > self.info.threshold })
+            .map(|s| OodVerdict { score: s, threshold: t, unusual: !s.is_finite() || s > t + THRESHOLD_TOLERANCE * t.abs() })
             .collect()
     }
 

@@ -54,10 +54,10 @@ pub fn score_images(
         for (i, img) in chunk.iter().enumerate() {
             let feature = feats.get(i as i64);
             let pix = image_features(img, pipeline);
-            // A broken model (non-finite logits) is an error for `assess`; here it is scored as unusual.
-            let a = reliability.assess(&logits[i], Some(&feature), Some(&pix), &classes).ok();
+            // A broken model (non-finite logits) is an error, as everywhere.
+            let a = reliability.assess(&logits[i], Some(&feature), Some(&pix), &classes)?;
             let screen = !reliability.screen_reasons(&pix).is_empty();
-            let (mahalanobis, detector) = match a.as_ref().and_then(|a| a.unusual.ood.clone()) {
+            let (mahalanobis, detector) = match &a.unusual.ood {
                 Some(v) => (Some(v.score), v.unusual),
                 None => (None, false),
             };
@@ -67,7 +67,7 @@ pub fn score_images(
                 knn: knn_scores.as_ref().map(|k| k[i]),
                 screen,
                 detector,
-                unusual: a.as_ref().is_none_or(|a| a.unusual.unusual),
+                unusual: a.unusual.unusual,
             });
         }
     }

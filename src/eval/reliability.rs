@@ -13,10 +13,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::calibration::{Calibration, softmax_t};
+use super::calibration::{Calibration, CalibrationReport, softmax_t};
+use super::evaluate::Predictions;
 use super::metrics::argmax;
 use super::ood::{OodDetector, OodVerdict};
-use super::operating_point::OperatingPoint;
+use super::operating_point::{OperatingPoint, OperatingPointResult};
+use crate::data::dataset::Dataset;
 use crate::data::input_stats::{ImageFeatures, InputStats, STATS_KEY};
 use crate::error::{Error, Result};
 use crate::model::weights::NamedTensors;
@@ -44,6 +46,21 @@ pub struct ReliabilityInfo {
     /// Held-out (validation) images everything above was fitted on; 0 when there were none.
     pub held_out_images: usize,
     pub training_images: usize,
+}
+
+/// What a server's model card says about trusting the answers (plain data, unlike
+/// [`Reliability`], whose detector holds tensors).
+#[derive(Clone, Debug, Serialize)]
+pub struct ReliabilitySummary {
+    /// How the probabilities are made, in words.
+    pub probabilities: String,
+    /// Logits are divided by this before the softmax (1: raw softmax).
+    pub temperature: f64,
+    /// What the `unusual` flag rests on, in words.
+    pub unusual_inputs: String,
+    /// The feature-space detector's settings and threshold (`None`: the file has none).
+    pub ood: Option<super::ood::OodInfo>,
+    pub operating_points: Vec<OperatingPoint>,
 }
 
 /// Everything a loaded model file says about trusting its answers.
@@ -161,6 +178,16 @@ impl Reliability {
         }
     }
 
+    pub fn summary(&self) -> ReliabilitySummary {
+        ReliabilitySummary {
+            probabilities: self.calibration_text(),
+            temperature: self.temperature(),
+            unusual_inputs: self.ood_text(),
+            ood: self.detector.as_ref().map(|d| d.info.clone()),
+            operating_points: self.operating_points().to_vec(),
+        }
+    }
+
     /// The lines every output that describes the model shows.
     pub fn describe(&self) -> Vec<String> {
         let mut out = vec![format!("Probabilities: {}.", self.calibration_text()), format!("Unusual inputs: {}.", self.ood_text())];
@@ -204,7 +231,7 @@ impl Reliability {
             unusual.checks.push("pixel screen".into());
             let why = self.screen_reasons(f);
             if !why.is_empty() {
-                unusual.reasons.push(format!("its pixels are unlike the training X-rays: {}", why.join("; ")));
+                unusual.reasons.push(format!("{PIXEL_REASON} the training X-rays: {}", why.join("; ")));
             }
         }
         if let (Some(d), Some(f)) = (&self.detector, feature) {
@@ -237,6 +264,146 @@ impl Reliability {
         Ok(Assessment { probabilities, predicted, unusual, decisions })
     }
 }
+
+/// Calibration of one set of predictions before (raw softmax) and after the model's temperature.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationComparison {
+    pub temperature: f64,
+    pub before: CalibrationReport,
+    pub after: CalibrationReport,
+}
+
+impl CalibrationComparison {
+    /// From each image's raw logits and true label.
+    pub fn new(logits: &[Vec<f64>], labels: &[usize], temperature: f64) -> Self {
+        let probs = |t: f64| logits.iter().map(|z| softmax_t(z, t)).collect::<Vec<_>>();
+        CalibrationComparison {
+            temperature,
+            before: CalibrationReport::new(&probs(1.0), labels),
+            after: CalibrationReport::new(&probs(temperature), labels),
+        }
+    }
+}
+
+/// An evaluated image that was flagged unusual.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlaggedImage {
+    pub path: String,
+    pub reasons: Vec<String>,
+}
+
+/// How many evaluated images were flagged, and by which check.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UnusualSummary {
+    /// What the flag rests on (`Reliability::ood_text`).
+    pub checks: String,
+    pub images: usize,
+    pub flagged: usize,
+    pub by_pixel_screen: usize,
+    pub by_detector: usize,
+    pub flagged_images: Vec<FlaggedImage>,
+}
+
+/// What `metrics.json` and the reports say about trusting the evaluated predictions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalReliability {
+    /// How the probabilities the metrics use were made (`Reliability::calibration_text`).
+    pub probabilities: String,
+    pub calibration: CalibrationComparison,
+    pub unusual: UnusualSummary,
+    /// Achieved sensitivity and specificity of each operating point, with bootstrap intervals.
+    pub operating_points: Vec<OperatingPointResult>,
+}
+
+impl Reliability {
+    /// The answer for every image of `p` (its logits, its features when kept, and `images`, the
+    /// pixel statistics of each row's decoded image); `p.probs` becomes the calibrated
+    /// probabilities. An error when any output is not finite.
+    pub fn assess_predictions(&self, p: &mut Predictions, images: &[Option<ImageFeatures>], classes: &[String]) -> Result<Vec<Assessment>> {
+        let d = p.features.first().map_or(0, Vec::len) as i64;
+        let mut out = Vec::with_capacity(p.logits.len());
+        for (row, z) in p.logits.iter().enumerate() {
+            let feature = p.features.get(row).map(|f| Tensor::from_slice(f).view([d]));
+            let a = self.assess(z, feature.as_ref(), images.get(row).and_then(Option::as_ref), classes).map_err(|e| {
+                Error::Model(format!("{e} (image {} of {})", row + 1, p.logits.len()))
+            })?;
+            out.push(a);
+        }
+        p.probs = out.iter().map(|a| a.probabilities.clone()).collect();
+        Ok(out)
+    }
+
+    /// Calibration before and after, the unusual images, and the operating points' achieved
+    /// sensitivity and specificity (patients resampled for the intervals) of a labelled set.
+    pub fn evaluate_set(&self, p: &Predictions, assessed: &[Assessment], ds: &Dataset) -> EvalReliability {
+        let mut flagged = Vec::new();
+        let (mut by_screen, mut by_detector) = (0, 0);
+        for (row, a) in assessed.iter().enumerate() {
+            if a.unusual.unusual {
+                flagged.push(FlaggedImage { path: ds.samples[p.indices[row]].name.clone(), reasons: a.unusual.reasons.clone() });
+            }
+            by_screen += usize::from(a.unusual.reasons.iter().any(|r| r.starts_with(PIXEL_REASON)));
+            by_detector += usize::from(a.unusual.ood.as_ref().is_some_and(|v| v.unusual));
+        }
+        let mut groups: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+        for (row, &i) in p.indices.iter().enumerate() {
+            groups.entry(ds.samples[i].patient_key()).or_default().push(row);
+        }
+        let groups: Vec<Vec<usize>> = groups.into_values().collect();
+        let operating_points = self
+            .operating_points()
+            .iter()
+            .filter_map(|op| {
+                let k = ds.classes.iter().position(|c| *c == op.class)?;
+                let scores: Vec<f64> = p.probs.iter().map(|q| q[k]).collect();
+                let positive: Vec<bool> = p.labels.iter().map(|&y| y == k).collect();
+                Some(super::operating_point::evaluate(op, &scores, &positive, &groups))
+            })
+            .collect();
+        EvalReliability {
+            probabilities: self.calibration_text(),
+            calibration: CalibrationComparison::new(&p.logits, &p.labels, self.temperature()),
+            unusual: UnusualSummary {
+                checks: self.ood_text(),
+                images: assessed.len(),
+                flagged: flagged.len(),
+                by_pixel_screen: by_screen,
+                by_detector,
+                flagged_images: flagged,
+            },
+            operating_points,
+        }
+    }
+}
+
+/// Predicts `indices` of the loader's dataset with the model file's calibration and checks:
+/// [`super::evaluate::predict`] keeping features, the pixel screen on each image, then
+/// [`Reliability::assess_predictions`] (so the returned probabilities are calibrated) and
+/// [`Reliability::evaluate_set`].
+pub fn predict_assessed(
+    model: &crate::model::MagSd,
+    reliability: &Reliability,
+    loader: &crate::data::loader::Loader,
+    indices: &[usize],
+    device: tch::Device,
+    opts: &super::evaluate::PredictOptions,
+) -> Result<(Predictions, EvalReliability)> {
+    let opts = super::evaluate::PredictOptions { keep_features: reliability.detector.is_some(), ..*opts };
+    let mut p = super::evaluate::predict(model, loader, indices, device, &opts)?;
+    let ds = loader.dataset().clone();
+    let screen = if reliability.input_stats.is_some() {
+        crate::data::input_stats::measure(&ds, &p.indices, loader.pipeline())
+    } else {
+        vec![None; p.indices.len()]
+    };
+    let assessed = reliability.assess_predictions(&mut p, &screen, &model.config.class_labels())?;
+    let summary = reliability.evaluate_set(&p, &assessed, &ds);
+    p.features.clear();
+    Ok((p, summary))
+}
+
+/// How a pixel-screen reason starts (see [`Reliability::assess`]).
+const PIXEL_REASON: &str = "its pixels are unlike";
 
 #[cfg(test)]
 mod tests {

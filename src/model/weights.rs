@@ -166,6 +166,30 @@ pub struct LoadedModel {
     pub extra: NamedTensors,
 }
 
+/// Refuses weights with a NaN or an infinity (a diverged run saved by other means, a damaged
+/// file): such a model answers with non-finite scores, which are no answer.
+fn refuse_non_finite(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let mut bad: Vec<String> = tch::no_grad(|| {
+        vs.variables()
+            .into_iter()
+            .filter(|(_, t)| t.is_floating_point() && !bool::try_from(t.isfinite().all()).unwrap_or(false))
+            .map(|(n, _)| n)
+            .collect()
+    });
+    if bad.is_empty() {
+        return Ok(());
+    }
+    bad.sort();
+    Err(Error::bad_file(
+        path,
+        format!(
+            "{} tensor(s) hold NaN or infinite weights (first: {}); the model is broken (e.g. a diverged training run) and gives no answer",
+            bad.len(),
+            bad[0]
+        ),
+    ))
+}
+
 /// Loads a model saved by [`save_model`] (or the model in a training checkpoint) onto `device`.
 pub fn load_model(path: &Path, device: Device) -> Result<LoadedModel> {
     let (tensors, meta) = load_tensors(path)?;
@@ -181,6 +205,7 @@ pub fn load_model(path: &Path, device: Device) -> Result<LoadedModel> {
     let vs = nn::VarStore::new(device);
     let model = MagSd::new(&vs.root(), config)?;
     copy_exact(&vs, &tensors, path)?;
+    refuse_non_finite(&vs, path)?;
     Ok(LoadedModel { vs, model, metadata: meta, extra })
 }
 

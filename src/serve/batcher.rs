@@ -13,7 +13,9 @@ use tch::{Device, Kind};
 use tokio::sync::oneshot;
 
 use super::metrics::Metrics;
-use crate::eval::evaluate::infer;
+use crate::data::input_stats::ImageFeatures;
+use crate::eval::evaluate::{forward, rows_f64};
+use crate::eval::reliability::{Assessment, Reliability};
 use crate::model::weights::LoadedModel;
 
 #[derive(Clone, Copy, Debug)]
@@ -33,8 +35,9 @@ pub struct BatchOptions {
 /// What the model said about one image.
 #[derive(Clone, Debug)]
 pub struct Inference {
-    /// Softmax probabilities, in the model's class order.
-    pub probs: Vec<f64>,
+    /// Calibrated probabilities, the predicted class, the `unusual` verdict and the operating
+    /// points' decisions (`Reliability::assess`).
+    pub assessment: Assessment,
     /// Mean attention map, `attention_side²` values, row-major.
     pub attention: Vec<f32>,
     pub attention_side: usize,
@@ -46,11 +49,15 @@ pub struct Inference {
     pub batch_size: usize,
 }
 
+/// The answer for one image, or why there is none (a non-finite output, a failed batch).
 pub type Reply = Result<Inference, String>;
 
 struct Job {
     /// `[1, S, S]` z-scored input, row-major.
     input: Vec<f32>,
+    /// The pixel statistics of its decoded image (for the pixel screen); `None` for inputs that
+    /// arrive preprocessed (KServe).
+    image: Option<ImageFeatures>,
     enqueued: Instant,
     reply: oneshot::Sender<Reply>,
 }
@@ -94,12 +101,13 @@ pub fn queue(opts: BatchOptions, metrics: Arc<Metrics>) -> (Batcher, BatchWorker
 }
 
 impl Batcher {
-    /// Queues one model input (`S × S` values); the receiver gets the answer. Never blocks.
-    pub fn submit(&self, input: Vec<f32>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+    /// Queues one model input (`S × S` values) with its decoded image's pixel statistics; the
+    /// receiver gets the answer. Never blocks.
+    pub fn submit(&self, input: Vec<f32>, image: Option<ImageFeatures>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
         debug_assert_eq!(input.len(), self.input_size * self.input_size);
         let (reply, rx) = oneshot::channel();
         self.length.fetch_add(1, Ordering::SeqCst);
-        match self.tx.try_send(Job { input, enqueued: Instant::now(), reply }) {
+        match self.tx.try_send(Job { input, image, enqueued: Instant::now(), reply }) {
             Ok(()) => Ok(rx),
             Err(e) => {
                 self.length.fetch_sub(1, Ordering::SeqCst);
@@ -127,18 +135,19 @@ impl Batcher {
 }
 
 impl BatchWorker {
-    /// Starts the model thread. It ends when every [`Batcher`] is gone (server shut down).
-    pub fn spawn(self, model: LoadedModel, device: Device) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Starts the model thread, which owns the model and what its file says about trusting it.
+    /// It ends when every [`Batcher`] is gone (server shut down).
+    pub fn spawn(self, model: LoadedModel, reliability: Reliability, device: Device) -> std::io::Result<std::thread::JoinHandle<()>> {
         let ready = self.ready.clone();
         ready.store(true, Ordering::SeqCst); // the thread owns a loaded model from its first instruction
-        let handle = std::thread::Builder::new().name("magsd-batcher".into()).spawn(move || self.run(&model, device));
+        let handle = std::thread::Builder::new().name("magsd-batcher".into()).spawn(move || self.run(&model, &reliability, device));
         if handle.is_err() {
             ready.store(false, Ordering::SeqCst);
         }
         handle
     }
 
-    fn run(self, m: &LoadedModel, device: Device) {
+    fn run(self, m: &LoadedModel, reliability: &Reliability, device: Device) {
         while let Ok(first) = self.rx.recv() {
             let mut jobs = vec![first];
             let deadline = Instant::now() + self.opts.max_wait;
@@ -152,13 +161,13 @@ impl BatchWorker {
             // A caller that gave up (timeout, closed connection) needs no forward pass.
             jobs.retain(|j| !j.reply.is_closed());
             if !jobs.is_empty() {
-                self.run_batch(m, device, jobs);
+                self.run_batch(m, reliability, device, jobs);
             }
         }
         self.ready.store(false, Ordering::SeqCst);
     }
 
-    fn run_batch(&self, m: &LoadedModel, device: Device, jobs: Vec<Job>) {
+    fn run_batch(&self, m: &LoadedModel, reliability: &Reliability, device: Device, jobs: Vec<Job>) {
         let (n, s) = (jobs.len(), self.opts.input_size);
         let taken = Instant::now();
         let mut data = Vec::with_capacity(n * s * s);
@@ -166,15 +175,20 @@ impl BatchWorker {
             data.extend_from_slice(&j.input);
         }
         let start = Instant::now();
+        let classes = m.model.config.class_labels();
         // libtorch reports failures (e.g. out of GPU memory) by panicking through tch: answer
         // this batch's callers with the message and keep serving.
-        let out = catch_unwind(AssertUnwindSafe(|| -> Result<(Vec<f64>, Vec<f32>, usize), String> {
+        let out = catch_unwind(AssertUnwindSafe(|| -> Result<(Vec<Result<Assessment, String>>, Vec<f32>, usize), String> {
             let x = tch::Tensor::from_slice(&data).view([n as i64, 1, s as i64, s as i64]); // [B, 1, S, S]
-            let (probs, att) = infer(&m.model, &x, device, self.opts.bf16, false); // [B, K], [B, 1, h, w]
-            let side = att.size()[2] as usize;
-            let probs: Vec<f64> = Vec::try_from(probs.to_device(Device::Cpu).to_kind(Kind::Double).flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
-            let att: Vec<f32> = Vec::try_from(att.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
-            Ok((probs, att, side))
+            let f = forward(&m.model, &x, device, self.opts.bf16, false); // [B, K], [B, 1, h, w], [B, C]
+            let side = f.attention.size()[2] as usize;
+            let logits = rows_f64(&f.logits).map_err(|e| e.to_string())?;
+            let features = f.features.to_device(Device::Cpu);
+            let assessed = (0..n)
+                .map(|i| reliability.assess(&logits[i], Some(&features.get(i as i64)), jobs[i].image.as_ref(), &classes).map_err(|e| e.to_string()))
+                .collect();
+            let att: Vec<f32> = Vec::try_from(f.attention.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
+            Ok((assessed, att, side))
         }))
         .unwrap_or_else(|p| {
             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
@@ -186,11 +200,10 @@ impl BatchWorker {
             self.metrics.queued(taken.duration_since(j.enqueued).as_secs_f64());
         }
         match out {
-            Ok((probs, att, side)) => {
-                let k = probs.len() / n;
-                for (i, j) in jobs.into_iter().enumerate() {
-                    let _ = j.reply.send(Ok(Inference {
-                        probs: probs[i * k..(i + 1) * k].to_vec(),
+            Ok((assessed, att, side)) => {
+                for ((i, j), a) in jobs.into_iter().enumerate().zip(assessed) {
+                    let _ = j.reply.send(a.map(|assessment| Inference {
+                        assessment,
                         attention: att[i * side * side..(i + 1) * side * side].to_vec(),
                         attention_side: side,
                         queue_s: taken.duration_since(j.enqueued).as_secs_f64(),

@@ -16,7 +16,8 @@ use crate::data::decode::DecodeLimits;
 use crate::data::loader::{InputPipeline, Loader};
 use crate::data::split::{Folds, SplitFile, check_split, holdout_split, stratified_patient_kfold};
 use crate::error::{Error, IoContext, Result};
-use crate::eval::evaluate::{EvalReport, predict, write_predictions_csv};
+use crate::eval::evaluate::{EvalReport, write_predictions_csv};
+use crate::eval::reliability::{Reliability, predict_assessed};
 use crate::eval::metrics::{Metrics, fixed4_or_na, pct_or_na, summarise};
 use crate::model::weights::load_model;
 pub use crate::runfolder::{CONFIG_FILE, CvSummary, FoldResult, RUN_FILE, RunSpec, SPLIT_FILE, SUMMARY_FILE};
@@ -219,10 +220,13 @@ impl FoldRunner {
             return Ok(None);
         }
         super::reliability::fit_and_store(&dir.join(MODEL_FILE), &self.loader, &train_idx, &val_idx, cfg, opts.device)?;
-        // Evaluate the held-out fold once, with the selected model, never augmented.
+        // Evaluate the held-out fold once, with the selected model, never augmented, with its
+        // calibration and checks.
         let m = load_model(&dir.join(MODEL_FILE), opts.device)?;
-        let p = predict(&m.model, &self.loader, &test, opts.device, &cfg.predict_options())?;
-        let report = EvalReport::new(ds, &p, &opts.by)?;
+        let reliability = Reliability::of(&m, &dir.join(MODEL_FILE))?;
+        let (p, trust) = predict_assessed(&m.model, &reliability, &self.loader, &test, opts.device, &cfg.predict_options())?;
+        let mut report = EvalReport::new(ds, &p, &opts.by)?;
+        report.reliability = Some(trust);
         report.save(&dir.join(METRICS_FILE))?;
         write_predictions_csv(&dir.join(PREDICTIONS_FILE), ds, &p)?;
         let r = FoldResult {
