@@ -10,8 +10,7 @@ use crate::data::loader::{InputPipeline, Loader};
 use crate::data::ood_sets::{self, OodImage};
 use crate::error::{Error, Result};
 use crate::eval::evaluate::{PredictOptions, predict};
-use crate::eval::ood::Knn;
-use crate::eval::ood_eval::{Distance, OodEvalReport, score_images, set_result};
+use crate::eval::ood_eval::{Comparison, Distance, OodEvalReport, score_images, set_result};
 use crate::eval::reliability::Reliability;
 use crate::model::weights::load_model;
 
@@ -31,8 +30,8 @@ noise images, 16 gradients, 32 phantoms of `magsd data synth` (near), and the in
 X-rays inverted, rotated by 90° and cropped to their central 30 % (near). --ood NAME=FOLDER adds\n\
 a folder of far-away images (PNG, JPEG, DICOM), --near-ood NAME=FOLDER one of near ones.\n\
 Reports AUROC and FPR at 95 % TPR (OpenOOD's definitions) of the stored detector's distance, the\n\
-energy score and (with --fit-data) the k-nearest-neighbour distance, and how many images the\n\
-model file's own threshold flags.")]
+energy score and (with --fit-data) the k-nearest-neighbour distance and the Mahalanobis distance\n\
+on layer4 alone, and how many images the model file's own threshold flags.")]
 pub struct OodEvalArgs {
     #[command(flatten)]
     pub run: ModelRun,
@@ -45,7 +44,8 @@ pub struct OodEvalArgs {
     /// A folder of near out-of-distribution images, as NAME=FOLDER; repeatable.
     #[arg(long = "near-ood", value_name = "NAME=FOLDER")]
     pub near_ood: Vec<String>,
-    /// Training images (same label column and classes as --data) for the kNN comparison.
+    /// Training images (same label column and classes as --data) for the comparison detectors
+    /// (kNN, and Mahalanobis on layer4 alone).
     #[arg(long)]
     pub fit_data: Option<PathBuf>,
     /// k of the kNN comparison.
@@ -119,21 +119,22 @@ pub fn run(args: OodEvalArgs) -> Result<i32> {
         return Err(Error::Data(format!("{}: no readable in-distribution image", args.data.data.display())));
     }
 
-    let knn = match &args.fit_data {
+    let comparison = match &args.fit_data {
         None => None,
         Some(p) => {
-            let fit = Arc::new(crate::data::dataset::Dataset::open(p, &args.data.options())?);
+            let fit = Arc::new(crate::data::dataset::Dataset::open(p, &args.data.options())?.with_classes(&m.model.config.class_labels()));
             let loader = Loader::new(fit.clone(), pipeline.clone(), 0, false);
             let all: Vec<usize> = (0..fit.samples.len()).collect();
             let opts = PredictOptions { batch_size: batch, keep_features: true, ..Default::default() };
             let pr = predict(&m.model, &loader, &all, device, &opts)?;
             let d = pr.features.first().map_or(0, Vec::len) as i64;
             let flat: Vec<f32> = pr.features.iter().flatten().copied().collect();
-            eprintln!("kNN bank: {} training images of {}", pr.features.len(), p.display());
-            Some(Knn::fit(&tch::Tensor::from_slice(&flat).view([-1, d]), args.knn_k))
+            eprintln!("comparison detectors fitted on {} training images of {}", pr.features.len(), p.display());
+            let c4 = m.model.config.resnet.channels().2 as usize;
+            Some(Comparison::fit(&tch::Tensor::from_slice(&flat).view([-1, d]), &pr.labels, args.knn_k, c4)?)
         }
     };
-    let score = |imgs: &[GrayImage]| score_images(&m.model, &reliability, knn.as_ref(), &pipeline, imgs, device, batch);
+    let score = |imgs: &[GrayImage]| score_images(&m.model, &reliability, comparison.as_ref(), &pipeline, imgs, device, batch);
 
     let id = score(&id_images)?;
     let mut sets: Vec<(String, Distance, Vec<GrayImage>)> = vec![
@@ -158,7 +159,7 @@ pub fn run(args: OodEvalArgs) -> Result<i32> {
     let report = OodEvalReport {
         model: path.display().to_string(),
         in_distribution: format!("{} ({} images)", args.data.data.display(), id_images.len()),
-        knn_k: knn.as_ref().map(|k| k.k),
+        knn_k: comparison.as_ref().map(|c| c.knn.k),
         sets: rows,
         unreadable,
     };

@@ -39,7 +39,7 @@ pub struct Predictions {
     pub probs: Vec<Vec<f64>>,
     /// The logits they come from (for calibration).
     pub logits: Vec<Vec<f64>>,
-    /// Global average of the last feature map per image (when asked for).
+    /// Global averages of the backbone's stages per image (when asked for; see [`Forward`]).
     pub features: Vec<Vec<f32>>,
     /// Mean attention map per image, `side × side`, row-major (when asked for).
     pub attention: Vec<Vec<f32>>,
@@ -65,7 +65,8 @@ pub struct Forward {
     pub probs: Tensor,
     /// `[B, 1, h, w]` mean attention map.
     pub attention: Tensor,
-    /// `[B, C]` global average of the last feature map, f32 (what `crate::eval::ood` scores).
+    /// `[B, Σ C_i]` global averages of the backbone's stage outputs, concatenated, f32 (what
+    /// `crate::eval::ood` scores; a baseline's last feature map alone).
     pub features: Tensor,
 }
 
@@ -76,7 +77,9 @@ pub fn forward(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) 
         let x = if cl { channels_last(&x) } else { x };
         let out = autocast_bf16(bf16, device, || model.forward_t(&x, false));
         let logits = out.logits.to_kind(Kind::Float);
-        let features = out.features.to_kind(Kind::Float).mean_dim(&[2i64, 3][..], false, Kind::Float); // [B, C, h, w] -> [B, C]
+        // [B, C_i, h_i, w_i] per stage -> [B, Σ C_i]
+        let pooled: Vec<Tensor> = out.stages.iter().map(|t| t.to_kind(Kind::Float).mean_dim(&[2i64, 3][..], false, Kind::Float)).collect();
+        let features = Tensor::cat(&pooled, 1);
         Forward { probs: logits.softmax(1, Kind::Float), logits, attention: out.mean_attention(), features }
     })
 }

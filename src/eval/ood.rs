@@ -1,26 +1,32 @@
 //! Out-of-distribution detection in feature space: is an image like the X-rays the model was
 //! trained on?
 //!
-//! The feature of an image is the global average of the network's last convolutional feature
-//! map (layer4 of a ResNet: 2048 numbers for ResNet50, 256 for the tiny preset; a baseline's
-//! last feature map). The detector stored in model files is the Mahalanobis distance of Lee et
-//! al. ("A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial
-//! Attacks", NeurIPS 2018, Eq. 2): class means and one covariance shared by the classes
-//! ("tied"), both from the training images; an image's score is its distance to the closest class
-//! mean, `min_c (f − μ_c)ᵀ Σ⁻¹ (f − μ_c)`. Larger is more unusual. Two choices of ours:
+//! The feature of an image is the global average of each backbone stage's output (layer1 to
+//! layer4 of MA-Net's ResNet), concatenated: 480 numbers for the tiny network, 3840 for
+//! ResNet50; a baseline's last feature map alone. The early stages matter: they respond to local
+//! contrast and edge polarity, which an inverted or rotated X-ray changes while its layer4
+//! summary may not (Lee et al. combine the layers for the same reason, their "feature ensemble").
+//! The detector stored in model files is the Mahalanobis distance of Lee et al. ("A Simple
+//! Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks",
+//! NeurIPS 2018, Eq. 2): class means and one covariance shared by the classes ("tied"), both
+//! from the training images; an image's score is its distance to the closest class mean,
+//! `min_c (f − μ_c)ᵀ Σ⁻¹ (f − μ_c)`. Larger is more unusual. Our choices:
 //!
 //! - Σ is the Ledoit–Wolf shrinkage of the within-class covariance towards a multiple of the
 //!   identity (scikit-learn's `ledoit_wolf`; tested against it), so that it can be inverted
 //!   when there are fewer training images than feature dimensions.
+//! - One joint Gaussian over the concatenated stages (rather than one per stage and a weighted
+//!   sum, whose weights Lee et al. fit on out-of-distribution examples we do not have).
 //! - Only the leading `r` eigenvectors of Σ are stored (at most [`MAX_BASIS_FLOATS`] numbers,
-//!   4 MB: all 256 for the tiny network, 512 of 2048 for ResNet50); the other eigenvalues are
+//!   4 MB: all 480 for the tiny network, 273 of 3840 for ResNet50); the other eigenvalues are
 //!   replaced by their mean, as probabilistic PCA does, so the distance keeps its residual part
 //!   (the part of `f − μ` outside the leading subspace, which ViM, Wang et al. CVPR 2022, found
 //!   the most telling for far-away inputs). With all eigenvectors kept the distance is exact.
 //!
-//! Two alternatives are implemented for comparison (`magsd ood-eval --compare`): the distance to
-//! the k-th nearest training feature after L2 normalisation (Sun et al., ICML 2022) and the
-//! energy score `−logsumexp(logits)` (Liu et al., NeurIPS 2020). BENCHMARKS.md has the
+//! Alternatives are implemented for comparison (`magsd ood-eval`, with `--fit-data` for those
+//! that need the training features): the energy score `−logsumexp(logits)` (Liu et al., NeurIPS
+//! 2020), the distance to the k-th nearest training feature after L2 normalisation (Sun et al.,
+//! ICML 2022), and the same Mahalanobis distance on layer4 alone. BENCHMARKS.md has the
 //! measurements behind the choice.
 //!
 //! The threshold is the score that a stated fraction (the true-positive rate, default 95 %) of
@@ -78,7 +84,7 @@ pub enum ThresholdSource {
 pub struct OodInfo {
     pub version: u32,
     pub method: String,
-    /// "global average of the last feature map".
+    /// "global averages of the backbone stages, concatenated".
     pub feature: String,
     pub dims: usize,
     /// Eigenvectors kept, and the mean of the eigenvalues left out (0 when all are kept).
@@ -230,7 +236,7 @@ impl OodDetector {
         let info = OodInfo {
             version: OOD_VERSION,
             method: "mahalanobis".into(),
-            feature: "global average of the last feature map".into(),
+            feature: "global averages of the backbone stages, concatenated".into(),
             dims: model.dims(),
             rank: model.basis.size()[1] as usize,
             residual_variance: model.residual_variance,
@@ -433,7 +439,7 @@ mod tests {
         let m = Mahalanobis::fit_capped(&f, &vec![0; 20], cap).unwrap();
         let r = m.basis.size()[1] as usize;
         assert_eq!(r, 16);
-        assert_eq!(MAX_BASIS_FLOATS / 2048, 512, "ResNet50 keeps 512 of its 2048 directions");
+        assert_eq!(MAX_BASIS_FLOATS / 3840, 273, "ResNet50 keeps 273 of its 3840 directions");
         assert!(m.residual_variance > 0.0);
         // A point far along a direction outside the training span is still far.
         let s_in = m.score(&f.narrow(0, 0, 1))[0];

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use super::evaluate::{forward, rows_f64};
-use super::ood::{Knn, OodMetrics, energy, ood_metrics};
+use super::ood::{Knn, Mahalanobis, OodMetrics, energy, ood_metrics};
 use super::reliability::Reliability;
 use crate::data::decode::GrayImage;
 use crate::data::input_stats::image_features;
@@ -23,19 +23,42 @@ pub struct ImageScores {
     /// The stored detector's distance (`None`: the model file has none).
     pub mahalanobis: Option<f64>,
     pub energy: f64,
-    /// Distance to the k-th nearest training feature (when training features were given).
+    /// Distance to the k-th nearest training feature, and the Mahalanobis distance on layer4
+    /// alone (when training features were given).
     pub knn: Option<f64>,
+    pub layer4: Option<f64>,
     /// Flagged by the pixel screen, by the detector, and by either (what magsd reports).
     pub screen: bool,
     pub detector: bool,
     pub unusual: bool,
 }
 
+/// Detectors fitted on training features at evaluation time, for comparison with the stored one.
+pub struct Comparison {
+    pub knn: Knn,
+    /// Mahalanobis on the last `C4` numbers of the feature (layer4's average) alone.
+    pub layer4: Mahalanobis,
+    pub c4: usize,
+}
+
+impl Comparison {
+    /// Fits both on training `features` `[n, d]` with their `labels`; `c4` is layer4's width.
+    pub fn fit(features: &Tensor, labels: &[usize], k: usize, c4: usize) -> Result<Self> {
+        let d = features.size()[1];
+        let c4 = c4.min(d as usize);
+        Ok(Comparison {
+            knn: Knn::fit(features, k),
+            layer4: Mahalanobis::fit(&features.narrow(1, d - c4 as i64, c4 as i64), labels)?,
+            c4,
+        })
+    }
+}
+
 /// Runs `images` through the model in batches and scores each one.
 pub fn score_images(
     model: &MagSd,
     reliability: &Reliability,
-    knn: Option<&Knn>,
+    comparison: Option<&Comparison>,
     pipeline: &InputPipeline,
     images: &[GrayImage],
     device: Device,
@@ -50,7 +73,9 @@ pub fn score_images(
         let f = forward(model, &x, device, false, false);
         let feats = f.features.to_device(Device::Cpu);
         let logits = rows_f64(&f.logits)?;
-        let knn_scores = knn.map(|k| k.score(&feats));
+        let knn_scores = comparison.map(|c| c.knn.score(&feats));
+        let d = feats.size()[1];
+        let layer4_scores = comparison.map(|c| c.layer4.score(&feats.narrow(1, d - c.c4 as i64, c.c4 as i64)));
         for (i, img) in chunk.iter().enumerate() {
             let feature = feats.get(i as i64);
             let pix = image_features(img, pipeline);
@@ -65,6 +90,7 @@ pub fn score_images(
                 mahalanobis,
                 energy: energy(&logits[i]),
                 knn: knn_scores.as_ref().map(|k| k[i]),
+                layer4: layer4_scores.as_ref().map(|k| k[i]),
                 screen,
                 detector,
                 unusual: a.unusual.unusual,
@@ -112,6 +138,7 @@ pub struct OodEvalReport {
 pub const MAHALANOBIS: &str = "mahalanobis";
 pub const ENERGY: &str = "energy";
 pub const KNN: &str = "knn";
+pub const LAYER4: &str = "mahalanobis-layer4";
 
 fn score_lists(s: &[ImageScores]) -> BTreeMap<&'static str, Vec<f64>> {
     let mut m = BTreeMap::new();
@@ -121,6 +148,9 @@ fn score_lists(s: &[ImageScores]) -> BTreeMap<&'static str, Vec<f64>> {
     m.insert(ENERGY, s.iter().map(|x| x.energy).collect());
     if s.iter().all(|x| x.knn.is_some()) {
         m.insert(KNN, s.iter().filter_map(|x| x.knn).collect());
+    }
+    if s.iter().all(|x| x.layer4.is_some()) {
+        m.insert(LAYER4, s.iter().filter_map(|x| x.layer4).collect());
     }
     m
 }
@@ -150,7 +180,7 @@ pub fn set_result(name: &str, distance: Distance, scores: &[ImageScores], id: Op
 impl OodEvalReport {
     /// The report as a Markdown table.
     pub fn markdown(&self) -> String {
-        let names: Vec<&str> = [MAHALANOBIS, ENERGY, KNN]
+        let names: Vec<&str> = [MAHALANOBIS, LAYER4, KNN, ENERGY]
             .into_iter()
             .filter(|n| self.sets.iter().any(|s| s.metrics.contains_key(*n)))
             .collect();

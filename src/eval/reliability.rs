@@ -235,6 +235,13 @@ impl Reliability {
             }
         }
         if let (Some(d), Some(f)) = (&self.detector, feature) {
+            if f.numel() != d.info.dims {
+                return Err(Error::Model(format!(
+                    "the model file's detector expects {} features but the network gives {}: the file is inconsistent",
+                    d.info.dims,
+                    f.numel()
+                )));
+            }
             unusual.checks.push("feature detector".into());
             let v = d.judge(&f.view([1, -1])).remove(0);
             if v.unusual {
