@@ -65,10 +65,14 @@ pub struct Forward {
     pub probs: Tensor,
     /// `[B, 1, h, w]` mean attention map.
     pub attention: Tensor,
-    /// `[B, Σ C_i]` global averages of the backbone's stage outputs, concatenated, f32 (what
-    /// `crate::eval::ood` scores; a baseline's last feature map alone).
+    /// `[B, C·G² + Σ C_i]`, f32, what `crate::eval::ood` scores: the model input averaged over a
+    /// G × G grid ([`INPUT_GRID`]), then the global average of each backbone stage's output (a
+    /// baseline's last feature map alone), concatenated.
     pub features: Tensor,
 }
+
+/// The model input's layout enters the out-of-distribution feature averaged over this grid.
+pub const INPUT_GRID: i64 = 8;
 
 /// Forward pass in eval mode without gradients.
 pub fn forward(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> Forward {
@@ -77,9 +81,11 @@ pub fn forward(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) 
         let x = if cl { channels_last(&x) } else { x };
         let out = autocast_bf16(bf16, device, || model.forward_t(&x, false));
         let logits = out.logits.to_kind(Kind::Float);
-        // [B, C_i, h_i, w_i] per stage -> [B, Σ C_i]
-        let pooled: Vec<Tensor> = out.stages.iter().map(|t| t.to_kind(Kind::Float).mean_dim(&[2i64, 3][..], false, Kind::Float)).collect();
-        let features = Tensor::cat(&pooled, 1);
+        // The input's layout, [B, C, S, S] -> [B, C·G²], then each stage [B, C_i, h_i, w_i] -> [B, C_i].
+        let b = x.size()[0];
+        let mut pooled = vec![x.to_kind(Kind::Float).adaptive_avg_pool2d([INPUT_GRID, INPUT_GRID]).reshape([b, -1])];
+        pooled.extend(out.stages.iter().map(|t| t.to_kind(Kind::Float).mean_dim(&[2i64, 3][..], false, Kind::Float)));
+        let features = Tensor::cat(&pooled, 1); // [B, C·G² + Σ C_i]
         Forward { probs: logits.softmax(1, Kind::Float), logits, attention: out.mean_attention(), features }
     })
 }

@@ -1,11 +1,14 @@
 //! Out-of-distribution detection in feature space: is an image like the X-rays the model was
 //! trained on?
 //!
-//! The feature of an image is the global average of each backbone stage's output (layer1 to
-//! layer4 of MA-Net's ResNet), concatenated: 480 numbers for the tiny network, 3840 for
-//! ResNet50; a baseline's last feature map alone. The early stages matter: they respond to local
-//! contrast and edge polarity, which an inverted or rotated X-ray changes while its layer4
-//! summary may not (Lee et al. combine the layers for the same reason, their "feature ensemble").
+//! The feature of an image ([`crate::eval::evaluate::Forward::features`]) is its model input
+//! averaged over an 8 × 8 grid (64 numbers: where the image is dark and where bright), followed
+//! by the global average of each backbone stage's output (layer1 to layer4 of MA-Net's ResNet; a
+//! baseline's last feature map alone): 544 numbers for the tiny network, 3904 for ResNet50. Global
+//! averages discard where things are; the coarse layout keeps it, so an inverted X-ray (bright
+//! lungs) or one rotated by 90° is far from the training images even when the network's own
+//! features are weak (a model trained briefly on few images). Lee et al. likewise combine
+//! several depths (their "feature ensemble").
 //! The detector stored in model files is the Mahalanobis distance of Lee et al. ("A Simple
 //! Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks",
 //! NeurIPS 2018, Eq. 2): class means and one covariance shared by the classes ("tied"), both
@@ -18,7 +21,7 @@
 //! - One joint Gaussian over the concatenated stages (rather than one per stage and a weighted
 //!   sum, whose weights Lee et al. fit on out-of-distribution examples we do not have).
 //! - Only the leading `r` eigenvectors of Σ are stored (at most [`MAX_BASIS_FLOATS`] numbers,
-//!   4 MB: all 480 for the tiny network, 273 of 3840 for ResNet50); the other eigenvalues are
+//!   4 MB: all 544 for the tiny network, 268 of 3904 for ResNet50); the other eigenvalues are
 //!   replaced by their mean, as probabilistic PCA does, so the distance keeps its residual part
 //!   (the part of `f − μ` outside the leading subspace, which ViM, Wang et al. CVPR 2022, found
 //!   the most telling for far-away inputs). With all eigenvectors kept the distance is exact.
@@ -84,7 +87,7 @@ pub enum ThresholdSource {
 pub struct OodInfo {
     pub version: u32,
     pub method: String,
-    /// "global averages of the backbone stages, concatenated".
+    /// What the feature is, in words.
     pub feature: String,
     pub dims: usize,
     /// Eigenvectors kept, and the mean of the eigenvalues left out (0 when all are kept).
@@ -236,7 +239,7 @@ impl OodDetector {
         let info = OodInfo {
             version: OOD_VERSION,
             method: "mahalanobis".into(),
-            feature: "global averages of the backbone stages, concatenated".into(),
+            feature: "the model input averaged over 8×8, then the global average of each backbone stage".into(),
             dims: model.dims(),
             rank: model.basis.size()[1] as usize,
             residual_variance: model.residual_variance,
@@ -439,7 +442,7 @@ mod tests {
         let m = Mahalanobis::fit_capped(&f, &vec![0; 20], cap).unwrap();
         let r = m.basis.size()[1] as usize;
         assert_eq!(r, 16);
-        assert_eq!(MAX_BASIS_FLOATS / 3840, 273, "ResNet50 keeps 273 of its 3840 directions");
+        assert_eq!(MAX_BASIS_FLOATS / 3904, 268, "ResNet50 keeps 268 of its 3904 directions");
         assert!(m.residual_variance > 0.0);
         // A point far along a direction outside the training span is still far.
         let s_in = m.score(&f.narrow(0, 0, 1))[0];
