@@ -14,8 +14,9 @@ tests/golden_reliability.rs).
 - temperature: scipy.optimize.minimize_scalar of the mean NLL of softmax(z / T) over T in
   [0.05, 20] (bounded, xatol 1e-12).
 - ledoit_wolf: sklearn.covariance.ledoit_wolf_shrinkage of centred rows; mahalanobis: class
-  means, LedoitWolf(assume_centered=True) of the class-centred rows, min over classes of
-  (x - mu)^T inv(Sigma) (x - mu) for query rows.
+  means, the class-centred rows divided by their standard deviation s (floored at 1e-3 of the
+  mean one; one column is constant to exercise the floor), LedoitWolf(assume_centered=True) of
+  them, min over classes of ((x - mu)/s)^T inv(Sigma) ((x - mu)/s) for query rows.
 - ood_metrics: OpenOOD's openood/evaluators/metrics.py (`auc` with metrics.roc_curve/auc,
   `fpr_recall` at 0.95) on conf = -score.
 
@@ -139,17 +140,22 @@ def main():
 
     # Ledoit-Wolf and Mahalanobis.
     x = rng.normal(size=(40, 10)) @ rng.normal(size=(10, 10))
+    x[:, 3] *= 100.0  # scales that differ by orders of magnitude
+    x[:, 7] = 2.5  # a number that never varies (a silent channel)
     labels = rng.integers(0, 3, size=40)
     xc = x - x.mean(0)
     means = np.stack([x[labels == c].mean(0) for c in range(3)])
     within = x - means[labels]
-    cov = LedoitWolf(assume_centered=True).fit(within).covariance_
+    std = np.sqrt((within ** 2).mean(0))
+    scale = np.maximum(std, 1e-3 * std.mean())
+    z = within / scale
+    cov = LedoitWolf(assume_centered=True).fit(z).covariance_
     prec = np.linalg.inv(cov)
     queries = np.vstack([x[:3], rng.normal(size=(3, 10)) * 5.0])
-    d2 = np.array([[(q - m) @ prec @ (q - m) for m in means] for q in queries]).min(1)
+    d2 = np.array([[((q - m) / scale) @ prec @ ((q - m) / scale) for m in means] for q in queries]).min(1)
     out["ledoit_wolf"] = {"x_centred": xc.tolist(), "shrinkage": float(ledoit_wolf_shrinkage(xc))}
     out["mahalanobis"] = {"x": x.tolist(), "labels": labels.tolist(), "queries": queries.tolist(), "distance": d2.tolist(),
-                          "shrinkage": float(ledoit_wolf_shrinkage(within, assume_centered=True))}
+                          "shrinkage": float(ledoit_wolf_shrinkage(z, assume_centered=True))}
 
     # OpenOOD's AUROC and FPR@95TPR (conf = -score; ID labelled 0, OOD -1).
     id_scores = np.round(rng.normal(0.0, 1.0, size=57), 1)  # rounded: ties within and across sets

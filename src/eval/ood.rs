@@ -15,9 +15,13 @@
 //! from the training images; an image's score is its distance to the closest class mean,
 //! `min_c (f − μ_c)ᵀ Σ⁻¹ (f − μ_c)`. Larger is more unusual. Our choices:
 //!
-//! - Σ is the Ledoit–Wolf shrinkage of the within-class covariance towards a multiple of the
-//!   identity (scikit-learn's `ledoit_wolf`; tested against it), so that it can be inverted
-//!   when there are fewer training images than feature dimensions.
+//! - Each number is first divided by its within-class standard deviation (floored at 10⁻³ of the
+//!   mean one, so that a channel silent on every training image cannot divide by zero), then Σ
+//!   is the Ledoit–Wolf shrinkage of the within-class covariance towards a multiple of the
+//!   identity (scikit-learn's `ledoit_wolf` on the standardised numbers; tested against it), so
+//!   that it can be inverted with fewer training images than numbers. Standardising first makes
+//!   the shrinkage target the diagonal: the 8 × 8 layout and the stages' averages have very
+//!   different scales, and shrinking towards one common variance would wash out the small ones.
 //! - One joint Gaussian over the concatenated stages (rather than one per stage and a weighted
 //!   sum, whose weights Lee et al. fit on out-of-distribution examples we do not have).
 //! - Only the leading `r` eigenvectors of Σ are stored (at most [`MAX_BASIS_FLOATS`] numbers,
@@ -53,10 +57,13 @@ pub const MAX_BASIS_FLOATS: usize = 1 << 20;
 /// Relative slack of the threshold: a batch of images and the same image alone give features
 /// that differ in their last digits, and the threshold is itself one image's score.
 pub const THRESHOLD_TOLERANCE: f64 = 1e-4;
+/// A number's standard deviation is at least this fraction of the mean standard deviation.
+pub const MIN_RELATIVE_STD: f64 = 1e-3;
 /// Default in-distribution acceptance rate of the threshold.
 pub const DEFAULT_TPR: f64 = 0.95;
 
 const MEANS: &str = "ood.means";
+const SCALE: &str = "ood.scale";
 const BASIS: &str = "ood.basis";
 const EIGENVALUES: &str = "ood.eigenvalues";
 
@@ -110,6 +117,8 @@ pub struct OodInfo {
 pub struct Mahalanobis {
     /// `[K, d]` class means (classes with training images only).
     pub means: Tensor,
+    /// `[d]` the within-class standard deviation each number is divided by.
+    pub scale: Tensor,
     /// `[d, r]` leading eigenvectors of the shrunk covariance, and `[r]` their eigenvalues.
     pub basis: Tensor,
     pub eigenvalues: Tensor,
@@ -165,6 +174,10 @@ impl Mahalanobis {
             means.push(mean);
         }
         let means = Tensor::cat(&means, 0); // [K, d]
+        let std = centred.square().mean_dim(&[0i64][..], false, Kind::Double).sqrt(); // [d]
+        let floor = MIN_RELATIVE_STD * std.mean(Kind::Double).double_value(&[]);
+        let scale = std.clamp_min(floor.max(f64::MIN_POSITIVE));
+        let centred = centred / &scale;
         let alpha = ledoit_wolf_shrinkage(&centred);
         let s = centred.transpose(0, 1).matmul(&centred) / n as f64; // [d, d]
         let mu = s.trace().double_value(&[]) / d as f64;
@@ -176,6 +189,7 @@ impl Mahalanobis {
         let residual_variance = if rank < d { evals.narrow(0, rank as i64, (d - rank) as i64).mean(Kind::Double).double_value(&[]) } else { 0.0 };
         Ok(Mahalanobis {
             means: means.to_kind(Kind::Float),
+            scale: scale.to_kind(Kind::Float),
             basis: evecs.narrow(1, 0, rank as i64).to_kind(Kind::Float).contiguous(),
             eigenvalues: evals.narrow(0, 0, rank as i64).to_kind(Kind::Float).contiguous(),
             residual_variance,
@@ -194,7 +208,7 @@ impl Mahalanobis {
         let means = self.means.to_kind(Kind::Double);
         let basis = self.basis.to_kind(Kind::Double);
         let inv = self.eigenvalues.to_kind(Kind::Double).reciprocal();
-        let diff = f.unsqueeze(1) - means.unsqueeze(0); // [B, K, d]
+        let diff = (f.unsqueeze(1) - means.unsqueeze(0)) / self.scale.to_kind(Kind::Double); // [B, K, d], standardised
         let proj = diff.matmul(&basis); // [B, K, r]
         let proj_sq = proj.square();
         let mut q = (&proj_sq * &inv).sum_dim_intlist(&[2i64][..], false, Kind::Double); // [B, K]
@@ -211,6 +225,7 @@ impl Mahalanobis {
     pub fn tensors(&self) -> NamedTensors {
         vec![
             (MEANS.into(), self.means.shallow_clone()),
+            (SCALE.into(), self.scale.shallow_clone()),
             (BASIS.into(), self.basis.shallow_clone()),
             (EIGENVALUES.into(), self.eigenvalues.shallow_clone()),
         ]
@@ -283,6 +298,7 @@ impl OodDetector {
         };
         let model = Mahalanobis {
             means: get(MEANS)?,
+            scale: get(SCALE)?,
             basis: get(BASIS)?,
             eigenvalues: get(EIGENVALUES)?,
             residual_variance: info.residual_variance,
@@ -292,9 +308,11 @@ impl OodDetector {
         let d = info.dims as i64;
         let shapes_ok = model.means.dim() == 2
             && model.means.size()[1] == d
+            && model.scale.size() == [d]
             && model.basis.size() == [d, info.rank as i64]
             && model.eigenvalues.size() == [info.rank as i64];
-        let positive = bool::try_from(model.eigenvalues.gt(0.0).all()).unwrap_or(false);
+        let positive = bool::try_from(model.eigenvalues.gt(0.0).all()).unwrap_or(false)
+            && bool::try_from(model.scale.gt(0.0).all()).unwrap_or(false);
         if !shapes_ok || !positive || !info.threshold.is_finite() || !(info.residual_variance >= 0.0) {
             return Err(Error::bad_file(path, "its out-of-distribution detector is inconsistent (shapes, eigenvalues or threshold)"));
         }
@@ -409,7 +427,7 @@ mod tests {
         let prec = sigma.inverse();
         let direct: Vec<f64> = (0..2)
             .map(|c| {
-                let dlt = &x - m.means.to_kind(Kind::Double).get(c).view([1, 6]);
+                let dlt = (&x - m.means.to_kind(Kind::Double).get(c).view([1, 6])) / m.scale.to_kind(Kind::Double);
                 dlt.matmul(&prec).matmul(&dlt.transpose(0, 1)).double_value(&[0, 0])
             })
             .collect();
