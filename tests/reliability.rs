@@ -190,11 +190,13 @@ fn serve_options(model: &Path) -> ServeOptions {
         name: "magsd".into(),
         device: tch::Device::Cpu,
         token: None,
+        allow_hosts: Vec::new(),
+        show_paths: false,
         max_batch: 8,
         max_wait: Duration::from_millis(2),
         queue: 256,
         bf16: false,
-        limits: Limits { max_body_bytes: 64 << 20, max_pixels: 4_000_000, timeout: Duration::from_secs(120) },
+        limits: Limits { max_body_bytes: 64 << 20, max_parts: 256, timeout: Duration::from_secs(120), ..Limits::default() },
         threshold: Threshold::default(),
     }
 }

@@ -121,11 +121,13 @@ fn the_page_shows_probabilities_heatmap_and_per_image_errors_in_chromium() {
         name: "magsd".into(),
         device: tch::Device::Cpu,
         token: None,
+        allow_hosts: Vec::new(),
+        show_paths: false,
         max_batch: 8,
         max_wait: Duration::from_millis(5),
         queue: 16,
         bf16: false,
-        limits: Limits { max_body_bytes: 8 << 20, max_pixels: 4_000_000, timeout: Duration::from_secs(30) },
+        limits: Limits { max_body_bytes: 8 << 20, max_pixels: 4_000_000, max_parts: 16, ..Limits::default() },
         threshold: Threshold::default(),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -169,6 +169,31 @@ fn decode_unguarded(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<
     }
 }
 
+/// Width and height of an image from its header alone, decoding no pixels (for budgets set
+/// before decoding, as `magsd serve` keeps per request). A DICOM is read up to its pixel data.
+pub fn dimensions(path: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
+    let raster = |format| {
+        image::ImageReader::with_format(Cursor::new(bytes), format)
+            .into_dimensions()
+            .map(|(w, h)| (w as u64, h as u64))
+            .map_err(|e| Error::bad_file(path, format!("unreadable image header: {e}")))
+    };
+    match sniff(bytes) {
+        Some(Format::Png) => raster(image::ImageFormat::Png),
+        Some(Format::Jpeg) => raster(image::ImageFormat::Jpeg),
+        Some(Format::Dicom(offset)) => {
+            use dicom_dictionary_std::tags;
+            let obj = dicom_object::OpenFileOptions::new()
+                .read_until(tags::PIXEL_DATA)
+                .from_reader(&bytes[offset..])
+                .map_err(|e| Error::bad_file(path, format!("corrupt or truncated DICOM: {e}")))?;
+            let int = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u64>().ok()).unwrap_or(0);
+            Ok((int(tags::COLUMNS), int(tags::ROWS)))
+        }
+        None => Err(Error::bad_file(path, "not a PNG, JPEG or DICOM file")),
+    }
+}
+
 fn check_size(path: &Path, width: u64, height: u64, limits: &DecodeLimits) -> Result<()> {
     if width == 0 || height == 0 {
         return Err(Error::bad_file(path, format!("image has no pixels ({width}×{height})")));

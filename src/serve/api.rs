@@ -4,9 +4,16 @@
 //! dynamic batch), `Reliability::assess` (calibrated probabilities, the `unusual` verdict of the
 //! pixel screen and the feature-space detector, operating-point decisions; a non-finite output
 //! is a 500), and the attention boxes of `report::overlay`.
+//!
+//! Bounds on a request: at most `--max-parts` images; their pixels (read from the headers
+//! before anything is decoded) at most `--max-request-pixels` in all, which is also the server's
+//! budget of pixels decoded at once (a request waits for room within its timeout). When the
+//! request times out or its client goes, the images not yet decoded are skipped, queued ones
+//! never reach the model, and no heatmap is drawn.
 use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Json;
@@ -21,8 +28,8 @@ use serde_json::{Value, json};
 
 use super::batcher::{Inference, SubmitError};
 use super::error::{ApiError, ErrorKind};
-use super::state::{AppState, INTENDED_USE};
-use crate::data::decode::{GrayImage, decode_bytes};
+use super::state::{AppState, INTENDED_USE, Limits};
+use crate::data::decode::{GrayImage, decode_bytes, dimensions};
 use crate::data::input_stats::{ImageFeatures, features_of};
 use crate::eval::localize::BBox;
 use crate::eval::ood::OodVerdict;
@@ -59,8 +66,20 @@ fn rejection(status: StatusCode, text: String, max_body: usize) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE { ApiError::too_large(max_body) } else { ApiError::new(status, ErrorKind::of_status(status), text) }
 }
 
-/// The uploads of a request: multipart fields (each file) or the whole body.
-async fn uploads(req: Request, filename: Option<String>, max_body: usize) -> Result<Vec<(String, Bytes)>, ApiError> {
+/// Set when the handler that owns it is dropped: the request timed out (the timeout layer drops
+/// the handler's future) or the client went away. Work on the rayon pool checks it.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The uploads of a request: multipart fields (each file) or the whole body; more than
+/// `--max-parts` files are refused (413) without reading the rest.
+async fn uploads(req: Request, filename: Option<String>, limits: &Limits) -> Result<Vec<(String, Bytes)>, ApiError> {
+    let max_body = limits.max_body_bytes;
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -71,6 +90,12 @@ async fn uploads(req: Request, filename: Option<String>, max_body: usize) -> Res
         let mut mp = Multipart::from_request(req, &()).await.map_err(|e| rejection(e.status(), e.body_text(), max_body))?;
         let mut out = Vec::new();
         while let Some(field) = mp.next_field().await.map_err(|e| rejection(e.status(), e.body_text(), max_body))? {
+            if out.len() == limits.max_parts {
+                return Err(ApiError::too_many(format!(
+                    "more than {} images in one request; this server takes at most {} (--max-parts)",
+                    limits.max_parts, limits.max_parts
+                )));
+            }
             let name = cut(field.file_name().or(field.name()).unwrap_or("upload"));
             let data = field.bytes().await.map_err(|e| rejection(e.status(), e.body_text(), max_body))?;
             out.push((name, data));
@@ -118,6 +143,9 @@ struct Prediction {
     decisions: Vec<Decision>,
     /// Attention boxes in original-image pixels, end-exclusive.
     boxes: Vec<BBox>,
+    /// Signs that the image may not be what the file meant (e.g. a truncated JPEG), as
+    /// `magsd eval` reports them; empty when there are none.
+    warnings: Vec<String>,
     batch_size: usize,
     timings_ms: Timings,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -144,21 +172,55 @@ struct Item {
     outcome: Result<Inference, ApiError>,
 }
 
+/// The pixels each upload will decode to, from its header alone (0 for one that will be refused
+/// without decoding: unreadable header, or over `--max-pixels`).
+fn pixel_counts(files: &[(String, Bytes)], max_pixels: u64) -> Vec<u64> {
+    files
+        .iter()
+        .map(|(name, bytes)| dimensions(Path::new(name), bytes).ok().map_or(0, |(w, h)| w.saturating_mul(h)))
+        .map(|p| if p > max_pixels { 0 } else { p })
+        .collect()
+}
+
 /// `POST /api/v1/predict`.
 pub async fn predict(State(state): State<Arc<AppState>>, Query(q): Query<PredictQuery>, req: Request) -> Result<Response, ApiError> {
     let arrived = Instant::now();
-    let files = uploads(req, q.filename, state.limits.max_body_bytes).await?;
+    let guard = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+    let files = uploads(req, q.filename, &state.limits).await?;
     if files.is_empty() {
         return Err(ApiError::bad_request(
             "empty request: send a PNG, JPEG or DICOM image as the body, or files as multipart/form-data",
         ));
     }
+    // The request's pixels, read from the headers, must fit the per-request limit; then wait
+    // for room in the server's decode budget. The permit lives until the last step that holds
+    // decoded images has finished, even if this handler is dropped before.
+    let max_pixels = state.limits.max_pixels;
+    let (files, counts) = on_pool(move || {
+        let counts = pixel_counts(&files, max_pixels);
+        (files, counts)
+    })
+    .await?;
+    let pixels: u64 = counts.iter().sum();
+    let limit = state.limits.max_request_pixels;
+    if pixels > limit {
+        return Err(ApiError::too_many(format!(
+            "the images of this request have {pixels} pixels in all, above this server's limit of {limit} per request (--max-request-pixels)"
+        )));
+    }
+    let permit = Arc::new(
+        state.decode_budget.clone().acquire_many_owned(pixels as u32).await.map_err(|_| ApiError::internal("the decode budget was closed"))?,
+    );
     // Decode and preprocess every upload in parallel on the rayon pool.
     let st = state.clone();
+    let cancelled = guard.0.clone();
     let prepared: Vec<Prepared> = on_pool(move || {
         files
             .par_iter()
             .map(|(name, bytes)| {
+                if cancelled.load(Ordering::SeqCst) {
+                    return (name.clone(), 0.0, Err(crate::Error::bad_file(name, "not decoded: the request was cancelled")));
+                }
                 let t = Instant::now();
                 let prepare = || {
                     decode_bytes(Path::new(name), bytes, &st.pipeline.limits).map(|img| {
@@ -174,36 +236,47 @@ pub async fn predict(State(state): State<Arc<AppState>>, Query(q): Query<Predict
             .collect()
     })
     .await?;
-    // Queue them all, then wait: the batcher can put them (and other requests' images) in one batch.
-    let mut waiting = Vec::new();
+    // Queue the decoded images together (all or none), then wait: the batcher can put them (and
+    // other requests' images) in one batch.
+    let mut planes = Vec::new();
+    let mut items: Vec<(String, f64, Result<GrayImage, ApiError>)> = Vec::new();
     for (name, preprocess_s, r) in prepared {
-        let (rx, image) = match r {
-            Ok((plane, img, stats)) => match state.batcher.submit(plane, Some(stats)) {
-                Ok(rx) => (Ok(rx), Some(img)),
-                Err(SubmitError::QueueFull) => (Err(ApiError::queue_full(state.batcher.capacity())), None),
-                Err(SubmitError::Stopped) => (Err(ApiError::internal("the model thread has stopped")), None),
-            },
-            Err(e) => (Err(ApiError::bad_image(e.to_string())), None),
-        };
-        waiting.push((name, preprocess_s, image, rx));
+        items.push(match r {
+            Ok((plane, img, stats)) => {
+                planes.push((plane, Some(stats)));
+                (name, preprocess_s, Ok(img))
+            }
+            Err(e) => (name, preprocess_s, Err(ApiError::bad_image(e.to_string()))),
+        });
     }
-    let mut items = Vec::new();
-    for (name, preprocess_s, image, rx) in waiting {
-        let outcome = match rx {
-            Ok(rx) => match rx.await {
-                Ok(Ok(inf)) => Ok(inf),
-                Ok(Err(e)) => Err(ApiError::internal(e)),
-                Err(_) => Err(ApiError::internal("the model thread stopped before answering")),
-            },
-            Err(e) => Err(e),
+    let mut waiting = match state.batcher.submit_all(planes) {
+        Ok(w) => w.into_iter(),
+        Err(SubmitError::QueueFull) => return Err(ApiError::queue_full(state.batcher.capacity())),
+        Err(SubmitError::Stopped) => return Err(ApiError::internal("the model thread has stopped")),
+    };
+    let mut done = Vec::new();
+    for (name, preprocess_s, image) in items {
+        let (image, outcome) = match image {
+            Ok(img) => {
+                let rx = waiting.next().expect("one receiver per decoded image");
+                let outcome = match rx.await {
+                    Ok(Ok(inf)) => Ok(inf),
+                    Ok(Err(e)) => Err(ApiError::internal(e)),
+                    Err(_) => Err(ApiError::internal("the model thread stopped before answering")),
+                };
+                (Some(img), outcome)
+            }
+            Err(e) => (None, Err(e)),
         };
-        items.push(Item { name, image, preprocess_s, outcome });
+        done.push(Item { name, image, preprocess_s, outcome });
     }
     // Boxes (and heatmaps) on the pool as well.
     let st = state.clone();
     let heatmap = q.heatmap;
+    let cancelled = guard.0.clone();
     let results: Vec<Result<Prediction, (String, ApiError)>> = on_pool(move || {
-        items.into_par_iter().map(|it| finish(&st, it, heatmap, arrived)).collect()
+        let _budget = permit;
+        done.into_par_iter().map(|it| finish(&st, it, heatmap && !cancelled.load(Ordering::SeqCst), arrived)).collect()
     })
     .await?;
     if let [Err((_, e))] = results.as_slice() {
@@ -256,6 +329,7 @@ fn finish(state: &AppState, it: Item, heatmap: bool, arrived: Instant) -> Result
         ood: a.unusual.ood,
         decisions: a.decisions,
         boxes: layers.boxes,
+        warnings: img.source.warnings.clone(),
         batch_size: inf.batch_size,
         timings_ms: Timings {
             preprocess: ms(it.preprocess_s),

@@ -6,13 +6,13 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use tch::{Device, Kind};
 use tokio::sync::oneshot;
 
-use super::metrics::Metrics;
+use super::metrics::{BatchTimes, Metrics};
 use crate::data::input_stats::ImageFeatures;
 use crate::eval::evaluate::{forward, rows_f64};
 use crate::eval::reliability::{Assessment, Reliability};
@@ -52,11 +52,14 @@ pub struct Inference {
 /// The answer for one image, or why there is none (a non-finite output, a failed batch).
 pub type Reply = Result<Inference, String>;
 
+/// One image to run: its `[1, S, S]` z-scored model input (row-major) and the pixel statistics
+/// of its decoded image, for the pixel screen (`None` for inputs that arrive preprocessed, as in
+/// KServe).
+pub type Input = (Vec<f32>, Option<ImageFeatures>);
+
 struct Job {
     /// `[1, S, S]` z-scored input, row-major.
     input: Vec<f32>,
-    /// The pixel statistics of its decoded image (for the pixel screen); `None` for inputs that
-    /// arrive preprocessed (KServe).
     image: Option<ImageFeatures>,
     enqueued: Instant,
     reply: oneshot::Sender<Reply>,
@@ -101,22 +104,32 @@ pub fn queue(opts: BatchOptions, metrics: Arc<Metrics>) -> (Batcher, BatchWorker
 }
 
 impl Batcher {
-    /// Queues one model input (`S × S` values) with its decoded image's pixel statistics; the
-    /// receiver gets the answer. Never blocks.
-    pub fn submit(&self, input: Vec<f32>, image: Option<ImageFeatures>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
-        debug_assert_eq!(input.len(), self.input_size * self.input_size);
-        let (reply, rx) = oneshot::channel();
-        self.length.fetch_add(1, Ordering::SeqCst);
-        match self.tx.try_send(Job { input, image, enqueued: Instant::now(), reply }) {
-            Ok(()) => Ok(rx),
-            Err(e) => {
-                self.length.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => SubmitError::QueueFull,
-                    TrySendError::Disconnected(_) => SubmitError::Stopped,
-                })
+    /// Queues one model input (`S × S` values); the receiver gets the answer. Never blocks.
+    pub fn submit(&self, input: Input) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+        Ok(self.submit_all(vec![input])?.remove(0))
+    }
+
+    /// Queues a request's model inputs all together or none of them: with fewer free places than
+    /// inputs the whole request is refused at once (a part-answered request helps nobody).
+    pub fn submit_all(&self, inputs: Vec<Input>) -> Result<Vec<oneshot::Receiver<Reply>>, SubmitError> {
+        let n = inputs.len();
+        // Reserve the places first: `length` counts queued and reserved images, never fewer
+        // than the channel holds, so the sends below always find room.
+        self.length
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |len| (len + n <= self.capacity).then_some(len + n))
+            .map_err(|_| SubmitError::QueueFull)?;
+        let mut out = Vec::with_capacity(n);
+        for (input, image) in inputs {
+            debug_assert_eq!(input.len(), self.input_size * self.input_size);
+            let (reply, rx) = oneshot::channel();
+            if self.tx.try_send(Job { input, image, enqueued: Instant::now(), reply }).is_err() {
+                // Only a stopped batcher refuses here; give back the places not used.
+                self.length.fetch_sub(n - out.len(), Ordering::SeqCst);
+                return Err(SubmitError::Stopped);
             }
+            out.push(rx);
         }
+        Ok(out)
     }
 
     /// Images waiting now.
@@ -170,34 +183,42 @@ impl BatchWorker {
     fn run_batch(&self, m: &LoadedModel, reliability: &Reliability, device: Device, jobs: Vec<Job>) {
         let (n, s) = (jobs.len(), self.opts.input_size);
         let taken = Instant::now();
-        let mut data = Vec::with_capacity(n * s * s);
-        for j in &jobs {
-            data.extend_from_slice(&j.input);
-        }
-        let start = Instant::now();
-        let classes = m.model.config.class_labels();
+        let mut t = BatchTimes::default();
         // libtorch reports failures (e.g. out of GPU memory) by panicking through tch: answer
         // this batch's callers with the message and keep serving.
+        let classes = m.model.config.class_labels();
         let out = catch_unwind(AssertUnwindSafe(|| -> Result<(Vec<Result<Assessment, String>>, Vec<f32>, usize), String> {
+            let mut data = Vec::with_capacity(n * s * s);
+            for j in &jobs {
+                data.extend_from_slice(&j.input);
+            }
             let x = tch::Tensor::from_slice(&data).view([n as i64, 1, s as i64, s as i64]); // [B, 1, S, S]
-            let f = forward(&m.model, &x, device, self.opts.bf16, false); // [B, K], [B, 1, h, w], [B, C]
+            t.input_s = taken.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let f = forward(&m.model, &x, device, self.opts.bf16, false); // [B, K], [B, 1, h, w], [B, D]
+            t.infer_s = start.elapsed().as_secs_f64();
+            let start = Instant::now();
             let side = f.attention.size()[2] as usize;
             let logits = rows_f64(&f.logits).map_err(|e| e.to_string())?;
             let features = f.features.to_device(Device::Cpu);
+            // Calibration, the pixel screen and the detector, the operating points; a non-finite
+            // output is this image's error.
             let assessed = (0..n)
                 .map(|i| reliability.assess(&logits[i], Some(&features.get(i as i64)), jobs[i].image.as_ref(), &classes).map_err(|e| e.to_string()))
                 .collect();
             let att: Vec<f32> = Vec::try_from(f.attention.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
+            t.output_s = start.elapsed().as_secs_f64();
             Ok((assessed, att, side))
         }))
         .unwrap_or_else(|p| {
             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
             Err(format!("model failed: {}", msg.unwrap_or_else(|| "unknown error".into())))
         });
-        let inference_s = start.elapsed().as_secs_f64();
-        self.metrics.batch(n, inference_s);
+        let inference_s = t.total();
+        self.metrics.batch(n, t);
         for j in &jobs {
             self.metrics.queued(taken.duration_since(j.enqueued).as_secs_f64());
+            self.metrics.answered(out.is_ok(), j.enqueued.elapsed().as_secs_f64());
         }
         match out {
             Ok((assessed, att, side)) => {

@@ -1,8 +1,9 @@
 // The magsd serve page: sends each chosen image to POST /api/v1/predict?heatmap=true and draws
 // the answer (probability bars, predicted class, attention heatmap with an opacity slider,
-// attention boxes, operating-point decisions, time taken). An image the server flags as unusual
-// gets a banner saying its prediction is not meaningful, with the reasons. Errors (an unreadable
-// file, a model whose output is not finite) appear next to the image they concern.
+// attention boxes, operating-point decisions, time taken, the decoder's warnings). An image the
+// server flags as unusual gets a banner saying its prediction is not meaningful, with the reasons.
+// Errors (an unreadable file, a model whose output is not finite) appear next to the image they
+// concern.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -91,6 +92,7 @@ async function render(box, r) {
     `model ${t.inference.toFixed(0)} in a batch of ${r.batch_size})`);
   meta.classList.add("timing");
   info.appendChild(meta);
+  for (const w of r.warnings || []) info.appendChild(el("p", "warning", "Warning: " + w));
   box.querySelector(".status").remove();
   box.dataset.state = r.unusual ? "unusual" : "done";
 }
