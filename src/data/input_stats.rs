@@ -230,9 +230,18 @@ mod tests {
 
     #[test]
     fn constant_images_fall_below_the_lower_bounds() {
-        // Training images like X-rays: spread 40–70 grey levels, gradient energy 0.03–0.2.
+        // Training images whose spread (10–69 grey levels) and gradient energy (0.01–0.3) vary
+        // widely, as real X-rays' do: the version-1 linear bound min − 3·std is negative for both,
+        // so it could never flag a constant image (the bug this replaces).
         let train: Vec<ImageFeatures> =
-            (0..50).map(|i| f(90.0 + i as f64, 40.0 + 0.6 * i as f64, 0.03 + 0.0035 * i as f64)).collect();
+            (0..60).map(|i| f(90.0 + i as f64, 10.0 + i as f64, 0.01 + 0.005 * i as f64)).collect();
+        let linear = |v: Vec<f64>| {
+            let m = v.iter().sum::<f64>() / v.len() as f64;
+            let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+            v.iter().copied().fold(f64::INFINITY, f64::min) - WIDEN * sd
+        };
+        assert!(linear(train.iter().map(|x| x.intensity_std).collect()) < 0.0);
+        assert!(linear(train.iter().map(|x| x.gradient_energy).collect()) < 0.0);
         let stats = InputStats::from_features(&train).unwrap();
         for (name, v) in [("intensity spread", &stats.intensity_std), ("gradient energy", &stats.gradient_energy)] {
             assert!(InputStats::bounds(v).0 > 0.0, "{name}: a lower bound of 0 can never be violated");
