@@ -13,7 +13,7 @@ use crate::data::dataset::{Dataset, DatasetOptions};
 use crate::data::loader::Loader;
 use crate::data::split::{check_split, holdout_split};
 use crate::error::{Error, Result};
-use crate::eval::evaluate::{PredictOptions, predict};
+use crate::eval::evaluate::PredictOptions;
 use crate::eval::localize::{GroundTruth, Threshold, localize};
 use crate::model::weights::load_model;
 use crate::report::document::Block;
@@ -65,7 +65,7 @@ pub struct DemoSummary {
     pub test_images: usize,
     pub accuracy: f64,
     pub chance_accuracy: f64,
-    pub f1: f64,
+    pub f1: Option<f64>,
     pub auc: Option<f64>,
     /// Mean IoU of attention boxes with the lesion masks, and of a uniform map (whole image).
     pub mean_iou: Option<f64>,
@@ -127,9 +127,13 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
         return Err(Error::Interrupted);
     }
 
+    // No validation split here: the detector's threshold comes from the training images and the
+    // probabilities stay raw softmax (the report says so).
+    crate::train::reliability::fit_and_store(&train_dir.join(MODEL_FILE), &loader, &train_idx, &[], &cfg, o.device)?;
     let m = load_model(&train_dir.join(MODEL_FILE), o.device)?;
+    let reliability = crate::eval::reliability::Reliability::of(&m, &train_dir.join(MODEL_FILE))?;
     let popts = PredictOptions { batch_size: cfg.batch_size, keep_attention: true, ..Default::default() };
-    let p = predict(&m.model, &loader, &test_idx, o.device, &popts)?;
+    let (p, trust) = crate::eval::reliability::predict_assessed(&m.model, &reliability, &loader, &test_idx, o.device, &popts)?;
     let gt = ds.samples.first().filter(|s| s.meta.contains_key("mask")).map(|_| GroundTruth::MaskColumn("mask".into()));
     let threshold = Threshold::default();
     // The baseline a map without information gets: uniform attention selects the whole image.
@@ -171,6 +175,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
             model_description: vec![format!("Model: {}", train_dir.join(MODEL_FILE).display())],
             intro,
             training_overlap: None,
+            reliability: Some(trust),
         },
     )?;
     let summary = DemoSummary {
@@ -195,11 +200,11 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
 pub fn summary_table(s: &DemoSummary) -> String {
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
     let mut t = format!(
-        "\n| result | value |\n|---|---|\n| held-out images | {} |\n| accuracy | {:.3} (chance {:.3}) |\n| macro F1 | {:.3} |\n| macro AUC | {} |\n",
+        "\n| result | value |\n|---|---|\n| held-out images | {} |\n| accuracy | {:.3} (chance {:.3}) |\n| macro F1 | {} |\n| macro AUC | {} |\n",
         s.test_images,
         s.accuracy,
         s.chance_accuracy,
-        s.f1,
+        opt(s.f1),
         opt(s.auc)
     );
     if s.mean_iou.is_some() {

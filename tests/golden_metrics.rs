@@ -22,9 +22,9 @@ fn metrics_match_scikit_learn() {
             assert!((got - want).abs() < 1e-9, "{k} classes: {name} = {got}, scikit-learn {want}");
         };
         close("accuracy", m.accuracy, "acc");
-        close("macro sensitivity", m.sensitivity, "sen_macro");
-        close("macro specificity", m.specificity, "spc_macro");
-        close("macro F1", m.f1, "f1_macro");
+        close("macro sensitivity", m.sensitivity.unwrap(), "sen_macro");
+        close("macro specificity", m.specificity.unwrap(), "spc_macro");
+        close("macro F1", m.f1.unwrap(), "f1_macro");
         close("macro AUC", m.auc.unwrap(), "auc_ovr_macro");
         for (c, want) in case["auc_per_class_ovr"].as_array().unwrap().iter().enumerate() {
             let got = m.per_class[c].auc.unwrap();

@@ -22,6 +22,8 @@ pub struct PredictOptions {
     pub channels_last: bool,
     /// Keep each image's mean attention map (for localisation and overlays).
     pub keep_attention: bool,
+    /// Keep each image's pooled feature (for the out-of-distribution detector).
+    pub keep_features: bool,
     /// Fail, listing them all, when any image is unreadable or decoded with a warning (e.g. a
     /// truncated JPEG), instead of skipping or using it.
     pub strict: bool,
@@ -35,6 +37,10 @@ pub struct Predictions {
     pub labels: Vec<usize>,
     /// Softmax probabilities.
     pub probs: Vec<Vec<f64>>,
+    /// The logits they come from (for calibration).
+    pub logits: Vec<Vec<f64>>,
+    /// Global averages of the backbone's stages per image (when asked for; see [`Forward`]).
+    pub features: Vec<Vec<f32>>,
     /// Mean attention map per image, `side × side`, row-major (when asked for).
     pub attention: Vec<Vec<f32>>,
     pub attention_side: usize,
@@ -52,14 +58,49 @@ impl Predictions {
     }
 }
 
-/// Forward pass in eval mode without gradients: `(probabilities [B, K], mean attention [B, 1, h, w])`.
-pub fn infer(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> (Tensor, Tensor) {
+/// What one forward pass in eval mode gives for a batch (on the model's device).
+pub struct Forward {
+    /// `[B, K]` logits and their softmax, f32.
+    pub logits: Tensor,
+    pub probs: Tensor,
+    /// `[B, 1, h, w]` mean attention map.
+    pub attention: Tensor,
+    /// `[B, C·G² + Σ C_i]`, f32, what `crate::eval::ood` scores: the model input averaged over a
+    /// G × G grid ([`INPUT_GRID`]), then the global average of each backbone stage's output (a
+    /// baseline's last feature map alone), concatenated.
+    pub features: Tensor,
+}
+
+/// The model input's layout enters the out-of-distribution feature averaged over this grid.
+pub const INPUT_GRID: i64 = 8;
+
+/// Forward pass in eval mode without gradients.
+pub fn forward(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> Forward {
     tch::no_grad(|| {
         let x = x.to_device(device);
         let x = if cl { channels_last(&x) } else { x };
         let out = autocast_bf16(bf16, device, || model.forward_t(&x, false));
-        (out.logits.to_kind(Kind::Float).softmax(1, Kind::Float), out.mean_attention())
+        let logits = out.logits.to_kind(Kind::Float);
+        // The input's layout, [B, C, S, S] -> [B, C·G²], then each stage [B, C_i, h_i, w_i] -> [B, C_i].
+        let b = x.size()[0];
+        let mut pooled = vec![x.to_kind(Kind::Float).adaptive_avg_pool2d([INPUT_GRID, INPUT_GRID]).reshape([b, -1])];
+        pooled.extend(out.stages.iter().map(|t| t.to_kind(Kind::Float).mean_dim(&[2i64, 3][..], false, Kind::Float)));
+        let features = Tensor::cat(&pooled, 1); // [B, C·G² + Σ C_i]
+        Forward { probs: logits.softmax(1, Kind::Float), logits, attention: out.mean_attention(), features }
     })
+}
+
+/// Forward pass in eval mode without gradients: `(probabilities [B, K], mean attention [B, 1, h, w])`.
+pub fn infer(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> (Tensor, Tensor) {
+    let f = forward(model, x, device, bf16, cl);
+    (f.probs, f.attention)
+}
+
+/// Rows of a `[B, K]` tensor as f64 vectors.
+pub fn rows_f64(t: &Tensor) -> Result<Vec<Vec<f64>>> {
+    let k = t.size()[1] as usize;
+    let flat: Vec<f64> = Vec::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double).flatten(0, -1))?;
+    Ok(flat.chunks(k.max(1)).map(<[f64]>::to_vec).collect())
 }
 
 /// Predicts `indices` of the loader's dataset with `model` on `device`.
@@ -72,14 +113,18 @@ pub fn predict(model: &MagSd, loader: &Loader, indices: &[usize], device: Device
         if batch.indices.is_empty() {
             continue;
         }
-        let (probs, att) = infer(model, &batch.images, device, opts.bf16, opts.channels_last);
-        let probs = probs.to_device(Device::Cpu).to_kind(Kind::Double);
-        let k = probs.size()[1] as usize;
-        let flat: Vec<f64> = Vec::try_from(probs.flatten(0, -1))?;
-        for (row, &i) in flat.chunks(k).zip(&batch.indices) {
+        let f = forward(model, &batch.images, device, opts.bf16, opts.channels_last);
+        let att = f.attention;
+        for ((p, z), &i) in rows_f64(&f.probs)?.into_iter().zip(rows_f64(&f.logits)?).zip(&batch.indices) {
             out.indices.push(i);
             out.labels.push(ds.samples[i].label);
-            out.probs.push(row.to_vec());
+            out.probs.push(p);
+            out.logits.push(z);
+        }
+        if opts.keep_features {
+            let c = f.features.size()[1] as usize;
+            let flat: Vec<f32> = Vec::try_from(f.features.to_device(Device::Cpu).flatten(0, -1))?;
+            out.features.extend(flat.chunks(c).map(<[f32]>::to_vec));
         }
         if opts.keep_attention {
             let side = att.size()[2] as usize;
@@ -132,6 +177,10 @@ pub struct EvalReport {
     /// Set when evaluated images also trained the model (the metrics are then no held-out estimate).
     #[serde(default)]
     pub training_overlap: Option<TrainingOverlap>,
+    /// Calibration before and after, unusual images, operating points (absent in files written
+    /// before magsd reported them).
+    #[serde(default)]
+    pub reliability: Option<crate::eval::reliability::EvalReliability>,
 }
 
 impl EvalReport {
@@ -168,6 +217,7 @@ impl EvalReport {
             unreadable,
             warnings: listed(&p.warnings),
             training_overlap: None,
+            reliability: None,
         })
     }
 

@@ -9,7 +9,10 @@
 //! model class left out with `--classes`) stays in the per-class table but does not pull the
 //! means down. The macro AUC runs over classes that have both positives and negatives. For two
 //! classes the macro AUC is the binary AUC of class 1 (what `roc_auc_score` returns for binary
-//! problems). Undefined ratios (0/0) count as 0.
+//! problems). Undefined ratios are `None` (printed `n/a`), never 0: sensitivity with no positives,
+//! specificity with no negatives (TN + FP = 0, e.g. a COVID-only cohort), precision of a class never
+//! predicted, F1 with TP + FP + FN = 0. They are left out of the macro means, as scikit-learn's
+//! `zero_division=np.nan` does; a mean over nothing is `None` too.
 //!
 //! Scores must be finite: [`try_compute`] and [`check_scores`] refuse NaN or infinite
 //! probabilities (a diverged model) with an error instead of ranking them.
@@ -23,10 +26,14 @@ use crate::error::{Error, Result};
 pub struct PerClass {
     pub class: String,
     pub support: usize,
-    pub sensitivity: f64,
-    pub specificity: f64,
-    pub precision: f64,
-    pub f1: f64,
+    /// TP / (TP + FN); `None` without positives.
+    pub sensitivity: Option<f64>,
+    /// TN / (TN + FP); `None` without negatives.
+    pub specificity: Option<f64>,
+    /// TP / (TP + FP); `None` when the class is never predicted.
+    pub precision: Option<f64>,
+    /// 2TP / (2TP + FP + FN); `None` when that is 0/0.
+    pub f1: Option<f64>,
     /// `None` when the class has no positives or no negatives.
     pub auc: Option<f64>,
 }
@@ -35,9 +42,10 @@ pub struct PerClass {
 pub struct Metrics {
     pub n: usize,
     pub accuracy: f64,
-    pub sensitivity: f64,
-    pub specificity: f64,
-    pub f1: f64,
+    /// Macro means over the classes present whose value is defined; `None` when none is.
+    pub sensitivity: Option<f64>,
+    pub specificity: Option<f64>,
+    pub f1: Option<f64>,
     pub auc: Option<f64>,
     pub per_class: Vec<PerClass>,
     /// `confusion[true][predicted]`.
@@ -55,8 +63,26 @@ pub fn argmax(p: &[f64]) -> usize {
     best
 }
 
-fn ratio(a: usize, b: usize) -> f64 {
-    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+/// `a / b`, `None` when `b` is 0 (scikit-learn's `zero_division=np.nan`).
+fn ratio(a: usize, b: usize) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
+}
+
+/// Mean of the defined values; `None` when there are none (NumPy's `nanmean` of all-NaN, which
+/// scikit-learn then reports as NaN).
+pub fn mean_defined(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Vec<f64> = values.into_iter().flatten().collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// A rate as a percentage with two decimals, or `n/a`.
+pub fn pct_or_na(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.2}", 100.0 * x)).unwrap_or_else(|| "n/a".into())
+}
+
+/// A number with four decimals, or `n/a`.
+pub fn fixed4_or_na(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into())
 }
 
 /// Binary ROC AUC of `scores` for `positive` labels, ties counted half (Mann–Whitney U).
@@ -147,9 +173,7 @@ pub fn compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Metr
     }
     // Classes present in the true labels (scikit-learn with `labels=np.unique(y_true)`).
     let present: Vec<&PerClass> = (0..k).filter(|&c| y_true.contains(&c)).map(|c| &per_class[c]).collect();
-    let mean = |f: &dyn Fn(&PerClass) -> f64| {
-        if present.is_empty() { 0.0 } else { present.iter().map(|m| f(m)).sum::<f64>() / present.len() as f64 }
-    };
+    let mean = |f: &dyn Fn(&PerClass) -> Option<f64>| mean_defined(present.iter().map(|m| f(m)));
     let auc = if k == 2 {
         per_class[1].auc
     } else {
@@ -158,7 +182,8 @@ pub fn compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Metr
     };
     Metrics {
         n,
-        accuracy: ratio(correct, n),
+        // n = 0 happens only for an empty set, which callers do not report.
+        accuracy: ratio(correct, n).unwrap_or(0.0),
         sensitivity: mean(&|m| m.sensitivity),
         specificity: mean(&|m| m.specificity),
         f1: mean(&|m| m.f1),
@@ -183,17 +208,22 @@ pub fn mean_std(values: &[f64]) -> MeanStd {
     MeanStd { mean, std: var.sqrt(), n }
 }
 
-/// ACC, SEN, SPC, F1 and AUC as mean ± std over folds (AUC over the folds that have one).
+/// ACC, SEN, SPC, F1 and AUC as mean ± std over folds (each over the folds where it is defined).
 pub fn summarise(folds: &[Metrics]) -> BTreeMap<String, MeanStd> {
     let mut out = BTreeMap::new();
     let pick = |f: &dyn Fn(&Metrics) -> Option<f64>| folds.iter().filter_map(f).collect::<Vec<f64>>();
     out.insert("accuracy".into(), mean_std(&pick(&|m| Some(m.accuracy))));
-    out.insert("sensitivity".into(), mean_std(&pick(&|m| Some(m.sensitivity))));
-    out.insert("specificity".into(), mean_std(&pick(&|m| Some(m.specificity))));
-    out.insert("f1".into(), mean_std(&pick(&|m| Some(m.f1))));
-    let aucs = pick(&|m| m.auc);
-    if !aucs.is_empty() {
-        out.insert("auc".into(), mean_std(&aucs));
+    // Each over the folds where it is defined; absent (printed n/a) when no fold has it.
+    for (key, f) in [
+        ("sensitivity", (|m| m.sensitivity) as fn(&Metrics) -> Option<f64>),
+        ("specificity", |m| m.specificity),
+        ("f1", |m| m.f1),
+        ("auc", |m| m.auc),
+    ] {
+        let v = pick(&f);
+        if !v.is_empty() {
+            out.insert(key.into(), mean_std(&v));
+        }
     }
     out
 }
@@ -221,8 +251,8 @@ mod tests {
         // True: [0,0,0,1]; predicted: [0,0,1,1]. Class 0: TP 2, FN 1, FP 0, TN 1.
         let probs = vec![vec![0.9, 0.1], vec![0.8, 0.2], vec![0.3, 0.7], vec![0.2, 0.8]];
         let m = compute(&[0, 0, 0, 1], &probs, &names(2));
-        assert_eq!(m.per_class[0].specificity, 1.0); // TN/(TN+FP) = 1/1; NPV would be 1/2
-        assert_eq!(m.per_class[1].specificity, 2.0 / 3.0);
+        assert_eq!(m.per_class[0].specificity, Some(1.0)); // TN/(TN+FP) = 1/1; NPV would be 1/2
+        assert_eq!(m.per_class[1].specificity, Some(2.0 / 3.0));
         assert_eq!(m.confusion, vec![vec![2, 1], vec![0, 1]]);
         assert_eq!(m.accuracy, 0.75);
     }
@@ -242,11 +272,33 @@ mod tests {
         let m = compute(&[0, 0, 1, 1], &probs, &names(3));
         assert_eq!(m.per_class.len(), 3);
         assert_eq!(m.per_class[2].support, 0);
-        assert_eq!(m.sensitivity, 0.75);
-        assert_eq!(m.specificity, 1.0);
-        assert!((m.f1 - 5.0 / 6.0).abs() < 1e-12, "{}", m.f1);
+        assert_eq!(m.sensitivity, Some(0.75));
+        assert_eq!(m.specificity, Some(1.0));
+        assert!((m.f1.unwrap() - 5.0 / 6.0).abs() < 1e-12, "{:?}", m.f1);
         // Macro AUC over the classes with positives and negatives (0 and 1).
         assert_eq!(m.per_class[2].auc, None);
+    }
+
+    #[test]
+    fn undefined_ratios_are_none_and_left_out_of_the_means() {
+        // A COVID-only cohort (every true label is class 0): class 0 has no negatives, so its
+        // specificity is undefined, and so is the macro specificity (the only class present).
+        let probs = vec![vec![0.9, 0.1], vec![0.3, 0.7], vec![0.8, 0.2]];
+        let m = compute(&[0, 0, 0], &probs, &names(2));
+        assert_eq!(m.per_class[0].specificity, None);
+        assert_eq!(m.specificity, None, "not 0: there is no negative to be specific about");
+        assert_eq!(m.per_class[0].sensitivity, Some(2.0 / 3.0));
+        assert_eq!(m.sensitivity, Some(2.0 / 3.0));
+        // Class 1 has no positives (sensitivity undefined) but negatives (specificity 2/3).
+        assert_eq!(m.per_class[1].sensitivity, None);
+        assert_eq!(m.per_class[1].specificity, Some(2.0 / 3.0));
+        // A class never predicted and never true: precision and F1 are 0/0.
+        let m = compute(&[0, 0], &[vec![0.9, 0.1], vec![0.8, 0.2]], &names(2));
+        assert_eq!((m.per_class[1].precision, m.per_class[1].f1), (None, None));
+        assert_eq!(m.f1, Some(1.0));
+        let s = summarise(&[m.clone(), m]);
+        assert!(!s.contains_key("specificity"), "undefined in every fold: absent, printed n/a");
+        assert_eq!(pct_or_na(None), "n/a");
     }
 
     #[test]

@@ -112,11 +112,12 @@ fn compare(row: &RowData, reference: &RowData) -> Option<Comparison> {
     if pairs.is_empty() {
         return None;
     }
-    let pick = |f: fn(&Metrics) -> f64| -> (Vec<f64>, Vec<f64>) {
-        (pairs.iter().map(|(a, _)| f(&a.metrics)).collect(), pairs.iter().map(|(_, b)| f(&b.metrics)).collect())
+    // The folds where the metric is defined for both rows (F1 can be undefined: 0/0).
+    let pick = |f: fn(&Metrics) -> Option<f64>| -> (Vec<f64>, Vec<f64>) {
+        pairs.iter().filter_map(|(a, b)| Some((f(&a.metrics)?, f(&b.metrics)?))).unzip()
     };
     let mean_diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).sum::<f64>() / a.len() as f64;
-    let (acc_a, acc_b) = pick(|m| m.accuracy);
+    let (acc_a, acc_b) = pick(|m| Some(m.accuracy));
     let (f1_a, f1_b) = pick(|m| m.f1);
     Some(Comparison {
         folds: pairs.iter().map(|(a, _)| a.fold).collect(),
@@ -144,7 +145,7 @@ fn bootstrap(d: &RowData, patients: &BTreeMap<String, String>, classes: &[String
         compute(&labels, &probs, classes)
     };
     let mut out = BTreeMap::new();
-    let stats: [(&str, MetricFn); 3] = [("accuracy", |m| Some(m.accuracy)), ("f1", |m| Some(m.f1)), ("auc", |m| m.auc)];
+    let stats: [(&str, MetricFn); 3] = [("accuracy", |m| Some(m.accuracy)), ("f1", |m| m.f1), ("auc", |m| m.auc)];
     for (i, (name, f)) in stats.into_iter().enumerate() {
         // One stream per statistic, the same for every row.
         let seed = crate::rng::mix(opts.seed, &[i as u64]);

@@ -1,7 +1,9 @@
 //! The v1 API: `POST /api/v1/predict` (one image as the body, or several as multipart files),
 //! `GET /api/v1/model` and `GET /healthz`. Each image goes through the same library steps as
 //! `magsd predict`: decode from bytes, `InputPipeline::eval_plane`, the model (here in a
-//! dynamic batch), softmax, and the attention boxes of `report::overlay`.
+//! dynamic batch), `Reliability::assess` (calibrated probabilities, the `unusual` verdict of the
+//! pixel screen and the feature-space detector, operating-point decisions; a non-finite output
+//! is a 500), and the attention boxes of `report::overlay`.
 //!
 //! Bounds on a request: at most `--max-parts` images; their pixels (read from the headers
 //! before anything is decoded) at most `--max-request-pixels` in all, which is also the server's
@@ -28,8 +30,10 @@ use super::batcher::{Inference, SubmitError};
 use super::error::{ApiError, ErrorKind};
 use super::state::{AppState, INTENDED_USE, Limits};
 use crate::data::decode::{GrayImage, decode_bytes, dimensions};
+use crate::data::input_stats::{ImageFeatures, features_of};
 use crate::eval::localize::BBox;
-use crate::eval::metrics::argmax;
+use crate::eval::ood::OodVerdict;
+use crate::eval::reliability::{Decision, UNUSUAL_BANNER};
 use crate::report::overlay::attention_layers;
 
 /// Longest accepted upload name (longer ones are cut).
@@ -123,7 +127,20 @@ struct Prediction {
     width: usize,
     height: usize,
     predicted: String,
+    /// Calibrated probabilities (see the top-level `probabilities_are`).
     probabilities: serde_json::Map<String, Value>,
+    /// True when the image does not look like the X-rays the model was trained on; then
+    /// `unusual_reasons` says why and `warning` says what it means.
+    unusual: bool,
+    unusual_reasons: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<&'static str>,
+    /// The checks that ran ("pixel screen", "feature detector").
+    checks: Vec<String>,
+    /// The feature-space detector's score and threshold (`null`: the model file has no detector).
+    ood: Option<OodVerdict>,
+    /// The model's operating points, each a positive/negative decision.
+    decisions: Vec<Decision>,
     /// Attention boxes in original-image pixels, end-exclusive.
     boxes: Vec<BBox>,
     /// Signs that the image may not be what the file meant (e.g. a truncated JPEG), as
@@ -144,8 +161,8 @@ fn png_base64(img: image::DynamicImage) -> Result<String, ApiError> {
 }
 
 /// An upload after decoding and preprocessing: its name, the seconds it took, and the model
-/// input with the decoded image, or why it failed.
-type Prepared = (String, f64, crate::Result<(Vec<f32>, GrayImage)>);
+/// input with the decoded image and its pixel statistics, or why it failed.
+type Prepared = (String, f64, crate::Result<(Vec<f32>, GrayImage, ImageFeatures)>);
 
 /// An image on its way through the steps.
 struct Item {
@@ -205,7 +222,13 @@ pub async fn predict(State(state): State<Arc<AppState>>, Query(q): Query<Predict
                     return (name.clone(), 0.0, Err(crate::Error::bad_file(name, "not decoded: the request was cancelled")));
                 }
                 let t = Instant::now();
-                let prepare = || decode_bytes(Path::new(name), bytes, &st.pipeline.limits).map(|img| (st.pipeline.eval_plane(&img).data, img));
+                let prepare = || {
+                    decode_bytes(Path::new(name), bytes, &st.pipeline.limits).map(|img| {
+                        let plane = st.pipeline.eval_plane(&img);
+                        let stats = features_of(&img, &plane);
+                        (plane.data, img, stats)
+                    })
+                };
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(prepare))
                     .unwrap_or_else(|_| Err(crate::Error::bad_file(name, "the decoder failed on this file")));
                 (name.clone(), t.elapsed().as_secs_f64(), r)
@@ -219,8 +242,8 @@ pub async fn predict(State(state): State<Arc<AppState>>, Query(q): Query<Predict
     let mut items: Vec<(String, f64, Result<GrayImage, ApiError>)> = Vec::new();
     for (name, preprocess_s, r) in prepared {
         items.push(match r {
-            Ok((plane, img)) => {
-                planes.push(plane);
+            Ok((plane, img, stats)) => {
+                planes.push((plane, Some(stats)));
                 (name, preprocess_s, Ok(img))
             }
             Err(e) => (name, preprocess_s, Err(ApiError::bad_image(e.to_string()))),
@@ -269,7 +292,13 @@ pub async fn predict(State(state): State<Arc<AppState>>, Query(q): Query<Predict
             }
         })
         .collect();
-    Ok(Json(json!({ "model": state.card.name, "intended_use": INTENDED_USE, "results": results })).into_response())
+    Ok(Json(json!({
+        "model": state.card.name,
+        "intended_use": INTENDED_USE,
+        "probabilities_are": state.card.reliability.probabilities,
+        "results": results
+    }))
+    .into_response())
 }
 
 fn finish(state: &AppState, it: Item, heatmap: bool, arrived: Instant) -> Result<Prediction, (String, ApiError)> {
@@ -285,13 +314,20 @@ fn finish(state: &AppState, it: Item, heatmap: bool, arrived: Instant) -> Result
     };
     let classes = &state.card.classes;
     let ms = |s: f64| (s * 1e6).round() / 1e3;
+    let a = inf.assessment;
     Ok(Prediction {
         file: name,
         format: img.source.format.clone(),
         width: img.width,
         height: img.height,
-        predicted: classes[argmax(&inf.probs)].clone(),
-        probabilities: classes.iter().zip(&inf.probs).map(|(c, p)| (c.clone(), json!(p))).collect(),
+        predicted: classes[a.predicted].clone(),
+        probabilities: classes.iter().zip(&a.probabilities).map(|(c, p)| (c.clone(), json!(p))).collect(),
+        unusual: a.unusual.unusual,
+        unusual_reasons: a.unusual.reasons,
+        warning: a.unusual.unusual.then_some(UNUSUAL_BANNER),
+        checks: a.unusual.checks,
+        ood: a.unusual.ood,
+        decisions: a.decisions,
         boxes: layers.boxes,
         warnings: img.source.warnings.clone(),
         batch_size: inf.batch_size,

@@ -17,6 +17,7 @@ use crate::data::decode::DecodeLimits;
 use crate::data::loader::InputPipeline;
 use crate::error::{Error, IoContext, Result};
 use crate::eval::localize::Threshold;
+use crate::eval::reliability::{Reliability, ReliabilitySummary};
 use crate::model::MagSdConfig;
 use crate::model::weights::{LoadedModel, load_model};
 use crate::runfolder::{CvSummary, RUN_FILE, RunSpec, SUMMARY_FILE};
@@ -116,6 +117,9 @@ pub struct ModelCard {
     pub preprocessing: Preprocessing,
     pub training: Option<Training>,
     pub device: String,
+    /// How the probabilities are calibrated, what the `unusual` flag rests on, and the
+    /// operating points, as the model file says.
+    pub reliability: ReliabilitySummary,
     pub intended_use: &'static str,
 }
 
@@ -142,13 +146,14 @@ pub struct Loaded {
     pub state: Arc<AppState>,
     worker: BatchWorker,
     model: LoadedModel,
+    reliability: Reliability,
     device: Device,
 }
 
 impl Loaded {
     /// Starts the batcher thread (which owns the model from now on).
     pub fn start(self) -> Result<Arc<AppState>> {
-        self.worker.spawn(self.model, self.device).map_err(|e| Error::Model(format!("cannot start the batcher thread: {e}")))?;
+        self.worker.spawn(self.model, self.reliability, self.device).map_err(|e| Error::Model(format!("cannot start the batcher thread: {e}")))?;
         Ok(self.state)
     }
 }
@@ -224,6 +229,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
     let hosts = AllowedHosts::new(&opts.allow_hosts)?;
     let file = resolve_model(&opts.model)?;
     let model = load_model(&file, opts.device)?;
+    let reliability = Reliability::of(&model, &file)?;
     let config = model.model.config.clone();
     let run = run_folder(&opts.model, &file);
     // With a token only authenticated callers read the card, so it may show where things are.
@@ -240,6 +246,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         preprocessing: preprocessing(&config),
         training: run.as_deref().map(|r| training(r, show_paths)).transpose()?,
         device: crate::device::describe(opts.device),
+        reliability: reliability.summary(),
         intended_use: INTENDED_USE,
     };
     let pipeline = InputPipeline {
@@ -269,5 +276,5 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         decode_budget: Arc::new(Semaphore::new(opts.limits.max_request_pixels as usize)),
         threshold: opts.threshold,
     });
-    Ok(Loaded { state, worker, model, device: opts.device })
+    Ok(Loaded { state, worker, model, reliability, device: opts.device })
 }

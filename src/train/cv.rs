@@ -16,8 +16,9 @@ use crate::data::decode::DecodeLimits;
 use crate::data::loader::{InputPipeline, Loader};
 use crate::data::split::{Folds, SplitFile, check_split, holdout_split, stratified_patient_kfold};
 use crate::error::{Error, IoContext, Result};
-use crate::eval::evaluate::{EvalReport, predict, write_predictions_csv};
-use crate::eval::metrics::{Metrics, summarise};
+use crate::eval::evaluate::{EvalReport, write_predictions_csv};
+use crate::eval::reliability::{Reliability, predict_assessed};
+use crate::eval::metrics::{Metrics, fixed4_or_na, pct_or_na, summarise};
 use crate::model::weights::load_model;
 pub use crate::runfolder::{CONFIG_FILE, CvSummary, FoldResult, RUN_FILE, RunSpec, SPLIT_FILE, SUMMARY_FILE};
 use crate::runfolder::{METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, SUMMARY_MARKDOWN, fold_dir};
@@ -87,9 +88,10 @@ pub fn check_start(cfg: &TrainConfig, ds: &Dataset, folds: usize) -> Result<()> 
         return Err(Error::bad_file(p, "model.pretrained: no such file"));
     }
     let all: Vec<usize> = (0..ds.samples.len()).collect();
+    super::reliability::check(cfg, &ds.classes, cfg.validation.fraction > 0.0)?;
     let mut train_parts = Vec::new();
     if folds == 0 {
-        train_parts.push(all.len());
+        train_parts.push(final_split(cfg, ds)?.0.len());
     } else {
         let split = stratified_patient_kfold(ds, &all, folds, cfg.seed)?;
         for k in 0..folds {
@@ -217,10 +219,14 @@ impl FoldRunner {
         if outcome.finish == Finish::Stopped {
             return Ok(None);
         }
-        // Evaluate the held-out fold once, with the selected model, never augmented.
+        super::reliability::fit_and_store(&dir.join(MODEL_FILE), &self.loader, &train_idx, &val_idx, cfg, opts.device)?;
+        // Evaluate the held-out fold once, with the selected model, never augmented, with its
+        // calibration and checks.
         let m = load_model(&dir.join(MODEL_FILE), opts.device)?;
-        let p = predict(&m.model, &self.loader, &test, opts.device, &cfg.predict_options())?;
-        let report = EvalReport::new(ds, &p, &opts.by)?;
+        let reliability = Reliability::of(&m, &dir.join(MODEL_FILE))?;
+        let (p, trust) = predict_assessed(&m.model, &reliability, &self.loader, &test, opts.device, &cfg.predict_options())?;
+        let mut report = EvalReport::new(ds, &p, &opts.by)?;
+        report.reliability = Some(trust);
         report.save(&dir.join(METRICS_FILE))?;
         write_predictions_csv(&dir.join(PREDICTIONS_FILE), ds, &p)?;
         let r = FoldResult {
@@ -234,15 +240,24 @@ impl FoldRunner {
         r.save(dir)?;
         if opts.verbose {
             eprintln!(
-                "fold {}/{folds}: held-out accuracy {:.4}, macro F1 {:.4}, AUC {}",
+                "fold {}/{folds}: held-out accuracy {:.4}, macro F1 {}, AUC {}",
                 k + 1,
                 r.metrics.accuracy,
-                r.metrics.f1,
-                r.metrics.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
+                fixed4_or_na(r.metrics.f1),
+                fixed4_or_na(r.metrics.auc)
             );
         }
         Ok(Some(r))
     }
+}
+
+/// The training and validation images of a final model (`--folds 0`): like every fold, a
+/// patient-level `validation.fraction` of the images is held out to pick the best epoch and to
+/// fit the calibration, the detector's threshold and the operating points; with
+/// `validation.fraction = 0` it trains on everything and fits only what needs no held-out image.
+pub fn final_split(cfg: &TrainConfig, ds: &Dataset) -> Result<(Vec<usize>, Vec<usize>)> {
+    let all: Vec<usize> = (0..ds.samples.len()).collect();
+    if cfg.validation.fraction > 0.0 { holdout_split(ds, &all, cfg.validation.fraction, cfg.seed) } else { Ok((all, Vec::new())) }
 }
 
 /// The patient-level folds of `split_path`, made (seeded by `seed`) and saved there when the
@@ -274,11 +289,14 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
     let runner = FoldRunner::new(cfg, ds.clone())?;
 
     if folds == 0 {
-        let all: Vec<usize> = (0..ds.samples.len()).collect();
-        let outcome = train(&runner.job(all, Vec::new(), opts.out.clone(), "final".into(), opts))?;
+        let (train_idx, val_idx) = final_split(cfg, &ds)?;
+        let outcome = train(&runner.job(train_idx.clone(), val_idx.clone(), opts.out.clone(), "final".into(), opts))?;
         return Ok(match outcome.finish {
             Finish::Stopped => RunResult::Stopped,
-            Finish::Completed => RunResult::Final { model: outcome.model_path },
+            Finish::Completed => {
+                super::reliability::fit_and_store(&outcome.model_path, &runner.loader, &train_idx, &val_idx, cfg, opts.device)?;
+                RunResult::Final { model: outcome.model_path }
+            }
         });
     }
 
@@ -311,10 +329,10 @@ pub fn summary_markdown(s: &CvSummary, classes: &[String]) -> String {
             f.fold,
             m.n,
             pct(m.accuracy),
-            pct(m.sensitivity),
-            pct(m.specificity),
-            pct(m.f1),
-            m.auc.map(pct).unwrap_or_else(|| "n/a".into())
+            pct_or_na(m.sensitivity),
+            pct_or_na(m.specificity),
+            pct_or_na(m.f1),
+            pct_or_na(m.auc)
         );
     }
     let ms = |k: &str| s.mean_std.get(k).map(|v| format!("{} ± {}", pct(v.mean), pct(v.std))).unwrap_or_else(|| "n/a".into());

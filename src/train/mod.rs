@@ -7,4 +7,5 @@ pub mod cuda_graph;
 pub mod cv;
 pub mod loss;
 pub mod optim;
+pub mod reliability;
 pub mod trainer;

@@ -1,7 +1,11 @@
 //! The Open Inference Protocol (KServe v2, as Triton and MLServer speak it) over REST: health
 //! (`/v2/health/live`, `/v2/health/ready`), server and model metadata, model readiness, and
 //! `POST /v2/models/{name}[/versions/1]/infer` taking the preprocessed `[N, 1, S, S]` FP32 tensor
-//! and answering `probabilities` `[N, K]` and the mean `attention` map `[N, 1, h, w]`.
+//! and answering the calibrated `probabilities` `[N, K]`, the mean `attention` map `[N, 1, h, w]`,
+//! and, when the model file has them, the feature-space detector's `ood_score` `[N]` (FP32) with
+//! its verdict `unusual` `[N]` (BOOL; a preprocessed tensor has no decoded image left for the
+//! pixel screen, so only the detector decides here) and the operating points' `decisions`
+//! `[N, P]` (BOOL). A non-finite model output is a 500.
 //!
 //! Extensions, as Triton defines them (`docs/protocol/extension_*.md` in its server repository):
 //! * `binary_tensor_data`: an input's data may follow the JSON as raw little-endian bytes
@@ -40,6 +44,9 @@ pub const INPUT: &str = "input";
 /// Names of the output tensors.
 pub const PROBABILITIES: &str = "probabilities";
 pub const ATTENTION: &str = "attention";
+pub const OOD_SCORE: &str = "ood_score";
+pub const UNUSUAL: &str = "unusual";
+pub const DECISIONS: &str = "decisions";
 /// The one version served.
 pub const VERSION: &str = "1";
 /// The extensions this server has, as listed in server metadata.
@@ -88,20 +95,54 @@ fn check_model(state: &AppState, p: &HashMap<String, String>) -> Result<(), ApiE
     }
 }
 
+/// The outputs this model offers: probabilities and attention always, the detector's score and
+/// verdict when its file has a detector, the decisions when it has operating points.
+pub fn offered_outputs(state: &AppState) -> Vec<&'static str> {
+    let r = &state.card.reliability;
+    let mut out = vec![PROBABILITIES, ATTENTION];
+    if r.ood.is_some() {
+        out.extend([OOD_SCORE, UNUSUAL]);
+    }
+    if !r.operating_points.is_empty() {
+        out.push(DECISIONS);
+    }
+    out
+}
+
+/// Each offered output's datatype and shape without the batch dimension.
+fn output_shapes(state: &AppState) -> Vec<(&'static str, &'static str, Vec<i64>)> {
+    let (k, h) = (state.card.classes.len() as i64, state.config.feature_size());
+    let p = state.card.reliability.operating_points.len() as i64;
+    offered_outputs(state)
+        .into_iter()
+        .map(|o| match o {
+            PROBABILITIES => (o, "FP32", vec![k]),
+            ATTENTION => (o, "FP32", vec![1, h, h]),
+            OOD_SCORE => (o, "FP32", vec![]),
+            UNUSUAL => (o, "BOOL", vec![]),
+            _ => (o, "BOOL", vec![p]),
+        })
+        .collect()
+}
+
 /// `GET /v2/models/{name}[/versions/1]`: model metadata.
 pub async fn model_metadata(State(state): State<Arc<AppState>>, Path(p): Path<HashMap<String, String>>) -> Result<Response, ApiError> {
     check_model(&state, &p)?;
-    let (s, k, h) = (state.card.input_size as i64, state.card.classes.len() as i64, state.config.feature_size());
+    let s = state.card.input_size as i64;
+    let outputs: Vec<Value> = output_shapes(&state)
+        .into_iter()
+        .map(|(name, datatype, dims)| {
+            let shape: Vec<i64> = std::iter::once(-1).chain(dims).collect();
+            json!({ "name": name, "datatype": datatype, "shape": shape })
+        })
+        .collect();
     Ok(Json(json!({
         "name": state.card.name,
         "versions": [VERSION],
         "platform": "magsd_libtorch",
         "inputs": [{ "name": INPUT, "datatype": "FP32", "shape": [-1, 1, s, s] }],
-        "outputs": [
-            { "name": PROBABILITIES, "datatype": "FP32", "shape": [-1, k] },
-            { "name": ATTENTION, "datatype": "FP32", "shape": [-1, 1, h, h] },
-        ],
-        "parameters": { "classes": state.card.classes, "preprocessing": state.card.preprocessing },
+        "outputs": outputs,
+        "parameters": { "classes": state.card.classes, "preprocessing": state.card.preprocessing, "reliability": state.card.reliability },
     }))
     .into_response())
 }
@@ -117,8 +158,16 @@ pub async fn model_ready(State(state): State<Arc<AppState>>, Path(p): Path<HashM
 /// shape of Triton's `ModelConfig` (dims without the batch dimension, since `max_batch_size > 0`).
 pub async fn model_config(State(state): State<Arc<AppState>>, Path(p): Path<HashMap<String, String>>) -> Result<Response, ApiError> {
     check_model(&state, &p)?;
-    let (s, k, h) = (state.card.input_size as i64, state.card.classes.len() as i64, state.config.feature_size());
+    let s = state.card.input_size as i64;
     let kind = if state.card.device.starts_with("cuda") { "KIND_GPU" } else { "KIND_CPU" };
+    let output: Vec<Value> = output_shapes(&state)
+        .into_iter()
+        .map(|(name, datatype, dims)| {
+            // Triton writes a per-image scalar as dims [1].
+            let dims = if dims.is_empty() { vec![1] } else { dims };
+            json!({ "name": name, "data_type": format!("TYPE_{datatype}"), "dims": dims })
+        })
+        .collect();
     Ok(Json(json!({
         "name": state.card.name,
         "platform": "magsd_libtorch",
@@ -126,10 +175,7 @@ pub async fn model_config(State(state): State<Arc<AppState>>, Path(p): Path<Hash
         "version_policy": { "specific": { "versions": [1] } },
         "max_batch_size": state.batching.max_batch,
         "input": [{ "name": INPUT, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW", "dims": [1, s, s] }],
-        "output": [
-            { "name": PROBABILITIES, "data_type": "TYPE_FP32", "dims": [k] },
-            { "name": ATTENTION, "data_type": "TYPE_FP32", "dims": [1, h, h] },
-        ],
+        "output": output,
         "dynamic_batching": { "max_queue_delay_microseconds": state.batching.max_wait.as_micros() as u64 },
         "instance_group": [{ "kind": kind, "count": 1 }],
         "parameters": { "classes": { "string_value": state.card.classes.join(",") } },
@@ -222,27 +268,40 @@ pub async fn infer(
         Err(SubmitError::Stopped) => return Err(ApiError::internal("the model thread has stopped")),
     };
     let (mut probs, mut att, mut side) = (Vec::new(), Vec::new(), 0);
+    let (mut scores, mut unusual, mut decisions) = (Vec::new(), Vec::new(), Vec::new());
     for rx in waiting {
         let inf = rx
             .await
             .map_err(|_| ApiError::internal("the model thread stopped before answering"))?
             .map_err(ApiError::internal)?;
-        probs.extend(inf.probs.iter().map(|&p| p as f32));
+        let a = &inf.assessment;
+        probs.extend(a.probabilities.iter().map(|&p| p as f32));
         att.extend_from_slice(&inf.attention);
         side = inf.attention_side;
+        scores.push(a.unusual.ood.as_ref().map_or(f32::NAN, |v| v.score as f32));
+        unusual.push(a.unusual.unusual);
+        decisions.extend(a.decisions.iter().map(|d| d.positive));
     }
     let k = state.card.classes.len();
+    let p = state.card.reliability.operating_points.len();
     let mut tail: Vec<u8> = Vec::new();
     let outputs: Vec<Value> = parsed
         .outputs
         .iter()
         .map(|&(name, binary)| {
-            let (shape, data) = if name == PROBABILITIES { (json!([n, k]), &probs) } else { (json!([n, 1, side, side]), &att) };
+            let (datatype, shape, bytes, data): (&str, Value, Vec<u8>, Value) = match name {
+                PROBABILITIES => ("FP32", json!([n, k]), probs.iter().flat_map(|v| v.to_le_bytes()).collect(), json!(probs)),
+                ATTENTION => ("FP32", json!([n, 1, side, side]), att.iter().flat_map(|v| v.to_le_bytes()).collect(), json!(att)),
+                OOD_SCORE => ("FP32", json!([n]), scores.iter().flat_map(|v| v.to_le_bytes()).collect(), json!(scores)),
+                UNUSUAL => ("BOOL", json!([n]), unusual.iter().map(|&b| u8::from(b)).collect(), json!(unusual)),
+                _ => ("BOOL", json!([n, p]), decisions.iter().map(|&b| u8::from(b)).collect(), json!(decisions)),
+            };
             if binary {
-                tail.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-                json!({ "name": name, "datatype": "FP32", "shape": shape, "parameters": { "binary_data_size": data.len() * 4 } })
+                let size = bytes.len();
+                tail.extend(bytes);
+                json!({ "name": name, "datatype": datatype, "shape": shape, "parameters": { "binary_data_size": size } })
             } else {
-                json!({ "name": name, "datatype": "FP32", "shape": shape, "data": data })
+                json!({ "name": name, "datatype": datatype, "shape": shape, "data": data })
             }
         })
         .collect();

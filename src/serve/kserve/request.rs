@@ -10,7 +10,7 @@ use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{ATTENTION, INFER_HEADER, INPUT, PROBABILITIES, unsupported_extension};
+use super::{INFER_HEADER, INPUT, unsupported_extension};
 use crate::serve::error::{ApiError, ErrorKind};
 use crate::serve::state::AppState;
 
@@ -204,7 +204,7 @@ fn read_binary(bytes: &[u8], count: usize) -> Result<Vec<f32>, ApiError> {
 pub(super) struct Parsed {
     pub id: Option<String>,
     /// One `S × S` plane per image.
-    pub planes: Vec<Vec<f32>>,
+    pub planes: Vec<super::super::batcher::Input>,
     /// Outputs to send, each as binary or JSON.
     pub outputs: Vec<(&'static str, bool)>,
 }
@@ -287,25 +287,24 @@ pub(super) fn parse(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Resul
         return Err(ApiError::bad_request(format!("{} bytes of binary data after the inputs' data belong to no input", binary.len())));
     }
     let default_binary = bool_param(&req.parameters, "binary_data_output", "the request")?.unwrap_or(false);
+    let offered = super::offered_outputs(state);
     let outputs = match &req.outputs {
         Some(o) if !o.is_empty() => o
             .iter()
             .map(|o| {
-                let name = match o.name.as_str() {
-                    PROBABILITIES => PROBABILITIES,
-                    ATTENTION => ATTENTION,
-                    bad => {
-                        return Err(ApiError::bad_request(format!("unknown output '{bad}': this model has '{PROBABILITIES}' and '{ATTENTION}'")));
-                    }
+                let Some(&name) = offered.iter().find(|n| **n == o.name) else {
+                    let list: Vec<String> = offered.iter().map(|n| format!("'{n}'")).collect();
+                    return Err(ApiError::bad_request(format!("unknown output '{}': this model has {}", o.name, list.join(", "))));
                 };
                 let of = format!("output '{name}'");
                 refuse_other_extensions(&o.parameters, &of, model)?;
                 Ok((name, bool_param(&o.parameters, "binary_data", &of)?.unwrap_or(default_binary)))
             })
             .collect::<Result<_, _>>()?,
-        _ => vec![(PROBABILITIES, default_binary), (ATTENTION, default_binary)],
+        _ => offered.iter().map(|&n| (n, default_binary)).collect(),
     };
-    Ok(Parsed { id: req.id, planes: values.chunks(size * size).map(<[f32]>::to_vec).collect(), outputs })
+    // A preprocessed tensor has no decoded image left for the pixel screen.
+    Ok(Parsed { id: req.id, planes: values.chunks(size * size).map(|p| (p.to_vec(), None)).collect(), outputs })
 }
 
 #[cfg(test)]
