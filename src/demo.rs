@@ -13,7 +13,7 @@ use crate::data::dataset::{Dataset, DatasetOptions};
 use crate::data::loader::Loader;
 use crate::data::split::{check_split, holdout_split};
 use crate::error::{Error, Result};
-use crate::eval::evaluate::{PredictOptions, predict};
+use crate::eval::evaluate::PredictOptions;
 use crate::eval::localize::{GroundTruth, Threshold, localize};
 use crate::model::weights::load_model;
 use crate::report::document::Block;
@@ -127,9 +127,13 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
         return Err(Error::Interrupted);
     }
 
+    // No validation split here: the detector's threshold comes from the training images and the
+    // probabilities stay raw softmax (the report says so).
+    crate::train::reliability::fit_and_store(&train_dir.join(MODEL_FILE), &loader, &train_idx, &[], &cfg, o.device)?;
     let m = load_model(&train_dir.join(MODEL_FILE), o.device)?;
+    let reliability = crate::eval::reliability::Reliability::of(&m, &train_dir.join(MODEL_FILE))?;
     let popts = PredictOptions { batch_size: cfg.batch_size, keep_attention: true, ..Default::default() };
-    let p = predict(&m.model, &loader, &test_idx, o.device, &popts)?;
+    let (p, trust) = crate::eval::reliability::predict_assessed(&m.model, &reliability, &loader, &test_idx, o.device, &popts)?;
     let gt = ds.samples.first().filter(|s| s.meta.contains_key("mask")).map(|_| GroundTruth::MaskColumn("mask".into()));
     let threshold = Threshold::default();
     // The baseline a map without information gets: uniform attention selects the whole image.
@@ -171,6 +175,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
             model_description: vec![format!("Model: {}", train_dir.join(MODEL_FILE).display())],
             intro,
             training_overlap: None,
+            reliability: Some(trust),
         },
     )?;
     let summary = DemoSummary {

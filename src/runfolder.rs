@@ -10,7 +10,8 @@
 //!                         model.safetensors, metrics.json, predictions.csv (held-out fold),
 //!                         fold.json (FoldResult; written last, so it marks a finished fold)
 //! RUN/cv-summary.json     per-fold metrics and mean ± std (k ≥ 2); cv-summary.md the same as a table
-//! RUN/train.jsonl, RUN/model.safetensors, ...   (k = 0: the final model, no held-out data)
+//! RUN/train.jsonl, RUN/model.safetensors, ...   (k = 0: the final model; a validation.fraction of the
+//!                         images held out to pick its epoch and fit its calibration, no test data)
 //! ```
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

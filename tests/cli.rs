@@ -54,6 +54,7 @@ fn help_lists_every_command_and_each_has_examples() {
         vec!["report"],
         vec!["demo"],
         vec!["bench"],
+        vec!["ood-eval"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");

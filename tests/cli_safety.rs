@@ -231,9 +231,10 @@ fn predict_reads_folders_writes_csv_unique_heatmaps_and_warns_on_unlike_inputs()
     for r in &rows {
         let sum: f64 = r.iter().filter(|(k, _)| k.starts_with("prob_")).map(|(_, v)| v.parse::<f64>().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-4, "{r:?}");
-        // Training images pass the screen; the black-and-white masks do not.
+        // Training images pass the pixel screen and the detector; the black-and-white masks do not.
         let is_mask = r["file"].contains("/masks/");
-        assert_eq!(r["warnings"].contains("unlike the model's training images"), is_mask, "{r:?}");
+        assert_eq!(r["unusual"] == "true", is_mask, "{r:?}");
+        assert_eq!(r["unusual_reasons"].contains("pixels are unlike the training X-rays"), is_mask, "{r:?}");
     }
     assert!(text(&o).contains("12 of 24 images look unlike"), "{}", text(&o));
 }

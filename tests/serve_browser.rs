@@ -1,14 +1,18 @@
 //! The `magsd serve` page in a real browser: headless Chromium (Debian's `chromium` and
 //! `chromium-driver`, installed by this test when /usr/bin/chromium is missing) opens the page
-//! on 127.0.0.1, uploads a phantom X-ray and a text file through the file input, and waits for
-//! the probability bars and the heatmap of the one and the error next to the other. The
-//! screenshot is saved as target/test-artifacts/serve.png.
+//! on 127.0.0.1, uploads a phantom X-ray, a text file and a blank image through the file input,
+//! and waits for the probability bars and the heatmap of the first, the error next to the
+//! second, and the "not meaningful" banner on the third (the model file carries the pixel
+//! statistics of phantoms). A second server with a model whose outputs overflow shows the error
+//! on the card instead of a class. The screenshots are saved as
+//! target/test-artifacts/serve.png and serve-broken.png.
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use magsd::eval::localize::Threshold;
-use magsd::model::weights::save_model;
+use magsd::data::input_stats::{InputStats, STATS_KEY, image_features};
+use magsd::model::weights::{load_tensors, save_model, save_tensors};
 use magsd::model::{MagSd, MagSdConfig};
 use magsd::serve::{Limits, ServeOptions, load, serve};
 use serde_json::{Value, json};
@@ -83,33 +87,62 @@ fn the_page_shows_probabilities_heatmap_and_per_image_errors_in_chromium() {
     let _m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
     let model = dir.path().join("model.safetensors");
     save_model(&model, &vs, &cfg).unwrap();
+    // The pixel statistics of eight phantoms, as `magsd train` stores its training images'.
+    let pipeline = magsd::data::loader::InputPipeline { preprocess: cfg.preprocess(), ..Default::default() };
+    let phantoms: Vec<_> = (0..8)
+        .map(|i| {
+            let p = magsd::data::synth::render(i % 4, 192, &mut magsd::rng::Rng::derive(5, &[i as u64]));
+            image_features(&magsd::data::decode::GrayImage::from_u8(192, 192, p.image), &pipeline)
+        })
+        .collect();
+    let (tensors, mut meta) = load_tensors(&model).unwrap();
+    meta.insert(STATS_KEY.into(), serde_json::to_string(&InputStats::from_features(&phantoms).unwrap()).unwrap());
+    save_tensors(&model, &tensors, meta).unwrap();
     let p = magsd::data::synth::render(0, 192, &mut magsd::rng::Rng::derive(1, &[2]));
     let chest = dir.path().join("chest.png");
     image::GrayImage::from_raw(192, 192, p.image).unwrap().save(&chest).unwrap();
     let notes = dir.path().join("notes.png");
     std::fs::write(&notes, "not an image at all").unwrap();
+    let blank = dir.path().join("blank.png");
+    image::GrayImage::from_pixel(192, 192, image::Luma([255])).save(&blank).unwrap();
+    // A model whose outputs overflow (finite weights, non-finite logits).
+    let broken = dir.path().join("broken.safetensors");
+    let (mut tensors, meta) = load_tensors(&model).unwrap();
+    for (name, t) in tensors.iter_mut() {
+        if name == "classifier.weight" {
+            *t = t.full_like(f64::from(f32::MAX));
+        }
+    }
+    save_tensors(&broken, &tensors, meta).unwrap();
 
-    // The server, on loopback, in its own runtime.
+    // The servers, on loopback, in their own runtime.
     let opts = ServeOptions {
         model,
         name: "magsd".into(),
         device: tch::Device::Cpu,
         token: None,
+        allow_hosts: Vec::new(),
+        show_paths: false,
         max_batch: 8,
         max_wait: Duration::from_millis(5),
         queue: 16,
         bf16: false,
-        limits: Limits { max_body_bytes: 8 << 20, max_pixels: 4_000_000, timeout: Duration::from_secs(30) },
+        limits: Limits { max_body_bytes: 8 << 20, max_pixels: 4_000_000, max_parts: 16, ..Limits::default() },
         threshold: Threshold::default(),
     };
-    let state = load(&opts).unwrap().start().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let page = format!("http://{}/", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = rt.spawn(serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let start_server = |opts: &ServeOptions| {
+        let state = load(opts).unwrap().start().unwrap();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let page = format!("http://{}/", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = rt.spawn(serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        (page, stop, server)
+    };
+    let (page, stop, server) = start_server(&opts);
+    let (broken_page, broken_stop, broken_server) = start_server(&ServeOptions { model: broken, ..opts.clone() });
 
     let port = free_port();
     let _driver = Driver(
@@ -141,33 +174,27 @@ fn the_page_shows_probabilities_heatmap_and_per_image_errors_in_chromium() {
     wd.call("POST", &format!("/session/{sid}/url"), Some(json!({ "url": page })));
     let input = wd.call("POST", &format!("/session/{sid}/element"), Some(json!({ "using": "css selector", "value": "#files" })));
     let eid = input[ELEMENT].as_str().unwrap_or_else(|| panic!("no #files input: {input}")).to_string();
-    let files = format!("{}\n{}", chest.display(), notes.display());
+    let files = format!("{}\n{}\n{}", chest.display(), notes.display(), blank.display());
     wd.call("POST", &format!("/session/{sid}/element/{eid}/value"), Some(json!({ "text": files })));
-
-    // Wait until neither image is pending and the model card is there.
-    let start = Instant::now();
-    let states = loop {
-        let s = wd.script(
-            &sid,
-            "return {states: [...document.querySelectorAll('.result')].map(r => r.dataset.state), card: !!document.querySelector('#card-body table')};",
-        );
-        let st: Vec<String> = s["states"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-        if st.len() == 2 && st.iter().all(|x| x != "pending") && s["card"] == json!(true) {
-            break st;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "the page did not finish: {s}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let shot = wd.call("GET", &format!("/session/{sid}/screenshot"), None);
-    use base64::Engine;
-    let png = base64::engine::general_purpose::STANDARD.decode(shot.as_str().unwrap()).unwrap();
-    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("serve.png"), &png).unwrap();
+    let states = wait_for_results(&wd, &sid, 3);
+    screenshot(&wd, &sid, "serve.png");
 
     let mut sorted = states.clone();
     sorted.sort();
-    assert_eq!(sorted, ["done", "error"], "one image answered, one refused");
+    assert_eq!(sorted, ["done", "error", "unusual"], "one image answered, one refused, one flagged");
+    let banner = wd.script(
+        &sid,
+        "const r = document.querySelector('.result[data-state=unusual]'); const b = r.querySelector('.banner');
+         return {name: r.querySelector('h3').textContent, banner: b ? b.textContent : '', visible: !!b && b.offsetHeight > 0,
+                 predicted: !!r.querySelector('.predicted')};",
+    );
+    assert_eq!(banner["name"], json!("blank.png"));
+    assert_eq!(banner["visible"], json!(true), "{banner}");
+    let text = banner["banner"].as_str().unwrap();
+    assert!(text.contains("this image does not look like the X-rays this model was trained on; its prediction is not meaningful"), "{banner}");
+    assert!(text.contains("intensity spread"), "the reason is shown: {banner}");
+    let card = wd.script(&sid, "return document.getElementById('card-body').textContent;");
+    assert!(card.as_str().unwrap().contains("raw softmax"), "the card says how probabilities are made: {card}");
     let done = wd.script(
         &sid,
         "const r = document.querySelector('.result[data-state=done]');
@@ -206,7 +233,46 @@ fn the_page_shows_probabilities_heatmap_and_per_image_errors_in_chromium() {
     );
     assert!(gray.as_f64().unwrap() < 0.05, "{gray}");
 
+    // A model whose outputs are not finite: the card shows the error, never a class.
+    wd.call("POST", &format!("/session/{sid}/url"), Some(json!({ "url": broken_page })));
+    let input = wd.call("POST", &format!("/session/{sid}/element"), Some(json!({ "using": "css selector", "value": "#files" })));
+    let eid = input[ELEMENT].as_str().unwrap().to_string();
+    wd.call("POST", &format!("/session/{sid}/element/{eid}/value"), Some(json!({ "text": chest.display().to_string() })));
+    assert_eq!(wait_for_results(&wd, &sid, 1), ["error"]);
+    screenshot(&wd, &sid, "serve-broken.png");
+    let err = wd.script(&sid, "const r = document.querySelector('.result'); return r.querySelector('.message').textContent + ' | ' + !!r.querySelector('.predicted');");
+    let err = err.as_str().unwrap();
+    assert!(err.contains("not finite") && err.ends_with("| false"), "{err}");
+
     wd.call("DELETE", &format!("/session/{sid}"), None);
     let _ = stop.send(());
+    let _ = broken_stop.send(());
     rt.block_on(server).unwrap().unwrap();
+    rt.block_on(broken_server).unwrap().unwrap();
+}
+
+/// Waits until `n` results are there, none pending, and the model card is loaded; their states.
+fn wait_for_results(wd: &WebDriver, sid: &str, n: usize) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let s = wd.script(
+            sid,
+            "return {states: [...document.querySelectorAll('.result')].map(r => r.dataset.state), card: !!document.querySelector('#card-body table')};",
+        );
+        let st: Vec<String> = s["states"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        if st.len() == n && st.iter().all(|x| x != "pending") && s["card"] == json!(true) {
+            return st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the page did not finish: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn screenshot(wd: &WebDriver, sid: &str, name: &str) {
+    let shot = wd.call("GET", &format!("/session/{sid}/screenshot"), None);
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD.decode(shot.as_str().unwrap()).unwrap();
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(name), &png).unwrap();
 }

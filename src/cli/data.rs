@@ -5,14 +5,15 @@ use clap::Subcommand;
 
 use super::DataArgs;
 use crate::data::dataset::Dataset;
-use crate::data::decode::{DecodeLimits, decode_file};
+use crate::data::decode::{DecodeLimits, Pixels, decode_file};
+use crate::data::preprocess::narrow_to_u8;
 use crate::data::split::{SplitFile, check_split, stratified_patient_kfold};
 use crate::error::{Error, Result};
 
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
     /// Print what is read from image files (format, size, bit depth, conversions applied).
-    #[command(after_help = "Examples:\n  magsd data inspect scan.dcm chest.png\n  magsd data inspect --max-pixels 100000000 huge.png")]
+    #[command(after_help = "Examples:\n  magsd data inspect scan.dcm chest.png\n  magsd data inspect scan.dcm --write scan.png\n  magsd data inspect --max-pixels 100000000 huge.png")]
     Inspect {
         /// PNG, JPEG or DICOM files.
         #[arg(required = true)]
@@ -20,6 +21,13 @@ pub enum DataCommand {
         /// Refuse images with more pixels than this.
         #[arg(long, default_value_t = DecodeLimits::default().max_pixels)]
         max_pixels: u64,
+        /// Write the decoded gray image, at full size and narrowed to 8 bits as the model sees it
+        /// before resizing and CLAHE, as this PNG file (one input file only).
+        #[arg(long, value_name = "PNG")]
+        write: Option<PathBuf>,
+        /// Overwrite the --write file if it exists (a symbolic link is never written through).
+        #[arg(long)]
+        force: bool,
     },
     /// Class counts, patients, sources, problems, and the sizes of a patient-level k-fold split.
     #[command(after_help = "Examples:\n  magsd data summary --data ../shared/data/cxr/manifest.csv\n  magsd data summary --data ../shared/data/cxr --label-column label3\n  magsd data summary --data ../shared/data/cxr-demo --folds 4")]
@@ -114,7 +122,7 @@ for every class, so that only a marker can tell the labels apart.")]
 
 pub fn run(cmd: DataCommand) -> Result<i32> {
     match cmd {
-        DataCommand::Inspect { files, max_pixels } => inspect(&files, max_pixels),
+        DataCommand::Inspect { files, max_pixels, write, force } => inspect(&files, max_pixels, write.as_deref(), force),
         DataCommand::Summary { data, folds, seed, by } => summary(&data, folds, seed, &by),
         DataCommand::Split { data, folds, seed, out, force } => {
             super::refuse_overwrite(&out, force)?;
@@ -198,7 +206,10 @@ fn check_complete(ds: &Dataset, file: &SplitFile, folds: &[Vec<usize>], expected
     Ok(())
 }
 
-fn inspect(files: &[PathBuf], max_pixels: u64) -> Result<i32> {
+fn inspect(files: &[PathBuf], max_pixels: u64, write: Option<&Path>, force: bool) -> Result<i32> {
+    if write.is_some() && files.len() != 1 {
+        return Err(Error::Config(format!("--write takes one input file, not {}", files.len())));
+    }
     let limits = DecodeLimits { max_pixels };
     let mut failed = 0;
     for f in files {
@@ -219,6 +230,13 @@ fn inspect(files: &[PathBuf], max_pixels: u64) -> Result<i32> {
                 for n in &s.notes {
                     println!("    {n}");
                 }
+                for w in &s.warnings {
+                    println!("    warning: {w}");
+                }
+                if let Some(out) = write {
+                    write_gray_png(&img, out, force)?;
+                    println!("    wrote {} ({}×{}, 8-bit gray)", out.display(), img.width, img.height);
+                }
             }
             Err(e) => {
                 failed += 1;
@@ -227,6 +245,39 @@ fn inspect(files: &[PathBuf], max_pixels: u64) -> Result<i32> {
         }
     }
     Ok(if failed > 0 { 1 } else { 0 })
+}
+
+/// The decoded image as an 8-bit gray PNG (16-bit samples narrowed as preprocessing narrows
+/// them). An existing file is replaced only with `force`, by renaming a new file over it; a
+/// symbolic link at `out` is refused, so nothing is written through one.
+fn write_gray_png(img: &crate::data::decode::GrayImage, out: &Path, force: bool) -> Result<()> {
+    use std::io::Write;
+    let gray = match &img.pixels {
+        Pixels::U8(v) => v.clone(),
+        Pixels::U16(v) => narrow_to_u8(v),
+    };
+    let buf = image::GrayImage::from_raw(img.width as u32, img.height as u32, gray).expect("width × height samples");
+    let mut png = std::io::Cursor::new(Vec::new());
+    buf.write_to(&mut png, image::ImageFormat::Png).map_err(|e| Error::bad_file(out, format!("cannot encode PNG: {e}")))?;
+    let io = |e: std::io::Error| Error::bad_file(out, format!("cannot write: {e}"));
+    match std::fs::symlink_metadata(out) {
+        Ok(m) if m.file_type().is_symlink() => {
+            Err(Error::bad_file(out, "is a symbolic link; magsd does not write through links (remove it or choose another path)"))
+        }
+        Ok(m) if !m.is_file() => Err(Error::bad_file(out, "exists and is not a regular file")),
+        Ok(_) if !force => super::refuse_overwrite(out, false),
+        Ok(_) => {
+            let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+            tmp.write_all(png.get_ref()).map_err(io)?;
+            tmp.persist(out).map_err(|e| io(e.error))?;
+            Ok(())
+        }
+        Err(_) => {
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(out).map_err(io)?;
+            f.write_all(png.get_ref()).map_err(io)
+        }
+    }
 }
 
 fn summary(args: &DataArgs, folds: usize, seed: u64, by: &[String]) -> Result<i32> {

@@ -7,13 +7,14 @@ use tch::Device;
 use super::DataArgs;
 use crate::data::dataset::Dataset;
 use crate::data::decode::DecodeLimits;
-use crate::data::input_stats::{self, InputStats, image_features};
+use crate::data::input_stats::image_features;
 use crate::data::loader::{InputPipeline, Loader};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
-use crate::eval::evaluate::{PredictOptions, infer, predict};
+use crate::eval::evaluate::{PredictOptions, forward, rows_f64};
+use crate::eval::reliability::{Assessment, Reliability, UNUSUAL_BANNER, predict_assessed};
 use crate::eval::localize::{GroundTruth, Threshold};
-use crate::eval::metrics::argmax;
+use crate::eval::metrics::fixed4_or_na;
 use crate::eval::overlap::training_overlap;
 use crate::runfolder;
 use crate::model::weights::{LoadedModel, load_model};
@@ -86,6 +87,43 @@ fn load(args: &ModelRun) -> Result<(LoadedModel, Device, PathBuf)> {
     refuse_pytorch_file(&path)?;
     let m = load_model(&path, device)?;
     Ok((m, device, path))
+}
+
+/// The console lines of an evaluation's calibration, unusual images and operating points.
+fn trust_lines(t: &crate::eval::reliability::EvalReliability) -> Vec<String> {
+    let c = &t.calibration;
+    let mut out = vec![
+        format!("probabilities: {}", t.probabilities),
+        format!(
+            "calibration on these images: ECE {:.4} → {:.4}, Brier {} → {} (raw softmax → T = {:.3})",
+            c.before.ece,
+            c.after.ece,
+            fixed4_or_na(c.before.brier),
+            fixed4_or_na(c.after.brier),
+            c.temperature
+        ),
+        format!(
+            "unusual: {} of {} images flagged ({} by the pixel screen, {} by the feature detector); checks: {}",
+            t.unusual.flagged, t.unusual.images, t.unusual.by_pixel_screen, t.unusual.by_detector, t.unusual.checks
+        ),
+    ];
+    for r in &t.operating_points {
+        let ci = |c: &Option<crate::eval::stats::BootstrapCi>| c.as_ref().map(|c| format!(" [{:.3}, {:.3}]", c.low, c.high)).unwrap_or_default();
+        out.push(format!(
+            "operating point {} {} {:.2} (threshold {:.4}): sensitivity {}{}, specificity {}{} on {} images ({} positive)",
+            r.point.class,
+            r.point.target.name(),
+            r.point.target.value(),
+            r.point.threshold,
+            fixed4_or_na(r.sensitivity),
+            ci(&r.sensitivity_ci),
+            fixed4_or_na(r.specificity),
+            ci(&r.specificity_ci),
+            r.images,
+            r.positives
+        ));
+    }
+    out
 }
 
 fn describe(m: &LoadedModel, path: &Path) -> Vec<String> {
@@ -285,6 +323,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     let loader = Loader::new(ds.clone(), pipeline, 0, false);
     let all: Vec<usize> = (0..ds.samples.len()).collect();
     // Every image is read before deciding, so that --strict can list all the bad ones at once.
+    // Features for the source probe (`eval::probe`), kept whether or not the model has a detector.
     let opts = PredictOptions {
         batch_size: args.run.batch_size,
         bf16: args.run.bf16,
@@ -293,7 +332,8 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
         strict: false,
         ..Default::default()
     };
-    let p = predict(&m.model, &loader, &all, device, &opts)?;
+    let reliability = Reliability::of(&m, &path)?;
+    let (p, trust) = predict_assessed(&m.model, &reliability, &loader, &all, device, &opts)?;
     if args.strict {
         let bad = not_used(&ds, &p, true);
         if !bad.is_empty() {
@@ -322,6 +362,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
             model_description: describe(&m, &path),
             intro: Vec::new(),
             training_overlap: overlap,
+            reliability: Some(trust),
         },
     )?;
     let r = &o.report.overall;
@@ -329,10 +370,10 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
         "{} images: accuracy {:.4}, macro sensitivity {}, specificity {}, F1 {}, AUC {}",
         r.n,
         r.accuracy,
-        four_places(r.sensitivity),
-        four_places(r.specificity),
-        four_places(r.f1),
-        four_places(r.auc)
+        fixed4_or_na(r.sensitivity),
+        fixed4_or_na(r.specificity),
+        fixed4_or_na(r.f1),
+        fixed4_or_na(r.auc)
     );
     for (_, w) in &p.warnings {
         eprintln!("warning: {w} (used; --strict refuses it)");
@@ -343,6 +384,9 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
         for line in &skipped {
             eprintln!("  skipped: {line}");
         }
+    }
+    if let Some(t) = &o.report.reliability {
+        println!("{}", trust_lines(t).join("\n"));
     }
     if let Some(l) = o.localization.as_ref().filter(|l| l.n == 0) {
         println!("localisation: n/a (no evaluated image has a lesion mask or box; threshold {})", l.threshold);
@@ -370,9 +414,10 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
   magsd predict scans/*.dcm --model m.safetensors --json\n  \
   magsd predict a.jpg b.jpg --model m.safetensors --heatmap heatmaps/\n\n\
 Folders are searched recursively for PNG, JPEG and DICOM files (by extension or by content).\n\
-A warning is printed when probabilities are not finite, and when an input looks unlike the\n\
-model's training images (its pixel mean, spread or gradient energy far outside the range the\n\
-model file records; models trained before magsd recorded this get no such warning).")]
+Probabilities are calibrated when the model file has a temperature (it says so first). An image\n\
+that does not look like the model's training X-rays is marked UNUSUAL with the reason (its pixel\n\
+statistics, or its features far from the training images'); --strict refuses it. Decisions at the\n\
+model's operating points are printed under each image. A non-finite output is an error (exit 1).")]
 pub struct PredictArgs {
     /// PNG, JPEG or DICOM files, or folders holding them.
     #[arg(required = true)]
@@ -394,6 +439,10 @@ pub struct PredictArgs {
     /// Attention threshold for the overlay's contour and boxes: rel:F or abs:V.
     #[arg(long, default_value = "rel:0.5")]
     pub threshold: String,
+    /// Refuse images that do not look like the model's training X-rays (no prediction for them,
+    /// exit status 1) instead of predicting them with a warning.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// Extensions taken from folders without looking at the content.
@@ -412,7 +461,7 @@ fn looks_like_image(path: &Path) -> bool {
 
 /// The inputs: files as given; folders searched recursively (hidden entries skipped) for files
 /// with an image extension or image content, in name order.
-fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+pub(crate) fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         let mut entries: Vec<PathBuf> =
             std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
@@ -470,32 +519,11 @@ fn heatmap_names(paths: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-/// The `__metadata__` of a safetensors file's header (empty when it has none).
-fn model_metadata(path: &Path) -> Result<std::collections::HashMap<String, String>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
-    let len = u64::from_le_bytes(len);
-    if len > 100_000_000 {
-        return Err(Error::bad_file(path, "safetensors header too large"));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_slice(&header).map_err(|e| Error::bad_file(path, format!("header: {e}")))?;
-    Ok(v.get("__metadata__")
-        .and_then(|m| m.as_object())
-        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_string()))).collect())
-        .unwrap_or_default())
-}
-
 /// One predicted image.
 struct Prediction {
-    probs: Vec<f64>,
-    predicted: Option<usize>,
+    assessment: Assessment,
     heatmap: Option<PathBuf>,
     boxes: Vec<crate::eval::localize::BBox>,
-    warnings: Vec<String>,
 }
 
 pub fn predict_images(args: PredictArgs) -> Result<i32> {
@@ -503,15 +531,16 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
         super::refuse_overwrite(out, args.force)?;
     }
     let (m, device, model_path) = load(&args.run)?;
-    let stats: Option<InputStats> = model_metadata(&model_path)?
-        .get(input_stats::STATS_KEY)
-        .and_then(|s| serde_json::from_str(s).ok());
+    let reliability = Reliability::of(&m, &model_path)?;
     let classes = m.model.config.class_labels();
     let pipeline = InputPipeline { preprocess: m.model.config.preprocess(), ..Default::default() };
     let threshold = Threshold::parse(&args.threshold)?;
     let images = expand_inputs(&args.images)?;
     if images.is_empty() {
         return Err(Error::Config("no images to predict".into()));
+    }
+    for line in reliability.describe() {
+        eprintln!("{line}");
     }
     let names = heatmap_names(&images);
     if let Some(dir) = &args.heatmap {
@@ -522,7 +551,7 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
             let mut w = csv::Writer::from_writer(Vec::new());
             let mut header = vec!["file".to_string(), "predicted".to_string()];
             header.extend(classes.iter().map(|c| format!("prob_{c}")));
-            header.extend(["heatmap".to_string(), "warnings".to_string()]);
+            header.extend(["unusual", "unusual_reasons", "ood_score", "decisions", "heatmap"].map(String::from));
             w.write_record(&header).map_err(|e| Error::Data(format!("{}: {e}", out.display())))?;
             Some(w)
         }
@@ -535,22 +564,22 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
     for (path, heat_name) in images.iter().zip(&names) {
         let result = (|| -> Result<Prediction> {
             let (x, img) = pipeline.eval_tensor(path)?;
-            let (probs, att) = infer(&m.model, &x, device, args.run.bf16, false);
-            let probs: Vec<f64> = Vec::try_from(probs.to_device(Device::Cpu).to_kind(tch::Kind::Double).flatten(0, -1))?;
+            let f = forward(&m.model, &x, device, args.run.bf16, false);
+            let logits = rows_f64(&f.logits)?.remove(0);
+            let features = f.features.to_device(Device::Cpu).get(0);
+            let assessment = reliability.assess(&logits, Some(&features), Some(&image_features(&img, &pipeline)), &classes)?;
+            if args.strict && assessment.unusual.unusual {
+                return Err(Error::Data(format!(
+                    "{}: refused (--strict): {}: {}",
+                    path.display(),
+                    UNUSUAL_BANNER,
+                    assessment.unusual.reasons.join("; ")
+                )));
+            }
+            let att = f.attention;
             let side = att.size()[2] as usize;
             let map: Vec<f32> = Vec::try_from(att.to_device(Device::Cpu).flatten(0, -1))?;
-            let mut warnings = Vec::new();
-            let finite = probs.iter().all(|p| p.is_finite());
-            if !finite {
-                warnings.push("probabilities are not finite: the model is broken (e.g. a diverged training run)".to_string());
-            }
-            if let Some(s) = &stats {
-                let why = s.unusual(&image_features(&img, &pipeline));
-                if !why.is_empty() {
-                    warnings.push(format!("looks unlike the model's training images: {}", why.join("; ")));
-                }
-            }
-            let mut p = Prediction { predicted: finite.then(|| argmax(&probs)), probs, heatmap: None, boxes: Vec::new(), warnings };
+            let mut p = Prediction { assessment, heatmap: None, boxes: Vec::new() };
             if let Some(dir) = &args.heatmap {
                 let (panel, b) = attention_overlay(&img, &map, side, threshold, None);
                 let out = dir.join(heat_name);
@@ -562,34 +591,43 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
         })();
         match result {
             Ok(p) => {
-                let predicted = p.predicted.map(|k| classes[k].clone()).unwrap_or_else(|| "n/a".into());
-                for w in &p.warnings {
-                    eprintln!("warning: {}: {w}", path.display());
+                let a = &p.assessment;
+                let predicted = classes[a.predicted].clone();
+                if a.unusual.unusual {
+                    unusual += 1;
+                    eprintln!("warning: {}: {UNUSUAL_BANNER}: {}", path.display(), a.unusual.reasons.join("; "));
                 }
-                unusual += usize::from(p.warnings.iter().any(|w| w.starts_with("looks unlike")));
                 heatmaps += usize::from(p.heatmap.is_some());
                 if args.json {
                     let obj = serde_json::json!({
                         "file": path, "predicted": predicted,
-                        "probabilities": classes.iter().zip(&p.probs).map(|(c, p)| (c.clone(), serde_json::json!(p))).collect::<serde_json::Map<_, _>>(),
-                        "heatmap": p.heatmap, "boxes": p.boxes, "warnings": p.warnings,
+                        "probabilities": classes.iter().zip(&a.probabilities).map(|(c, p)| (c.clone(), serde_json::json!(p))).collect::<serde_json::Map<_, _>>(),
+                        "unusual": a.unusual.unusual, "unusual_reasons": a.unusual.reasons, "checks": a.unusual.checks, "ood": a.unusual.ood,
+                        "decisions": a.decisions, "heatmap": p.heatmap, "boxes": p.boxes,
                     });
                     println!("{obj}");
                 } else {
                     let name = path.display().to_string();
                     let chars = name.chars().count();
                     println!(
-                        "{:<40} {:<16} {}",
+                        "{:<40} {:<16} {}{}",
                         if chars > 40 { format!("…{}", name.chars().skip(chars - 39).collect::<String>()) } else { name },
                         predicted,
-                        p.probs.iter().map(|p| format!("{:>12.4}", p)).collect::<String>()
+                        a.probabilities.iter().map(|p| format!("{:>12.4}", p)).collect::<String>(),
+                        if a.unusual.unusual { "   UNUSUAL" } else { "" }
                     );
+                    for d in &a.decisions {
+                        println!("    {}", d.text);
+                    }
                 }
                 if let Some(w) = csv.as_mut() {
                     let mut row = vec![path.display().to_string(), predicted];
-                    row.extend(p.probs.iter().map(|x| format!("{x}")));
+                    row.extend(a.probabilities.iter().map(|x| format!("{x}")));
+                    row.push(a.unusual.unusual.to_string());
+                    row.push(a.unusual.reasons.join("; "));
+                    row.push(a.unusual.ood.as_ref().map(|v| format!("{}", v.score)).unwrap_or_else(|| "n/a".into()));
+                    row.push(a.decisions.iter().map(|d| d.text.clone()).collect::<Vec<_>>().join("; "));
                     row.push(p.heatmap.as_ref().map(|h| h.display().to_string()).unwrap_or_default());
-                    row.push(p.warnings.join("; "));
                     w.write_record(&row).map_err(|e| Error::Data(format!("predictions CSV: {e}")))?;
                 }
             }
@@ -613,16 +651,11 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
     }
     if unusual > 0 {
         eprintln!(
-            "warning: {unusual} of {} images look unlike the model's training images; treat their predictions with suspicion",
+            "warning: {unusual} of {} images look unlike the model's training images; their predictions are not meaningful",
             images.len()
         );
     }
     Ok(if failed > 0 { 1 } else { 0 })
-}
-
-/// A metric with four decimals, or `n/a` when undefined.
-fn four_places(v: Option<f64>) -> String {
-    v.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
 }
 
 pub fn report(run: &Path) -> Result<i32> {

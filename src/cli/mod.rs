@@ -6,6 +6,7 @@ pub mod data;
 pub mod demo;
 pub mod eval;
 pub mod model;
+pub mod ood_eval;
 pub mod train;
 pub mod reproduce;
 pub mod serve;
@@ -44,6 +45,8 @@ pub enum Command {
     Localize(eval::LocalizeArgs),
     /// Classify X-rays and show where the model looked.
     Predict(eval::PredictArgs),
+    /// Measure how well the model flags images unlike its training X-rays (AUROC, FPR at 95 % TPR).
+    OodEval(ood_eval::OodEvalArgs),
     /// (Re)write report.md and report.html of a training run folder.
     #[command(after_help = "Examples:\n  magsd report runs/2026-11-25T19-37-42")]
     Report {
@@ -67,6 +70,7 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
         Command::Eval(a) => eval::eval(a, false),
         Command::Localize(a) => eval::eval(a.into(), true),
         Command::Predict(a) => eval::predict_images(a),
+        Command::OodEval(a) => ood_eval::run(a),
         Command::Report { run } => eval::report(&run),
         Command::Reproduce(a) => reproduce::run(a),
         Command::Serve(a) => serve::run(a),

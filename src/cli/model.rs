@@ -6,7 +6,7 @@ use tch::{Device, nn};
 
 use crate::error::{Error, Result};
 use crate::model::config::{Arch, Head, MagSdConfig, Scales};
-use crate::model::weights::{import_torchvision, load_tensors, model_config, parameter_count, copy_exact};
+use crate::model::weights::{copy_exact, import_torchvision, load_tensors, model_config, parameter_count, split_variables};
 use crate::model::MagSd;
 
 /// Architecture options; each overrides the preset it is applied to.
@@ -134,7 +134,7 @@ pub fn run(cmd: ModelCommand) -> Result<i32> {
             Some((c, tensors)) => {
                 cfg = c;
                 model = MagSd::new(&vs.root(), cfg.clone())?;
-                copy_exact(&vs, &tensors, path)?;
+                copy_exact(&vs, &split_variables(tensors).0, path)?;
                 source = Some("magsd model");
             }
             None => {

@@ -17,7 +17,9 @@ use crate::serve::{AppState, Limits, ServeOptions, is_loopback, load, serve};
   MAGSD_TOKEN=secret magsd serve --model m.safetensors --host 0.0.0.0\n  \
   magsd serve --model m.safetensors --load-test --concurrency 1,4,16 --requests 200\n\n\
 The page, /healthz and /v2/health/* are open; with a token every other endpoint needs\n\
-`Authorization: Bearer <token>`. Nothing is written to disk. Ctrl-C finishes requests in flight.")]
+`Authorization: Bearer <token>`. Requests must name the server as localhost, an IP address or\n\
+an --allow-host name (DNS rebinding guard). Nothing is written to disk. Ctrl-C finishes\n\
+requests in flight.")]
 pub struct ServeArgs {
     /// A model file (.safetensors) or a run folder holding model.safetensors.
     #[arg(long)]
@@ -27,9 +29,18 @@ pub struct ServeArgs {
     pub host: String,
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Require `Authorization: Bearer <token>` on every API call (default: $MAGSD_TOKEN, if set).
+    /// Require `Authorization: Bearer <token>` on every API call (default: $MAGSD_TOKEN, if set;
+    /// an empty token is refused).
     #[arg(long)]
     pub token: Option<String>,
+    /// Also answer requests whose Host header is NAME (besides localhost, IP addresses and a
+    /// --host name); repeatable; '*' answers any name.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_host: Vec<String>,
+    /// Show the model file's and training run's paths and command on the model card without a
+    /// token (with a token they are shown to authenticated callers).
+    #[arg(long)]
+    pub show_paths: bool,
     /// The model's name in the KServe v2 URLs (/v2/models/NAME).
     #[arg(long, default_value = "magsd")]
     pub name: String,
@@ -48,7 +59,16 @@ pub struct ServeArgs {
     /// Largest image, in pixels (width × height).
     #[arg(long, default_value_t = 64_000_000)]
     pub max_pixels: u64,
-    /// Per-request time limit, in seconds (408 after it).
+    /// Largest sum of pixels over one request's images (413), and the most pixels decoded at
+    /// once over all requests.
+    #[arg(long, default_value_t = 64_000_000)]
+    pub max_request_pixels: u64,
+    /// Most images in one request (multipart files, or N of a KServe tensor; 413 above it);
+    /// default 32, or --queue if that is smaller.
+    #[arg(long)]
+    pub max_parts: Option<usize>,
+    /// Per-request time limit, in seconds (408 after it); a connection must also send each
+    /// request's headers within it.
     #[arg(long, default_value_t = 30)]
     pub timeout_s: u64,
     #[arg(long, value_enum, default_value = "auto")]
@@ -112,17 +132,36 @@ fn phantom_png() -> Vec<u8> {
     buf.into_inner()
 }
 
+/// The `--allow-host` names, and the `--host` name when it is one (a server told to listen on
+/// `xray.example.org` answers to that name).
+fn allowed_hosts(a: &ServeArgs) -> Vec<String> {
+    let mut hosts = a.allow_host.clone();
+    if a.host.parse::<std::net::IpAddr>().is_err() && !is_loopback(&a.host) {
+        hosts.push(a.host.clone());
+    }
+    hosts
+}
+
 pub fn run(a: ServeArgs) -> Result<i32> {
     let Some(model) = a.model.clone() else {
         return Ok(no_model());
     };
     let device = a.device.resolve()?;
-    let token = a.token.clone().or_else(|| std::env::var("MAGSD_TOKEN").ok()).filter(|t| !t.is_empty());
+    let token = match (&a.token, std::env::var("MAGSD_TOKEN")) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Ok(t)) if t.trim().is_empty() => {
+            return Err(Error::Config("MAGSD_TOKEN is set but empty: unset it to serve without a token, or set a real token".into()));
+        }
+        (None, Ok(t)) => Some(t),
+        (None, Err(_)) => None,
+    };
     let opts = ServeOptions {
         model,
         name: a.name.clone(),
         device,
         token: token.clone(),
+        allow_hosts: allowed_hosts(&a),
+        show_paths: a.show_paths,
         max_batch: a.max_batch,
         max_wait: Duration::from_millis(a.max_wait_ms),
         queue: a.queue,
@@ -130,6 +169,8 @@ pub fn run(a: ServeArgs) -> Result<i32> {
         limits: Limits {
             max_body_bytes: a.max_body_mb.saturating_mul(1 << 20),
             max_pixels: a.max_pixels,
+            max_request_pixels: a.max_request_pixels,
+            max_parts: a.max_parts.unwrap_or(a.queue.min(32)),
             timeout: Duration::from_secs(a.timeout_s.max(1)),
         },
         threshold: Threshold::parse(&a.threshold)?,

@@ -81,6 +81,11 @@ pub struct TrainArgs {
     /// or the chosen baseline's own (VGG16, ResNet18/50, InceptionV3), matched by name.
     #[arg(long)]
     pub pretrained: Option<PathBuf>,
+    /// Choose a decision threshold for CLASS on the validation split, reaching this sensitivity or
+    /// specificity there (e.g. covid19:sensitivity=0.95), stored in the model file and applied by
+    /// predict and serve; repeatable (setting `calibration.operating_points`).
+    #[arg(long = "operating-point", value_name = "CLASS:sensitivity=S|specificity=S")]
+    pub operating_point: Vec<String>,
     #[command(flatten)]
     pub model: ModelArgs,
     /// k ≥ 2: patient-level k-fold cross-validation; 0: one final model on all the data [default: 5].
@@ -149,6 +154,10 @@ impl TrainArgs {
             let list: Vec<String> = c.iter().map(|s| toml_string(s)).collect();
             push("data.classes", format!("[{}]", list.join(", ")));
         }
+        if !self.operating_point.is_empty() {
+            let list: Vec<String> = self.operating_point.iter().map(|s| toml_string(s)).collect();
+            push("calibration.operating_points", format!("[{}]", list.join(", ")));
+        }
         o.extend(self.model.overrides());
         o
     }
@@ -167,6 +176,7 @@ impl TrainArgs {
             ("--pretrained", self.pretrained.is_some()),
             ("--label-column", self.label_column.is_some()),
             ("--classes", self.classes.is_some()),
+            ("--operating-point", !self.operating_point.is_empty()),
             ("--folds", self.folds.is_some()),
             ("--group-by", self.grouping.group_by.is_some()),
             ("--test-source", self.grouping.test_source.is_some()),

@@ -10,16 +10,14 @@
 //!   `cv2.imread(..., IMREAD_GRAYSCALE)` does. Palette PNGs are expanded first.
 //! * 16-bit images stay 16-bit here; [`crate::data::preprocess`] narrows them to 8 bits only
 //!   for CLAHE, which the reference applies to 8-bit images.
-//! * DICOM: the modality LUT (rescale slope/intercept) and the first VOI LUT or window in the
-//!   file are applied; without a window, the stored bit range (`Bits Stored`, after rescale) is
-//!   mapped linearly, so intensities mean the same in every image; data of at most 8 bits stays
-//!   8-bit (an 8-bit DICOM gives back its stored values), deeper data fills 16 bits.
-//!   MONOCHROME1 is inverted so that bone is bright. Only the first frame of a multi-frame
-//!   object is read.
+//! * DICOM: decoded as pydicom decodes it (`crate::data::dicom`): palette, colour, modality
+//!   LUT or rescale, VOI LUT or window, MONOCHROME1 inverted; frame 0 of a multi-frame object.
+//!   Output of at most 8 bits stays 8-bit, deeper output fills 16 bits.
 //!
-//! Decoding never panics on a file: the DICOM header is checked first (Bits Allocated / Stored,
-//! High Bit, Rows, Columns, Samples per Pixel, Photometric Interpretation, Pixel
-//! Representation, the length of uncompressed pixel data, and a finite non-zero Rescale Slope),
+//! Decoding never panics on a file: the DICOM header is checked first (every element's length
+//! against the bytes left in the file, then Bits Allocated / Stored, High Bit, Rows, Columns,
+//! Samples per Pixel, Photometric Interpretation, Pixel Representation, the length of
+//! uncompressed pixel data, and a finite non-zero Rescale Slope),
 //! and every third-party decoder runs inside `catch_unwind`, so a panic in `image` or
 //! `dicom-pixeldata` becomes an [`Error::BadFile`] naming the file (a loader worker keeps going).
 //! A JPEG without its end-of-image marker after the last scan (e.g. cut in half; the decoder
@@ -158,7 +156,7 @@ fn decode_unguarded(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<
     match sniff(bytes) {
         Some(Format::Png) => decode_raster(path, bytes, image::ImageFormat::Png, "PNG", limits),
         Some(Format::Jpeg) => decode_raster(path, bytes, image::ImageFormat::Jpeg, "JPEG", limits),
-        Some(Format::Dicom(offset)) => decode_dicom(path, &bytes[offset..], limits),
+        Some(Format::Dicom(offset)) => super::dicom::decode_dicom(path, &bytes[offset..], limits),
         None => {
             let head: String = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
             Err(Error::bad_file(
@@ -169,7 +167,34 @@ fn decode_unguarded(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<
     }
 }
 
-fn check_size(path: &Path, width: u64, height: u64, limits: &DecodeLimits) -> Result<()> {
+/// Width and height of an image from its header alone, decoding no pixels (for budgets set
+/// before decoding, as `magsd serve` keeps per request). A DICOM is read up to its pixel data.
+pub fn dimensions(path: &Path, bytes: &[u8]) -> Result<(u64, u64)> {
+    let raster = |format| {
+        image::ImageReader::with_format(Cursor::new(bytes), format)
+            .into_dimensions()
+            .map(|(w, h)| (w as u64, h as u64))
+            .map_err(|e| Error::bad_file(path, format!("unreadable image header: {e}")))
+    };
+    match sniff(bytes) {
+        Some(Format::Png) => raster(image::ImageFormat::Png),
+        Some(Format::Jpeg) => raster(image::ImageFormat::Jpeg),
+        Some(Format::Dicom(offset)) => {
+            use dicom_dictionary_std::tags;
+            // The same length check as decoding: dicom-rs allocates what a header claims.
+            super::dicom::check_header_lengths(path, &bytes[offset..], DecodeLimits::default().max_pixels)?;
+            let obj = dicom_object::OpenFileOptions::new()
+                .read_until(tags::PIXEL_DATA)
+                .from_reader(&bytes[offset..])
+                .map_err(|e| Error::bad_file(path, format!("corrupt or truncated DICOM: {e}")))?;
+            let int = |tag| obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u64>().ok()).unwrap_or(0);
+            Ok((int(tags::COLUMNS), int(tags::ROWS)))
+        }
+        None => Err(Error::bad_file(path, "not a PNG, JPEG or DICOM file")),
+    }
+}
+
+pub(crate) fn check_size(path: &Path, width: u64, height: u64, limits: &DecodeLimits) -> Result<()> {
     if width == 0 || height == 0 {
         return Err(Error::bad_file(path, format!("image has no pixels ({width}×{height})")));
     }
@@ -226,7 +251,7 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
 }
 
 /// BT.601 luma in OpenCV's 14-bit fixed point (exact for equal channels).
-fn luma8(r: u8, g: u8, b: u8) -> u8 {
+pub(crate) fn luma8(r: u8, g: u8, b: u8) -> u8 {
     ((r as u32 * 4899 + g as u32 * 9617 + b as u32 * 1868 + (1 << 13)) >> 14) as u8
 }
 
@@ -282,217 +307,6 @@ fn dynamic_to_gray(path: &Path, img: image::DynamicImage) -> Result<GrayImage> {
         pixels,
         source: SourceInfo { format: String::new(), color: color.into(), bits, notes, warnings: Vec::new() },
     })
-}
-
-fn decode_dicom(path: &Path, bytes: &[u8], limits: &DecodeLimits) -> Result<GrayImage> {
-    use dicom_dictionary_std::tags;
-    use dicom_pixeldata::{ConvertOptions, PixelDecoder};
-    use dicom_transfer_syntax_registry::TransferSyntaxIndex;
-
-    let bad = |what: &str, e: &dyn std::fmt::Display| {
-        Error::bad_file(path, format!("{what}: {e}"))
-    };
-    let obj = dicom_object::OpenFileOptions::new()
-        .from_reader(bytes)
-        .map_err(|e| bad("corrupt or truncated DICOM", &e))?;
-    let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
-    let int = |tag| -> Option<u64> {
-        obj.element_opt(tag).ok().flatten().and_then(|e| e.to_int::<u64>().ok())
-    };
-    let text = |tag| -> Option<String> {
-        obj.element_opt(tag)
-            .ok()
-            .flatten()
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim().to_string())
-    };
-    let rows = int(tags::ROWS).ok_or_else(|| Error::bad_file(path, "DICOM file has no Rows (0028,0010): not an image"))?;
-    let cols = int(tags::COLUMNS).ok_or_else(|| Error::bad_file(path, "DICOM file has no Columns (0028,0011): not an image"))?;
-    check_size(path, cols, rows, limits)?;
-    let Some(pixel_data) = obj.element_opt(tags::PIXEL_DATA).ok().flatten() else {
-        return Err(Error::bad_file(path, "DICOM file has no Pixel Data (7FE0,0010)"));
-    };
-    let header = DicomHeader {
-        bits_allocated: int(tags::BITS_ALLOCATED),
-        bits_stored: int(tags::BITS_STORED),
-        high_bit: int(tags::HIGH_BIT),
-        samples_per_pixel: int(tags::SAMPLES_PER_PIXEL).unwrap_or(1),
-        pixel_representation: int(tags::PIXEL_REPRESENTATION).unwrap_or(0),
-        photometric: text(tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default(),
-        rescale_slope: text(tags::RESCALE_SLOPE),
-        rescale_intercept: text(tags::RESCALE_INTERCEPT),
-        window_width: text(tags::WINDOW_WIDTH),
-    };
-    let frame_bytes = header.check().map_err(|e| Error::bad_file(path, format!("invalid DICOM header: {e}")))? * rows * cols;
-    // Uncompressed data must hold at least one whole frame.
-    if let Some(p) = pixel_data.value().primitive() {
-        let have = p.calculate_byte_len() as u64;
-        if have < frame_bytes {
-            return Err(Error::bad_file(
-                path,
-                format!("DICOM pixel data has {have} bytes, a {cols}×{rows} frame needs {frame_bytes}: truncated"),
-            ));
-        }
-    }
-
-    let ts_name = dicom_transfer_syntax_registry::TransferSyntaxRegistry
-        .get(&ts_uid)
-        .map(|ts| ts.name().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let decoded = obj.decode_pixel_data_frame(0).map_err(|e| {
-        Error::bad_file(
-            path,
-            format!(
-                "cannot decode DICOM pixel data with transfer syntax {ts_uid} ({ts_name}): {e}. \
-                 Supported: uncompressed (implicit/explicit VR), deflated, RLE lossless and \
-                 JPEG baseline/extended/lossless; convert others with e.g. `gdcmconv --raw`"
-            ),
-        )
-    })?;
-    let photometric = header.photometric.clone();
-    let bits_stored = header.bits_stored() as u32;
-    let mut notes = vec![format!("transfer syntax {ts_uid} ({ts_name})")];
-    if let (Some(s), Some(i)) = (text(tags::RESCALE_SLOPE), text(tags::RESCALE_INTERCEPT)) {
-        notes.push(format!("modality rescale: slope {s}, intercept {i}"));
-    }
-    let has_voi = match (text(tags::WINDOW_CENTER), text(tags::WINDOW_WIDTH)) {
-        (Some(c), Some(w)) => {
-            notes.push(format!("VOI window from file: center {c}, width {w}"));
-            true
-        }
-        _ if obj.element_opt(tags::VOILUT_SEQUENCE).ok().flatten().is_some() => {
-            notes.push("VOI LUT sequence from file applied".into());
-            true
-        }
-        _ => false,
-    };
-    if photometric == "MONOCHROME1" {
-        notes.push("MONOCHROME1 inverted to MONOCHROME2".into());
-    }
-    if int(tags::NUMBER_OF_FRAMES).unwrap_or(1) > 1 {
-        notes.push("multi-frame object: first frame used".into());
-    }
-    let samples_per_pixel = int(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
-    let mut out = if has_voi || samples_per_pixel != 1 {
-        let img = decoded
-            .to_dynamic_image_with_options(0, &ConvertOptions::new().force_16bit())
-            .map_err(|e| bad("cannot convert DICOM pixel data", &e))?;
-        dynamic_to_gray(path, img)?
-    } else {
-        // No VOI: modality values, then the stored bit range mapped linearly to 0..=65535.
-        let values: Vec<f64> = decoded.to_vec_frame(0).map_err(|e| bad("cannot convert DICOM pixel data", &e))?;
-        let num = |tag| text(tag).and_then(|v| v.split('\\').next().and_then(|x| x.trim().parse::<f64>().ok()));
-        let (slope, intercept) = (num(tags::RESCALE_SLOPE).unwrap_or(1.0), num(tags::RESCALE_INTERCEPT).unwrap_or(0.0));
-        let bits = bits_stored; // checked: 1..=Bits Allocated
-        let signed = int(tags::PIXEL_REPRESENTATION) == Some(1);
-        let (smin, smax) = if signed {
-            (-(2f64.powi(bits as i32 - 1)), 2f64.powi(bits as i32 - 1) - 1.0)
-        } else {
-            (0.0, 2f64.powi(bits as i32) - 1.0)
-        };
-        let (a, b) = (slope * smin + intercept, slope * smax + intercept);
-        let (lo, hi) = (a.min(b), a.max(b));
-        notes.push(format!("no VOI window in file: stored range {lo}..{hi} ({bits} bits) mapped linearly"));
-        let span = (hi - lo).max(f64::EPSILON);
-        // 8-bit sources stay 8-bit (like an 8-bit PNG); deeper ones become 16-bit.
-        let top = if bits <= 8 { 255.0 } else { 65535.0 };
-        let mut px: Vec<u16> = values.iter().map(|&v| ((v - lo) / span * top).round().clamp(0.0, top) as u16).collect();
-        if photometric == "MONOCHROME1" {
-            px.iter_mut().for_each(|v| *v = top as u16 - *v);
-        }
-        let expected = (rows * cols) as usize;
-        if px.len() != expected {
-            return Err(Error::bad_file(path, format!("DICOM pixel data holds {} samples, expected {expected}", px.len())));
-        }
-        let pixels = if bits <= 8 { Pixels::U8(px.into_iter().map(|v| v as u8).collect()) } else { Pixels::U16(px) };
-        GrayImage { width: cols as usize, height: rows as usize, pixels, source: SourceInfo::default() }
-    };
-    out.source = SourceInfo {
-        format: "DICOM".into(),
-        color: if photometric.is_empty() { out.source.color } else { photometric },
-        bits: bits_stored,
-        notes: notes.into_iter().chain(out.source.notes).collect(),
-        warnings: out.source.warnings,
-    };
-    Ok(out)
-}
-
-/// The image pixel module attributes checked before any pixel is decoded: values that
-/// `dicom-pixeldata` would panic on, or that would silently give a blank image.
-struct DicomHeader {
-    bits_allocated: Option<u64>,
-    bits_stored: Option<u64>,
-    high_bit: Option<u64>,
-    samples_per_pixel: u64,
-    pixel_representation: u64,
-    photometric: String,
-    rescale_slope: Option<String>,
-    rescale_intercept: Option<String>,
-    window_width: Option<String>,
-}
-
-impl DicomHeader {
-    fn bits_stored(&self) -> u64 {
-        self.bits_stored.or(self.bits_allocated).unwrap_or(0)
-    }
-
-    /// Checks the attributes; returns the bytes per pixel of one frame of native data.
-    fn check(&self) -> std::result::Result<u64, String> {
-        let alloc = self.bits_allocated.ok_or("no Bits Allocated (0028,0100)")?;
-        if ![8, 16, 32].contains(&alloc) {
-            return Err(format!("Bits Allocated (0028,0100) is {alloc}; supported: 8, 16 or 32"));
-        }
-        let stored = self.bits_stored();
-        if stored == 0 || stored > alloc {
-            return Err(format!("Bits Stored (0028,0101) is {stored}; it must be 1 to Bits Allocated ({alloc})"));
-        }
-        // PS3.3 C.7.6.3.1: High Bit is one less than Bits Stored; the decoder reads the low bits.
-        if let Some(high) = self.high_bit
-            && high + 1 != stored
-        {
-            return Err(format!("High Bit (0028,0102) is {high}; with Bits Stored {stored} it must be {}", stored - 1));
-        }
-        if self.pixel_representation > 1 {
-            return Err(format!("Pixel Representation (0028,0103) is {}; it must be 0 or 1", self.pixel_representation));
-        }
-        let spp = self.samples_per_pixel;
-        let p = self.photometric.as_str();
-        let expected = match p {
-            "MONOCHROME1" | "MONOCHROME2" | "PALETTE COLOR" | "" => 1,
-            "RGB" | "YBR_FULL" | "YBR_FULL_422" | "YBR_ICT" | "YBR_RCT" | "YBR_PARTIAL_420" => 3,
-            other => return Err(format!("unsupported Photometric Interpretation (0028,0004) '{other}'")),
-        };
-        if spp != expected {
-            return Err(format!(
-                "Samples per Pixel (0028,0002) is {spp}, but Photometric Interpretation '{p}' has {expected}"
-            ));
-        }
-        let num = |v: &Option<String>| -> Option<std::result::Result<f64, String>> {
-            v.as_ref().map(|s| {
-                let first = s.split('\\').next().unwrap_or("").trim();
-                first.parse::<f64>().map_err(|_| first.to_string())
-            })
-        };
-        match num(&self.rescale_slope) {
-            Some(Ok(v)) if v.is_finite() && v != 0.0 => {}
-            Some(Ok(v)) => return Err(format!("Rescale Slope (0028,1053) is {v}; every pixel would become the same value")),
-            Some(Err(s)) => return Err(format!("Rescale Slope (0028,1053) '{s}' is not a number")),
-            None => {}
-        }
-        match num(&self.rescale_intercept) {
-            Some(Ok(v)) if v.is_finite() => {}
-            Some(_) => return Err("Rescale Intercept (0028,1052) is not a finite number".into()),
-            None => {}
-        }
-        match num(&self.window_width) {
-            Some(Ok(v)) if v.is_finite() && v > 0.0 => {}
-            Some(_) => return Err("Window Width (0028,1051) is not a positive finite number".into()),
-            None => {}
-        }
-        // YBR_FULL_422 stores two luma and two chroma samples per pair of pixels.
-        let stored_samples = if p == "YBR_FULL_422" { 2 } else { spp };
-        Ok(stored_samples * alloc / 8)
-    }
 }
 
 #[cfg(test)]

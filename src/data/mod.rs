@@ -4,7 +4,9 @@
 pub mod augment;
 pub mod dataset;
 pub mod decode;
+pub mod dicom;
 pub mod loader;
+pub mod ood_sets;
 pub mod prefetch;
 pub mod preprocess;
 pub mod split;

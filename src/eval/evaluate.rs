@@ -24,7 +24,8 @@ pub struct PredictOptions {
     pub channels_last: bool,
     /// Keep each image's mean attention map (for localisation and overlays).
     pub keep_attention: bool,
-    /// Keep each image's pooled last feature map (for the source probe, `eval::probe`).
+    /// Keep each image's feature ([`Forward::features`]): for the out-of-distribution detector,
+    /// and its last [`Predictions::penultimate_width`] numbers for the source probe (`eval::probe`).
     pub keep_features: bool,
     /// Fail, listing them all, when any image is unreadable or decoded with a warning (e.g. a
     /// truncated JPEG), instead of skipping or using it.
@@ -39,11 +40,15 @@ pub struct Predictions {
     pub labels: Vec<usize>,
     /// Softmax probabilities.
     pub probs: Vec<Vec<f64>>,
+    /// The logits they come from (for calibration).
+    pub logits: Vec<Vec<f64>>,
+    /// Global averages of the backbone's stages per image (when asked for; see [`Forward`]).
+    pub features: Vec<Vec<f32>>,
+    /// How many of the last numbers of each feature are the last feature map's global average.
+    pub penultimate_width: usize,
     /// Mean attention map per image, `side × side`, row-major (when asked for).
     pub attention: Vec<Vec<f32>>,
     pub attention_side: usize,
-    /// Global average of the last feature map per image (when asked for).
-    pub features: Vec<Vec<f32>>,
     /// Images that could not be read: (dataset index, reason).
     pub failures: Vec<(usize, String)>,
     /// Images used although their decoder warned (e.g. a truncated JPEG): (dataset index, warning).
@@ -51,6 +56,12 @@ pub struct Predictions {
 }
 
 impl Predictions {
+    /// Each image's global average of the last feature map (the source probe's input), when
+    /// features were kept.
+    pub fn penultimate(&self) -> Vec<Vec<f32>> {
+        self.features.iter().map(|f| f[f.len().saturating_sub(self.penultimate_width)..].to_vec()).collect()
+    }
+
     /// Mean cross-entropy of the predictions (for validation curves).
     pub fn mean_ce(&self) -> f64 {
         let n = self.probs.len().max(1) as f64;
@@ -58,21 +69,54 @@ impl Predictions {
     }
 }
 
-/// Forward pass in eval mode without gradients: `(probabilities [B, K], mean attention [B, 1, h, w])`.
-pub fn infer(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> (Tensor, Tensor) {
-    let (probs, attention, _) = infer_with_features(model, x, device, bf16, cl);
-    (probs, attention)
+/// What one forward pass in eval mode gives for a batch (on the model's device).
+pub struct Forward {
+    /// `[B, K]` logits and their softmax, f32.
+    pub logits: Tensor,
+    pub probs: Tensor,
+    /// `[B, 1, h, w]` mean attention map.
+    pub attention: Tensor,
+    /// `[B, C·G² + Σ C_i]`, f32, what `crate::eval::ood` scores: the model input averaged over a
+    /// G × G grid ([`INPUT_GRID`]), then the global average of each backbone stage's output (a
+    /// baseline's last feature map alone), concatenated.
+    pub features: Tensor,
+    /// How many of the last numbers of `features` are the global average of the last feature map
+    /// (the penultimate features the classifier reads; the source probe's input).
+    pub penultimate_width: usize,
 }
 
-/// [`infer`], also returning the pooled last feature map `[B, C]` on the CPU (`eval::probe`).
-pub fn infer_with_features(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> (Tensor, Tensor, Tensor) {
+/// The model input's layout enters the out-of-distribution feature averaged over this grid.
+pub const INPUT_GRID: i64 = 8;
+
+/// Forward pass in eval mode without gradients.
+pub fn forward(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> Forward {
     tch::no_grad(|| {
         let x = x.to_device(device);
         let x = if cl { channels_last(&x) } else { x };
         let out = autocast_bf16(bf16, device, || model.forward_t(&x, false));
-        let features = crate::eval::probe::pooled_features(&out.features);
-        (out.logits.to_kind(Kind::Float).softmax(1, Kind::Float), out.mean_attention(), features)
+        let logits = out.logits.to_kind(Kind::Float);
+        // The input's layout, [B, C, S, S] -> [B, C·G²], then each stage [B, C_i, h_i, w_i] -> [B, C_i].
+        let b = x.size()[0];
+        let mut pooled = vec![x.to_kind(Kind::Float).adaptive_avg_pool2d([INPUT_GRID, INPUT_GRID]).reshape([b, -1])];
+        pooled.extend(out.stages.iter().map(|t| t.to_kind(Kind::Float).mean_dim(&[2i64, 3][..], false, Kind::Float)));
+        let features = Tensor::cat(&pooled, 1); // [B, C·G² + Σ C_i]
+        // The last stage is the last feature map (`out.features`).
+        let penultimate_width = out.features.size()[1] as usize;
+        Forward { probs: logits.softmax(1, Kind::Float), logits, attention: out.mean_attention(), features, penultimate_width }
     })
+}
+
+/// Forward pass in eval mode without gradients: `(probabilities [B, K], mean attention [B, 1, h, w])`.
+pub fn infer(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> (Tensor, Tensor) {
+    let f = forward(model, x, device, bf16, cl);
+    (f.probs, f.attention)
+}
+
+/// Rows of a `[B, K]` tensor as f64 vectors.
+pub fn rows_f64(t: &Tensor) -> Result<Vec<Vec<f64>>> {
+    let k = t.size()[1] as usize;
+    let flat: Vec<f64> = Vec::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double).flatten(0, -1))?;
+    Ok(flat.chunks(k.max(1)).map(<[f64]>::to_vec).collect())
 }
 
 /// Predicts `indices` of the loader's dataset with `model` on `device`.
@@ -85,19 +129,19 @@ pub fn predict(model: &MagSd, loader: &Loader, indices: &[usize], device: Device
         if batch.indices.is_empty() {
             continue;
         }
-        let (probs, att, features) = infer_with_features(model, &batch.images, device, opts.bf16, opts.channels_last);
-        if opts.keep_features {
-            let d = features.size()[1] as usize;
-            let flat: Vec<f32> = Vec::try_from(features.flatten(0, -1))?;
-            out.features.extend(flat.chunks(d).map(|c| c.to_vec()));
-        }
-        let probs = probs.to_device(Device::Cpu).to_kind(Kind::Double);
-        let k = probs.size()[1] as usize;
-        let flat: Vec<f64> = Vec::try_from(probs.flatten(0, -1))?;
-        for (row, &i) in flat.chunks(k).zip(&batch.indices) {
+        let f = forward(model, &batch.images, device, opts.bf16, opts.channels_last);
+        let att = f.attention;
+        for ((p, z), &i) in rows_f64(&f.probs)?.into_iter().zip(rows_f64(&f.logits)?).zip(&batch.indices) {
             out.indices.push(i);
             out.labels.push(ds.samples[i].label);
-            out.probs.push(row.to_vec());
+            out.probs.push(p);
+            out.logits.push(z);
+        }
+        if opts.keep_features {
+            let c = f.features.size()[1] as usize;
+            let flat: Vec<f32> = Vec::try_from(f.features.to_device(Device::Cpu).flatten(0, -1))?;
+            out.features.extend(flat.chunks(c).map(<[f32]>::to_vec));
+            out.penultimate_width = f.penultimate_width;
         }
         if opts.keep_attention {
             let side = att.size()[2] as usize;
@@ -161,6 +205,10 @@ pub struct EvalReport {
     /// features were kept.
     #[serde(default)]
     pub probe: BTreeMap<String, SourceProbe>,
+    /// Calibration before and after, unusual images, operating points (absent in files written
+    /// before magsd reported them).
+    #[serde(default)]
+    pub reliability: Option<crate::eval::reliability::EvalReliability>,
 }
 
 impl EvalReport {
@@ -193,13 +241,14 @@ impl EvalReport {
         let patients: Vec<String> = p.indices.iter().map(|&i| ds.samples[i].patient_key()).collect();
         let mut within = BTreeMap::new();
         let mut probes = BTreeMap::new();
+        let penultimate = p.penultimate();
         for col in by {
             let sources: Vec<String> = p.indices.iter().map(|&i| source_of(ds, i, col)).collect();
             let scored =
                 Scored { labels: &p.labels, probs: &p.probs, sources: &sources, patients: &patients, classes: &ds.classes, counted: trained };
             within.insert(col.clone(), within_source(col, &scored, within_source::RESAMPLES, 0));
             if p.features.len() == p.indices.len() && !p.features.is_empty() {
-                let input = ProbeInput { features: &p.features, labels: &p.labels, classes: &ds.classes, sources: &sources, patients: &patients };
+                let input = ProbeInput { features: &penultimate, labels: &p.labels, classes: &ds.classes, sources: &sources, patients: &patients };
                 probes.insert(col.clone(), source_probe(col, &input));
             }
         }
@@ -219,6 +268,7 @@ impl EvalReport {
             absent_from_training: ds.classes.iter().zip(trained).filter(|(_, t)| !**t).map(|(c, _)| c.clone()).collect(),
             within_source: within,
             probe: probes,
+            reliability: None,
         })
     }
 

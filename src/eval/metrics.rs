@@ -9,13 +9,10 @@
 //! model class left out with `--classes`) stays in the per-class table but does not pull the
 //! means down. The macro AUC runs over classes that have both positives and negatives. For two
 //! classes the macro AUC is the binary AUC of class 1 (what `roc_auc_score` returns for binary
-//! problems).
-//!
-//! Undefined numbers are `None` (`null` in JSON, `n/a` in reports), never 0: a class with no
-//! image has no sensitivity and no F1; a class that is never predicted has no precision; a
-//! class with no negative image (every image is of that class) has no specificity, and the
-//! macro specificity runs over the classes that have one. scikit-learn reports 0 with a warning
-//! in these cases (`zero_division`); where both are defined the numbers are the same.
+//! problems). Undefined ratios are `None` (`null` in JSON, printed `n/a`), never 0: sensitivity
+//! with no positives, specificity with no negatives (TN + FP = 0, e.g. a COVID-only cohort),
+//! precision of a class never predicted, F1 with TP + FP + FN = 0. They are left out of the macro
+//! means, as scikit-learn's `zero_division=np.nan` does; a mean over nothing is `None` too.
 //!
 //! [`compute_over`] leaves chosen classes out of the macro means as well (e.g. classes that a
 //! grouped fold's training part never saw, whose figures would only measure that absence).
@@ -32,13 +29,13 @@ use crate::error::{Error, Result};
 pub struct PerClass {
     pub class: String,
     pub support: usize,
-    /// `None` when the class has no image.
+    /// TP / (TP + FN); `None` without positives.
     pub sensitivity: Option<f64>,
-    /// `None` when every image is of this class (no negatives).
+    /// TN / (TN + FP); `None` without negatives.
     pub specificity: Option<f64>,
-    /// `None` when the class is never predicted.
+    /// TP / (TP + FP); `None` when the class is never predicted.
     pub precision: Option<f64>,
-    /// `None` when the class has no image.
+    /// 2TP / (2TP + FP + FN); `None` when that is 0/0.
     pub f1: Option<f64>,
     /// `None` when the class has no positives or no negatives.
     pub auc: Option<f64>,
@@ -48,9 +45,8 @@ pub struct PerClass {
 pub struct Metrics {
     pub n: usize,
     pub accuracy: f64,
-    /// Macro mean; `None` when no class is counted (no image, or only uncounted classes).
+    /// Macro means over the classes present whose value is defined; `None` when none is.
     pub sensitivity: Option<f64>,
-    /// `None` also when no counted class has a negative image (a one-class set).
     pub specificity: Option<f64>,
     pub f1: Option<f64>,
     pub auc: Option<f64>,
@@ -70,13 +66,26 @@ pub fn argmax(p: &[f64]) -> usize {
     best
 }
 
-fn ratio(a: usize, b: usize) -> f64 {
-    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+/// `a / b`, `None` when `b` is 0 (scikit-learn's `zero_division=np.nan`).
+fn ratio(a: usize, b: usize) -> Option<f64> {
+    (b > 0).then(|| a as f64 / b as f64)
 }
 
-/// `a / b`, or `None` when `b` is 0.
-fn defined_ratio(a: usize, b: usize) -> Option<f64> {
-    (b > 0).then(|| a as f64 / b as f64)
+/// Mean of the defined values; `None` when there are none (NumPy's `nanmean` of all-NaN, which
+/// scikit-learn then reports as NaN).
+pub fn mean_defined(values: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    let v: Vec<f64> = values.into_iter().flatten().collect();
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// A rate as a percentage with two decimals, or `n/a`.
+pub fn pct_or_na(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.2}", 100.0 * x)).unwrap_or_else(|| "n/a".into())
+}
+
+/// A number with four decimals, or `n/a`.
+pub fn fixed4_or_na(v: Option<f64>) -> String {
+    v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "n/a".into())
 }
 
 /// Binary ROC AUC of `scores` for `positive` labels, ties counted half (Mann–Whitney U).
@@ -168,29 +177,28 @@ pub fn compute_over(y_true: &[usize], probs: &[Vec<f64>], classes: &[String], co
         let tn = n - tp - fn_ - fp;
         let positive: Vec<bool> = y_true.iter().map(|&t| t == c).collect();
         let scores: Vec<f64> = probs.iter().map(|p| p[c]).collect();
-        let present = tp + fn_ > 0;
         per_class.push(PerClass {
             class: classes[c].clone(),
             support: tp + fn_,
-            sensitivity: defined_ratio(tp, tp + fn_),
-            specificity: defined_ratio(tn, tn + fp),
-            precision: defined_ratio(tp, tp + fp),
-            f1: present.then(|| ratio(2 * tp, 2 * tp + fp + fn_)),
+            sensitivity: ratio(tp, tp + fn_),
+            specificity: ratio(tn, tn + fp),
+            precision: ratio(tp, tp + fp),
+            f1: ratio(2 * tp, 2 * tp + fp + fn_),
             auc: binary_auc(&positive, &scores),
         });
     }
     // Classes present in the true labels (scikit-learn with `labels=np.unique(y_true)`) and counted.
     let used: Vec<&PerClass> = (0..k).filter(|&c| counted[c] && per_class[c].support > 0).map(|c| &per_class[c]).collect();
-    let mean_of = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-    let mean = |f: &dyn Fn(&PerClass) -> Option<f64>| mean_of(used.iter().filter_map(|m| f(m)).collect());
+    let mean = |f: &dyn Fn(&PerClass) -> Option<f64>| mean_defined(used.iter().map(|m| f(m)));
     let auc = if k == 2 {
         per_class[1].auc.filter(|_| counted[0] && counted[1])
     } else {
-        mean_of((0..k).filter(|&c| counted[c]).filter_map(|c| per_class[c].auc).collect())
+        mean_defined((0..k).filter(|&c| counted[c]).map(|c| per_class[c].auc))
     };
     Metrics {
         n,
-        accuracy: ratio(correct, n),
+        // n = 0 happens only for an empty set, which callers do not report.
+        accuracy: ratio(correct, n).unwrap_or(0.0),
         sensitivity: mean(&|m| m.sensitivity),
         specificity: mean(&|m| m.specificity),
         f1: mean(&|m| m.f1),
@@ -285,9 +293,10 @@ mod tests {
         assert!((m.f1.unwrap() - 5.0 / 6.0).abs() < 1e-12, "{:?}", m.f1);
         // Macro AUC over the classes with positives and negatives (0 and 1).
         assert_eq!(m.per_class[2].auc, None);
-        // The absent class's sensitivity and F1 are undefined, not 0; its precision is 0/1.
-        assert_eq!((m.per_class[2].sensitivity, m.per_class[2].f1), (None, None));
-        assert_eq!(m.per_class[2].precision, Some(0.0));
+        // The absent class's sensitivity is undefined, not 0; predicted once, its precision is
+        // 0/1 and its F1 2TP/(2TP+FP+FN) = 0/1, as scikit-learn's f1_score gives per class.
+        assert_eq!(m.per_class[2].sensitivity, None);
+        assert_eq!((m.per_class[2].precision, m.per_class[2].f1), (Some(0.0), Some(0.0)));
     }
 
     #[test]
@@ -313,6 +322,28 @@ mod tests {
         assert!((m.accuracy - 2.0 / 3.0).abs() < 1e-12);
         let aucs = [m.per_class[0].auc.unwrap(), m.per_class[1].auc.unwrap()];
         assert_eq!(m.auc, Some((aucs[0] + aucs[1]) / 2.0));
+    }
+
+    #[test]
+    fn undefined_ratios_are_none_and_left_out_of_the_means() {
+        // A COVID-only cohort (every true label is class 0): class 0 has no negatives, so its
+        // specificity is undefined, and so is the macro specificity (the only class present).
+        let probs = vec![vec![0.9, 0.1], vec![0.3, 0.7], vec![0.8, 0.2]];
+        let m = compute(&[0, 0, 0], &probs, &names(2));
+        assert_eq!(m.per_class[0].specificity, None);
+        assert_eq!(m.specificity, None, "not 0: there is no negative to be specific about");
+        assert_eq!(m.per_class[0].sensitivity, Some(2.0 / 3.0));
+        assert_eq!(m.sensitivity, Some(2.0 / 3.0));
+        // Class 1 has no positives (sensitivity undefined) but negatives (specificity 2/3).
+        assert_eq!(m.per_class[1].sensitivity, None);
+        assert_eq!(m.per_class[1].specificity, Some(2.0 / 3.0));
+        // A class never predicted and never true: precision and F1 are 0/0.
+        let m = compute(&[0, 0], &[vec![0.9, 0.1], vec![0.8, 0.2]], &names(2));
+        assert_eq!((m.per_class[1].precision, m.per_class[1].f1), (None, None));
+        assert_eq!(m.f1, Some(1.0));
+        let s = summarise(&[m.clone(), m]);
+        assert!(!s.contains_key("specificity"), "undefined in every fold: absent, printed n/a");
+        assert_eq!(pct_or_na(None), "n/a");
     }
 
     #[test]

@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::logistic::{FitOptions, LogisticRegression, Scaler};
 use crate::data::split::group_kfold_assign;
@@ -223,11 +223,6 @@ impl SourceProbe {
             ),
         }
     }
-}
-
-/// The features `[B, C, h, w]` → `[B, C]` global average, as float32 on the CPU.
-pub fn pooled_features(features: &Tensor) -> Tensor {
-    features.to_kind(Kind::Float).mean_dim(&[2i64, 3][..], false, Kind::Float).to_device(tch::Device::Cpu)
 }
 
 #[cfg(test)]

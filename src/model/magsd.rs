@@ -9,7 +9,7 @@ use super::baselines::Baseline;
 use super::config::{Arch, Head, MagSdConfig};
 use super::init::linear;
 use super::pooling::{bilinear_attention_pool, global_avg_pool, global_max_pool};
-use super::resnet::ResNet;
+use super::resnet::{Features, ResNet};
 
 /// What one forward pass returns.
 pub struct MagSdOutput {
@@ -22,6 +22,9 @@ pub struct MagSdOutput {
     /// `[B, C4, S/32, S/32]` layer4 features (2048 channels for ResNet50); for a baseline, its
     /// last convolutional feature map.
     pub features: Tensor,
+    /// The backbone's stage outputs layer1..layer4 (`[B, C_i, S/4 … S/32]`); for a baseline, its
+    /// last feature map alone. Their global averages are what `crate::eval::ood` scores.
+    pub stages: Vec<Tensor>,
 }
 
 impl MagSdOutput {
@@ -80,7 +83,8 @@ impl MagSd {
             Network::MaNet(net) => net,
             Network::Baseline(b) => return b.forward_t(x, train),
         };
-        let f = net.backbone.forward_t(x, train);
+        let [f1, f2, f3, f4] = net.backbone.forward_stages(x, train);
+        let f = Features { f2, f3, f4 };
         let attention = net.attention.forward_t(&f, train);
         let pooled = match self.config.head {
             Head::Bap => bilinear_attention_pool(&f.f4, &attention) * 100.0, // [B, M*C]
@@ -88,6 +92,7 @@ impl MagSd {
             Head::Gmp => global_max_pool(&f.f4),                              // [B, C]
         };
         let logits = net.classifier.forward(&pooled.to_kind(Kind::Float)); // [B, K]
-        MagSdOutput { logits, attention, features: f.f4 }
+        let stages = vec![f1, f.f2, f.f3, f.f4.shallow_clone()];
+        MagSdOutput { logits, attention, features: f.f4, stages }
     }
 }

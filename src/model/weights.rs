@@ -18,6 +18,16 @@ pub const CONFIG_KEY: &str = "magsd.config";
 /// variables under their own names plus optimizer tensors under [`OPTIM_PREFIX`].
 pub const CHECKPOINT_FORMAT: &str = "magsd-checkpoint";
 pub const OPTIM_PREFIX: &str = "optim.";
+/// Tensors of a model file's out-of-distribution detector (`crate::eval::ood`), stored beside
+/// the model's variables. They are not variables: loading sets them aside in
+/// [`LoadedModel::extra`]. Files written before the detector existed have none.
+pub const OOD_PREFIX: &str = "ood.";
+
+/// Splits a file's tensors into the model's variables and the rest (optimiser state of a
+/// checkpoint, a detector's tensors), which loading must not take for variables.
+pub fn split_variables(tensors: NamedTensors) -> (NamedTensors, NamedTensors) {
+    tensors.into_iter().partition(|(n, _)| !n.starts_with(OPTIM_PREFIX) && !n.starts_with(OOD_PREFIX))
+}
 
 fn dtype_of(kind: Kind) -> Result<Dtype> {
     Ok(match kind {
@@ -149,14 +159,42 @@ pub fn copy_exact(vs: &nn::VarStore, tensors: &[(String, Tensor)], path: &Path) 
 pub struct LoadedModel {
     pub vs: nn::VarStore,
     pub model: MagSd,
+    /// The file's metadata (its config, and what training stored beside it: input statistics,
+    /// calibration, operating points, the detector's settings).
+    pub metadata: HashMap<String, String>,
+    /// The tensors stored beside the variables (under [`OOD_PREFIX`]), on the CPU.
+    pub extra: NamedTensors,
+}
+
+/// Refuses weights with a NaN or an infinity (a diverged run saved by other means, a damaged
+/// file): such a model answers with non-finite scores, which are no answer.
+fn refuse_non_finite(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let mut bad: Vec<String> = tch::no_grad(|| {
+        vs.variables()
+            .into_iter()
+            .filter(|(_, t)| t.is_floating_point() && !bool::try_from(t.isfinite().all()).unwrap_or(false))
+            .map(|(n, _)| n)
+            .collect()
+    });
+    if bad.is_empty() {
+        return Ok(());
+    }
+    bad.sort();
+    Err(Error::bad_file(
+        path,
+        format!(
+            "{} tensor(s) hold NaN or infinite weights (first: {}); the model is broken (e.g. a diverged training run) and gives no answer",
+            bad.len(),
+            bad[0]
+        ),
+    ))
 }
 
 /// Loads a model saved by [`save_model`] (or the model in a training checkpoint) onto `device`.
 pub fn load_model(path: &Path, device: Device) -> Result<LoadedModel> {
-    let (mut tensors, meta) = load_tensors(path)?;
-    if meta.get("format").is_some_and(|f| f == CHECKPOINT_FORMAT) {
-        tensors.retain(|(n, _)| !n.starts_with(OPTIM_PREFIX));
-    }
+    let (tensors, meta) = load_tensors(path)?;
+    let (tensors, rest) = split_variables(tensors);
+    let extra: NamedTensors = rest.into_iter().filter(|(n, _)| n.starts_with(OOD_PREFIX)).collect();
     let config = model_config(&meta, path)?.ok_or_else(|| {
         Error::bad_file(
             path,
@@ -167,7 +205,8 @@ pub fn load_model(path: &Path, device: Device) -> Result<LoadedModel> {
     let vs = nn::VarStore::new(device);
     let model = MagSd::new(&vs.root(), config)?;
     copy_exact(&vs, &tensors, path)?;
-    Ok(LoadedModel { vs, model })
+    refuse_non_finite(&vs, path)?;
+    Ok(LoadedModel { vs, model, metadata: meta, extra })
 }
 
 /// What [`import_torchvision`] did with each tensor.

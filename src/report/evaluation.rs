@@ -12,13 +12,16 @@ use std::path::{Path, PathBuf};
 use super::document::Document;
 use super::overlay::{attention_overlay, with_caption};
 use super::plots::{ConfusionFigure, RocFigure, save};
+use super::reliability_plot::ReliabilityFigure;
 use crate::data::dataset::Dataset;
 use crate::data::decode::{DecodeLimits, decode_file};
 use crate::error::{IoContext, Result};
 use crate::eval::evaluate::{EvalReport, Predictions, write_predictions_csv};
 use crate::eval::localize::{GroundTruth, LocalizationReport, Threshold, localize};
+use crate::eval::metrics::pct_or_na;
 use crate::eval::metrics::{Metrics, argmax};
 use crate::eval::overlap::TrainingOverlap;
+use crate::eval::reliability::{EvalReliability, UNUSUAL_BANNER};
 
 pub struct EvalOptions<'a> {
     pub title: String,
@@ -34,6 +37,8 @@ pub struct EvalOptions<'a> {
     pub intro: Vec<super::document::Block>,
     /// Evaluated images that also trained the model (see [`crate::eval::overlap`]).
     pub training_overlap: Option<TrainingOverlap>,
+    /// Calibration, unusual images and operating points of these predictions.
+    pub reliability: Option<EvalReliability>,
 }
 
 pub struct EvalOutput {
@@ -44,11 +49,6 @@ pub struct EvalOutput {
 
 fn pct(v: f64) -> String {
     format!("{:.2}", 100.0 * v)
-}
-
-/// A percentage with two decimals, or `n/a` when undefined.
-pub fn pct_or_na(v: Option<f64>) -> String {
-    v.map(pct).unwrap_or_else(|| "n/a".into())
 }
 
 /// ACC/SEN/SPC/F1/AUC as a table row.
@@ -66,6 +66,75 @@ pub fn metric_row(name: &str, m: &Metrics) -> Vec<String> {
 
 pub fn metric_header(first: &str) -> Vec<String> {
     [first, "images", "ACC %", "SEN %", "SPC %", "F1 %", "AUC %"].iter().map(|s| s.to_string()).collect()
+}
+
+/// "12.34 % [10.00, 15.00]" of a rate and its interval.
+fn rate_ci(v: Option<f64>, ci: &Option<crate::eval::stats::BootstrapCi>) -> String {
+    match (v, ci) {
+        (Some(v), Some(c)) => format!("{} [{}, {}]", pct(v), pct(c.low), pct(c.high)),
+        (v, _) => pct_or_na(v),
+    }
+}
+
+/// The report's calibration, unusual-input and operating-point sections, and the reliability
+/// diagram (`reliability.png`).
+pub fn reliability_sections(doc: &mut Document, t: &EvalReliability, dir: &Path) -> Result<()> {
+    let c = &t.calibration;
+    doc.h(1, "Calibration");
+    doc.p(format!("Probabilities: {}. The metrics above use them.", t.probabilities));
+    doc.table(
+        ["probabilities", "images", "ECE (15 bins)", "Brier"].iter().map(|s| s.to_string()).collect(),
+        vec![
+            vec!["raw softmax".into(), c.before.images.to_string(), format!("{:.4}", c.before.ece), crate::eval::metrics::fixed4_or_na(c.before.brier)],
+            vec![format!("temperature T = {:.3}", c.temperature), c.after.images.to_string(), format!("{:.4}", c.after.ece), crate::eval::metrics::fixed4_or_na(c.after.brier)],
+        ],
+    );
+    doc.p("ECE: expected calibration error, top-label, 15 equal-width confidence bins (Guo et al. 2017). Brier: mean over images of Σ_k (p_k − y_k)², from 0 (perfect) to 2.");
+    save(&ReliabilityFigure { title: "Reliability diagram".into(), curves: reliability_curves(c) }, &dir.join("reliability"))?;
+    doc.image("reliability.png", "Reliability diagram: accuracy against confidence per bin, before and after calibration");
+    let u = &t.unusual;
+    doc.h(1, "Unusual inputs");
+    doc.p(format!(
+        "{} of {} evaluated images were flagged as unusual ({} by the pixel screen, {} by the feature-space detector). Checks: {}. \
+         For a flagged image magsd says: \"{UNUSUAL_BANNER}\". The metrics above include them.",
+        u.flagged, u.images, u.by_pixel_screen, u.by_detector, u.checks
+    ));
+    if !u.flagged_images.is_empty() {
+        const SHOWN: usize = 50;
+        doc.table(
+            vec!["file".into(), "why".into()],
+            u.flagged_images.iter().take(SHOWN).map(|f| vec![f.path.clone(), f.reasons.join("; ")]).collect(),
+        );
+        if u.flagged_images.len() > SHOWN {
+            doc.p(format!("… and {} more (all in metrics.json).", u.flagged_images.len() - SHOWN));
+        }
+    }
+    if !t.operating_points.is_empty() {
+        doc.h(1, "Operating points");
+        doc.p("Each chosen on the validation split when the model was trained; here applied to these images. Intervals: 95 % patient-level bootstrap (1,000 resamples).");
+        doc.table(
+            ["class", "target", "threshold", "images (positive)", "SEN %", "SPC %"].iter().map(|s| s.to_string()).collect(),
+            t.operating_points
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.point.class.clone(),
+                        format!("{} {:.2} (validation: SEN {}, SPC {})", r.point.target.name(), r.point.target.value(), pct_or_na(r.point.validation_sensitivity), pct_or_na(r.point.validation_specificity)),
+                        format!("{:.4}", r.point.threshold),
+                        format!("{} ({})", r.images, r.positives),
+                        rate_ci(r.sensitivity, &r.sensitivity_ci),
+                        rate_ci(r.specificity, &r.specificity_ci),
+                    ]
+                })
+                .collect(),
+        );
+    }
+    Ok(())
+}
+
+/// The before/after curves of a reliability diagram.
+pub fn reliability_curves(c: &crate::eval::reliability::CalibrationComparison) -> Vec<(String, &crate::eval::calibration::Reliability)> {
+    vec![("raw softmax".into(), &c.before.reliability), (format!("T = {:.3}", c.temperature), &c.after.reliability)]
 }
 
 /// The metadata column overlays are spread over: the image's source collection, where known.
@@ -112,6 +181,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
     let mut report = EvalReport::new(ds, p, &opts.by)?;
     report.add_dataset_skips(ds);
     report.training_overlap = opts.training_overlap.clone();
+    report.reliability = opts.reliability.clone();
     report.save(&dir.join("metrics.json"))?;
     write_predictions_csv(&dir.join("predictions.csv"), ds, p)?;
     save(&RocFigure { title: "ROC curves (one-vs-rest)".into(), classes: &ds.classes, labels: &p.labels, probs: &p.probs }, &dir.join("roc"))?;
@@ -210,6 +280,9 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
                 super::audit::probe_section(&mut doc, p);
             }
         }
+    }
+    if let Some(t) = &report.reliability {
+        reliability_sections(&mut doc, t, dir)?;
     }
     doc.h(1, "Figures");
     doc.image("roc.png", "ROC curves per class with their AUC");

@@ -5,6 +5,7 @@ pub mod document;
 pub mod evaluation;
 pub mod overlay;
 pub mod plots;
+pub mod reliability_plot;
 pub mod run;
 
 /// The intended-use statement every report carries (and the README states).

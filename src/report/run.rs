@@ -7,12 +7,17 @@ use super::document::Document;
 use super::evaluation::{metric_header, metric_row};
 use super::plots::{ConfusionFigure, CurvesFigure, RocFigure, save};
 use crate::error::{IoContext, Result};
-use crate::eval::metrics::compute;
+use super::evaluation::reliability_curves;
+use super::reliability_plot::ReliabilityFigure;
 use crate::data::dataset::{Dataset, DatasetOptions};
+use crate::eval::calibration::CalibrationReport;
 use crate::eval::evaluate::EvalReport;
+use crate::eval::metrics::{compute, fixed4_or_na};
 use crate::eval::probe::SourceProbe;
+use crate::eval::reliability::{CalibrationComparison, Reliability};
 use crate::eval::within_source::{self, Scored, within_source};
-use crate::runfolder::{CONFIG_FILE, CvSummary, LOG_FILE, METRICS_FILE, PREDICTIONS_FILE, RunSpec, fold_dir, read_predictions};
+use crate::model::weights::{load_tensors, split_variables};
+use crate::runfolder::{CONFIG_FILE, CvSummary, LOG_FILE, METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, RunSpec, fold_dir, read_predictions};
 use std::collections::HashMap;
 
 /// Writes `RUN/report.md` and `RUN/report.html`; returns the HTML's path.
@@ -65,6 +70,7 @@ pub fn write_run_report(run: &Path) -> Result<PathBuf> {
         doc.image("roc.png", "ROC curves per class, out-of-fold predictions of all folds");
         doc.image("confusion.png", "Confusion matrix (rows normalised), out-of-fold predictions of all folds");
         shortcut_audit(&mut doc, run, &spec, &s, &names, &labels, &probs)?;
+        calibration_section(&mut doc, run, &s)?;
         doc.h(2, "Training curves");
         for f in &s.folds {
             let log = fold_dir(run, f.fold).join(LOG_FILE);
@@ -73,9 +79,19 @@ pub fn write_run_report(run: &Path) -> Result<PathBuf> {
             doc.image(format!("fold-{}/curves.png", f.fold), format!("fold {}: loss and accuracy per epoch", f.fold));
         }
     } else if run.join(LOG_FILE).exists() {
-        doc.h(1, "Final model (trained on all the data given)");
+        doc.h(1, "Final model");
+        doc.p(final_split_text(&run.join(LOG_FILE)));
         save(&CurvesFigure::from_log("final model", &run.join(LOG_FILE))?, &run.join("curves"))?;
         doc.image("curves.png", "loss and accuracy per epoch");
+        if run.join(MODEL_FILE).is_file() {
+            let (tensors, meta) = load_tensors(&run.join(MODEL_FILE))?;
+            let extra = split_variables(tensors).1;
+            let r = Reliability::from_file_parts(&meta, &extra, &run.join(MODEL_FILE))?;
+            doc.h(2, "Calibration, unusual inputs, operating points");
+            for line in r.describe() {
+                doc.p(line);
+            }
+        }
     }
     doc.h(1, "Configuration");
     doc.code(config);
@@ -160,6 +176,87 @@ fn shortcut_audit(
                 crate::eval::probe::CLASS_SKILL_LOW
             ));
         }
+    }
+    Ok(())
+}
+
+/// "Trained on N images; M held out ..." from the log's start record.
+fn final_split_text(log: &Path) -> String {
+    let start = std::fs::read_to_string(log)
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()));
+    let n = |k: &str| start.as_ref().and_then(|v| v[k].as_u64());
+    match (n("train_images"), n("val_images")) {
+        (Some(t), Some(0)) => format!("Trained on all {t} images given (no validation split: the last epoch's model is kept, probabilities are not calibrated, and the detector's threshold comes from the training images)."),
+        (Some(t), Some(v)) => format!("Trained on {t} images; a patient-level {v} were held out to pick the best epoch and to fit the calibration, the detector's threshold and the operating points."),
+        _ => "Training images: see train.jsonl.".into(),
+    }
+}
+
+/// Per-fold and pooled calibration (ECE, Brier before and after), unusual images and operating
+/// points, from each fold's metrics.json; the pooled reliability diagram as `reliability.png`.
+fn calibration_section(doc: &mut super::document::Document, run: &Path, s: &CvSummary) -> Result<()> {
+    let mut folds = Vec::new();
+    for f in &s.folds {
+        let path = fold_dir(run, f.fold).join(METRICS_FILE);
+        if let Some(t) = EvalReport::load(&path).ok().and_then(|r| r.reliability) {
+            folds.push((f.fold, t));
+        }
+    }
+    if folds.is_empty() {
+        return Ok(());
+    }
+    doc.h(2, "Calibration and unusual inputs, per fold and pooled");
+    doc.p(format!("Probabilities: {} (fold {}; each fold fits its own).", folds[0].1.probabilities, folds[0].0));
+    let row = |name: String, c: &CalibrationComparison, flagged: String| {
+        vec![
+            name,
+            c.after.images.to_string(),
+            if c.temperature == 1.0 { "1 (none)".into() } else { format!("{:.3}", c.temperature) },
+            format!("{:.4}", c.before.ece),
+            format!("{:.4}", c.after.ece),
+            fixed4_or_na(c.before.brier),
+            fixed4_or_na(c.after.brier),
+            flagged,
+        ]
+    };
+    let mut rows: Vec<Vec<String>> = folds
+        .iter()
+        .map(|(k, t)| row(format!("fold {k}"), &t.calibration, format!("{} of {}", t.unusual.flagged, t.unusual.images)))
+        .collect();
+    let before: Vec<&CalibrationReport> = folds.iter().map(|(_, t)| &t.calibration.before).collect();
+    let after: Vec<&CalibrationReport> = folds.iter().map(|(_, t)| &t.calibration.after).collect();
+    let pooled = CalibrationComparison { temperature: f64::NAN, before: CalibrationReport::pool(&before), after: CalibrationReport::pool(&after) };
+    let flagged: usize = folds.iter().map(|(_, t)| t.unusual.flagged).sum();
+    let mut pooled_row = row("pooled".into(), &pooled, format!("{flagged} of {}", pooled.after.images));
+    pooled_row[2] = "each fold's".into();
+    rows.push(pooled_row);
+    doc.table(
+        ["held-out fold", "images", "T", "ECE raw", "ECE calibrated", "Brier raw", "Brier calibrated", "flagged unusual"].iter().map(|s| s.to_string()).collect(),
+        rows,
+    );
+    doc.p("ECE: expected calibration error, top-label, 15 equal-width bins; pooled: the bins of all folds merged. Brier: mean Σ_k (p_k − y_k)², 0 to 2.");
+    let mut curves = reliability_curves(&pooled);
+    curves[1].0 = "each fold's temperature".into();
+    save(&ReliabilityFigure { title: "Reliability, pooled out-of-fold".into(), curves }, &run.join("reliability"))?;
+    doc.image("reliability.png", "Reliability diagram of the pooled out-of-fold predictions, before and after calibration");
+    let ops: Vec<Vec<String>> = folds
+        .iter()
+        .flat_map(|(k, t)| {
+            t.operating_points.iter().map(move |r| {
+                vec![
+                    format!("fold {k}"),
+                    format!("{} {} {:.2}", r.point.class, r.point.target.name(), r.point.target.value()),
+                    format!("{:.4}", r.point.threshold),
+                    crate::eval::metrics::pct_or_na(r.sensitivity),
+                    crate::eval::metrics::pct_or_na(r.specificity),
+                ]
+            })
+        })
+        .collect();
+    if !ops.is_empty() {
+        doc.h(2, "Operating points on the held-out folds");
+        doc.table(["fold", "point", "threshold", "SEN %", "SPC %"].iter().map(|s| s.to_string()).collect(), ops);
     }
     Ok(())
 }

@@ -155,11 +155,11 @@ fn compare(row: &RowData, reference: &RowData) -> Option<Comparison> {
     if pairs.is_empty() {
         return None;
     }
-    // The folds where both rows have the metric.
+    // The folds where the metric is defined for both rows (F1 can be undefined: 0/0).
     let pick = |f: fn(&Metrics) -> Option<f64>| -> (Vec<f64>, Vec<f64>) {
         pairs.iter().filter_map(|(a, b)| Some((f(&a.metrics)?, f(&b.metrics)?))).unzip()
     };
-    let mean_diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).sum::<f64>() / a.len().max(1) as f64;
+    let mean_diff = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x - y).sum::<f64>() / a.len() as f64;
     let (acc_a, acc_b) = pick(|m| Some(m.accuracy));
     let (f1_a, f1_b) = pick(|m| m.f1);
     Some(Comparison {
@@ -315,7 +315,8 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
     if !absent.is_empty() {
         doc.p(format!(
             "Grouped parts lack classes ({}). A class absent from a fold's training part is left out of that fold's macro means; \
-             the per-class figures of a class absent from its test part are n/a.",
+             a class absent from its test part has no sensitivity or AUC (n/a); its precision and F1 are 0 where the model \
+             predicted it (each such prediction was wrong, as scikit-learn counts it), n/a where it did not.",
             absent.into_iter().collect::<Vec<_>>().join("; ")
         ));
     }

@@ -6,14 +6,16 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use tch::{Device, Kind};
 use tokio::sync::oneshot;
 
-use super::metrics::Metrics;
-use crate::eval::evaluate::infer;
+use super::metrics::{BatchTimes, Metrics};
+use crate::data::input_stats::ImageFeatures;
+use crate::eval::evaluate::{forward, rows_f64};
+use crate::eval::reliability::{Assessment, Reliability};
 use crate::model::weights::LoadedModel;
 
 #[derive(Clone, Copy, Debug)]
@@ -33,8 +35,9 @@ pub struct BatchOptions {
 /// What the model said about one image.
 #[derive(Clone, Debug)]
 pub struct Inference {
-    /// Softmax probabilities, in the model's class order.
-    pub probs: Vec<f64>,
+    /// Calibrated probabilities, the predicted class, the `unusual` verdict and the operating
+    /// points' decisions (`Reliability::assess`).
+    pub assessment: Assessment,
     /// Mean attention map, `attention_side²` values, row-major.
     pub attention: Vec<f32>,
     pub attention_side: usize,
@@ -46,11 +49,18 @@ pub struct Inference {
     pub batch_size: usize,
 }
 
+/// The answer for one image, or why there is none (a non-finite output, a failed batch).
 pub type Reply = Result<Inference, String>;
+
+/// One image to run: its `[1, S, S]` z-scored model input (row-major) and the pixel statistics
+/// of its decoded image, for the pixel screen (`None` for inputs that arrive preprocessed, as in
+/// KServe).
+pub type Input = (Vec<f32>, Option<ImageFeatures>);
 
 struct Job {
     /// `[1, S, S]` z-scored input, row-major.
     input: Vec<f32>,
+    image: Option<ImageFeatures>,
     enqueued: Instant,
     reply: oneshot::Sender<Reply>,
 }
@@ -95,20 +105,31 @@ pub fn queue(opts: BatchOptions, metrics: Arc<Metrics>) -> (Batcher, BatchWorker
 
 impl Batcher {
     /// Queues one model input (`S × S` values); the receiver gets the answer. Never blocks.
-    pub fn submit(&self, input: Vec<f32>) -> Result<oneshot::Receiver<Reply>, SubmitError> {
-        debug_assert_eq!(input.len(), self.input_size * self.input_size);
-        let (reply, rx) = oneshot::channel();
-        self.length.fetch_add(1, Ordering::SeqCst);
-        match self.tx.try_send(Job { input, enqueued: Instant::now(), reply }) {
-            Ok(()) => Ok(rx),
-            Err(e) => {
-                self.length.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => SubmitError::QueueFull,
-                    TrySendError::Disconnected(_) => SubmitError::Stopped,
-                })
+    pub fn submit(&self, input: Input) -> Result<oneshot::Receiver<Reply>, SubmitError> {
+        Ok(self.submit_all(vec![input])?.remove(0))
+    }
+
+    /// Queues a request's model inputs all together or none of them: with fewer free places than
+    /// inputs the whole request is refused at once (a part-answered request helps nobody).
+    pub fn submit_all(&self, inputs: Vec<Input>) -> Result<Vec<oneshot::Receiver<Reply>>, SubmitError> {
+        let n = inputs.len();
+        // Reserve the places first: `length` counts queued and reserved images, never fewer
+        // than the channel holds, so the sends below always find room.
+        self.length
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |len| (len + n <= self.capacity).then_some(len + n))
+            .map_err(|_| SubmitError::QueueFull)?;
+        let mut out = Vec::with_capacity(n);
+        for (input, image) in inputs {
+            debug_assert_eq!(input.len(), self.input_size * self.input_size);
+            let (reply, rx) = oneshot::channel();
+            if self.tx.try_send(Job { input, image, enqueued: Instant::now(), reply }).is_err() {
+                // Only a stopped batcher refuses here; give back the places not used.
+                self.length.fetch_sub(n - out.len(), Ordering::SeqCst);
+                return Err(SubmitError::Stopped);
             }
+            out.push(rx);
         }
+        Ok(out)
     }
 
     /// Images waiting now.
@@ -127,18 +148,19 @@ impl Batcher {
 }
 
 impl BatchWorker {
-    /// Starts the model thread. It ends when every [`Batcher`] is gone (server shut down).
-    pub fn spawn(self, model: LoadedModel, device: Device) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Starts the model thread, which owns the model and what its file says about trusting it.
+    /// It ends when every [`Batcher`] is gone (server shut down).
+    pub fn spawn(self, model: LoadedModel, reliability: Reliability, device: Device) -> std::io::Result<std::thread::JoinHandle<()>> {
         let ready = self.ready.clone();
         ready.store(true, Ordering::SeqCst); // the thread owns a loaded model from its first instruction
-        let handle = std::thread::Builder::new().name("magsd-batcher".into()).spawn(move || self.run(&model, device));
+        let handle = std::thread::Builder::new().name("magsd-batcher".into()).spawn(move || self.run(&model, &reliability, device));
         if handle.is_err() {
             ready.store(false, Ordering::SeqCst);
         }
         handle
     }
 
-    fn run(self, m: &LoadedModel, device: Device) {
+    fn run(self, m: &LoadedModel, reliability: &Reliability, device: Device) {
         while let Ok(first) = self.rx.recv() {
             let mut jobs = vec![first];
             let deadline = Instant::now() + self.opts.max_wait;
@@ -152,45 +174,57 @@ impl BatchWorker {
             // A caller that gave up (timeout, closed connection) needs no forward pass.
             jobs.retain(|j| !j.reply.is_closed());
             if !jobs.is_empty() {
-                self.run_batch(m, device, jobs);
+                self.run_batch(m, reliability, device, jobs);
             }
         }
         self.ready.store(false, Ordering::SeqCst);
     }
 
-    fn run_batch(&self, m: &LoadedModel, device: Device, jobs: Vec<Job>) {
+    fn run_batch(&self, m: &LoadedModel, reliability: &Reliability, device: Device, jobs: Vec<Job>) {
         let (n, s) = (jobs.len(), self.opts.input_size);
         let taken = Instant::now();
-        let mut data = Vec::with_capacity(n * s * s);
-        for j in &jobs {
-            data.extend_from_slice(&j.input);
-        }
-        let start = Instant::now();
+        let mut t = BatchTimes::default();
         // libtorch reports failures (e.g. out of GPU memory) by panicking through tch: answer
         // this batch's callers with the message and keep serving.
-        let out = catch_unwind(AssertUnwindSafe(|| -> Result<(Vec<f64>, Vec<f32>, usize), String> {
+        let classes = m.model.config.class_labels();
+        let out = catch_unwind(AssertUnwindSafe(|| -> Result<(Vec<Result<Assessment, String>>, Vec<f32>, usize), String> {
+            let mut data = Vec::with_capacity(n * s * s);
+            for j in &jobs {
+                data.extend_from_slice(&j.input);
+            }
             let x = tch::Tensor::from_slice(&data).view([n as i64, 1, s as i64, s as i64]); // [B, 1, S, S]
-            let (probs, att) = infer(&m.model, &x, device, self.opts.bf16, false); // [B, K], [B, 1, h, w]
-            let side = att.size()[2] as usize;
-            let probs: Vec<f64> = Vec::try_from(probs.to_device(Device::Cpu).to_kind(Kind::Double).flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
-            let att: Vec<f32> = Vec::try_from(att.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
-            Ok((probs, att, side))
+            t.input_s = taken.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let f = forward(&m.model, &x, device, self.opts.bf16, false); // [B, K], [B, 1, h, w], [B, D]
+            t.infer_s = start.elapsed().as_secs_f64();
+            let start = Instant::now();
+            let side = f.attention.size()[2] as usize;
+            let logits = rows_f64(&f.logits).map_err(|e| e.to_string())?;
+            let features = f.features.to_device(Device::Cpu);
+            // Calibration, the pixel screen and the detector, the operating points; a non-finite
+            // output is this image's error.
+            let assessed = (0..n)
+                .map(|i| reliability.assess(&logits[i], Some(&features.get(i as i64)), jobs[i].image.as_ref(), &classes).map_err(|e| e.to_string()))
+                .collect();
+            let att: Vec<f32> = Vec::try_from(f.attention.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
+            t.output_s = start.elapsed().as_secs_f64();
+            Ok((assessed, att, side))
         }))
         .unwrap_or_else(|p| {
             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
             Err(format!("model failed: {}", msg.unwrap_or_else(|| "unknown error".into())))
         });
-        let inference_s = start.elapsed().as_secs_f64();
-        self.metrics.batch(n, inference_s);
+        let inference_s = t.total();
+        self.metrics.batch(n, t);
         for j in &jobs {
             self.metrics.queued(taken.duration_since(j.enqueued).as_secs_f64());
+            self.metrics.answered(out.is_ok(), j.enqueued.elapsed().as_secs_f64());
         }
         match out {
-            Ok((probs, att, side)) => {
-                let k = probs.len() / n;
-                for (i, j) in jobs.into_iter().enumerate() {
-                    let _ = j.reply.send(Ok(Inference {
-                        probs: probs[i * k..(i + 1) * k].to_vec(),
+            Ok((assessed, att, side)) => {
+                for ((i, j), a) in jobs.into_iter().enumerate().zip(assessed) {
+                    let _ = j.reply.send(a.map(|assessment| Inference {
+                        assessment,
                         attention: att[i * side * side..(i + 1) * side * side].to_vec(),
                         attention_side: side,
                         queue_s: taken.duration_since(j.enqueued).as_secs_f64(),

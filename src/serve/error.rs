@@ -16,6 +16,8 @@ impl ErrorKind {
     pub const BAD_REQUEST: ErrorKind = ErrorKind("bad_request");
     pub const BAD_IMAGE: ErrorKind = ErrorKind("bad_image");
     pub const UNAUTHORIZED: ErrorKind = ErrorKind("unauthorized");
+    /// A `Host` header that names no host of this server (DNS rebinding guard).
+    pub const FORBIDDEN_HOST: ErrorKind = ErrorKind("forbidden_host");
     pub const NOT_FOUND: ErrorKind = ErrorKind("not_found");
     pub const TOO_LARGE: ErrorKind = ErrorKind("too_large");
     pub const TIMEOUT: ErrorKind = ErrorKind("timeout");
@@ -28,6 +30,7 @@ impl ErrorKind {
     pub fn of_status(s: StatusCode) -> ErrorKind {
         match s {
             StatusCode::UNAUTHORIZED => Self::UNAUTHORIZED,
+            StatusCode::FORBIDDEN => Self::FORBIDDEN_HOST,
             StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED => Self::NOT_FOUND,
             StatusCode::PAYLOAD_TOO_LARGE => Self::TOO_LARGE,
             StatusCode::REQUEST_TIMEOUT => Self::TIMEOUT,
@@ -79,6 +82,11 @@ impl ApiError {
             ErrorKind::TOO_LARGE,
             format!("request body larger than this server's limit of {limit} bytes (--max-body-mb)"),
         )
+    }
+
+    /// More images, or more pixels, in one request than this server takes.
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorKind::TOO_LARGE, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

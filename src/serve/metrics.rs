@@ -1,7 +1,8 @@
-//! Prometheus text metrics of the server: requests by route and status, errors by kind, request
-//! latency, time spent in the batching queue, batch sizes and model time per batch, and the
-//! queue's current length. Kept in one mutex: a few updates per request cost nothing next to a
-//! forward pass.
+//! The server's counters: Prometheus text metrics (requests by route and status, errors by kind,
+//! request latency, time spent in the batching queue, batch sizes and model time per batch, the
+//! queue's current length) and the same events as the Open Inference Protocol's statistics
+//! extension counts them ([`ModelStats`], served by `kserve::stats`). Kept in one mutex: a few
+//! updates per request cost nothing next to a forward pass.
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 
 use super::error::{ApiError, ErrorKind, json_error};
 use super::state::AppState;
@@ -57,6 +59,60 @@ impl Histogram {
     }
 }
 
+/// Triton's `$duration_stat`: how often something happened and its total time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DurationStat {
+    pub count: u64,
+    pub ns: u64,
+}
+
+impl DurationStat {
+    fn add(&mut self, seconds: f64) {
+        self.count += 1;
+        self.ns += (seconds.max(0.0) * 1e9).round() as u64;
+    }
+}
+
+/// The model's time in one batch, split as Triton's statistics split it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BatchTimes {
+    /// Gathering the inputs into one tensor.
+    pub input_s: f64,
+    /// The forward pass (and the copy to the device).
+    pub infer_s: f64,
+    /// Copying the outputs back and splitting them per image.
+    pub output_s: f64,
+}
+
+impl BatchTimes {
+    pub fn total(&self) -> f64 {
+        self.input_s + self.infer_s + self.output_s
+    }
+}
+
+/// What the statistics extension reports for the model (Triton's `$model_stat`). An inference
+/// request here is one image as the batcher sees it: a request of N images counts N.
+#[derive(Clone, Debug, Default)]
+pub struct ModelStats {
+    /// When the model last answered, in milliseconds since the Unix epoch (0: never).
+    pub last_inference_ms: u64,
+    /// Images answered successfully.
+    pub inference_count: u64,
+    /// Batches run.
+    pub execution_count: u64,
+    /// Images answered, from entering the queue to the model's answer.
+    pub success: DurationStat,
+    /// Images whose batch failed.
+    pub fail: DurationStat,
+    /// Images' waits in the queue.
+    pub queue: DurationStat,
+    pub compute_input: DurationStat,
+    pub compute_infer: DurationStat,
+    pub compute_output: DurationStat,
+    /// Per batch size: (input, infer, output) of the batches of that size.
+    pub batches: BTreeMap<usize, [DurationStat; 3]>,
+}
+
 #[derive(Debug)]
 struct Inner {
     requests: BTreeMap<(String, u16), u64>,
@@ -66,6 +122,7 @@ struct Inner {
     batch_size: Histogram,
     inference: Histogram,
     images: u64,
+    model: ModelStats,
 }
 
 /// The server's counters.
@@ -85,6 +142,7 @@ impl Default for Metrics {
                 batch_size: Histogram::new(SIZES),
                 inference: Histogram::new(SECONDS),
                 images: 0,
+                model: ModelStats::default(),
             }),
         }
     }
@@ -112,16 +170,49 @@ impl Metrics {
 
     /// One image's wait in the queue before the batcher took it.
     pub fn queued(&self, seconds: f64) {
-        self.with(|m| m.queue.observe(seconds));
+        self.with(|m| {
+            m.queue.observe(seconds);
+            m.model.queue.add(seconds);
+        });
     }
 
-    /// One batch through the model.
-    pub fn batch(&self, size: usize, seconds: f64) {
+    /// One batch through the model (successful or not).
+    pub fn batch(&self, size: usize, t: BatchTimes) {
         self.with(|m| {
             m.batch_size.observe(size as f64);
-            m.inference.observe(seconds);
+            m.inference.observe(t.total());
             m.images += size as u64;
+            let s = &mut m.model;
+            s.execution_count += 1;
+            s.compute_input.add(t.input_s);
+            s.compute_infer.add(t.infer_s);
+            s.compute_output.add(t.output_s);
+            let b = s.batches.entry(size).or_default();
+            b[0].add(t.input_s);
+            b[1].add(t.infer_s);
+            b[2].add(t.output_s);
         });
+    }
+
+    /// One image answered by the model (`ok`) or failed with its batch, `seconds` after it
+    /// entered the queue.
+    pub fn answered(&self, ok: bool, seconds: f64) {
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.with(|m| {
+            let s = &mut m.model;
+            if ok {
+                s.success.add(seconds);
+                s.inference_count += 1;
+                s.last_inference_ms = now_ms;
+            } else {
+                s.fail.add(seconds);
+            }
+        });
+    }
+
+    /// A copy of the model's statistics.
+    pub fn model_stats(&self) -> ModelStats {
+        self.with(|m| m.model.clone())
     }
 
     /// (batches, images) run through the model so far.
@@ -137,7 +228,7 @@ impl Metrics {
             for ((route, status), n) in &m.requests {
                 let _ = writeln!(o, "magsd_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
             }
-            o.push_str("# HELP magsd_errors_total Errors by kind (bad_request, bad_image, unauthorized, not_found, too_large, timeout, queue_full, not_ready, internal).\n# TYPE magsd_errors_total counter\n");
+            o.push_str("# HELP magsd_errors_total Errors by kind (bad_request, bad_image, unauthorized, forbidden_host, not_found, too_large, timeout, queue_full, not_ready, internal).\n# TYPE magsd_errors_total counter\n");
             for (kind, n) in &m.errors {
                 let _ = writeln!(o, "magsd_errors_total{{kind=\"{kind}\"}} {n}");
             }
@@ -211,8 +302,8 @@ mod tests {
     #[test]
     fn histogram_buckets_are_cumulative_and_render_in_prometheus_form() {
         let m = Metrics::default();
-        m.batch(3, 0.02);
-        m.batch(8, 0.2);
+        m.batch(3, BatchTimes { input_s: 0.0, infer_s: 0.02, output_s: 0.0 });
+        m.batch(8, BatchTimes { input_s: 0.05, infer_s: 0.1, output_s: 0.05 });
         m.request("/api/v1/predict", 200, 0.03);
         m.error("bad_image");
         let text = m.render(2, 64, true);
@@ -227,5 +318,15 @@ mod tests {
         assert!(text.contains("magsd_errors_total{kind=\"bad_image\"} 1\n"));
         assert!(text.contains("magsd_queue_length 2\n") && text.contains("magsd_queue_capacity 64\n"));
         assert!(text.contains("magsd_ready 1\n"));
+        // The same batches in the statistics extension's terms.
+        let s = m.model_stats();
+        assert_eq!(s.execution_count, 2);
+        assert_eq!(s.compute_infer, DurationStat { count: 2, ns: 120_000_000 });
+        assert_eq!(s.batches[&8][2], DurationStat { count: 1, ns: 50_000_000 });
+        m.answered(true, 0.5);
+        m.answered(false, 0.25);
+        let s = m.model_stats();
+        assert_eq!((s.inference_count, s.success.count, s.fail.ns), (1, 1, 250_000_000));
+        assert!(s.last_inference_ms > 1_600_000_000_000);
     }
 }

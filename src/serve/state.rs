@@ -7,13 +7,17 @@ use std::time::Duration;
 use serde::Serialize;
 use tch::Device;
 
+use tokio::sync::Semaphore;
+
 use super::batcher::{BatchOptions, BatchWorker, Batcher, queue};
+use super::host::AllowedHosts;
 use super::metrics::Metrics;
 use crate::cli::eval::resolve_model;
 use crate::data::decode::DecodeLimits;
 use crate::data::loader::InputPipeline;
 use crate::error::{Error, IoContext, Result};
 use crate::eval::localize::Threshold;
+use crate::eval::reliability::{Reliability, ReliabilitySummary};
 use crate::model::MagSdConfig;
 use crate::model::weights::{LoadedModel, load_model};
 use crate::runfolder::{CvSummary, RUN_FILE, RunSpec, SUMMARY_FILE};
@@ -25,8 +29,28 @@ pub use crate::report::INTENDED_USE;
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// Largest image (width × height).
     pub max_pixels: u64,
+    /// Largest sum of width × height over a request's images; also the most pixels decoded at
+    /// once over all requests (a request waits for room, within its timeout).
+    pub max_request_pixels: u64,
+    /// Most images in one request (multipart parts, or N of a KServe tensor).
+    pub max_parts: usize,
+    /// Per-request time limit, and the time a connection has to send a request's headers.
     pub timeout: Duration,
+}
+
+impl Default for Limits {
+    /// `magsd serve`'s defaults.
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 << 20,
+            max_pixels: 64_000_000,
+            max_request_pixels: 64_000_000,
+            max_parts: 32,
+            timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// Everything `magsd serve` needs to start a server.
@@ -37,8 +61,14 @@ pub struct ServeOptions {
     /// The model's name in the KServe v2 URLs (`/v2/models/{name}`).
     pub name: String,
     pub device: Device,
-    /// When set, every API call needs `Authorization: Bearer <token>`.
+    /// When set, every API call needs `Authorization: Bearer <token>`; an empty token is refused.
     pub token: Option<String>,
+    /// Host names accepted in the `Host` header besides loopback names and IP addresses
+    /// (`--allow-host`; `*` accepts any).
+    pub allow_hosts: Vec<String>,
+    /// Show the model file's and the training run's paths and command on the model card to
+    /// callers without a token (`--show-paths`); with a token they are always shown.
+    pub show_paths: bool,
     pub max_batch: usize,
     pub max_wait: Duration,
     pub queue: usize,
@@ -65,7 +95,8 @@ pub struct Training {
     pub label_column: String,
     pub classes: Vec<String>,
     pub folds: usize,
-    pub command: String,
+    /// The training command; left out (null) unless the card shows paths.
+    pub command: Option<String>,
     /// Per-fold and mean ± std held-out metrics of the run's cross-validation, when it had one.
     pub cross_validation: Option<CvSummary>,
 }
@@ -74,6 +105,7 @@ pub struct Training {
 #[derive(Clone, Debug, Serialize)]
 pub struct ModelCard {
     pub name: String,
+    /// The model file: its absolute path when the card shows paths, else its file name.
     pub file: String,
     pub classes: Vec<String>,
     pub backbone: String,
@@ -85,6 +117,9 @@ pub struct ModelCard {
     pub preprocessing: Preprocessing,
     pub training: Option<Training>,
     pub device: String,
+    /// How the probabilities are calibrated, what the `unusual` flag rests on, and the
+    /// operating points, as the model file says.
+    pub reliability: ReliabilitySummary,
     pub intended_use: &'static str,
 }
 
@@ -94,9 +129,14 @@ pub struct AppState {
     pub config: MagSdConfig,
     pub pipeline: InputPipeline,
     pub batcher: Batcher,
+    /// How the batcher was set up (for the model configuration).
+    pub batching: BatchOptions,
     pub metrics: Arc<Metrics>,
     pub token: Option<String>,
+    pub hosts: Arc<AllowedHosts>,
     pub limits: Limits,
+    /// Pixels that may be decoded at once over all requests (`limits.max_request_pixels`).
+    pub decode_budget: Arc<Semaphore>,
     pub threshold: Threshold,
 }
 
@@ -106,13 +146,14 @@ pub struct Loaded {
     pub state: Arc<AppState>,
     worker: BatchWorker,
     model: LoadedModel,
+    reliability: Reliability,
     device: Device,
 }
 
 impl Loaded {
     /// Starts the batcher thread (which owns the model from now on).
     pub fn start(self) -> Result<Arc<AppState>> {
-        self.worker.spawn(self.model, self.device).map_err(|e| Error::Model(format!("cannot start the batcher thread: {e}")))?;
+        self.worker.spawn(self.model, self.reliability, self.device).map_err(|e| Error::Model(format!("cannot start the batcher thread: {e}")))?;
         Ok(self.state)
     }
 }
@@ -127,7 +168,12 @@ fn run_folder(model_arg: &Path, file: &Path) -> Option<PathBuf> {
     [Some(parent), parent.parent()].into_iter().flatten().find(|d| d.join(RUN_FILE).is_file()).map(Path::to_path_buf)
 }
 
-fn training(run: &Path) -> Result<Training> {
+/// The last component of a path, for a card that does not show paths.
+fn base_name(p: &Path) -> String {
+    p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn training(run: &Path, show_paths: bool) -> Result<Training> {
     let spec = RunSpec::load(run)?;
     let summary = run.join(SUMMARY_FILE);
     let cross_validation = if summary.is_file() {
@@ -135,13 +181,14 @@ fn training(run: &Path) -> Result<Training> {
     } else {
         None
     };
+    let path = |p: &Path| if show_paths { p.display().to_string() } else { base_name(p) };
     Ok(Training {
-        run: run.display().to_string(),
-        data: spec.data.display().to_string(),
+        run: path(run),
+        data: path(&spec.data),
         label_column: spec.label_column,
         classes: spec.classes,
         folds: spec.folds,
-        command: spec.command,
+        command: show_paths.then_some(spec.command),
         cross_validation,
     })
 }
@@ -156,15 +203,40 @@ fn preprocessing(c: &MagSdConfig) -> Preprocessing {
     }
 }
 
+/// Refuses limits and options that cannot work, before the model is loaded.
+fn check_options(opts: &ServeOptions) -> Result<()> {
+    if opts.token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        return Err(Error::Config(
+            "the token is empty: an empty --token (or MAGSD_TOKEN) would let anyone in; give a real token, or none to serve without one".into(),
+        ));
+    }
+    let l = &opts.limits;
+    if l.max_parts == 0 || l.max_parts > opts.queue.max(1) {
+        return Err(Error::Config(format!(
+            "--max-parts {} must be between 1 and --queue ({}): a request of more images could never be queued whole",
+            l.max_parts, opts.queue
+        )));
+    }
+    if l.max_request_pixels == 0 || l.max_request_pixels > u64::from(u32::MAX) {
+        return Err(Error::Config(format!("--max-request-pixels {} must be between 1 and {}", l.max_request_pixels, u32::MAX)));
+    }
+    Ok(())
+}
+
 /// Loads the model (on this thread) and builds the shared state around it.
 pub fn load(opts: &ServeOptions) -> Result<Loaded> {
+    check_options(opts)?;
+    let hosts = AllowedHosts::new(&opts.allow_hosts)?;
     let file = resolve_model(&opts.model)?;
     let model = load_model(&file, opts.device)?;
+    let reliability = Reliability::of(&model, &file)?;
     let config = model.model.config.clone();
     let run = run_folder(&opts.model, &file);
+    // With a token only authenticated callers read the card, so it may show where things are.
+    let show_paths = opts.show_paths || opts.token.is_some();
     let card = ModelCard {
         name: opts.name.clone(),
-        file: file.display().to_string(),
+        file: if show_paths { file.display().to_string() } else { base_name(&file) },
         classes: config.class_labels(),
         backbone: config.backbone.clone(),
         head: config.head.to_string(),
@@ -172,8 +244,9 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         attention_maps: config.num_maps,
         input_size: config.image_size as usize,
         preprocessing: preprocessing(&config),
-        training: run.as_deref().map(training).transpose()?,
+        training: run.as_deref().map(|r| training(r, show_paths)).transpose()?,
         device: crate::device::describe(opts.device),
+        reliability: reliability.summary(),
         intended_use: INTENDED_USE,
     };
     let pipeline = InputPipeline {
@@ -182,25 +255,26 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         ..Default::default()
     };
     let metrics = Arc::new(Metrics::default());
-    let (batcher, worker) = queue(
-        BatchOptions {
-            max_batch: opts.max_batch,
-            max_wait: opts.max_wait,
-            queue: opts.queue,
-            input_size: config.image_size as usize,
-            bf16: opts.bf16,
-        },
-        metrics.clone(),
-    );
+    let batching = BatchOptions {
+        max_batch: opts.max_batch.max(1),
+        max_wait: opts.max_wait,
+        queue: opts.queue.max(1),
+        input_size: config.image_size as usize,
+        bf16: opts.bf16,
+    };
+    let (batcher, worker) = queue(batching, metrics.clone());
     let state = Arc::new(AppState {
         card,
         config,
         pipeline,
         batcher,
+        batching,
         metrics,
         token: opts.token.clone(),
+        hosts: Arc::new(hosts),
         limits: opts.limits.clone(),
+        decode_budget: Arc::new(Semaphore::new(opts.limits.max_request_pixels as usize)),
         threshold: opts.threshold,
     });
-    Ok(Loaded { state, worker, model, device: opts.device })
+    Ok(Loaded { state, worker, model, reliability, device: opts.device })
 }

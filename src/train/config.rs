@@ -16,6 +16,9 @@ use crate::data::augment::AugmentPolicy;
 use crate::data::preprocess::{PreprocessConfig, ZScore};
 use crate::device::DeviceChoice;
 use crate::error::{Error, IoContext, Result};
+use crate::eval::calibration::CalibrationMethod;
+use crate::eval::ood::OodMethod;
+use crate::eval::operating_point::OperatingPointSpec;
 use crate::model::config::{Arch, Head, MagSdConfig, Scales};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,6 +119,41 @@ pub struct PerformanceSection {
     pub deterministic: bool,
 }
 
+/// How probabilities are calibrated and which operating points are chosen, after training, on
+/// the validation split (`crate::train::reliability`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalibrationSection {
+    /// `temperature` (temperature scaling fitted on the validation split) or `none` (raw softmax).
+    #[serde(default)]
+    pub method: CalibrationMethod,
+    /// Decision thresholds, each `CLASS:sensitivity=S` or `CLASS:specificity=S` (`--operating-point`).
+    #[serde(default)]
+    pub operating_points: Vec<String>,
+}
+
+/// The out-of-distribution detector fitted after training (`crate::eval::ood`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OodSection {
+    /// `mahalanobis` (stored in the model file) or `none`.
+    #[serde(default)]
+    pub method: OodMethod,
+    /// Fraction of held-out in-distribution images the threshold accepts.
+    #[serde(default = "default_tpr")]
+    pub tpr: f64,
+}
+
+fn default_tpr() -> f64 {
+    crate::eval::ood::DEFAULT_TPR
+}
+
+impl Default for OodSection {
+    fn default() -> Self {
+        OodSection { method: OodMethod::default(), tpr: default_tpr() }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
@@ -134,6 +172,11 @@ pub struct TrainConfig {
     pub method: MethodSection,
     pub validation: ValidationSection,
     pub performance: PerformanceSection,
+    /// Files without the section (runs made before it) get the defaults.
+    #[serde(default)]
+    pub calibration: CalibrationSection,
+    #[serde(default)]
+    pub ood: OodSection,
 }
 
 pub const PRESETS: [&str; 3] = ["paper", "authors-code", "tiny"];
@@ -185,6 +228,8 @@ impl TrainConfig {
                 cuda_graph: true,
                 deterministic: false,
             },
+            calibration: CalibrationSection::default(),
+            ood: OodSection::default(),
         }
     }
 
@@ -306,6 +351,12 @@ impl TrainConfig {
         }
         if self.data.max_pixels == 0 {
             return Err(Error::Config("data.max_pixels must be at least 1".into()));
+        }
+        for p in &self.calibration.operating_points {
+            OperatingPointSpec::parse(p).map_err(|e| Error::Config(format!("calibration.operating_points: {e}")))?;
+        }
+        if !(self.ood.tpr > 0.0 && self.ood.tpr <= 1.0) {
+            return Err(Error::Config(format!("ood.tpr must be in (0, 1], got {}", self.ood.tpr)));
         }
         self.model_config(2)?;
         Ok(())
@@ -498,6 +549,16 @@ mod tests {
             let e = TrainConfig::resolve(Some("tiny"), None, &[set.to_string()]).unwrap_err().to_string();
             assert!(e.contains(key), "{set}: {e}");
         }
+        for (set, key) in [("ood.tpr=0", "ood.tpr"), ("calibration.operating_points=[\"covid19:sens=2\"]", "calibration.operating_points")] {
+            let e = TrainConfig::resolve(Some("tiny"), None, &[set.to_string()]).unwrap_err().to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
+        let c = TrainConfig::resolve(Some("tiny"), None, &["calibration.method=none".into()]).unwrap();
+        assert_eq!(c.calibration.method, CalibrationMethod::None);
+        // A config.toml written before the sections existed reads with their defaults.
+        let old = TrainConfig::paper().to_toml();
+        let old = &old[..old.find("[calibration]").unwrap()];
+        assert_eq!(toml::from_str::<TrainConfig>(old).unwrap(), TrainConfig::paper());
         // A huge learning rate is a valid (if foolish) setting: training stops on a non-finite loss.
         TrainConfig::resolve(Some("tiny"), None, &["optim.lr=1e30".into()]).unwrap();
         let c = TrainConfig::resolve(Some("tiny"), None, &["performance.deterministic=true".into()]).unwrap();

@@ -20,8 +20,9 @@ use crate::data::decode::DecodeLimits;
 use crate::data::loader::{InputPipeline, Loader};
 use crate::data::split::{Folds, Grouping, SplitFile, check_split, holdout_split, make_split};
 use crate::error::{Error, IoContext, Result};
-use crate::eval::evaluate::{EvalReport, PredictOptions, predict, write_predictions_csv};
-use crate::eval::metrics::{Metrics, summarise};
+use crate::eval::evaluate::{EvalReport, PredictOptions, write_predictions_csv};
+use crate::eval::metrics::{Metrics, fixed4_or_na, pct_or_na, summarise};
+use crate::eval::reliability::{Reliability, predict_assessed};
 use crate::model::weights::load_model;
 pub use crate::runfolder::{CONFIG_FILE, CvSummary, FoldResult, RUN_FILE, RunSpec, SPLIT_FILE, SUMMARY_FILE};
 use crate::runfolder::{METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, SUMMARY_MARKDOWN, fold_dir};
@@ -103,9 +104,10 @@ pub fn check_start(cfg: &TrainConfig, ds: &Dataset, folds: usize, grouping: &Gro
         return Err(Error::bad_file(p, "model.pretrained: no such file"));
     }
     let all: Vec<usize> = (0..ds.samples.len()).collect();
+    super::reliability::check(cfg, &ds.classes, cfg.validation.fraction > 0.0)?;
     let mut train_parts = Vec::new();
     if folds == 0 {
-        train_parts.push(all.len());
+        train_parts.push(final_split(cfg, ds)?.0.len());
     } else {
         let split = make_split(ds, &all, grouping, folds, cfg.seed)?;
         for k in 0..grouping.folds_to_run(folds) {
@@ -242,12 +244,17 @@ impl FoldRunner {
         if outcome.finish == Finish::Stopped {
             return Ok(None);
         }
-        // Evaluate the held-out fold once, with the selected model, never augmented.
+        super::reliability::fit_and_store(&dir.join(MODEL_FILE), &self.loader, &train_idx, &val_idx, cfg, opts.device)?;
+        // Evaluate the held-out fold once, with the selected model, never augmented, with its
+        // calibration and checks.
         let m = load_model(&dir.join(MODEL_FILE), opts.device)?;
+        let reliability = Reliability::of(&m, &dir.join(MODEL_FILE))?;
+        // Features for the source probe (`eval::probe`) in the fold's metrics.json.
         let predict_opts = PredictOptions { keep_features: true, ..cfg.predict_options() };
-        let p = predict(&m.model, &self.loader, &test, opts.device, &predict_opts)?;
+        let (p, trust) = predict_assessed(&m.model, &reliability, &self.loader, &test, opts.device, &predict_opts)?;
         let trained: Vec<bool> = ds.classes.iter().map(|c| !absent_from_training.contains(c)).collect();
-        let report = EvalReport::new_over(ds, &p, &opts.by, &trained)?;
+        let mut report = EvalReport::new_over(ds, &p, &opts.by, &trained)?;
+        report.reliability = Some(trust);
         report.save(&dir.join(METRICS_FILE))?;
         write_predictions_csv(&dir.join(PREDICTIONS_FILE), ds, &p)?;
         let r = FoldResult {
@@ -266,8 +273,8 @@ impl FoldRunner {
                 "fold {}/{folds}: held-out accuracy {:.4}, macro F1 {}, AUC {}",
                 k + 1,
                 r.metrics.accuracy,
-                r.metrics.f1.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into()),
-                r.metrics.auc.map(|a| format!("{a:.4}")).unwrap_or_else(|| "n/a".into())
+                fixed4_or_na(r.metrics.f1),
+                fixed4_or_na(r.metrics.auc)
             );
         }
         Ok(Some(r))
@@ -281,6 +288,15 @@ fn absent_classes(ds: &Dataset, indices: &[usize]) -> Vec<String> {
         present[ds.samples[i].label] = true;
     }
     ds.classes.iter().zip(present).filter(|(_, p)| !p).map(|(c, _)| c.clone()).collect()
+}
+
+/// The training and validation images of a final model (`--folds 0`): like every fold, a
+/// patient-level `validation.fraction` of the images is held out to pick the best epoch and to
+/// fit the calibration, the detector's threshold and the operating points; with
+/// `validation.fraction = 0` it trains on everything and fits only what needs no held-out image.
+pub fn final_split(cfg: &TrainConfig, ds: &Dataset) -> Result<(Vec<usize>, Vec<usize>)> {
+    let all: Vec<usize> = (0..ds.samples.len()).collect();
+    if cfg.validation.fraction > 0.0 { holdout_split(ds, &all, cfg.validation.fraction, cfg.seed) } else { Ok((all, Vec::new())) }
 }
 
 /// The folds of `split_path` (made by `grouping`, seeded by `seed`, and saved there when the
@@ -317,11 +333,14 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
     let runner = FoldRunner::new(cfg, ds.clone())?;
 
     if folds == 0 {
-        let all: Vec<usize> = (0..ds.samples.len()).collect();
-        let outcome = train(&runner.job(all, Vec::new(), opts.out.clone(), "final".into(), opts))?;
+        let (train_idx, val_idx) = final_split(cfg, &ds)?;
+        let outcome = train(&runner.job(train_idx.clone(), val_idx.clone(), opts.out.clone(), "final".into(), opts))?;
         return Ok(match outcome.finish {
             Finish::Stopped => RunResult::Stopped,
-            Finish::Completed => RunResult::Final { model: outcome.model_path },
+            Finish::Completed => {
+                super::reliability::fit_and_store(&outcome.model_path, &runner.loader, &train_idx, &val_idx, cfg, opts.device)?;
+                RunResult::Final { model: outcome.model_path }
+            }
         });
     }
 
@@ -344,7 +363,6 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
 /// folds were made ([`Grouping::describe`]).
 pub fn summary_markdown(s: &CvSummary, classes: &[String], protocol: &str) -> String {
     let pct = |v: f64| format!("{:.2}", 100.0 * v);
-    let opt = |v: Option<f64>| v.map(pct).unwrap_or_else(|| "n/a".into());
     let mut out = format!(
         "# Cross-validation ({protocol}; classes: {})\n\n| fold | images | ACC | SEN | SPC | F1 | AUC |\n|---|---|---|---|---|---|---|\n",
         classes.join(", ")
@@ -355,11 +373,11 @@ pub fn summary_markdown(s: &CvSummary, classes: &[String], protocol: &str) -> St
             "| {} | {} | {} | {} | {} | {} | {} |\n",
             f.fold,
             m.n,
-            opt((m.n > 0).then_some(m.accuracy)),
-            opt(m.sensitivity),
-            opt(m.specificity),
-            opt(m.f1),
-            opt(m.auc)
+            pct_or_na((m.n > 0).then_some(m.accuracy)),
+            pct_or_na(m.sensitivity),
+            pct_or_na(m.specificity),
+            pct_or_na(m.f1),
+            pct_or_na(m.auc)
         );
     }
     let ms = |k: &str| s.mean_std.get(k).map(|v| format!("{} ± {}", pct(v.mean), pct(v.std))).unwrap_or_else(|| "n/a".into());
@@ -392,7 +410,11 @@ pub fn absent_class_notes(s: &CvSummary) -> Vec<String> {
                 ));
             }
             if !f.absent_from_test.is_empty() {
-                parts.push(format!("its test part has no image of {}: their per-class figures are n/a", f.absent_from_test.join(", ")));
+                parts.push(format!(
+                    "its test part has no image of {}: their sensitivity and AUC are n/a (their precision and F1 are 0 where the \
+                     model predicted them, every such prediction being wrong)",
+                    f.absent_from_test.join(", ")
+                ));
             }
             format!("Fold {}: {}.", f.fold, parts.join("; "))
         })

@@ -8,4 +8,5 @@ pub mod cv;
 pub mod loss;
 pub mod optim;
 pub mod sampling;
+pub mod reliability;
 pub mod trainer;

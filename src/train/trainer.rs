@@ -589,9 +589,15 @@ mod tests {
         model_cfg.image_size = 64;
         let x = Tensor::randn([4, 1, 64, 64], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 1, 1, 0]);
+        // Both runs start from the same weights, copied rather than re-drawn: the other unit
+        // tests draw from libtorch's process-wide generator in parallel threads, so two
+        // seeded initialisations in one test binary need not be equal.
+        let start = nn::VarStore::new(Device::Cpu);
+        seeded_init(&start, &model_cfg, 7).unwrap();
         let run = |stepper: &dyn TrainStep| {
-            let vs = nn::VarStore::new(Device::Cpu);
-            let model = seeded_init(&vs, &model_cfg, 7).unwrap();
+            let mut vs = nn::VarStore::new(Device::Cpu);
+            let model = MagSd::new(&vs.root(), model_cfg.clone()).unwrap();
+            vs.copy(&start).unwrap();
             let params = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
             let mut sgd = Sgd::new(params, 0.9, 5e-4, true);
             let out = stepper.step(&model, &mut sgd, &x, &y, &mut Rng::new(1), &cfg, Device::Cpu, 0.01).unwrap();

@@ -67,17 +67,17 @@ impl Baseline {
                 // that kept maps stay small (56×56 instead of 224×224 floats per image).
                 let (logits, features) = m.forward_t(x, train);
                 let attention = activation_map(&features).avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None); // [B, 1, S, S] -> [B, 1, S/4, S/4]
-                return MagSdOutput { logits, attention, features };
+                return MagSdOutput { logits, attention, stages: vec![features.shallow_clone()], features };
             }
             Baseline::Bcnn(m) => {
                 let (logits, attention, features) = m.forward_t(x, train);
                 if let Some(attention) = attention {
-                    return MagSdOutput { logits, attention, features };
+                    return MagSdOutput { logits, attention, stages: vec![features.shallow_clone()], features };
                 }
                 (logits, features)
             }
         };
-        MagSdOutput { logits, attention: activation_map(&features), features }
+        MagSdOutput { logits, attention: activation_map(&features), stages: vec![features.shallow_clone()], features }
     }
 }
 

@@ -1,6 +1,9 @@
 // The magsd serve page: sends each chosen image to POST /api/v1/predict?heatmap=true and draws
 // the answer (probability bars, predicted class, attention heatmap with an opacity slider,
-// attention boxes, time taken). Errors appear next to the image they concern.
+// attention boxes, operating-point decisions, time taken, the decoder's warnings). An image the
+// server flags as unusual gets a banner saying its prediction is not meaningful, with the reasons.
+// Errors (an unreadable file, a model whose output is not finite) appear next to the image they
+// concern.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -65,6 +68,13 @@ async function render(box, r) {
   const v = { canvas, gray, heat, boxes: r.boxes, scale: gray.width / r.width };
   views.push(v);
   draw(v);
+  if (r.unusual) {
+    box.classList.add("unusual");
+    const banner = info.appendChild(el("div", "banner", r.warning));
+    banner.setAttribute("role", "alert");
+    const why = banner.appendChild(el("ul"));
+    for (const reason of r.unusual_reasons) why.appendChild(el("li", "", reason));
+  }
   info.appendChild(el("p", "predicted", "Predicted: ")).appendChild(el("strong", "", r.predicted));
   for (const [name, p] of Object.entries(r.probabilities)) {
     const row = el("div", name === r.predicted ? "bar top" : "bar");
@@ -74,6 +84,7 @@ async function render(box, r) {
     row.appendChild(el("span", "value", (100 * p).toFixed(1) + " %"));
     info.appendChild(row);
   }
+  for (const d of r.decisions) info.appendChild(el("p", d.positive ? "decision positive" : "decision", d.text));
   const t = r.timings_ms;
   const meta = el("p", "meta",
     `${r.format} ${r.width}×${r.height}; ${r.boxes.length} attention box(es); ` +
@@ -81,8 +92,9 @@ async function render(box, r) {
     `model ${t.inference.toFixed(0)} in a batch of ${r.batch_size})`);
   meta.classList.add("timing");
   info.appendChild(meta);
+  for (const w of r.warnings || []) info.appendChild(el("p", "warning", "Warning: " + w));
   box.querySelector(".status").remove();
-  box.dataset.state = "done";
+  box.dataset.state = r.unusual ? "unusual" : "done";
 }
 
 async function predict(file) {
@@ -146,6 +158,11 @@ async function loadCard() {
   row(t, "input", `${c.input_size}×${c.input_size} gray`);
   row(t, "preprocessing", [c.preprocessing.resize, c.preprocessing.clahe ? "CLAHE " + c.preprocessing.clahe : "no CLAHE", "z-score " + c.preprocessing.zscore].join("; "));
   row(t, "device", c.device);
+  row(t, "probabilities", c.reliability.probabilities);
+  row(t, "unusual inputs", c.reliability.unusual_inputs);
+  for (const p of c.reliability.operating_points) {
+    row(t, "operating point", `${p.class}: positive when p ≥ ${p.threshold.toFixed(4)} (${Math.round(100 * p.target.value)} % ${p.target.metric})`);
+  }
   if (c.training) {
     row(t, "training data", `${c.training.data} (classes ${c.training.classes.join(", ")})`);
     const cv = c.training.cross_validation;
