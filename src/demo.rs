@@ -129,7 +129,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
 
     // No validation split here: the detector's threshold comes from the training images and the
     // probabilities stay raw softmax (the report says so).
-    crate::train::reliability::fit_and_store(&train_dir.join(MODEL_FILE), &loader, &train_idx, &[], &cfg, o.device)?;
+    crate::train::reliability::fit_and_store(&train_dir.join(MODEL_FILE), &loader, &train_idx, &[], cfg, o.device)?;
     let m = load_model(&train_dir.join(MODEL_FILE), o.device)?;
     let reliability = crate::eval::reliability::Reliability::of(&m, &train_dir.join(MODEL_FILE))?;
     let popts = PredictOptions { batch_size: cfg.batch_size, keep_attention: true, ..Default::default() };

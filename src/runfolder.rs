@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 
+use crate::data::split::Grouping;
 use crate::error::{Error, IoContext, Result, write_atomic};
 use crate::eval::metrics::{MeanStd, Metrics};
 
@@ -63,6 +64,9 @@ pub struct RunSpec {
     pub classes: Vec<String>,
     pub folds: usize,
     pub command: String,
+    /// How the folds were made (runs written before grouped folds existed are patient-level).
+    #[serde(default, skip_serializing_if = "Grouping::is_patient")]
+    pub grouping: Grouping,
 }
 
 impl RunSpec {
@@ -94,7 +98,14 @@ pub struct FoldResult {
     pub val_images: usize,
     pub test_images: usize,
     pub best_epoch: Option<usize>,
+    /// Macro means over the classes present in both parts (see `train::cv`).
     pub metrics: Metrics,
+    /// Classes with no image in the training part (possible with grouped folds).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent_from_training: Vec<String>,
+    /// Classes with no image in the held-out part.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent_from_test: Vec<String>,
 }
 
 impl FoldResult {

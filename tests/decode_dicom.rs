@@ -414,6 +414,7 @@ fn first_line(s: &str) -> &str {
 
 /// Peak resident memory (KiB) of `magsd ARGS`, from the kernel's account of that child alone
 /// (wait4), with its stderr.
+#[allow(clippy::zombie_processes)] // the child is reaped by wait4 below, not by Child::wait
 fn magsd_peak_rss(args: &[&std::ffi::OsStr]) -> (i64, String, i32) {
     let child = Command::new(env!("CARGO_BIN_EXE_magsd"))
         .args(args)

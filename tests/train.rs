@@ -40,7 +40,7 @@ fn tiny(overrides: &[&str]) -> TrainConfig {
 }
 
 fn opts(out: &Path) -> RunOptions {
-    RunOptions { out: out.to_path_buf(), device: Device::Cpu, resume: false, stop_after_steps: None, verbose: false, by: vec![] }
+    RunOptions { out: out.to_path_buf(), device: Device::Cpu, resume: false, stop_after_steps: None, verbose: false, by: vec![], grouping: Default::default() }
 }
 
 /// (epoch, step, loss) of every step record in a log.

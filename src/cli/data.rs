@@ -63,10 +63,16 @@ pub enum DataCommand {
         force: bool,
     },
     /// Generate chest-radiograph phantoms with known lesion masks (for demos and tests).
-    #[command(after_help = "Examples:\n  magsd data synth --out phantoms --per-class 50\n  magsd data summary --data phantoms\n\n\
+    #[command(after_help = "Examples:\n  magsd data synth --out phantoms --per-class 50\n  magsd data summary --data phantoms\n  \
+magsd data synth --out shortcut --classes covid19,normal --sources 2 --confounding 0.9 --stamp --no-lesions\n\n\
 Classes: covid19 (bilateral peripheral ground-glass), bacterial (lobar consolidation), viral\n\
 (patchy perihilar interstitial), normal. Masks are saved beside the images; the manifest has\n\
-the shared data's columns plus `mask`.")]
+the shared data's columns plus `mask`.\n\n\
+Shortcut sets (issue 22): --sources K puts each phantom in one of K sites (source_repo\n\
+phantom-site-0, ...); --confounding P sends a share P of class j's phantoms to site j mod K\n\
+(the rest evenly to the others; without it sites are drawn uniformly); --stamp burns each site's\n\
+marker (a white square in its own corner) into its images; --no-lesions draws healthy anatomy\n\
+for every class, so that only a marker can tell the labels apart.")]
     Synth {
         /// Folder to write (images/, masks/, manifest.csv).
         #[arg(long)]
@@ -83,6 +89,21 @@ the shared data's columns plus `mask`.")]
         /// Write into --out even if it already holds a manifest.csv (its phantoms are replaced).
         #[arg(long)]
         force: bool,
+        /// Only these classes (comma-separated): covid19, bacterial, viral, normal.
+        #[arg(long, value_delimiter = ',')]
+        classes: Option<Vec<String>>,
+        /// Synthetic sources (sites), 1 to 4.
+        #[arg(long, default_value_t = 1)]
+        sources: usize,
+        /// Share of each class's phantoms in its own site (0 to 1); default: sites drawn uniformly.
+        #[arg(long)]
+        confounding: Option<f64>,
+        /// Burn each site's marker into its images.
+        #[arg(long)]
+        stamp: bool,
+        /// Draw no lesions: every class is healthy anatomy (labels only).
+        #[arg(long)]
+        no_lesions: bool,
     },
     /// Check a saved split: every image in exactly one fold, no patient in two folds, no image
     /// twice (same bytes), and the number of folds it says it has.
@@ -120,7 +141,7 @@ pub fn run(cmd: DataCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        DataCommand::Synth { out, per_class, size, seed, force } => {
+        DataCommand::Synth { out, per_class, size, seed, force, classes, sources, confounding, stamp, no_lesions } => {
             if !(32..=4096).contains(&size) {
                 return Err(Error::Config(format!("--size {size}: phantoms are 32 to 4096 pixels wide")));
             }
@@ -128,7 +149,11 @@ pub fn run(cmd: DataCommand) -> Result<i32> {
                 return Err(Error::Config("--per-class must be at least 1".into()));
             }
             super::refuse_overwrite(&out.join("manifest.csv"), force)?;
-            let o = crate::data::synth::write_dataset(&out, per_class, size, seed)?;
+            let mut opts = crate::data::synth::SynthOptions { sources, confounding, stamp, lesions: !no_lesions, ..crate::data::synth::SynthOptions::new(per_class, size, seed) };
+            if let Some(c) = classes {
+                opts.classes = c;
+            }
+            let o = crate::data::synth::write_dataset_with(&out, &opts)?;
             println!("wrote {} phantoms ({size}×{size}) and their lesion masks; manifest: {}", o.images, o.manifest.display());
             Ok(0)
         }

@@ -323,7 +323,15 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     let loader = Loader::new(ds.clone(), pipeline, 0, false);
     let all: Vec<usize> = (0..ds.samples.len()).collect();
     // Every image is read before deciding, so that --strict can list all the bad ones at once.
-    let opts = PredictOptions { batch_size: args.run.batch_size, bf16: args.run.bf16, keep_attention: true, strict: false, ..Default::default() };
+    // Features for the source probe (`eval::probe`), kept whether or not the model has a detector.
+    let opts = PredictOptions {
+        batch_size: args.run.batch_size,
+        bf16: args.run.bf16,
+        keep_attention: true,
+        keep_features: true,
+        strict: false,
+        ..Default::default()
+    };
     let reliability = Reliability::of(&m, &path)?;
     let (p, trust) = predict_assessed(&m.model, &reliability, &loader, &all, device, &opts)?;
     if args.strict {
@@ -380,7 +388,9 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     if let Some(t) = &o.report.reliability {
         println!("{}", trust_lines(t).join("\n"));
     }
-    if let Some(l) = &o.localization {
+    if let Some(l) = o.localization.as_ref().filter(|l| l.n == 0) {
+        println!("localisation: n/a (no evaluated image has a lesion mask or box; threshold {})", l.threshold);
+    } else if let Some(l) = &o.localization {
         println!(
             "localisation ({} images with ground truth, threshold {}): mean IoU {:.3}, IoU > 0.25: {:.1} %, IoU > 0.5: {:.1} %",
             l.n,

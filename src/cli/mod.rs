@@ -109,6 +109,41 @@ impl DataArgs {
     }
 }
 
+/// Source-aware protocols, shared by `train` and `reproduce` (issue 22).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct GroupingArgs {
+    /// Folds grouped by this metadata column, as scikit-learn's GroupKFold: every value (e.g.
+    /// every source_repo) in exactly one fold, so a model is never tested on a source it trained on.
+    #[arg(long, value_name = "COLUMN")]
+    pub group_by: Option<String>,
+    /// Train on every image whose --group-by column (default source_repo) is not NAME, and test
+    /// on those that are: one held-out source instead of k folds.
+    #[arg(long, value_name = "NAME")]
+    pub test_source: Option<String>,
+}
+
+impl GroupingArgs {
+    /// The column `--test-source` looks at when `--group-by` is not given.
+    pub const DEFAULT_SOURCE_COLUMN: &'static str = "source_repo";
+
+    pub fn grouping(&self) -> crate::data::split::Grouping {
+        use crate::data::split::Grouping;
+        let column = self.group_by.clone();
+        match (&self.test_source, column) {
+            (Some(value), column) => Grouping::HeldOut {
+                column: column.unwrap_or_else(|| Self::DEFAULT_SOURCE_COLUMN.to_string()),
+                value: value.clone(),
+            },
+            (None, Some(column)) => Grouping::Column { column },
+            (None, None) => Grouping::Patient,
+        }
+    }
+
+    pub fn given(&self) -> bool {
+        self.group_by.is_some() || self.test_source.is_some()
+    }
+}
+
 /// `--classes`: no empty name, none twice.
 pub fn check_classes(classes: &Option<Vec<String>>) -> crate::Result<()> {
     match classes {

@@ -15,7 +15,8 @@ use crate::train::config::TrainConfig;
   magsd reproduce --data ../shared/data/cxr/manifest.csv --table all --folds 5 --epochs 100 --out runs/paper --gpus 0,1,2,3\n  \
   magsd reproduce --data x.csv --table 3,8 --out runs/grid --slurm --partition gpu --time 12:00:00 --account proj\n  \
   magsd reproduce --out runs/grid --collect      # the tables from whatever has finished\n  \
-  magsd reproduce --out runs/grid                # resume: finished units are never redone\n\n\
+  magsd reproduce --out runs/grid                # resume: finished units are never redone\n  \
+  magsd reproduce --data x.csv --table 7 --group-by source_repo --folds 3 --out runs/t7-by-source\n\n\
 One unit = one table row x one fold; every row uses the same folds (DIR/split.json). Rows are the\n\
 user's preset/config/--set plus each row's overrides (see the tables' 'Rows' section).")]
 pub struct ReproduceArgs {
@@ -34,8 +35,11 @@ pub struct ReproduceArgs {
     /// Only these rows of the tables (their folder names, e.g. resnet18,magsd); default: all.
     #[arg(long, value_delimiter = ',')]
     pub rows: Vec<String>,
-    #[arg(long, default_value_t = 5)]
+    /// Cross-validation folds (ignored with --test-source, which holds out one part).
+    #[arg(long, default_value_t = 5, conflicts_with = "test_source")]
     pub folds: usize,
+    #[command(flatten)]
+    pub grouping: super::GroupingArgs,
     #[arg(long)]
     pub epochs: Option<usize>,
     /// paper, authors-code or tiny (default: paper, or the config file's preset).
@@ -121,11 +125,12 @@ impl ReproduceArgs {
         let req = GridRequest {
             data: data.clone(),
             dataset: crate::data::dataset::DatasetOptions { label_column: base.data.label_column.clone(), classes: base.data.classes.clone(), ..Default::default() },
-            folds: self.folds,
+            folds: if self.grouping.test_source.is_some() { 1 } else { self.folds },
             tables: rows::parse_tables(&self.table)?,
             only_rows: self.rows.clone(),
             base,
             command: std::env::args().collect::<Vec<_>>().join(" "),
+            grouping: self.grouping.grouping(),
         };
         Grid::init(&self.out, &req)
     }

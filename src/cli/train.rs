@@ -20,7 +20,9 @@ use crate::train::cv::{self, RunOptions, RunResult, RunSpec};
   magsd train --data my_xrays/ --folds 0 --pretrained resnet50-imagenet.pth --out runs/final\n  \
   magsd train --config my.toml --set optim.lr=0.01 --set method.augmentations='[\"mixup\"]' --data x.csv\n  \
   magsd train --resume runs/demo-cv            # continue after Ctrl-C or a crash\n  \
-  magsd train --data ../shared/data/cxr --arch resnet50 --folds 5   # a baseline of Table 3\n\n\
+  magsd train --data ../shared/data/cxr --arch resnet50 --folds 5   # a baseline of Table 3\n  \
+  magsd train --data ../shared/data/cxr/manifest.csv --group-by source_repo --folds 3   # never test on a training source\n  \
+  magsd train --data ../shared/data/cxr/manifest.csv --test-source muhammedtalo/COVID-19  # train on the other sources\n\n\
 Presets: paper (lr 1e-3, wd 1e-6, batch 32, 100 epochs), authors-code (wd 5e-4, Nesterov, lr x0.1\n\
 after epochs 75 and 125, batch 16, 150 epochs of 345 steps), tiny (small network, 96 px, 3 epochs,\n\
 no validation split: the last epoch's model is kept; for CPU tests). paper and authors-code hold out\n\
@@ -87,8 +89,10 @@ pub struct TrainArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// k ≥ 2: patient-level k-fold cross-validation; 0: one final model on all the data [default: 5].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "test_source")]
     pub folds: Option<usize>,
+    #[command(flatten)]
+    pub grouping: super::GroupingArgs,
     /// Run folder (default: a new runs/<timestamp>); must be new or empty.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -174,6 +178,8 @@ impl TrainArgs {
             ("--classes", self.classes.is_some()),
             ("--operating-point", !self.operating_point.is_empty()),
             ("--folds", self.folds.is_some()),
+            ("--group-by", self.grouping.group_by.is_some()),
+            ("--test-source", self.grouping.test_source.is_some()),
             ("--backbone", m.backbone.is_some()),
             ("--maps", m.maps.is_some()),
             ("--scales", m.scales.is_some()),
@@ -253,13 +259,15 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             super::check_classes(&args.classes)?;
             let cfg = TrainConfig::resolve(args.preset.as_deref(), args.config.as_deref(), &args.overrides())?;
             let data = args.data.clone().expect("clap requires --data without --resume");
+            let grouping = args.grouping.grouping();
             let spec = RunSpec {
                 format_version: crate::runfolder::FORMAT_VERSION,
                 data,
                 label_column: cfg.data.label_column.clone(),
                 classes: Vec::new(),
-                folds: args.folds.unwrap_or(5),
+                folds: if args.grouping.test_source.is_some() { 1 } else { args.folds.unwrap_or(5) },
                 command: std::env::args().collect::<Vec<_>>().join(" "),
+                grouping,
             };
             (cfg, spec, args.out.clone().unwrap_or_else(cv::default_run_dir), false)
         }
@@ -279,7 +287,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     let spec = RunSpec { classes: ds.classes.clone(), ..spec };
     // Everything is checked before the run folder is written, so a failed start leaves none.
     let device = cfg.device.resolve()?;
-    cv::check_start(&cfg, &ds, spec.folds)?;
+    cv::check_start(&cfg, &ds, spec.folds, &spec.grouping)?;
     cv::prepare_run_dir(&out, &spec, &cfg, resume)?;
     // Only for flags given: the presets' bf16 and channels-last are simply unused on the CPU.
     if let Some(note) = crate::device::cuda_only_note(args.bf16, args.channels_last, device) {
@@ -292,7 +300,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             ds.samples.len(),
             ds.classes.len(),
             ds.classes.join(", "),
-            if spec.folds >= 2 { format!("{}-fold cross-validation", spec.folds) } else { "final model".into() },
+            if spec.folds >= 1 { spec.grouping.describe(spec.folds) } else { "final model".into() },
             crate::device::describe(device),
             out.display()
         );
@@ -302,7 +310,15 @@ pub fn run(args: TrainArgs) -> Result<i32> {
         &cfg,
         ds.clone(),
         spec.folds,
-        &RunOptions { out: out.clone(), device, resume, stop_after_steps: args.max_steps, verbose: !args.quiet, by },
+        &RunOptions {
+            out: out.clone(),
+            device,
+            resume,
+            stop_after_steps: args.max_steps,
+            verbose: !args.quiet,
+            by,
+            grouping: spec.grouping.clone(),
+        },
     )?;
     match result {
         RunResult::Stopped => {
@@ -316,9 +332,9 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             Ok(0)
         }
         RunResult::CrossValidation(s) => {
-            let models: Vec<PathBuf> = (0..spec.folds).map(|k| out.join(format!("fold-{k}")).join(MODEL_FILE)).collect();
+            let models: Vec<PathBuf> = (0..spec.grouping.folds_to_run(spec.folds)).map(|k| out.join(format!("fold-{k}")).join(MODEL_FILE)).collect();
             store_input_stats(&models, &ds, &cfg)?;
-            print!("{}", cv::summary_markdown(&s, &ds.classes));
+            print!("{}", cv::summary_markdown(&s, &ds.classes, &spec.grouping.describe(spec.folds)));
             let html = crate::report::run::write_run_report(&out)?;
             println!("\nrun folder: {}\nreport: {}", out.display(), html.display());
             Ok(0)

@@ -59,7 +59,8 @@ pub fn noise(size: usize, seed: u64) -> Vec<OodImage> {
 pub fn gradients(size: usize) -> Vec<OodImage> {
     let mut out = Vec::new();
     let s = (size.max(2) - 1) as f64;
-    let shapes: [(&str, fn(f64, f64) -> f64); 4] = [
+    type Shape = (&'static str, fn(f64, f64) -> f64);
+    let shapes: [Shape; 4] = [
         ("horizontal", |u, _| u),
         ("vertical", |_, v| v),
         ("diagonal", |u, v| (u + v) / 2.0),

@@ -1,5 +1,6 @@
-//! Patient-level, class-stratified k-fold splits, saved to JSON so a run can be repeated
-//! exactly, and the check that no patient and no image (same bytes) is in two places.
+//! Patient-level, class-stratified k-fold splits, source-grouped folds and a held-out source,
+//! saved to JSON so a run can be repeated exactly, and the check that no patient and no image
+//! (same bytes) is in two places.
 //!
 //! The authors drew five unseeded random folds over images (spec §4.2); with several images per
 //! patient that leaks patients between training and test. Here every patient's images go to
@@ -16,6 +17,174 @@ use serde::{Deserialize, Serialize};
 use super::dataset::Dataset;
 use crate::error::{Error, IoContext, Result};
 use crate::rng::Rng;
+
+/// How the folds of a run are made ([`make_split`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Grouping {
+    /// Patient-level, class-stratified k-fold ([`stratified_patient_kfold`]).
+    #[default]
+    Patient,
+    /// scikit-learn's `GroupKFold` over the values of a metadata column ([`group_kfold`]): every
+    /// value (e.g. every source) in exactly one fold.
+    Column { column: String },
+    /// Two parts: the images whose `column` is `value` (part 0, the test part) and all others
+    /// (part 1, the training part); only part 0 is held out.
+    HeldOut { column: String, value: String },
+}
+
+impl Grouping {
+    pub fn is_patient(&self) -> bool {
+        *self == Grouping::Patient
+    }
+
+    /// How many parts are held out in turn: `k` folds, or the one held-out value.
+    pub fn folds_to_run(&self, k: usize) -> usize {
+        match self {
+            Grouping::HeldOut { .. } => 1,
+            _ => k,
+        }
+    }
+
+    /// "patient-level 5-fold cross-validation", "5 folds grouped by source_repo", ...
+    pub fn describe(&self, k: usize) -> String {
+        match self {
+            Grouping::Patient => format!("{k}-fold patient-level cross-validation"),
+            Grouping::Column { column } => {
+                format!("{k}-fold cross-validation grouped by {column} (every {column} value in exactly one fold)")
+            }
+            Grouping::HeldOut { column, value } => format!("held-out {column} '{value}' (trained on every other {column})"),
+        }
+    }
+}
+
+/// The folds of `indices` for `grouping`: `k` folds, or for [`Grouping::HeldOut`] the test part
+/// and the training part.
+pub fn make_split(ds: &Dataset, indices: &[usize], grouping: &Grouping, k: usize, seed: u64) -> Result<Folds> {
+    match grouping {
+        Grouping::Patient => stratified_patient_kfold(ds, indices, k, seed),
+        Grouping::Column { column } => group_kfold(ds, indices, k, column),
+        Grouping::HeldOut { column, value } => held_out_value(ds, indices, column, value).map(|f| Folds { seed, folds: f }),
+    }
+}
+
+/// The value of metadata `column` for each of `indices`; an error naming the columns there are
+/// when no image has it.
+fn column_values(ds: &Dataset, indices: &[usize], column: &str) -> Result<Vec<String>> {
+    if !indices.iter().any(|&i| ds.samples[i].meta.contains_key(column)) {
+        let columns: Vec<&String> = ds.samples.first().map(|s| s.meta.keys().collect()).unwrap_or_default();
+        return Err(Error::Config(format!(
+            "{}: no column '{column}' to group by (metadata columns: {})",
+            ds.source.display(),
+            if columns.is_empty() { "none".to_string() } else { columns.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ") }
+        )));
+    }
+    Ok(indices.iter().map(|&i| ds.samples[i].meta.get(column).cloned().unwrap_or_default()).collect())
+}
+
+/// Refuses a grouping in which one patient's images carry different values of `column`: the
+/// groups could not then keep patients together.
+fn check_patients_within_groups(ds: &Dataset, indices: &[usize], values: &[String], column: &str) -> Result<()> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for (&i, v) in indices.iter().zip(values) {
+        let key = ds.samples[i].patient_key();
+        if let Some(other) = seen.insert(key.clone(), v.as_str())
+            && other != v
+        {
+            return Err(Error::Data(format!(
+                "{}: {key} has images with {column} '{other}' and '{v}' (e.g. {}); grouping by {column} would put \
+                 one patient in two parts",
+                ds.source.display(),
+                ds.samples[i].name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Fold of each group for scikit-learn's `GroupKFold(n_splits=k)` (1.9, no shuffle), given each
+/// item's group: groups in sorted order (`np.unique`), taken largest first (a stable sort of the
+/// sizes, reversed: among equal sizes the later name first), each into the fold with the fewest
+/// items so far (the lowest such fold). Returns the fold of every item; `None` with fewer
+/// groups than folds.
+pub fn group_kfold_assign(groups: &[String], k: usize) -> Option<Vec<usize>> {
+    let mut names: Vec<&String> = groups.iter().collect();
+    names.sort();
+    names.dedup();
+    if k == 0 || names.len() < k {
+        return None;
+    }
+    let index: HashMap<&String, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut sizes = vec![0usize; names.len()];
+    for g in groups {
+        sizes[index[g]] += 1;
+    }
+    let mut order: Vec<usize> = (0..names.len()).collect();
+    order.sort_by_key(|&g| sizes[g]); // stable, as np.argsort(kind="stable")
+    order.reverse();
+    let mut per_fold = vec![0usize; k];
+    let mut fold_of_group = vec![0usize; names.len()];
+    for g in order {
+        let lightest = (0..k).min_by_key(|&f| (per_fold[f], f)).expect("k > 0");
+        per_fold[lightest] += sizes[g];
+        fold_of_group[g] = lightest;
+    }
+    Some(groups.iter().map(|g| fold_of_group[index[g]]).collect())
+}
+
+/// scikit-learn's `GroupKFold` over the values of metadata `column` (see [`group_kfold_assign`]):
+/// every value in exactly one fold, folds balanced by image count. Not stratified: a fold may
+/// hold only some of the classes. An image without the column counts as the value "".
+pub fn group_kfold(ds: &Dataset, indices: &[usize], k: usize, column: &str) -> Result<Folds> {
+    if k < 2 {
+        return Err(Error::Config(format!("k-fold needs k >= 2, got {k}")));
+    }
+    let values = column_values(ds, indices, column)?;
+    check_patients_within_groups(ds, indices, &values, column)?;
+    let assign = group_kfold_assign(&values, k).ok_or_else(|| {
+        let mut distinct = values.clone();
+        distinct.sort();
+        distinct.dedup();
+        Error::Data(format!(
+            "{}: {} value(s) of {column} ({}) cannot fill {k} folds grouped by {column}: use --folds {} or fewer",
+            ds.source.display(),
+            distinct.len(),
+            distinct.join(", "),
+            distinct.len()
+        ))
+    })?;
+    let mut folds = vec![Vec::new(); k];
+    for (&i, f) in indices.iter().zip(assign) {
+        folds[f].push(i);
+    }
+    for f in &mut folds {
+        f.sort_unstable();
+    }
+    Ok(Folds { seed: 0, folds })
+}
+
+/// The images whose `column` is `value` (the test part) and all the others (the training part).
+fn held_out_value(ds: &Dataset, indices: &[usize], column: &str, value: &str) -> Result<Vec<Vec<usize>>> {
+    let values = column_values(ds, indices, column)?;
+    check_patients_within_groups(ds, indices, &values, column)?;
+    let (mut test, mut train) = (Vec::new(), Vec::new());
+    for (&i, v) in indices.iter().zip(&values) {
+        if v == value { test.push(i) } else { train.push(i) }
+    }
+    if test.is_empty() {
+        let mut distinct: Vec<&String> = values.iter().collect();
+        distinct.sort();
+        distinct.dedup();
+        return Err(Error::Config(format!(
+            "--test-source {value}: no image has {column} '{value}'; the values are: {}",
+            distinct.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if train.is_empty() {
+        return Err(Error::Config(format!("--test-source {value}: every image has {column} '{value}'; nothing is left to train on")));
+    }
+    Ok(vec![test, train])
+}
 
 /// `k` folds of sample indices into a dataset.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,6 +258,9 @@ pub fn holdout_split(ds: &Dataset, indices: &[usize], fraction: f64, seed: u64) 
 pub struct SplitFile {
     pub seed: u64,
     pub k: usize,
+    /// How the parts were made (files written before grouped folds existed are patient-level).
+    #[serde(default, skip_serializing_if = "Grouping::is_patient")]
+    pub grouping: Grouping,
     /// The dataset it was made from, for the reader's information.
     pub source: String,
     pub classes: Vec<String>,
@@ -100,6 +272,7 @@ impl SplitFile {
         SplitFile {
             seed: folds.seed,
             k: folds.folds.len(),
+            grouping: Grouping::Patient,
             source: ds.source.display().to_string(),
             classes: ds.classes.clone(),
             folds: folds
@@ -108,6 +281,11 @@ impl SplitFile {
                 .map(|f| f.iter().map(|&i| ds.samples[i].name.clone()).collect())
                 .collect(),
         }
+    }
+
+    /// The same split, recorded as made by `grouping`.
+    pub fn grouped(self, grouping: &Grouping) -> Self {
+        SplitFile { grouping: grouping.clone(), ..self }
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
@@ -298,6 +476,64 @@ mod tests {
         let e = check_split(&ds, &[vec![0], vec![5]]).unwrap_err().to_string();
         assert!(e.contains("same bytes"), "{e}");
         let _ = DatasetOptions::default();
+    }
+
+    /// `synthetic` with a `source` column: patient p in source p % sources.
+    fn with_sources(dir: &Path, n: usize, classes: usize, sources: usize) -> Dataset {
+        let mut ds = synthetic(dir, n, classes);
+        for s in &mut ds.samples {
+            let p: usize = s.patient_id.as_ref().unwrap()[1..].parse().unwrap();
+            s.meta.insert("source".into(), format!("s{}", p % sources));
+        }
+        ds
+    }
+
+    #[test]
+    fn grouped_folds_never_split_a_source_and_keep_patients_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let ds = with_sources(d.path(), 40, 2, 7);
+        let all: Vec<usize> = (0..ds.samples.len()).collect();
+        let grouping = Grouping::Column { column: "source".into() };
+        let f = make_split(&ds, &all, &grouping, 3, 0).unwrap();
+        assert_eq!(f.folds.len(), 3);
+        check_split(&ds, &f.folds).unwrap();
+        let mut seen: Vec<usize> = f.folds.concat();
+        seen.sort();
+        assert_eq!(seen, all);
+        for s in 0..7 {
+            let name = format!("s{s}");
+            let holding: Vec<usize> = (0..3).filter(|&k| f.folds[k].iter().any(|&i| ds.samples[i].meta["source"] == name)).collect();
+            assert_eq!(holding.len(), 1, "source {name} is in folds {holding:?}");
+        }
+        // More folds than sources: an error naming them.
+        let e = make_split(&ds, &all, &grouping, 8, 0).unwrap_err().to_string();
+        assert!(e.contains("7 value(s) of source") && e.contains("--folds 7"), "{e}");
+        // An unknown column, and a patient in two sources, are refused.
+        let e = make_split(&ds, &all, &Grouping::Column { column: "nope".into() }, 2, 0).unwrap_err().to_string();
+        assert!(e.contains("no column 'nope'") && e.contains("source"), "{e}");
+        let mut leaky = ds.clone();
+        let i = leaky.samples.iter().position(|s| s.patient_id.as_deref() == Some("p1")).unwrap();
+        leaky.samples[i + 1].meta.insert("source".into(), "elsewhere".into());
+        let e = make_split(&leaky, &all, &grouping, 2, 0).unwrap_err().to_string();
+        assert!(e.contains("patient:p1") && e.contains("two parts"), "{e}");
+    }
+
+    #[test]
+    fn a_held_out_source_is_the_test_part_and_the_rest_trains() {
+        let d = tempfile::tempdir().unwrap();
+        let ds = with_sources(d.path(), 12, 2, 3);
+        let all: Vec<usize> = (0..ds.samples.len()).collect();
+        let g = Grouping::HeldOut { column: "source".into(), value: "s1".into() };
+        let f = make_split(&ds, &all, &g, 5, 0).unwrap();
+        assert_eq!(f.folds.len(), 2);
+        assert!(f.folds[0].iter().all(|&i| ds.samples[i].meta["source"] == "s1"));
+        assert!(f.folds[1].iter().all(|&i| ds.samples[i].meta["source"] != "s1"));
+        assert_eq!(f.folds[0].len() + f.folds[1].len(), all.len());
+        assert_eq!(g.folds_to_run(5), 1);
+        let e = make_split(&ds, &all, &Grouping::HeldOut { column: "source".into(), value: "s9".into() }, 1, 0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s9") && e.contains("s0, s1, s2"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,12 @@
 //! The lesion's exact pixel mask (where it raises the image by ≥ 8 grey levels) is saved beside
 //! each image. Everything is a function of the seed. The manifest has the columns of the shared
 //! data's manifest plus `mask`, so every command reads it unchanged.
+//!
+//! For the shortcut audit (issue 22) the phantoms can come from several synthetic sources
+//! ([`SynthOptions`]): each phantom gets a `source_repo`, the classes can be confounded with the
+//! sources (a share of each class goes to "its" source), each source can stamp its own marker
+//! into a corner (as hospitals burn in letters and tokens), and the lesions can be left out, so
+//! that nothing but the marker tells the classes apart.
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -176,24 +182,146 @@ pub struct SynthOutput {
     pub images: usize,
 }
 
+/// Most synthetic sources there can be: one marker corner each.
+pub const MAX_SOURCES: usize = 4;
+
+/// What [`write_dataset_with`] generates.
+#[derive(Clone, Debug)]
+pub struct SynthOptions {
+    pub per_class: usize,
+    pub size: usize,
+    pub seed: u64,
+    /// Which of [`CLASSES`] to draw (names), in that order.
+    pub classes: Vec<String>,
+    /// Synthetic sources (1 to [`MAX_SOURCES`]); with one, `source_repo` is `magsd/phantom` as
+    /// before, with more `phantom-site-0`, `phantom-site-1`, ...
+    pub sources: usize,
+    /// Share of each class's phantoms that go to its own source (class j's is site j mod
+    /// sources); the rest are spread evenly over the other sources. `None`: every phantom's
+    /// source is drawn uniformly (no confounding).
+    pub confounding: Option<f64>,
+    /// Draw each source's marker: a white square of side size/8 in its own corner (site 0 top
+    /// left, 1 bottom left, 2 top right, 3 bottom right: sites 0 and 1 stay apart under a
+    /// horizontal flip).
+    pub stamp: bool,
+    /// Draw the class lesions (`false`: every phantom is healthy anatomy, labelled as before, so
+    /// the label can only be learned from a marker).
+    pub lesions: bool,
+}
+
+impl SynthOptions {
+    /// `per_class` phantoms of every class, one source, lesions, no marker.
+    pub fn new(per_class: usize, size: usize, seed: u64) -> Self {
+        SynthOptions {
+            per_class,
+            size,
+            seed,
+            classes: CLASSES.iter().map(|c| c.to_string()).collect(),
+            sources: 1,
+            confounding: None,
+            stamp: false,
+            lesions: true,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(crate::Error::Config(m));
+        if !(1..=MAX_SOURCES).contains(&self.sources) {
+            return bad(format!("--sources {}: 1 to {MAX_SOURCES} synthetic sources", self.sources));
+        }
+        if let Some(p) = self.confounding
+            && !(0.0..=1.0).contains(&p)
+        {
+            return bad(format!("--confounding {p}: a share between 0 and 1"));
+        }
+        if self.classes.is_empty() {
+            return bad("--classes: at least one class".into());
+        }
+        for (i, c) in self.classes.iter().enumerate() {
+            if !CLASSES.contains(&c.as_str()) {
+                return bad(format!("--classes: '{c}' is not a phantom class ({})", CLASSES.join(", ")));
+            }
+            if self.classes[..i].contains(c) {
+                return bad(format!("--classes: '{c}' given twice"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The name of source `s`.
+    pub fn source_name(&self, s: usize) -> String {
+        if self.sources == 1 { "magsd/phantom".into() } else { format!("phantom-site-{s}") }
+    }
+
+    /// The source of phantom `i` of the `position`-th chosen class.
+    fn source_of(&self, position: usize, i: usize) -> usize {
+        let k = self.sources;
+        if k == 1 {
+            return 0;
+        }
+        let mut rng = Rng::derive(self.seed, &[0x5_17E5, position as u64, i as u64]);
+        let home = position % k;
+        match self.confounding {
+            None => rng.below(k as u64) as usize,
+            Some(p) if rng.uniform() < p => home,
+            Some(_) => {
+                let other = rng.below(k as u64 - 1) as usize;
+                if other >= home { other + 1 } else { other }
+            }
+        }
+    }
+}
+
+/// Draws source `s`'s marker into a `size`×`size` image: a white square of side size/8 (at
+/// least 3 pixels), inset by size/24, in corner `s` (see [`SynthOptions::stamp`]).
+pub fn stamp_marker(image: &mut [u8], size: usize, s: usize) {
+    let side = (size / 8).max(3);
+    let inset = (size / 24).max(1);
+    let (top, left) = match s % MAX_SOURCES {
+        0 => (inset, inset),
+        1 => (size - inset - side, inset),
+        2 => (inset, size - inset - side),
+        _ => (size - inset - side, size - inset - side),
+    };
+    for y in top..top + side {
+        image[y * size + left..y * size + left + side].fill(255);
+    }
+}
+
 const MANIFEST_HEADER: &str = "path,label,label3,split,patient_id,source_repo,source_commit,original_filename,original_finding,view,original_size_mode_format,license,source_url,dataset,note,mask";
 
 /// Writes `per_class` phantoms of each class under `out/images/<class>/`, their masks under
 /// `out/masks/<class>/`, and `out/manifest.csv`.
 pub fn write_dataset(out: &Path, per_class: usize, size: usize, seed: u64) -> Result<SynthOutput> {
-    for c in CLASSES {
+    write_dataset_with(out, &SynthOptions::new(per_class, size, seed))
+}
+
+/// [`write_dataset`] with sources, confounding, markers and lesions as `o` says. A phantom's
+/// anatomy and lesion depend only on (seed, class, index), so the same seed draws the same
+/// phantoms with and without markers.
+pub fn write_dataset_with(out: &Path, o: &SynthOptions) -> Result<SynthOutput> {
+    o.validate()?;
+    let (size, seed) = (o.size, o.seed);
+    let chosen: Vec<usize> = o.classes.iter().map(|c| CLASSES.iter().position(|k| k == c).expect("validated")).collect();
+    for &c in &chosen {
         for sub in ["images", "masks"] {
-            let d = out.join(sub).join(c);
+            let d = out.join(sub).join(CLASSES[c]);
             std::fs::create_dir_all(&d).at(&d)?;
         }
     }
-    let jobs: Vec<(usize, usize)> = (0..CLASSES.len()).flat_map(|c| (0..per_class).map(move |i| (c, i))).collect();
+    let normal = CLASSES.iter().position(|&c| c == "normal").expect("normal is a class");
+    let jobs: Vec<(usize, usize, usize)> =
+        chosen.iter().enumerate().flat_map(|(pos, &c)| (0..o.per_class).map(move |i| (pos, c, i))).collect();
     let rows: Vec<String> = jobs
         .par_iter()
-        .map(|&(c, i)| -> Result<String> {
+        .map(|&(pos, c, i)| -> Result<String> {
             let class = CLASSES[c];
             let mut rng = Rng::derive(seed, &[c as u64, i as u64]);
-            let p = render(c, size, &mut rng);
+            let mut p = render(if o.lesions { c } else { normal }, size, &mut rng);
+            let source = o.source_of(pos, i);
+            if o.stamp {
+                stamp_marker(&mut p.image, size, source);
+            }
             let name = format!("{class}_{i:04}.png");
             let img_rel = format!("images/{class}/{name}");
             let mask_rel = format!("masks/{class}/{name}");
@@ -216,9 +344,17 @@ pub fn write_dataset(out: &Path, per_class: usize, size: usize, seed: u64) -> Re
                 "viral" => "patchy interstitial opacities",
                 _ => "no finding",
             };
-            let mask_cell = if class == "normal" { String::new() } else { mask_rel };
+            let mask_cell = if class == "normal" || !o.lesions { String::new() } else { mask_rel };
+            let finding = if o.lesions { finding } else { "none drawn (label only)" };
+            let note = match (o.stamp, o.lesions) {
+                (true, true) => "synthetic; source marker stamped",
+                (true, false) => "synthetic; source marker stamped; no lesion",
+                (false, true) => "synthetic",
+                (false, false) => "synthetic; no lesion",
+            };
             Ok(format!(
-                "{img_rel},{class},{label3},train,phantom:{class}-{i},magsd/phantom,seed-{seed},{name},{finding},PA,{size}x{size} L PNG,CC0-1.0,,magsd phantom v1,synthetic,{mask_cell}"
+                "{img_rel},{class},{label3},train,phantom:{class}-{i},{},seed-{seed},{name},{finding},PA,{size}x{size} L PNG,CC0-1.0,,magsd phantom v1,{note},{mask_cell}",
+                o.source_name(source)
             ))
         })
         .collect::<Result<_>>()?;
@@ -270,5 +406,43 @@ mod tests {
         let s = ds.samples.iter().find(|s| ds.classes[s.label] == "viral").unwrap();
         assert!(d.path().join(&s.meta["mask"]).is_file());
         assert_eq!(s.meta["label3"], "other_pneumonia");
+        assert!(ds.samples.iter().all(|s| s.meta["source_repo"] == "magsd/phantom"));
+    }
+
+    #[test]
+    fn sources_confound_the_classes_and_stamp_their_markers() {
+        let d = tempfile::tempdir().unwrap();
+        let o = SynthOptions {
+            classes: vec!["covid19".into(), "normal".into()],
+            sources: 2,
+            confounding: Some(1.0),
+            stamp: true,
+            lesions: false,
+            ..SynthOptions::new(4, 64, 3)
+        };
+        write_dataset_with(d.path(), &o).unwrap();
+        let ds = crate::data::dataset::Dataset::open(d.path(), &Default::default()).unwrap();
+        assert_eq!(ds.classes, vec!["covid19", "normal"]);
+        for s in &ds.samples {
+            let site = if ds.classes[s.label] == "covid19" { 0 } else { 1 };
+            assert_eq!(s.meta["source_repo"], format!("phantom-site-{site}"));
+            assert_eq!(s.meta["mask"], "", "no lesion, no mask");
+            let img = image::open(&s.path).unwrap().to_luma8();
+            // The marker's corner is white; the opposite corner on the same side is not.
+            let (top, bottom) = (img.get_pixel(5, 5)[0], img.get_pixel(5, 58)[0]);
+            if site == 0 { assert!(top == 255 && bottom < 255) } else { assert!(bottom == 255 && top < 255) }
+        }
+        // Without lesions a covid19 phantom is the normal anatomy drawn from its own seed.
+        let plain = write_dataset_with(&d.path().join("plain"), &SynthOptions { stamp: false, ..o.clone() });
+        assert!(plain.is_ok());
+        // Uniform sources: both sites get phantoms of both classes.
+        let mixed = SynthOptions { per_class: 20, confounding: None, ..o.clone() };
+        let counts: Vec<usize> = (0..2).map(|pos| (0..20).filter(|&i| mixed.source_of(pos, i) == 0).count()).collect();
+        assert!(counts.iter().all(|&c| (4..=16).contains(&c)), "{counts:?}");
+        let partial = SynthOptions { per_class: 200, confounding: Some(0.9), ..o.clone() };
+        let home = (0..200).filter(|&i| partial.source_of(1, i) == 1).count();
+        assert!((160..=195).contains(&home), "{home} of 200 at home");
+        assert!(write_dataset_with(d.path(), &SynthOptions { sources: 5, ..o.clone() }).is_err());
+        assert!(write_dataset_with(d.path(), &SynthOptions { classes: vec!["flu".into()], ..o }).is_err());
     }
 }

@@ -11,7 +11,9 @@ use crate::data::dataset::Dataset;
 use crate::data::loader::Loader;
 use crate::device::{autocast_bf16, channels_last};
 use crate::error::{Error, IoContext, Result, write_atomic};
-use crate::eval::metrics::{Metrics, argmax, try_compute};
+use crate::eval::metrics::{Metrics, argmax, compute_over, try_compute_over};
+use crate::eval::probe::{ProbeInput, SourceProbe, source_probe};
+use crate::eval::within_source::{self, Scored, WithinSource, within_source};
 use crate::eval::overlap::TrainingOverlap;
 use crate::model::MagSd;
 
@@ -22,7 +24,8 @@ pub struct PredictOptions {
     pub channels_last: bool,
     /// Keep each image's mean attention map (for localisation and overlays).
     pub keep_attention: bool,
-    /// Keep each image's pooled feature (for the out-of-distribution detector).
+    /// Keep each image's feature ([`Forward::features`]): for the out-of-distribution detector,
+    /// and its last [`Predictions::penultimate_width`] numbers for the source probe (`eval::probe`).
     pub keep_features: bool,
     /// Fail, listing them all, when any image is unreadable or decoded with a warning (e.g. a
     /// truncated JPEG), instead of skipping or using it.
@@ -41,6 +44,8 @@ pub struct Predictions {
     pub logits: Vec<Vec<f64>>,
     /// Global averages of the backbone's stages per image (when asked for; see [`Forward`]).
     pub features: Vec<Vec<f32>>,
+    /// How many of the last numbers of each feature are the last feature map's global average.
+    pub penultimate_width: usize,
     /// Mean attention map per image, `side × side`, row-major (when asked for).
     pub attention: Vec<Vec<f32>>,
     pub attention_side: usize,
@@ -51,6 +56,12 @@ pub struct Predictions {
 }
 
 impl Predictions {
+    /// Each image's global average of the last feature map (the source probe's input), when
+    /// features were kept.
+    pub fn penultimate(&self) -> Vec<Vec<f32>> {
+        self.features.iter().map(|f| f[f.len().saturating_sub(self.penultimate_width)..].to_vec()).collect()
+    }
+
     /// Mean cross-entropy of the predictions (for validation curves).
     pub fn mean_ce(&self) -> f64 {
         let n = self.probs.len().max(1) as f64;
@@ -69,6 +80,9 @@ pub struct Forward {
     /// G × G grid ([`INPUT_GRID`]), then the global average of each backbone stage's output (a
     /// baseline's last feature map alone), concatenated.
     pub features: Tensor,
+    /// How many of the last numbers of `features` are the global average of the last feature map
+    /// (the penultimate features the classifier reads; the source probe's input).
+    pub penultimate_width: usize,
 }
 
 /// The model input's layout enters the out-of-distribution feature averaged over this grid.
@@ -86,7 +100,9 @@ pub fn forward(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) 
         let mut pooled = vec![x.to_kind(Kind::Float).adaptive_avg_pool2d([INPUT_GRID, INPUT_GRID]).reshape([b, -1])];
         pooled.extend(out.stages.iter().map(|t| t.to_kind(Kind::Float).mean_dim(&[2i64, 3][..], false, Kind::Float)));
         let features = Tensor::cat(&pooled, 1); // [B, C·G² + Σ C_i]
-        Forward { probs: logits.softmax(1, Kind::Float), logits, attention: out.mean_attention(), features }
+        // The last stage is the last feature map (`out.features`).
+        let penultimate_width = out.features.size()[1] as usize;
+        Forward { probs: logits.softmax(1, Kind::Float), logits, attention: out.mean_attention(), features, penultimate_width }
     })
 }
 
@@ -125,6 +141,7 @@ pub fn predict(model: &MagSd, loader: &Loader, indices: &[usize], device: Device
             let c = f.features.size()[1] as usize;
             let flat: Vec<f32> = Vec::try_from(f.features.to_device(Device::Cpu).flatten(0, -1))?;
             out.features.extend(flat.chunks(c).map(<[f32]>::to_vec));
+            out.penultimate_width = f.penultimate_width;
         }
         if opts.keep_attention {
             let side = att.size()[2] as usize;
@@ -177,6 +194,17 @@ pub struct EvalReport {
     /// Set when evaluated images also trained the model (the metrics are then no held-out estimate).
     #[serde(default)]
     pub training_overlap: Option<TrainingOverlap>,
+    /// Classes the model was not trained on here (a grouped fold's training part lacked them):
+    /// out of the macro means (`metrics::compute_over`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub absent_from_training: Vec<String>,
+    /// Per `by` column: pooled within-source metrics beside the overall ones (`eval::within_source`).
+    #[serde(default)]
+    pub within_source: BTreeMap<String, WithinSource>,
+    /// Per `by` column: the source and within-source class probes (`eval::probe`), when the
+    /// features were kept.
+    #[serde(default)]
+    pub probe: BTreeMap<String, SourceProbe>,
     /// Calibration before and after, unusual images, operating points (absent in files written
     /// before magsd reported them).
     #[serde(default)]
@@ -184,25 +212,45 @@ pub struct EvalReport {
 }
 
 impl EvalReport {
-    /// Metrics of `p` overall and per group; an error if any score is not finite.
+    /// Metrics of `p` overall and per group, within-source metrics and (with features) the
+    /// probes per group column; an error if any score is not finite.
     pub fn new(ds: &Dataset, p: &Predictions, by: &[String]) -> Result<Self> {
-        let overall = try_compute(&p.labels, &p.probs, &ds.classes)?;
+        Self::new_over(ds, p, by, &vec![true; ds.classes.len()])
+    }
+
+    /// [`EvalReport::new`] with the macro means over the classes for which `trained` holds
+    /// (`metrics::compute_over`); the others are listed in `absent_from_training`.
+    pub fn new_over(ds: &Dataset, p: &Predictions, by: &[String], trained: &[bool]) -> Result<Self> {
+        let overall = try_compute_over(&p.labels, &p.probs, &ds.classes, trained)?;
         let mut groups = BTreeMap::new();
         for col in by {
             let mut per_value: BTreeMap<String, Vec<usize>> = BTreeMap::new();
             for (row, &i) in p.indices.iter().enumerate() {
-                let v = ds.samples[i].meta.get(col).cloned().unwrap_or_default();
-                per_value.entry(v).or_default().push(row);
+                per_value.entry(source_of(ds, i, col)).or_default().push(row);
             }
             let m = per_value
                 .into_iter()
                 .map(|(v, rows)| {
                     let y: Vec<usize> = rows.iter().map(|&r| p.labels[r]).collect();
                     let pr: Vec<Vec<f64>> = rows.iter().map(|&r| p.probs[r].clone()).collect();
-                    Ok((if v.is_empty() { "(empty)".into() } else { v }, try_compute(&y, &pr, &ds.classes)?))
+                    (v, compute_over(&y, &pr, &ds.classes, trained))
                 })
-                .collect::<Result<_>>()?;
+                .collect();
             groups.insert(col.clone(), m);
+        }
+        let patients: Vec<String> = p.indices.iter().map(|&i| ds.samples[i].patient_key()).collect();
+        let mut within = BTreeMap::new();
+        let mut probes = BTreeMap::new();
+        let penultimate = p.penultimate();
+        for col in by {
+            let sources: Vec<String> = p.indices.iter().map(|&i| source_of(ds, i, col)).collect();
+            let scored =
+                Scored { labels: &p.labels, probs: &p.probs, sources: &sources, patients: &patients, classes: &ds.classes, counted: trained };
+            within.insert(col.clone(), within_source(col, &scored, within_source::RESAMPLES, 0));
+            if p.features.len() == p.indices.len() && !p.features.is_empty() {
+                let input = ProbeInput { features: &penultimate, labels: &p.labels, classes: &ds.classes, sources: &sources, patients: &patients };
+                probes.insert(col.clone(), source_probe(col, &input));
+            }
         }
         let listed = |v: &[(usize, String)]| -> Vec<Unreadable> {
             v.iter().map(|(i, reason)| Unreadable { path: ds.samples[*i].path.display().to_string(), reason: reason.clone() }).collect()
@@ -217,6 +265,9 @@ impl EvalReport {
             unreadable,
             warnings: listed(&p.warnings),
             training_overlap: None,
+            absent_from_training: ds.classes.iter().zip(trained).filter(|(_, t)| !**t).map(|(c, _)| c.clone()).collect(),
+            within_source: within,
+            probe: probes,
             reliability: None,
         })
     }
@@ -235,6 +286,14 @@ impl EvalReport {
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).at(path)?;
         serde_json::from_slice(&bytes).map_err(|e| Error::bad_file(path, format!("not a magsd metrics.json: {e}")))
+    }
+}
+
+/// Sample `i`'s value of metadata `column`, `(empty)` when it has none.
+fn source_of(ds: &Dataset, i: usize, column: &str) -> String {
+    match ds.samples[i].meta.get(column).map(String::as_str) {
+        None | Some("") => "(empty)".into(),
+        Some(v) => v.to_string(),
     }
 }
 

@@ -9,10 +9,13 @@
 //! model class left out with `--classes`) stays in the per-class table but does not pull the
 //! means down. The macro AUC runs over classes that have both positives and negatives. For two
 //! classes the macro AUC is the binary AUC of class 1 (what `roc_auc_score` returns for binary
-//! problems). Undefined ratios are `None` (printed `n/a`), never 0: sensitivity with no positives,
-//! specificity with no negatives (TN + FP = 0, e.g. a COVID-only cohort), precision of a class never
-//! predicted, F1 with TP + FP + FN = 0. They are left out of the macro means, as scikit-learn's
-//! `zero_division=np.nan` does; a mean over nothing is `None` too.
+//! problems). Undefined ratios are `None` (`null` in JSON, printed `n/a`), never 0: sensitivity
+//! with no positives, specificity with no negatives (TN + FP = 0, e.g. a COVID-only cohort),
+//! precision of a class never predicted, F1 with TP + FP + FN = 0. They are left out of the macro
+//! means, as scikit-learn's `zero_division=np.nan` does; a mean over nothing is `None` too.
+//!
+//! [`compute_over`] leaves chosen classes out of the macro means as well (e.g. classes that a
+//! grouped fold's training part never saw, whose figures would only measure that absence).
 //!
 //! Scores must be finite: [`try_compute`] and [`check_scores`] refuse NaN or infinite
 //! probabilities (a diverged model) with an error instead of ranking them.
@@ -131,6 +134,11 @@ pub fn check_scores(probs: &[Vec<f64>], classes: usize) -> Result<()> {
 
 /// [`compute`] after [`check_scores`]: an error instead of metrics of non-finite scores.
 pub fn try_compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Result<Metrics> {
+    try_compute_over(y_true, probs, classes, &vec![true; classes.len()])
+}
+
+/// [`compute_over`] after the checks of [`try_compute`].
+pub fn try_compute_over(y_true: &[usize], probs: &[Vec<f64>], classes: &[String], counted: &[bool]) -> Result<Metrics> {
     if y_true.len() != probs.len() {
         return Err(Error::Data(format!("{} labels for {} predictions", y_true.len(), probs.len())));
     }
@@ -138,13 +146,21 @@ pub fn try_compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> 
         return Err(Error::Data(format!("label {y} is not one of the {} classes", classes.len())));
     }
     check_scores(probs, classes.len())?;
-    Ok(compute(y_true, probs, classes))
+    Ok(compute_over(y_true, probs, classes, counted))
 }
 
 /// Metrics of predictions `argmax(probs)` against `y_true`, for `classes` (names in order).
 /// Expects finite scores; callers with untrusted scores use [`try_compute`].
 pub fn compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Metrics {
+    compute_over(y_true, probs, classes, &vec![true; classes.len()])
+}
+
+/// [`compute`] with the macro means over the classes present in `y_true` for which
+/// `counted[c]` holds (the per-class figures and the accuracy still cover every class). With two
+/// classes the AUC needs both counted.
+pub fn compute_over(y_true: &[usize], probs: &[Vec<f64>], classes: &[String], counted: &[bool]) -> Metrics {
     assert_eq!(y_true.len(), probs.len());
+    assert_eq!(counted.len(), classes.len());
     let k = classes.len();
     let n = y_true.len();
     let y_pred: Vec<usize> = probs.iter().map(|p| argmax(p)).collect();
@@ -171,14 +187,13 @@ pub fn compute(y_true: &[usize], probs: &[Vec<f64>], classes: &[String]) -> Metr
             auc: binary_auc(&positive, &scores),
         });
     }
-    // Classes present in the true labels (scikit-learn with `labels=np.unique(y_true)`).
-    let present: Vec<&PerClass> = (0..k).filter(|&c| y_true.contains(&c)).map(|c| &per_class[c]).collect();
-    let mean = |f: &dyn Fn(&PerClass) -> Option<f64>| mean_defined(present.iter().map(|m| f(m)));
+    // Classes present in the true labels (scikit-learn with `labels=np.unique(y_true)`) and counted.
+    let used: Vec<&PerClass> = (0..k).filter(|&c| counted[c] && per_class[c].support > 0).map(|c| &per_class[c]).collect();
+    let mean = |f: &dyn Fn(&PerClass) -> Option<f64>| mean_defined(used.iter().map(|m| f(m)));
     let auc = if k == 2 {
-        per_class[1].auc
+        per_class[1].auc.filter(|_| counted[0] && counted[1])
     } else {
-        let aucs: Vec<f64> = per_class.iter().filter_map(|m| m.auc).collect();
-        (!aucs.is_empty()).then(|| aucs.iter().sum::<f64>() / aucs.len() as f64)
+        mean_defined((0..k).filter(|&c| counted[c]).map(|c| per_class[c].auc))
     };
     Metrics {
         n,
@@ -208,21 +223,22 @@ pub fn mean_std(values: &[f64]) -> MeanStd {
     MeanStd { mean, std: var.sqrt(), n }
 }
 
-/// ACC, SEN, SPC, F1 and AUC as mean ± std over folds (each over the folds where it is defined).
+/// ACC, SEN, SPC, F1 and AUC as mean ± std over folds, each over the folds where it is defined
+/// (a metric defined in no fold is left out).
 pub fn summarise(folds: &[Metrics]) -> BTreeMap<String, MeanStd> {
     let mut out = BTreeMap::new();
-    let pick = |f: &dyn Fn(&Metrics) -> Option<f64>| folds.iter().filter_map(f).collect::<Vec<f64>>();
-    out.insert("accuracy".into(), mean_std(&pick(&|m| Some(m.accuracy))));
-    // Each over the folds where it is defined; absent (printed n/a) when no fold has it.
-    for (key, f) in [
-        ("sensitivity", (|m| m.sensitivity) as fn(&Metrics) -> Option<f64>),
+    type Pick = fn(&Metrics) -> Option<f64>;
+    let metrics: [(&str, Pick); 5] = [
+        ("accuracy", |m| (m.n > 0).then_some(m.accuracy)),
+        ("sensitivity", |m| m.sensitivity),
         ("specificity", |m| m.specificity),
         ("f1", |m| m.f1),
         ("auc", |m| m.auc),
-    ] {
-        let v = pick(&f);
-        if !v.is_empty() {
-            out.insert(key.into(), mean_std(&v));
+    ];
+    for (name, f) in metrics {
+        let values: Vec<f64> = folds.iter().filter_map(f).collect();
+        if !values.is_empty() {
+            out.insert(name.to_string(), mean_std(&values));
         }
     }
     out
@@ -277,6 +293,35 @@ mod tests {
         assert!((m.f1.unwrap() - 5.0 / 6.0).abs() < 1e-12, "{:?}", m.f1);
         // Macro AUC over the classes with positives and negatives (0 and 1).
         assert_eq!(m.per_class[2].auc, None);
+        // The absent class's sensitivity is undefined, not 0; predicted once, its precision is
+        // 0/1 and its F1 2TP/(2TP+FP+FN) = 0/1, as scikit-learn's f1_score gives per class.
+        assert_eq!(m.per_class[2].sensitivity, None);
+        assert_eq!((m.per_class[2].precision, m.per_class[2].f1), (Some(0.0), Some(0.0)));
+    }
+
+    #[test]
+    fn a_one_class_set_has_no_specificity_and_uncounted_classes_leave_the_means() {
+        // Every image is class 0: no negatives for class 0, so no specificity at all.
+        let probs = vec![vec![0.8, 0.2], vec![0.3, 0.7]];
+        let m = compute(&[0, 0], &probs, &names(2));
+        assert_eq!(m.per_class[0].specificity, None);
+        assert_eq!(m.specificity, None);
+        assert_eq!(m.auc, None);
+        assert_eq!(m.accuracy, 0.5);
+        // Class 1 never predicted: no precision.
+        let m = compute(&[0, 1], &[vec![0.9, 0.1], vec![0.6, 0.4]], &names(2));
+        assert_eq!(m.per_class[1].precision, None);
+        // Class 2 present but not counted (e.g. absent from training): out of the macro means.
+        let probs = vec![vec![0.8, 0.1, 0.1], vec![0.1, 0.8, 0.1], vec![0.1, 0.8, 0.1]];
+        let m = compute_over(&[0, 1, 2], &probs, &names(3), &[true, true, false]);
+        assert_eq!(m.sensitivity, Some(1.0));
+        assert_eq!(m.per_class[2].sensitivity, Some(0.0));
+        // Nothing counted: no macro mean at all.
+        let none = compute_over(&[2], &[vec![0.1, 0.1, 0.8]], &names(3), &[true, true, false]);
+        assert_eq!((none.sensitivity, none.f1, none.accuracy), (None, None, 1.0));
+        assert!((m.accuracy - 2.0 / 3.0).abs() < 1e-12);
+        let aucs = [m.per_class[0].auc.unwrap(), m.per_class[1].auc.unwrap()];
+        assert_eq!(m.auc, Some((aucs[0] + aucs[1]) / 2.0));
     }
 
     #[test]

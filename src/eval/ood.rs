@@ -313,7 +313,7 @@ impl OodDetector {
             && model.eigenvalues.size() == [info.rank as i64];
         let positive = bool::try_from(model.eigenvalues.gt(0.0).all()).unwrap_or(false)
             && bool::try_from(model.scale.gt(0.0).all()).unwrap_or(false);
-        if !shapes_ok || !positive || !info.threshold.is_finite() || !(info.residual_variance >= 0.0) {
+        if !shapes_ok || !positive || !info.threshold.is_finite() || info.residual_variance.is_nan() || info.residual_variance < 0.0 {
             return Err(Error::bad_file(path, "its out-of-distribution detector is inconsistent (shapes, eigenvalues or threshold)"));
         }
         debug_assert!(OOD_PREFIX.len() < MEANS.len());
@@ -457,7 +457,7 @@ mod tests {
     fn a_truncated_basis_keeps_the_residual_and_stays_under_the_size_cap() {
         let (d, cap) = (64usize, 64 * 16);
         let f = gaussian(20, d as i64, 0.0, 5);
-        let m = Mahalanobis::fit_capped(&f, &vec![0; 20], cap).unwrap();
+        let m = Mahalanobis::fit_capped(&f, &[0; 20], cap).unwrap();
         let r = m.basis.size()[1] as usize;
         assert_eq!(r, 16);
         assert_eq!(MAX_BASIS_FLOATS / 3904, 268, "ResNet50 keeps 268 of its 3904 directions");

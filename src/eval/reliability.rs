@@ -395,7 +395,9 @@ pub fn predict_assessed(
     device: tch::Device,
     opts: &super::evaluate::PredictOptions,
 ) -> Result<(Predictions, EvalReliability)> {
-    let opts = super::evaluate::PredictOptions { keep_features: reliability.detector.is_some(), ..*opts };
+    // Features for the detector; kept in the result only when the caller asked for them.
+    let caller_keeps = opts.keep_features;
+    let opts = super::evaluate::PredictOptions { keep_features: caller_keeps || reliability.detector.is_some(), ..*opts };
     let mut p = super::evaluate::predict(model, loader, indices, device, &opts)?;
     let ds = loader.dataset().clone();
     let screen = if reliability.input_stats.is_some() {
@@ -405,7 +407,9 @@ pub fn predict_assessed(
     };
     let assessed = reliability.assess_predictions(&mut p, &screen, &model.config.class_labels())?;
     let summary = reliability.evaluate_set(&p, &assessed, &ds);
-    p.features.clear();
+    if !caller_keeps {
+        p.features.clear();
+    }
     Ok((p, summary))
 }
 

@@ -56,7 +56,7 @@ pub fn metric_row(name: &str, m: &Metrics) -> Vec<String> {
     vec![
         name.to_string(),
         m.n.to_string(),
-        pct(m.accuracy),
+        pct_or_na((m.n > 0).then_some(m.accuracy)),
         pct_or_na(m.sensitivity),
         pct_or_na(m.specificity),
         pct_or_na(m.f1),
@@ -242,15 +242,44 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
                     pct_or_na(c.specificity),
                     pct_or_na(c.precision),
                     pct_or_na(c.f1),
-                    c.auc.map(pct).unwrap_or_else(|| "n/a".into()),
+                    pct_or_na(c.auc),
                 ]
             })
             .collect(),
     );
+    if !report.absent_from_training.is_empty() {
+        doc.p(format!(
+            "The model was trained without any image of {}: those classes are left out of the macro means, and their \
+             figures only measure that absence.",
+            report.absent_from_training.join(", ")
+        ));
+    }
     for (col, groups) in &report.by {
         doc.h(2, format!("By {col}"));
         doc.p("Watch for source confounding: a model can score well by recognising where an image came from.");
-        doc.table(metric_header(col), groups.iter().map(|(v, m)| metric_row(v, m)).collect());
+        let mut header = metric_header(col);
+        header.push("classes present".into());
+        let rows = groups
+            .iter()
+            .map(|(v, m)| {
+                let mut row = metric_row(v, m);
+                let present = m.per_class.iter().filter(|c| c.support > 0).count();
+                row.push(if present >= 2 { format!("{present} (mixed)") } else { present.to_string() });
+                row
+            })
+            .collect();
+        doc.table(header, rows);
+    }
+    if !report.within_source.is_empty() {
+        doc.h(1, "Shortcut audit");
+        doc.p(super::audit::DEFINITIONS);
+        for (col, w) in &report.within_source {
+            doc.h(2, format!("Within one {col}"));
+            super::audit::within_source_section(&mut doc, w);
+            if let Some(p) = report.probe.get(col) {
+                super::audit::probe_section(&mut doc, p);
+            }
+        }
     }
     if let Some(t) = &report.reliability {
         reliability_sections(&mut doc, t, dir)?;
@@ -258,7 +287,10 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
     doc.h(1, "Figures");
     doc.image("roc.png", "ROC curves per class with their AUC");
     doc.image("confusion.png", "Confusion matrix: rows are true classes, normalised; counts in brackets");
-    if let Some(l) = &localization {
+    if localization.as_ref().is_some_and(|l| l.n == 0) {
+        doc.h(1, "Localisation");
+        doc.p("n/a: no evaluated image has a lesion mask or box.");
+    } else if let Some(l) = &localization {
         doc.h(1, "Localisation");
         doc.p(format!(
             "{} images with ground truth; threshold {}. Mean IoU {:.3}; IoU > 0.25: {:.1} %; IoU > 0.5: {:.1} %.",

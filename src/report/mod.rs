@@ -1,5 +1,6 @@
 //! Human-facing output: figures, attention overlays, and report.md / report.html for
 //! evaluations and training runs.
+pub mod audit;
 pub mod document;
 pub mod evaluation;
 pub mod overlay;

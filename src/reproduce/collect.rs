@@ -12,6 +12,7 @@ use super::{Grid, Unit};
 use crate::error::Result;
 use crate::eval::metrics::{MeanStd, Metrics, compute};
 use crate::eval::stats::{BootstrapCi, PairedT, Wilcoxon, bootstrap_ci, paired_t_test, wilcoxon_signed_rank};
+use crate::eval::within_source::{Scored, WithinSource, within_source};
 use crate::report::document::Document;
 use crate::report::plots::{RocRow, RowsRocFigure, save};
 use crate::runfolder::{FoldResult, PREDICTIONS_FILE, SUMMARY_MARKDOWN, fold_dir, read_predictions, write_json};
@@ -59,6 +60,10 @@ pub struct RowResult {
     /// 95 % patient-level bootstrap intervals of the pooled accuracy, macro-F1 and AUC.
     pub bootstrap: BTreeMap<String, BootstrapCi>,
     pub vs_magsd: Option<Comparison>,
+    /// Per source column: pooled within-source figures of the out-of-fold predictions beside
+    /// the overall ones (`eval::within_source`).
+    #[serde(default)]
+    pub within_source: BTreeMap<String, WithinSource>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -84,6 +89,44 @@ struct RowData {
     names: Vec<String>,
     labels: Vec<usize>,
     probs: Vec<Vec<f64>>,
+}
+
+/// Each image's patient and value of every source column, by image name (from the grid's data).
+struct Sources {
+    columns: Vec<String>,
+    by_name: BTreeMap<String, (String, Vec<String>)>,
+}
+
+impl Sources {
+    fn of(grid: &Grid) -> Result<Sources> {
+        let ds = grid.dataset()?;
+        let columns = ds.default_breakdown();
+        let by_name = ds
+            .samples
+            .iter()
+            .map(|s| {
+                let values = columns.iter().map(|c| s.meta.get(c).filter(|v| !v.is_empty()).cloned().unwrap_or_else(|| "(empty)".into())).collect();
+                (s.name.clone(), (s.patient_key(), values))
+            })
+            .collect();
+        Ok(Sources { columns, by_name })
+    }
+
+    /// Within-source figures of a row's pooled predictions, per column.
+    fn within(&self, d: &RowData, classes: &[String], opts: BootstrapOptions) -> BTreeMap<String, WithinSource> {
+        let mut out = BTreeMap::new();
+        let Some(rows) = d.names.iter().map(|n| self.by_name.get(n)).collect::<Option<Vec<_>>>() else {
+            return out;
+        };
+        let patients: Vec<String> = rows.iter().map(|(p, _)| p.clone()).collect();
+        let counted: Vec<bool> = classes.iter().map(|c| !d.folds.iter().any(|f| f.absent_from_training.contains(c))).collect();
+        for (k, col) in self.columns.iter().enumerate() {
+            let sources: Vec<String> = rows.iter().map(|(_, v)| v[k].clone()).collect();
+            let scored = Scored { labels: &d.labels, probs: &d.probs, sources: &sources, patients: &patients, classes, counted: &counted };
+            out.insert(col.clone(), within_source(col, &scored, opts.resamples, opts.seed));
+        }
+        out
+    }
 }
 
 fn load_row(grid: &Grid, id: &str) -> Result<RowData> {
@@ -168,10 +211,12 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
             let summary = summarise_folds(d.folds.clone());
             let dir = grid.row_dir(r.id);
             summary.save(&dir)?;
-            crate::error::write_atomic(&dir.join(SUMMARY_MARKDOWN), summary_markdown(&summary, &classes).as_bytes())?;
+            crate::error::write_atomic(&dir.join(SUMMARY_MARKDOWN), summary_markdown(&summary, &classes, &grid.spec.grouping.describe(grid.spec.folds)).as_bytes())?;
         }
         data.insert(r.id.to_string(), d);
     }
+    let sources = Sources::of(grid)?;
+    let mut within: BTreeMap<String, BTreeMap<String, WithinSource>> = BTreeMap::new();
     let mut boots: BTreeMap<String, BTreeMap<String, BootstrapCi>> = BTreeMap::new();
     let mut reports = Vec::new();
     for t in grid.spec.tables() {
@@ -180,6 +225,7 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
             let d = &data[tr.row.id];
             if !boots.contains_key(tr.row.id) {
                 boots.insert(tr.row.id.to_string(), if d.labels.is_empty() { BTreeMap::new() } else { bootstrap(d, &patients, &classes, opts) });
+                within.insert(tr.row.id.to_string(), if d.labels.is_empty() { BTreeMap::new() } else { sources.within(d, &classes, opts) });
             }
             let metrics: Vec<Metrics> = d.folds.iter().map(|f| f.metrics.clone()).collect();
             result.rows.push(RowResult {
@@ -193,6 +239,7 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
                 pooled: (!d.labels.is_empty()).then(|| compute(&d.labels, &d.probs, &classes)),
                 bootstrap: boots[tr.row.id].clone(),
                 vs_magsd: data.get(MAGSD.id).filter(|_| tr.row != MAGSD).and_then(|m| compare(d, m)),
+                within_source: within[tr.row.id].clone(),
             });
         }
         let dir = grid.dir.join(format!("table-{}", t.number));
@@ -249,14 +296,30 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
     let k = res.classes.len();
     let mut doc = Document::new(format!("Table {}: {}", t.number, t.title));
     doc.p(format!(
-        "Data: {} (label column '{}'; {} classes: {}); {}-fold patient-level cross-validation, the same folds for every row ({}).",
+        "Data: {} (label column '{}'; {} classes: {}); {}, the same folds for every row ({}).",
         grid.spec.data.display(),
         grid.spec.label_column,
         k,
         res.classes.join(", "),
-        res.folds,
+        grid.spec.grouping.describe(res.folds),
         grid.dir.join(crate::runfolder::SPLIT_FILE).display()
     ));
+    // Every row has the same folds, so one line per fold.
+    let absent: std::collections::BTreeSet<String> = res
+        .rows
+        .iter()
+        .flat_map(|r| &r.folds)
+        .filter(|f| !(f.absent_from_training.is_empty() && f.absent_from_test.is_empty()))
+        .map(|f| format!("fold {}: training lacks [{}], test lacks [{}]", f.fold, f.absent_from_training.join(", "), f.absent_from_test.join(", ")))
+        .collect();
+    if !absent.is_empty() {
+        doc.p(format!(
+            "Grouped parts lack classes ({}). A class absent from a fold's training part is left out of that fold's macro means; \
+             a class absent from its test part has no sensitivity or AUC (n/a); its precision and F1 are 0 where the model \
+             predicted it (each such prediction was wrong, as scikit-learn counts it), n/a where it did not.",
+            absent.into_iter().collect::<Vec<_>>().join("; ")
+        ));
+    }
     let missing: usize = res.rows.iter().map(|r| r.missing_folds.len()).sum();
     if missing > 0 {
         doc.p(format!(
@@ -348,6 +411,7 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
          p-value cannot be below 0.0625; n/a: undefined (e.g. identical differences in every fold).",
         opts.resamples, opts.seed
     ));
+    within_source_table(&mut doc, res);
     if has_figure {
         doc.image(
             "roc.png",
@@ -361,4 +425,51 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
         t.rows.iter().map(|tr| vec![tr.label.to_string(), tr.row.id.to_string(), if tr.row.overrides.is_empty() { "(the base config)".into() } else { tr.row.overrides.join(" ") }]).collect();
     doc.table(vec!["Method".into(), "folder".into(), "config overrides".into()], rows);
     doc
+}
+
+/// Overall against within-source macro-F1 and AUC of every row, per source column.
+fn within_source_table(doc: &mut Document, res: &TableResult) {
+    use crate::report::audit::ci_cell;
+    let columns: Vec<&String> = {
+        let mut c: Vec<&String> = res.rows.iter().flat_map(|r| r.within_source.keys()).collect();
+        c.sort();
+        c.dedup();
+        c
+    };
+    for col in columns {
+        doc.h(2, format!("Within one {col} (shortcut audit)"));
+        let rows: Vec<Vec<String>> = res
+            .rows
+            .iter()
+            .map(|r| match r.within_source.get(col) {
+                None => vec![r.label.clone(), "n/a".into(), "n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()],
+                Some(w) => vec![
+                    r.label.clone(),
+                    ci_cell(w.overall_f1.as_ref()),
+                    ci_cell(w.f1.as_ref()),
+                    ci_cell(w.overall_auc.as_ref()),
+                    ci_cell(w.auc.as_ref()),
+                    w.gap().to_string(),
+                ],
+            })
+            .collect();
+        doc.table(
+            vec![
+                "Method".into(),
+                "macro-F1 % all".into(),
+                format!("macro-F1 % within {col}"),
+                "AUC % all".into(),
+                format!("AUC % within {col}"),
+                "within-source".into(),
+            ],
+            rows,
+        );
+        let mixed = res.rows.iter().find_map(|r| r.within_source.get(col)).map(|w| w.mixed.len()).unwrap_or(0);
+        doc.p(format!(
+            "Pooled out-of-fold predictions; within: the {mixed} {col}(s) holding at least two classes, pooled as in `magsd eval`'s \
+             shortcut audit (macro-F1: image-weighted mean of each {col}'s macro-F1; AUC: within-{col} pairs only), 95 % patient \
+             bootstrap intervals. \"lower\": the within-{col} interval lies below the overall figure, so part of the row's score \
+             comes from recognising the {col} rather than the disease; \"no clear gap\": it does not."
+        ));
+    }
 }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::{Dataset, DatasetOptions};
-use crate::data::split::{Folds, SplitFile, check_split};
+use crate::data::split::{Folds, Grouping, SplitFile, check_split};
 use crate::error::{Error, IoContext, Result, write_atomic};
 use crate::runfolder::{self, FoldResult, RunSpec, SPLIT_FILE, fold_dir, read_json, write_json};
 use crate::train::config::TrainConfig;
@@ -55,6 +55,9 @@ pub struct GridSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub only_rows: Vec<String>,
     pub command: String,
+    /// How the folds are made (grids written before grouped folds existed are patient-level).
+    #[serde(default, skip_serializing_if = "Grouping::is_patient")]
+    pub grouping: Grouping,
 }
 
 impl GridSpec {
@@ -104,13 +107,19 @@ pub struct GridRequest {
     /// The resolved base config (preset, file, --set, --epochs).
     pub base: TrainConfig,
     pub command: String,
+    /// Patient-level folds, folds grouped by a column, or one held-out value (`folds` = 1).
+    pub grouping: Grouping,
 }
 
 impl Grid {
     /// Creates the grid folder (spec, base config, split, patients, plan), or opens an existing
     /// one after checking that it was made with the same data, folds, tables and config.
     pub fn init(dir: &Path, req: &GridRequest) -> Result<Grid> {
-        if req.folds < 2 {
+        let held_out = matches!(req.grouping, Grouping::HeldOut { .. });
+        if held_out && req.folds != 1 {
+            return Err(Error::Config("--test-source holds out one part: the grid has one fold".into()));
+        }
+        if !held_out && req.folds < 2 {
             return Err(Error::Config("--folds must be at least 2 (the tables are cross-validated)".into()));
         }
         let ds = Dataset::open(&req.data, &req.dataset)?;
@@ -127,6 +136,7 @@ impl Grid {
             tables: req.tables.clone(),
             only_rows: req.only_rows.clone(),
             command: req.command.clone(),
+            grouping: req.grouping.clone(),
         };
         let all = rows::rows_of(&req.tables);
         if let Some(bad) = req.only_rows.iter().find(|o| !all.iter().any(|r| r.id == o.as_str())) {
@@ -148,10 +158,11 @@ impl Grid {
                 && old.spec.folds == spec.folds
                 && old.spec.tables == spec.tables
                 && old.spec.only_rows == spec.only_rows
+                && old.spec.grouping == spec.grouping
                 && old_base == req.base;
             if !same {
                 return Err(Error::Config(format!(
-                    "{} holds a grid made with other data, folds, tables or settings; choose another --out, \
+                    "{} holds a grid made with other data, folds, grouping, tables or settings; choose another --out, \
                      or continue it with `magsd reproduce --out {}` alone",
                     dir.display(),
                     dir.display()
@@ -160,7 +171,8 @@ impl Grid {
             return Ok(old);
         }
         std::fs::create_dir_all(dir).at(dir)?;
-        cv::load_or_make_split(&ds, &dir.join(SPLIT_FILE), req.folds, req.base.seed)?;
+        let split_folds = if held_out { 2 } else { req.folds };
+        cv::load_or_make_split(&ds, &dir.join(SPLIT_FILE), split_folds, req.base.seed, &req.grouping)?;
         let patients: BTreeMap<String, String> = ds.samples.iter().map(|s| (s.name.clone(), s.patient_key())).collect();
         write_json(&dir.join(PATIENTS_FILE), &patients)?;
         write_atomic(&dir.join(BASE_CONFIG_FILE), req.base.to_toml().as_bytes())?;
@@ -227,8 +239,10 @@ impl Grid {
     pub fn split(&self, ds: &Dataset) -> Result<Folds> {
         let path = self.dir.join(SPLIT_FILE);
         let split = SplitFile::load(&path)?.resolve(ds, &path)?;
-        if split.folds.len() != self.spec.folds {
-            return Err(Error::bad_file(&path, format!("{} folds, the grid has {}", split.folds.len(), self.spec.folds)));
+        // A held-out value is a split of two parts of which one (part 0) is tested.
+        let parts = if matches!(self.spec.grouping, Grouping::HeldOut { .. }) { 2 } else { self.spec.folds };
+        if split.folds.len() != parts {
+            return Err(Error::bad_file(&path, format!("{} folds, the grid has {}", split.folds.len(), parts)));
         }
         check_split(ds, &split.folds)?;
         Ok(split)
@@ -280,6 +294,8 @@ pub struct UnitRunner<'a> {
     ds: Arc<Dataset>,
     split: Folds,
     current: Option<(String, FoldRunner)>,
+    /// The metadata columns of each unit's per-source and within-source metrics.
+    by: Vec<String>,
     pub verbose: bool,
 }
 
@@ -287,7 +303,8 @@ impl<'a> UnitRunner<'a> {
     pub fn new(grid: &'a Grid, verbose: bool) -> Result<Self> {
         let ds = grid.dataset()?;
         let split = grid.split(&ds)?;
-        Ok(UnitRunner { grid, ds, split, current: None, verbose })
+        let by = ds.default_breakdown();
+        Ok(UnitRunner { grid, ds, split, current: None, by, verbose })
     }
 
     /// Trains and evaluates one unit into `DIR/ROW/fold-K` unless it has finished already.
@@ -305,6 +322,7 @@ impl<'a> UnitRunner<'a> {
             classes: grid.spec.classes.clone(),
             folds: grid.spec.folds,
             command: format!("{} (row {})", grid.spec.command, u.row),
+            grouping: grid.spec.grouping.clone(),
         };
         cv::prepare_run_dir(&row_dir, &spec, &cfg, true)?;
         if self.current.as_ref().map(|(r, _)| r != &u.row).unwrap_or(true) {
@@ -329,7 +347,8 @@ impl<'a> UnitRunner<'a> {
             resume: true,
             stop_after_steps: None,
             verbose: self.verbose,
-            by: Vec::new(),
+            by: self.by.clone(),
+            grouping: grid.spec.grouping.clone(),
         };
         Ok(match runner.run_fold(&self.split, u.fold, &grid.unit_dir(u), &opts)? {
             Some(_) => UnitOutcome::Done,

@@ -187,7 +187,8 @@ impl BatchWorker {
         // libtorch reports failures (e.g. out of GPU memory) by panicking through tch: answer
         // this batch's callers with the message and keep serving.
         let classes = m.model.config.class_labels();
-        let out = catch_unwind(AssertUnwindSafe(|| -> Result<(Vec<Result<Assessment, String>>, Vec<f32>, usize), String> {
+        type BatchOut = (Vec<Result<Assessment, String>>, Vec<f32>, usize);
+        let out = catch_unwind(AssertUnwindSafe(|| -> Result<BatchOut, String> {
             let mut data = Vec::with_capacity(n * s * s);
             for j in &jobs {
                 data.extend_from_slice(&j.input);

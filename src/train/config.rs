@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::attention_aug::{AttentionAug, AttentionAugConfig};
 use super::loss::LossConfig;
 use super::optim::LrSchedule;
+use super::sampling::{Sampling, default_source_column};
 use crate::data::augment::AugmentPolicy;
 use crate::data::preprocess::{PreprocessConfig, ZScore};
 use crate::device::DeviceChoice;
@@ -51,6 +52,17 @@ pub struct DataSection {
     pub clahe: bool,
     pub zscore: ZScore,
     pub max_pixels: u64,
+    /// How each epoch draws its training images: `shuffle` (the default), or a source-aware
+    /// sampler measured as a shortcut mitigation (`train::sampling`).
+    #[serde(default, skip_serializing_if = "Sampling::is_shuffle")]
+    pub sampling: Sampling,
+    /// The metadata column naming an image's source for the balanced samplers.
+    #[serde(default = "default_source_column", skip_serializing_if = "is_default_source_column")]
+    pub source_column: String,
+}
+
+fn is_default_source_column(c: &str) -> bool {
+    c == default_source_column()
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -197,6 +209,8 @@ impl TrainConfig {
                 clahe: true,
                 zscore: ZScore::PerImage,
                 max_pixels: crate::data::decode::DecodeLimits::default().max_pixels,
+                sampling: Sampling::Shuffle,
+                source_column: default_source_column(),
             },
             optim: OptimSection { lr: 1e-3, momentum: 0.9, weight_decay: 1e-6, nesterov: false, schedule: LrSchedule::Constant },
             method: MethodSection {

@@ -1,9 +1,13 @@
-//! Training runs: k-fold patient-level cross-validation (`--folds k`) or one final model on
+//! Training runs: k-fold patient-level cross-validation (`--folds k`), folds grouped by a
+//! metadata column (`--group-by`), one held-out source (`--test-source`), or one final model on
 //! everything given (`--folds 0`), in a run folder whose layout `crate::runfolder` owns.
 //!
 //! In each fold a patient-level `validation.fraction` of the training folds picks the best
 //! epoch; the held-out fold is evaluated once, with that model. Every fold starts from the same
-//! seed (same initial weights), so folds differ only in their data.
+//! seed (same initial weights), so folds differ only in their data. Grouped folds can leave a
+//! class out of a fold's training or test part: the fold says which (`FoldResult`), and those
+//! classes are kept out of its macro means, whose per-class figures are then `n/a` or only
+//! measure the absence.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -14,11 +18,11 @@ use super::trainer::{Finish, TrainJob, train};
 use crate::data::dataset::Dataset;
 use crate::data::decode::DecodeLimits;
 use crate::data::loader::{InputPipeline, Loader};
-use crate::data::split::{Folds, SplitFile, check_split, holdout_split, stratified_patient_kfold};
+use crate::data::split::{Folds, Grouping, SplitFile, check_split, holdout_split, make_split};
 use crate::error::{Error, IoContext, Result};
-use crate::eval::evaluate::{EvalReport, write_predictions_csv};
-use crate::eval::reliability::{Reliability, predict_assessed};
+use crate::eval::evaluate::{EvalReport, PredictOptions, write_predictions_csv};
 use crate::eval::metrics::{Metrics, fixed4_or_na, pct_or_na, summarise};
+use crate::eval::reliability::{Reliability, predict_assessed};
 use crate::model::weights::load_model;
 pub use crate::runfolder::{CONFIG_FILE, CvSummary, FoldResult, RUN_FILE, RunSpec, SPLIT_FILE, SUMMARY_FILE};
 use crate::runfolder::{METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, SUMMARY_MARKDOWN, fold_dir};
@@ -31,6 +35,8 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Metadata columns for per-group metrics in each fold's metrics.json.
     pub by: Vec<String>,
+    /// How the folds are made (patient-level unless `--group-by` or `--test-source`).
+    pub grouping: Grouping,
 }
 
 pub enum RunResult {
@@ -70,13 +76,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// The fold count a grouping allows: 0 (a final model, patient grouping only) or at least 2,
+/// or exactly 1 for a held-out value.
+fn check_fold_count(folds: usize, grouping: &Grouping) -> Result<()> {
+    match grouping {
+        Grouping::HeldOut { .. } if folds != 1 => Err(Error::Config("--test-source holds out one part: it takes no --folds".into())),
+        Grouping::HeldOut { .. } => Ok(()),
+        Grouping::Column { .. } if folds < 2 => Err(Error::Config("--group-by needs --folds of at least 2".into())),
+        _ if folds == 1 => Err(Error::Config("--folds must be 0 (one final model) or at least 2".into())),
+        _ => Ok(()),
+    }
+}
+
 /// Everything about a run that can be checked before its folder is written, so that a failed
 /// start leaves nothing behind: the fold count, the data, the network, the split and its
 /// validation part, and that every training part fills at least one batch.
-pub fn check_start(cfg: &TrainConfig, ds: &Dataset, folds: usize) -> Result<()> {
-    if folds == 1 {
-        return Err(Error::Config("--folds must be 0 (one final model) or at least 2".into()));
-    }
+pub fn check_start(cfg: &TrainConfig, ds: &Dataset, folds: usize, grouping: &Grouping) -> Result<()> {
+    check_fold_count(folds, grouping)?;
     if ds.samples.is_empty() {
         return Err(Error::Data(format!("{}: no images", ds.source.display())));
     }
@@ -93,8 +109,8 @@ pub fn check_start(cfg: &TrainConfig, ds: &Dataset, folds: usize) -> Result<()> 
     if folds == 0 {
         train_parts.push(final_split(cfg, ds)?.0.len());
     } else {
-        let split = stratified_patient_kfold(ds, &all, folds, cfg.seed)?;
-        for k in 0..folds {
+        let split = make_split(ds, &all, grouping, folds, cfg.seed)?;
+        for k in 0..grouping.folds_to_run(folds) {
             let rest: Vec<usize> = split.folds.iter().enumerate().filter(|(j, _)| *j != k).flat_map(|(_, f)| f.clone()).collect();
             let n = if cfg.validation.fraction > 0.0 {
                 holdout_split(ds, &rest, cfg.validation.fraction, cfg.seed)?.0.len()
@@ -215,6 +231,15 @@ impl FoldRunner {
         };
         check_split(ds, &[train_idx.clone(), val_idx.clone(), test.clone()])?;
         let label = format!("fold {}/{folds}", k + 1);
+        let absent_from_training = absent_classes(ds, &train_idx);
+        let absent_from_test = absent_classes(ds, &test);
+        if opts.verbose {
+            for (names, part) in [(&absent_from_training, "training"), (&absent_from_test, "test")] {
+                if !names.is_empty() {
+                    eprintln!("fold {}/{folds}: class(es) {} have no image in its {part} part; their metrics are n/a", k + 1, names.join(", "));
+                }
+            }
+        }
         let outcome = train(&self.job(train_idx.clone(), val_idx.clone(), dir.to_path_buf(), label, opts))?;
         if outcome.finish == Finish::Stopped {
             return Ok(None);
@@ -224,8 +249,11 @@ impl FoldRunner {
         // calibration and checks.
         let m = load_model(&dir.join(MODEL_FILE), opts.device)?;
         let reliability = Reliability::of(&m, &dir.join(MODEL_FILE))?;
-        let (p, trust) = predict_assessed(&m.model, &reliability, &self.loader, &test, opts.device, &cfg.predict_options())?;
-        let mut report = EvalReport::new(ds, &p, &opts.by)?;
+        // Features for the source probe (`eval::probe`) in the fold's metrics.json.
+        let predict_opts = PredictOptions { keep_features: true, ..cfg.predict_options() };
+        let (p, trust) = predict_assessed(&m.model, &reliability, &self.loader, &test, opts.device, &predict_opts)?;
+        let trained: Vec<bool> = ds.classes.iter().map(|c| !absent_from_training.contains(c)).collect();
+        let mut report = EvalReport::new_over(ds, &p, &opts.by, &trained)?;
         report.reliability = Some(trust);
         report.save(&dir.join(METRICS_FILE))?;
         write_predictions_csv(&dir.join(PREDICTIONS_FILE), ds, &p)?;
@@ -236,6 +264,8 @@ impl FoldRunner {
             test_images: p.indices.len(),
             best_epoch: outcome.best.map(|b| b.epoch),
             metrics: report.overall,
+            absent_from_training,
+            absent_from_test,
         };
         r.save(dir)?;
         if opts.verbose {
@@ -251,6 +281,15 @@ impl FoldRunner {
     }
 }
 
+/// The names of the classes with no image among `indices`.
+fn absent_classes(ds: &Dataset, indices: &[usize]) -> Vec<String> {
+    let mut present = vec![false; ds.classes.len()];
+    for &i in indices {
+        present[ds.samples[i].label] = true;
+    }
+    ds.classes.iter().zip(present).filter(|(_, p)| !p).map(|(c, _)| c.clone()).collect()
+}
+
 /// The training and validation images of a final model (`--folds 0`): like every fold, a
 /// patient-level `validation.fraction` of the images is held out to pick the best epoch and to
 /// fit the calibration, the detector's threshold and the operating points; with
@@ -260,15 +299,22 @@ pub fn final_split(cfg: &TrainConfig, ds: &Dataset) -> Result<(Vec<usize>, Vec<u
     if cfg.validation.fraction > 0.0 { holdout_split(ds, &all, cfg.validation.fraction, cfg.seed) } else { Ok((all, Vec::new())) }
 }
 
-/// The patient-level folds of `split_path`, made (seeded by `seed`) and saved there when the
-/// file does not exist yet; checked to be disjoint.
-pub fn load_or_make_split(ds: &Dataset, split_path: &Path, folds: usize, seed: u64) -> Result<Folds> {
+/// The folds of `split_path` (made by `grouping`, seeded by `seed`, and saved there when the
+/// file does not exist yet); checked to be disjoint, and to have been made the same way.
+pub fn load_or_make_split(ds: &Dataset, split_path: &Path, folds: usize, seed: u64, grouping: &Grouping) -> Result<Folds> {
     let split = if split_path.exists() {
-        SplitFile::load(split_path)?.resolve(ds, split_path)?
+        let file = SplitFile::load(split_path)?;
+        if file.grouping != *grouping {
+            return Err(Error::bad_file(
+                split_path,
+                format!("the split was made with {:?}, this run asks for {grouping:?}", file.grouping),
+            ));
+        }
+        file.resolve(ds, split_path)?
     } else {
         let all: Vec<usize> = (0..ds.samples.len()).collect();
-        let s = stratified_patient_kfold(ds, &all, folds, seed)?;
-        SplitFile::new(ds, &s).save(split_path)?;
+        let s = make_split(ds, &all, grouping, folds, seed)?;
+        SplitFile::new(ds, &s).grouped(grouping).save(split_path)?;
         s
     };
     check_split(ds, &split.folds)?;
@@ -283,9 +329,7 @@ pub fn summarise_folds(results: Vec<FoldResult>) -> CvSummary {
 
 /// Trains according to `cfg` on `ds` into `opts.out`, with `folds` as in [`RunSpec`].
 pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions) -> Result<RunResult> {
-    if folds == 1 {
-        return Err(Error::Config("--folds must be 0 (one final model) or at least 2".into()));
-    }
+    check_fold_count(folds, &opts.grouping)?;
     let runner = FoldRunner::new(cfg, ds.clone())?;
 
     if folds == 0 {
@@ -300,9 +344,9 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
         });
     }
 
-    let split = load_or_make_split(&ds, &opts.out.join(SPLIT_FILE), folds, cfg.seed)?;
+    let split = load_or_make_split(&ds, &opts.out.join(SPLIT_FILE), folds, cfg.seed, &opts.grouping)?;
     let mut results = Vec::new();
-    for k in 0..folds {
+    for k in 0..opts.grouping.folds_to_run(folds) {
         match runner.run_fold(&split, k, &fold_dir(&opts.out, k), opts)? {
             Some(r) => results.push(r),
             None => return Ok(RunResult::Stopped),
@@ -310,16 +354,17 @@ pub fn run(cfg: &TrainConfig, ds: Arc<Dataset>, folds: usize, opts: &RunOptions)
     }
     let summary = summarise_folds(results);
     summary.save(&opts.out)?;
-    crate::error::write_atomic(&opts.out.join(SUMMARY_MARKDOWN), summary_markdown(&summary, &ds.classes).as_bytes())?;
+    let md = summary_markdown(&summary, &ds.classes, &opts.grouping.describe(folds));
+    crate::error::write_atomic(&opts.out.join(SUMMARY_MARKDOWN), md.as_bytes())?;
     Ok(RunResult::CrossValidation(summary))
 }
 
-/// The cross-validation table: one row per fold, then mean ± std.
-pub fn summary_markdown(s: &CvSummary, classes: &[String]) -> String {
+/// The cross-validation table: one row per fold, then mean ± std; `protocol` names how the
+/// folds were made ([`Grouping::describe`]).
+pub fn summary_markdown(s: &CvSummary, classes: &[String], protocol: &str) -> String {
     let pct = |v: f64| format!("{:.2}", 100.0 * v);
     let mut out = format!(
-        "# Cross-validation ({} folds, classes: {})\n\n| fold | images | ACC | SEN | SPC | F1 | AUC |\n|---|---|---|---|---|---|---|\n",
-        s.folds.len(),
+        "# Cross-validation ({protocol}; classes: {})\n\n| fold | images | ACC | SEN | SPC | F1 | AUC |\n|---|---|---|---|---|---|---|\n",
         classes.join(", ")
     );
     for f in &s.folds {
@@ -328,7 +373,7 @@ pub fn summary_markdown(s: &CvSummary, classes: &[String]) -> String {
             "| {} | {} | {} | {} | {} | {} | {} |\n",
             f.fold,
             m.n,
-            pct(m.accuracy),
+            pct_or_na((m.n > 0).then_some(m.accuracy)),
             pct_or_na(m.sensitivity),
             pct_or_na(m.specificity),
             pct_or_na(m.f1),
@@ -344,7 +389,36 @@ pub fn summary_markdown(s: &CvSummary, classes: &[String]) -> String {
         ms("f1"),
         ms("auc")
     );
+    for line in absent_class_notes(s) {
+        out += &format!("\n{line}\n");
+    }
     out
+}
+
+/// One sentence per fold whose training or test part lacks a class.
+pub fn absent_class_notes(s: &CvSummary) -> Vec<String> {
+    s.folds
+        .iter()
+        .filter(|f| !(f.absent_from_training.is_empty() && f.absent_from_test.is_empty()))
+        .map(|f| {
+            let mut parts = Vec::new();
+            if !f.absent_from_training.is_empty() {
+                parts.push(format!(
+                    "its training part has no image of {}: they are left out of its macro means and its figures for them only \
+                     measure that absence",
+                    f.absent_from_training.join(", ")
+                ));
+            }
+            if !f.absent_from_test.is_empty() {
+                parts.push(format!(
+                    "its test part has no image of {}: their sensitivity and AUC are n/a (their precision and F1 are 0 where the \
+                     model predicted them, every such prediction being wrong)",
+                    f.absent_from_test.join(", ")
+                ));
+            }
+            format!("Fold {}: {}.", f.fold, parts.join("; "))
+        })
+        .collect()
 }
 
 #[cfg(test)]

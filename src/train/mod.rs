@@ -7,5 +7,6 @@ pub mod cuda_graph;
 pub mod cv;
 pub mod loss;
 pub mod optim;
+pub mod sampling;
 pub mod reliability;
 pub mod trainer;

@@ -418,7 +418,10 @@ fn run_epoch(job: &TrainJob, s: &mut Session, stepper: &dyn TrainStep, iters: us
     let cfg = &job.config;
     let epoch = s.state.epoch;
     let bs = cfg.batch_size;
-    let order = epoch_order(&job.train_idx, cfg.seed, epoch, iters * bs);
+    let order = match super::sampling::weights(job.loader.dataset(), &job.train_idx, cfg.data.sampling, &cfg.data.source_column) {
+        None => epoch_order(&job.train_idx, cfg.seed, epoch, iters * bs),
+        Some(w) => super::sampling::weighted_order(&job.train_idx, &w, cfg.seed, epoch, iters * bs),
+    };
     let start_step = s.state.step;
     let bar = progress_bar(job, epoch, iters, start_step);
     let cl = cfg.performance.channels_last && job.device.is_cuda();

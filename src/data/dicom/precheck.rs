@@ -164,10 +164,8 @@ fn walk(b: &[u8], mut pos: usize, base: Encoding) -> Result<(), String> {
                         open.push(Open { kind: Kind::Item, end, encoding });
                     }
                 }
-                0xE00D => {
-                    if open.last().is_some_and(|o| o.kind == Kind::Item) {
-                        open.pop();
-                    }
+                0xE00D if open.last().is_some_and(|o| o.kind == Kind::Item) => {
+                    open.pop();
                 }
                 0xE0DD => {
                     if open.last().is_some_and(|o| o.kind == Kind::Item) {
