@@ -259,6 +259,10 @@ pub const MAX_IMAGE_SIZE: i64 = 4096;
 pub const MAX_CLASSES: i64 = 10_000;
 /// Most attention maps per scale a config may claim.
 pub const MAX_MAPS: i64 = 1024;
+/// Most parameters a network may have in the layers that grow with the config (the
+/// classifier, and COVID-Net's first fully connected layer): 10^9, 4 GB of float32. The paper's
+/// network has 2.6 × 10^5 there; `--maps 1024 --classes 10000` would need 2.1 × 10^10 (84 GB).
+pub const MAX_PARAMETERS: i64 = 1_000_000_000;
 
 fn default_true() -> bool {
     true
@@ -352,6 +356,16 @@ impl MagSdConfig {
                 self.num_classes, self.num_maps
             )));
         }
+        let n = self.scaling_parameters();
+        if n > MAX_PARAMETERS {
+            return Err(Error::Config(format!(
+                "this network would have {n} parameters in its classifier ({:.1} GB of float32), more than magsd builds \
+                 ({MAX_PARAMETERS}); use fewer maps or classes (now {} maps, {} classes)",
+                n as f64 * 4.0 / 1e9,
+                self.num_maps,
+                self.num_classes
+            )));
+        }
         if !self.class_names.is_empty() && self.class_names.len() as i64 != self.num_classes {
             return Err(Error::Config(format!(
                 "{} class names for {} classes",
@@ -360,6 +374,29 @@ impl MagSdConfig {
             )));
         }
         Ok(())
+    }
+
+    /// Parameters of the layers whose size grows with the config (the classifier; COVID-Net's
+    /// `fc1` too, which grows with the input side), computed from the config alone so that an
+    /// absurd size is an error before libtorch allocates it. The fixed-size backbones (at most
+    /// 1.4 × 10^8 parameters, VGG16) are not counted. Saturates instead of overflowing.
+    pub fn scaling_parameters(&self) -> i64 {
+        let (_, _, c4) = self.resnet.channels();
+        let k = self.num_classes;
+        let m = self.num_maps;
+        let side = self.image_size / 32;
+        let mul = |a: i64, b: i64| a.saturating_mul(b);
+        match self.arch {
+            Arch::Magsd => match self.head {
+                Head::Bap => mul(mul(m, c4), k),
+                Head::Gap | Head::Gmp => mul(c4, k),
+            },
+            Arch::Bcnn => mul(512 * 512, k),
+            Arch::BcnnAttention => mul(mul(m, 512), k),
+            Arch::CovidNet => mul(mul(424, mul(side, side)), 512).saturating_add(mul(512, k)),
+            Arch::Vgg16 => mul(4096, k),
+            Arch::Resnet18 | Arch::Resnet50 | Arch::InceptionV3 | Arch::Fpn | Arch::Unet => mul(2048, k),
+        }
     }
 
     /// True when two configs build networks with the same parameters (names and shapes).
