@@ -14,6 +14,7 @@ pub mod data;
 pub mod demo;
 pub mod device;
 pub mod error;
+pub mod files;
 pub mod eval;
 pub mod model;
 pub mod report;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 
 use crate::data::split::Grouping;
-use crate::error::{Error, IoContext, Result, write_atomic};
+use crate::error::{Error, Result, write_atomic};
 use crate::eval::metrics::{MeanStd, Metrics};
 
 /// The layout version written into `run.json`. Runs written before the field existed have
@@ -73,7 +73,7 @@ impl RunSpec {
     /// Reads `dir/run.json`; a newer format version than this build knows is an error.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(RUN_FILE);
-        let spec: RunSpec = serde_json::from_slice(&std::fs::read(&path).at(&path)?)
+        let spec: RunSpec = serde_json::from_slice(&crate::files::read(&path, crate::files::MAX_TEXT_BYTES, "run-folder file")?)
             .map_err(|e| Error::bad_file(&path, format!("not a magsd run: {e}")))?;
         if spec.format_version > FORMAT_VERSION {
             return Err(Error::bad_file(
@@ -148,25 +148,26 @@ impl CvSummary {
 
 /// Reads a fold's `predictions.csv` back: (image name, true class index, probabilities).
 pub fn read_predictions(path: &Path, classes: &[String]) -> Result<Vec<(String, usize, Vec<f64>)>> {
-    let mut r = csv::Reader::from_path(path).map_err(|e| Error::bad_file(path, e.to_string()))?;
+    let text = crate::files::read(path, crate::files::MAX_TEXT_BYTES, "predictions CSV")?;
+    let mut r = csv::Reader::from_reader(text.as_slice());
     let mut out = Vec::new();
     for rec in r.records() {
         let rec = rec.map_err(|e| Error::bad_file(path, e.to_string()))?;
         let y = classes
             .iter()
-            .position(|c| Some(c.as_str()) == rec.get(1))
+            .position(|c| Some(c.as_str()) == rec.get(1).map(crate::files::csv_uncell))
             .ok_or_else(|| Error::bad_file(path, format!("unknown label {:?}", rec.get(1))))?;
         let probs = (0..classes.len())
             .map(|k| rec.get(2 + k).and_then(|v| v.parse::<f64>().ok()).ok_or_else(|| Error::bad_file(path, "bad probability")))
             .collect::<Result<Vec<f64>>>()?;
-        out.push((rec.get(0).unwrap_or_default().to_string(), y, probs));
+        out.push((crate::files::csv_uncell(rec.get(0).unwrap_or_default()).to_string(), y, probs));
     }
     Ok(out)
 }
 
 /// Reads a JSON file of this layout, naming the file in any error.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
-    serde_json::from_slice(&std::fs::read(path).at(path)?).map_err(|e| Error::bad_file(path, e.to_string()))
+    serde_json::from_slice(&crate::files::read(path, crate::files::MAX_TEXT_BYTES, "run-folder file")?).map_err(|e| Error::bad_file(path, e.to_string()))
 }
 
 /// Writes pretty JSON atomically (a reader never sees half a file).

@@ -125,12 +125,12 @@ pub fn run(cmd: DataCommand) -> Result<i32> {
         DataCommand::Inspect { files, max_pixels, write, force } => inspect(&files, max_pixels, write.as_deref(), force),
         DataCommand::Summary { data, folds, seed, by } => summary(&data, folds, seed, &by),
         DataCommand::Split { data, folds, seed, out, force } => {
-            super::refuse_overwrite(&out, force)?;
+            crate::files::check_writable(&out, force)?;
             let ds = data.open()?;
             let all: Vec<usize> = (0..ds.samples.len()).collect();
             let f = stratified_patient_kfold(&ds, &all, folds, seed)?;
             let check = check_split(&ds, &f.folds)?;
-            SplitFile::new(&ds, &f).save(&out)?;
+            crate::files::write_new(&out, &SplitFile::new(&ds, &f).to_json(), force)?;
             println!(
                 "wrote {}: {} folds of {} images; check passed ({} patients, {} images hashed, no leak, no duplicate)",
                 out.display(),
@@ -248,10 +248,9 @@ fn inspect(files: &[PathBuf], max_pixels: u64, write: Option<&Path>, force: bool
 }
 
 /// The decoded image as an 8-bit gray PNG (16-bit samples narrowed as preprocessing narrows
-/// them). An existing file is replaced only with `force`, by renaming a new file over it; a
-/// symbolic link at `out` is refused, so nothing is written through one.
+/// them), written by [`crate::files::write_new`]: an existing file is replaced only with
+/// `force`, and a symbolic link at `out` is refused, so nothing is written through one.
 fn write_gray_png(img: &crate::data::decode::GrayImage, out: &Path, force: bool) -> Result<()> {
-    use std::io::Write;
     let gray = match &img.pixels {
         Pixels::U8(v) => v.clone(),
         Pixels::U16(v) => narrow_to_u8(v),
@@ -259,32 +258,17 @@ fn write_gray_png(img: &crate::data::decode::GrayImage, out: &Path, force: bool)
     let buf = image::GrayImage::from_raw(img.width as u32, img.height as u32, gray).expect("width × height samples");
     let mut png = std::io::Cursor::new(Vec::new());
     buf.write_to(&mut png, image::ImageFormat::Png).map_err(|e| Error::bad_file(out, format!("cannot encode PNG: {e}")))?;
-    let io = |e: std::io::Error| Error::bad_file(out, format!("cannot write: {e}"));
-    match std::fs::symlink_metadata(out) {
-        Ok(m) if m.file_type().is_symlink() => {
-            Err(Error::bad_file(out, "is a symbolic link; magsd does not write through links (remove it or choose another path)"))
-        }
-        Ok(m) if !m.is_file() => Err(Error::bad_file(out, "exists and is not a regular file")),
-        Ok(_) if !force => super::refuse_overwrite(out, false),
-        Ok(_) => {
-            let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-            tmp.write_all(png.get_ref()).map_err(io)?;
-            tmp.persist(out).map_err(|e| io(e.error))?;
-            Ok(())
-        }
-        Err(_) => {
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(out).map_err(io)?;
-            f.write_all(png.get_ref()).map_err(io)
-        }
-    }
+    crate::files::write_new(out, png.get_ref(), force)
 }
 
 fn summary(args: &DataArgs, folds: usize, seed: u64, by: &[String]) -> Result<i32> {
     if folds == 1 {
         return Err(Error::Config("--folds 1: a k-fold split needs k >= 2 (0 leaves the split section out)".into()));
     }
-    let ds = args.open()?;
+    let mut ds = args.open()?;
+    // Only files that decode are images: an empty, text, 0×0 or header-only file is listed
+    // under problems, not counted.
+    let undecodable = ds.drop_undecodable(&DecodeLimits::default());
     // The split first, so that an impossible --folds is an error before anything is printed.
     let all: Vec<usize> = (0..ds.samples.len()).collect();
     let split = if folds >= 2 {
@@ -312,6 +296,12 @@ fn summary(args: &DataArgs, folds: usize, seed: u64, by: &[String]) -> Result<i3
         for (v, n) in ds.breakdown(&col) {
             let v = if v.is_empty() { "(empty)".to_string() } else { v };
             println!("  {v}: {}", n.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" / "));
+        }
+    }
+    if undecodable > 0 {
+        println!("\nnot images ({undecodable}, left out of every count; they do not decode):");
+        for s in ds.skipped.iter().filter(|s| s.reason.starts_with("not an image")).take(10) {
+            println!("  {}: {}", s.path, s.reason.trim_start_matches("not an image: "));
         }
     }
     if !ds.problems.is_empty() {

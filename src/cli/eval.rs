@@ -68,7 +68,7 @@ pub fn resolve_model(path: &Path) -> Result<PathBuf> {
 fn refuse_pytorch_file(path: &Path) -> Result<()> {
     use std::io::Read;
     let mut head = [0u8; 4];
-    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(|e| Error::io(path, e))?;
+    let n = crate::files::open(path, crate::files::MAX_MODEL_BYTES, "model")?.read(&mut head).map_err(|e| Error::io(path, e))?;
     let zip = n >= 4 && head == *b"PK\x03\x04";
     let pickle = n >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]);
     if zip || pickle {
@@ -430,7 +430,8 @@ pub struct PredictArgs {
     /// Also write the predictions as a CSV file.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Overwrite --out if it exists.
+    /// Overwrite --out and the overlays in --heatmap if they exist (a symbolic link is never
+    /// written through).
     #[arg(long)]
     pub force: bool,
     /// Write an attention overlay per image into this folder.
@@ -459,22 +460,42 @@ fn looks_like_image(path: &Path) -> bool {
     h.starts_with(b"\x89PNG\r\n\x1a\n") || h.starts_with(&[0xFF, 0xD8, 0xFF]) || h.starts_with(b"DICM") || (n == 132 && &h[128..132] == b"DICM")
 }
 
+/// What a folder walk left out: symbolic links to folders (never followed, so a link loop such
+/// as `dir/self -> dir` cannot make the walk endless) and links to a file already taken.
+#[derive(Default)]
+struct WalkSkips {
+    folder_links: Vec<PathBuf>,
+    repeated_files: Vec<PathBuf>,
+}
+
 /// The inputs: files as given; folders searched recursively (hidden entries skipped) for files
-/// with an image extension or image content, in name order.
+/// with an image extension or image content, in name order. Inside folders, symbolic links to
+/// folders are not followed and a link to a regular file is taken once (a second name for a
+/// file already taken is left out); what was left out is counted in a warning.
 pub(crate) fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let mut entries: Vec<PathBuf> =
-            std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        entries.sort();
-        for p in entries {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut std::collections::HashSet<PathBuf>, skips: &mut WalkSkips) -> Result<()> {
+        let mut entries: Vec<(PathBuf, std::fs::FileType)> = Vec::new();
+        for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.flatten() {
+            if let Ok(t) = e.file_type() {
+                entries.push((e.path(), t));
+            }
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (p, kind) in entries {
             if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
                 continue;
             }
-            if p.is_dir() {
-                walk(&p, out)?;
+            if kind.is_dir() {
+                walk(&p, out, seen, skips)?;
+            } else if kind.is_symlink() && p.is_dir() {
+                skips.folder_links.push(p);
             } else if p.is_file() {
                 let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
                 if ext.is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str())) || looks_like_image(&p) {
+                    if !seen.insert(std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone())) {
+                        skips.repeated_files.push(p);
+                        continue;
+                    }
                     out.push(p);
                 }
             }
@@ -485,7 +506,24 @@ pub(crate) fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     for p in inputs {
         if p.is_dir() {
             let before = out.len();
-            walk(p, &mut out)?;
+            let (mut seen, mut skips) = (std::collections::HashSet::new(), WalkSkips::default());
+            walk(p, &mut out, &mut seen, &mut skips)?;
+            if !skips.folder_links.is_empty() {
+                eprintln!(
+                    "warning: {}: {} symbolic link(s) to folders not followed (e.g. {})",
+                    p.display(),
+                    skips.folder_links.len(),
+                    skips.folder_links[0].display()
+                );
+            }
+            if !skips.repeated_files.is_empty() {
+                eprintln!(
+                    "warning: {}: {} link(s) to an image already taken left out (e.g. {})",
+                    p.display(),
+                    skips.repeated_files.len(),
+                    skips.repeated_files[0].display()
+                );
+            }
             if out.len() == before {
                 eprintln!("warning: {}: no PNG, JPEG or DICOM files in this folder", p.display());
             }
@@ -524,11 +562,13 @@ struct Prediction {
     assessment: Assessment,
     heatmap: Option<PathBuf>,
     boxes: Vec<crate::eval::localize::BBox>,
+    /// The decoder's warnings (e.g. a truncated JPEG).
+    warnings: Vec<String>,
 }
 
 pub fn predict_images(args: PredictArgs) -> Result<i32> {
     if let Some(out) = &args.out {
-        super::refuse_overwrite(out, args.force)?;
+        crate::files::check_writable(out, args.force)?;
     }
     let (m, device, model_path) = load(&args.run)?;
     let reliability = Reliability::of(&m, &model_path)?;
@@ -545,13 +585,18 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
     let names = heatmap_names(&images);
     if let Some(dir) = &args.heatmap {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        // Every overlay is checked before any image is predicted, so that a refusal leaves
+        // nothing half done.
+        for name in &names {
+            crate::files::check_writable(&dir.join(name), args.force)?;
+        }
     }
     let mut csv = match &args.out {
         Some(out) => {
             let mut w = csv::Writer::from_writer(Vec::new());
             let mut header = vec!["file".to_string(), "predicted".to_string()];
             header.extend(classes.iter().map(|c| format!("prob_{c}")));
-            header.extend(["unusual", "unusual_reasons", "ood_score", "decisions", "heatmap"].map(String::from));
+            header.extend(["unusual", "unusual_reasons", "ood_score", "decisions", "heatmap", "warnings"].map(String::from));
             w.write_record(&header).map_err(|e| Error::Data(format!("{}: {e}", out.display())))?;
             Some(w)
         }
@@ -579,11 +624,13 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
             let att = f.attention;
             let side = att.size()[2] as usize;
             let map: Vec<f32> = Vec::try_from(att.to_device(Device::Cpu).flatten(0, -1))?;
-            let mut p = Prediction { assessment, heatmap: None, boxes: Vec::new() };
+            let mut p = Prediction { assessment, heatmap: None, boxes: Vec::new(), warnings: img.source.warnings.clone() };
             if let Some(dir) = &args.heatmap {
                 let (panel, b) = attention_overlay(&img, &map, side, threshold, None);
                 let out = dir.join(heat_name);
-                panel.save(&out).map_err(|e| Error::Data(format!("{}: {e}", out.display())))?;
+                let mut png = std::io::Cursor::new(Vec::new());
+                panel.write_to(&mut png, image::ImageFormat::Png).map_err(|e| Error::bad_file(&out, format!("cannot encode PNG: {e}")))?;
+                crate::files::write_new(&out, png.get_ref(), args.force)?;
                 p.boxes = b;
                 p.heatmap = Some(out);
             }
@@ -598,12 +645,15 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
                     eprintln!("warning: {}: {UNUSUAL_BANNER}: {}", path.display(), a.unusual.reasons.join("; "));
                 }
                 heatmaps += usize::from(p.heatmap.is_some());
+                for w in &p.warnings {
+                    eprintln!("warning: {}: {w}", path.display());
+                }
                 if args.json {
                     let obj = serde_json::json!({
                         "file": path, "predicted": predicted,
                         "probabilities": classes.iter().zip(&a.probabilities).map(|(c, p)| (c.clone(), serde_json::json!(p))).collect::<serde_json::Map<_, _>>(),
                         "unusual": a.unusual.unusual, "unusual_reasons": a.unusual.reasons, "checks": a.unusual.checks, "ood": a.unusual.ood,
-                        "decisions": a.decisions, "heatmap": p.heatmap, "boxes": p.boxes,
+                        "decisions": a.decisions, "heatmap": p.heatmap, "boxes": p.boxes, "warnings": p.warnings,
                     });
                     println!("{obj}");
                 } else {
@@ -621,13 +671,16 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
                     }
                 }
                 if let Some(w) = csv.as_mut() {
-                    let mut row = vec![path.display().to_string(), predicted];
+                    // Text cells through `csv_cell` (no spreadsheet formula from a file name).
+                    let cell = |s: String| crate::files::csv_cell(&s).into_owned();
+                    let mut row = vec![cell(path.display().to_string()), cell(predicted)];
                     row.extend(a.probabilities.iter().map(|x| format!("{x}")));
                     row.push(a.unusual.unusual.to_string());
-                    row.push(a.unusual.reasons.join("; "));
+                    row.push(cell(a.unusual.reasons.join("; ")));
                     row.push(a.unusual.ood.as_ref().map(|v| format!("{}", v.score)).unwrap_or_else(|| "n/a".into()));
-                    row.push(a.decisions.iter().map(|d| d.text.clone()).collect::<Vec<_>>().join("; "));
-                    row.push(p.heatmap.as_ref().map(|h| h.display().to_string()).unwrap_or_default());
+                    row.push(cell(a.decisions.iter().map(|d| d.text.clone()).collect::<Vec<_>>().join("; ")));
+                    row.push(cell(p.heatmap.as_ref().map(|h| h.display().to_string()).unwrap_or_default()));
+                    row.push(cell(p.warnings.join("; ")));
                     w.write_record(&row).map_err(|e| Error::Data(format!("predictions CSV: {e}")))?;
                 }
             }
@@ -643,7 +696,7 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
     }
     if let (Some(out), Some(w)) = (&args.out, csv) {
         let bytes = w.into_inner().map_err(|e| Error::Data(format!("{}: {e}", out.display())))?;
-        crate::error::write_atomic(out, &bytes)?;
+        crate::files::write_new(out, &bytes, args.force)?;
         eprintln!("predictions: {} ({} images)", out.display(), images.len() - failed);
     }
     if let Some(dir) = &args.heatmap {

@@ -206,7 +206,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
 
 async fn run_load_test(state: Arc<AppState>, a: &ServeArgs, token: Option<String>) -> Result<i32> {
     let image = match &a.image {
-        Some(p) => std::fs::read(p).map_err(|e| Error::io(p, e))?,
+        Some(p) => crate::files::read_image(p)?,
         None => phantom_png(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| Error::Config(format!("cannot listen on 127.0.0.1: {e}")))?;

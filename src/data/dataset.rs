@@ -15,7 +15,8 @@
 //! or an absolute path elsewhere is refused with an error naming the line, unless
 //! [`DatasetOptions::allow_outside_root`] is set (`--allow-outside-root`). The check is on the
 //! path as written (lexical), so a data root reached through a symbolic link still works.
-//! Rows whose file does not exist are skipped, counted and listed in [`Dataset::skipped`].
+//! Rows whose file does not exist, and every row of an image listed under two different labels,
+//! are skipped, counted and listed in [`Dataset::skipped`].
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
@@ -100,8 +101,9 @@ pub struct Dataset {
     pub excluded: BTreeMap<String, usize>,
     /// Rows or files that could not be used, each naming the row/file and the reason.
     pub problems: Vec<String>,
-    /// Images of the chosen classes that the source lists but that cannot be read at all
-    /// (missing files); also described in `problems`.
+    /// Images that the source lists but that cannot be used: missing files (of the chosen
+    /// classes) and images listed under two labels, also described in `problems`; and after
+    /// [`Dataset::drop_undecodable`], the files that do not decode.
     pub skipped: Vec<Skipped>,
 }
 
@@ -194,10 +196,8 @@ impl Dataset {
 
     fn from_manifest(csv_path: &Path, opts: &DatasetOptions) -> Result<Dataset> {
         let base = csv_path.parent().unwrap_or(Path::new("."));
-        let mut reader = csv::ReaderBuilder::new()
-            .flexible(false)
-            .from_path(csv_path)
-            .map_err(|e| Error::bad_file(csv_path, format!("cannot read manifest: {e}")))?;
+        let text = crate::files::read(csv_path, crate::files::MAX_TEXT_BYTES, "manifest")?;
+        let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(text.as_slice());
         let headers = reader
             .headers()
             .map_err(|e| Error::bad_file(csv_path, format!("cannot read manifest header: {e}")))?
@@ -258,13 +258,36 @@ impl Dataset {
                 .collect();
             rows.push(Row { path, name, label, patient_id, meta });
         }
+        // One image listed under two labels would count in both classes (and sit in two folds'
+        // labels): every row of it is left out, and named.
+        let key = |r: &Row| std::fs::canonicalize(&r.path).unwrap_or_else(|_| r.path.clone());
+        let mut labels_of: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        for r in &rows {
+            let l = labels_of.entry(key(r)).or_default();
+            if !l.contains(&r.label) {
+                l.push(r.label.clone());
+            }
+        }
+        let mut skipped = Vec::new();
+        let mut reported = std::collections::HashSet::new();
+        rows.retain(|r| {
+            let labels = &labels_of[&key(r)];
+            if labels.len() < 2 {
+                return true;
+            }
+            if reported.insert(key(r)) {
+                let reason = format!("listed under {} labels ({}); left out", labels.len(), labels.join(", "));
+                problems.push(format!("{}: {reason}", r.name));
+                skipped.push(Skipped { path: r.path.display().to_string(), reason });
+            }
+            false
+        });
         let mut found: Vec<String> = rows.iter().map(|r| r.label.clone()).collect();
         found.sort();
         found.dedup();
         let classes = choose_classes(&found, opts, csv_path)?;
         let mut samples = Vec::new();
         let mut excluded = BTreeMap::new();
-        let mut skipped = Vec::new();
         for r in rows {
             match classes.iter().position(|c| *c == r.label) {
                 None => *excluded.entry(r.label).or_insert(0) += 1,
@@ -290,6 +313,36 @@ impl Dataset {
             problems,
             skipped,
         })
+    }
+
+    /// Decodes every image (in parallel) and leaves out those that do not decode (empty, text,
+    /// 0×0, a header without pixels, ...), each moved to `skipped` with the reason "not an
+    /// image: " and the decoder's words; returns how many were left out.
+    pub fn drop_undecodable(&mut self, limits: &crate::data::decode::DecodeLimits) -> usize {
+        use rayon::prelude::*;
+        let failed: Vec<Option<String>> = self
+            .samples
+            .par_iter()
+            .map(|s| {
+                crate::data::decode::decode_file(&s.path, limits).err().map(|e| match e {
+                    Error::BadFile { reason, .. } => reason,
+                    e => e.to_string(),
+                })
+            })
+            .collect();
+        let mut n = 0;
+        let mut kept = Vec::with_capacity(self.samples.len());
+        for (s, err) in std::mem::take(&mut self.samples).into_iter().zip(failed) {
+            match err {
+                None => kept.push(s),
+                Some(e) => {
+                    n += 1;
+                    self.skipped.push(Skipped { path: s.path.display().to_string(), reason: format!("not an image: {e}") });
+                }
+            }
+        }
+        self.samples = kept;
+        n
     }
 
     /// Images per class, in class order.
@@ -504,6 +557,25 @@ mod tests {
     }
 
     #[test]
+    fn an_image_listed_under_two_labels_is_left_out_and_named() {
+        let d = tempfile::tempdir().unwrap();
+        for f in ["i/1.jpg", "i/2.jpg", "i/3.jpg"] {
+            touch(&d.path().join(f));
+        }
+        std::fs::write(
+            d.path().join("manifest.csv"),
+            "path,label\ni/1.jpg,a\ni/2.jpg,b\n./i/1.jpg,b\ni/3.jpg,a\ni/3.jpg,a\n",
+        )
+        .unwrap();
+        let ds = Dataset::open(d.path(), &DatasetOptions::default()).unwrap();
+        // i/1.jpg is in neither class; the same label twice (i/3.jpg) is not a conflict.
+        assert_eq!(ds.class_counts(), vec![2, 1]);
+        assert!(ds.samples.iter().all(|s| !s.name.ends_with("1.jpg")));
+        assert_eq!(ds.skipped.len(), 1, "{:?}", ds.skipped);
+        assert!(ds.problems.iter().any(|p| p.contains("1.jpg") && p.contains("2 labels (a, b)")), "{:?}", ds.problems);
+    }
+
+    #[test]
     fn manifest_paths_outside_the_data_root_are_refused_unless_allowed() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("data");
@@ -512,7 +584,9 @@ mod tests {
         let outside_abs = d.path().join("secret.jpg").display().to_string();
         let inside_abs = root.join("i/1.jpg").display().to_string();
         for (bad, ok) in [("../secret.jpg", false), ("i/../../secret.jpg", false), (outside_abs.as_str(), false), ("i/./../i/1.jpg", true), (inside_abs.as_str(), true)] {
-            std::fs::write(root.join("manifest.csv"), format!("path,label\ni/1.jpg,a\n{bad},b\n")).unwrap();
+            // Same label on both rows: the accepted paths name i/1.jpg again, and one image under
+            // two labels would be left out (see the test above).
+            std::fs::write(root.join("manifest.csv"), format!("path,label\ni/1.jpg,a\n{bad},a\n")).unwrap();
             let r = Dataset::open(&root, &DatasetOptions::default());
             if ok {
                 assert_eq!(r.unwrap().samples.len(), 2, "{bad}");

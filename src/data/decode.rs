@@ -27,7 +27,7 @@ use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 /// How decoding guards against hostile or absurd inputs.
 #[derive(Clone, Copy, Debug)]
@@ -132,7 +132,7 @@ fn sniff(bytes: &[u8]) -> Option<Format> {
 
 /// Reads and decodes one image file.
 pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<GrayImage> {
-    let bytes = std::fs::read(path).at(path)?;
+    let bytes = crate::files::read_image(path)?;
     decode_bytes(path, &bytes, limits)
 }
 

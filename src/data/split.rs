@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::Dataset;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::rng::Rng;
 
 /// How the folds of a run are made ([`make_split`]).
@@ -288,13 +288,17 @@ impl SplitFile {
         SplitFile { grouping: grouping.clone(), ..self }
     }
 
+    /// The file's bytes (pretty JSON).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("split serialises")
+    }
+
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self).expect("split serialises");
-        crate::error::write_atomic(path, &json)
+        crate::error::write_atomic(path, &self.to_json())
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).at(path)?;
+        let bytes = crate::files::read(path, crate::files::MAX_TEXT_BYTES, "split file")?;
         serde_json::from_slice(&bytes).map_err(|e| Error::bad_file(path, format!("not a magsd split file: {e}")))
     }
 
@@ -360,7 +364,7 @@ pub fn check_split(ds: &Dataset, parts: &[Vec<usize>]) -> Result<SplitCheck> {
         .par_iter()
         .map(|&i| {
             let path = &ds.samples[i].path;
-            let bytes = std::fs::read(path).at(path)?;
+            let bytes = crate::files::read_image(path)?;
             let mut h = std::collections::hash_map::DefaultHasher::new();
             bytes.hash(&mut h);
             Ok((h.finish(), bytes.len() as u64, i))
@@ -371,9 +375,9 @@ pub fn check_split(ds: &Dataset, parts: &[Vec<usize>]) -> Result<SplitCheck> {
         by_hash.entry((h, len)).or_default().push(i);
     }
     for group in by_hash.values().filter(|g| g.len() > 1) {
-        let first = std::fs::read(&ds.samples[group[0]].path).at(&ds.samples[group[0]].path)?;
+        let first = crate::files::read_image(&ds.samples[group[0]].path)?;
         for &j in &group[1..] {
-            if std::fs::read(&ds.samples[j].path).at(&ds.samples[j].path)? == first {
+            if crate::files::read_image(&ds.samples[j].path)? == first {
                 problems.push(format!(
                     "images {} and {} have the same bytes",
                     ds.samples[group[0]].name, ds.samples[j].name

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::data::preprocess::half_pixel_taps;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "value")]
@@ -25,14 +25,22 @@ pub enum Threshold {
 }
 
 impl Threshold {
-    /// `rel:0.5` or `abs:0.85` (a bare number is relative).
+    /// `rel:0.5` or `abs:0.85` (a bare number is relative). A relative threshold is a fraction
+    /// of the map's maximum, in [0, 1]; an absolute one a finite value ≥ 0 (the maps are ≥ 0).
+    /// Anything else would give no box and an IoU of 0 that looks like a result.
     pub fn parse(s: &str) -> Result<Self> {
         let bad = || Error::Config(format!("threshold '{s}': use rel:0.5 or abs:0.85"));
         let (kind, v) = s.split_once(':').unwrap_or(("rel", s));
         let v: f32 = v.trim().parse().map_err(|_| bad())?;
         match kind.trim() {
-            "rel" | "relative" => Ok(Threshold::Relative(v)),
-            "abs" | "absolute" => Ok(Threshold::Absolute(v)),
+            "rel" | "relative" if (0.0..=1.0).contains(&v) => Ok(Threshold::Relative(v)),
+            "rel" | "relative" => Err(Error::Config(format!(
+                "threshold '{s}': a relative threshold is a fraction of the map's maximum, from 0 to 1"
+            ))),
+            "abs" | "absolute" if v.is_finite() && v >= 0.0 => Ok(Threshold::Absolute(v)),
+            "abs" | "absolute" => Err(Error::Config(format!(
+                "threshold '{s}': an absolute threshold is a finite attention value ≥ 0 (the maps are ≥ 0)"
+            ))),
             _ => Err(bad()),
         }
     }
@@ -172,7 +180,8 @@ pub enum GroundTruth {
 
 impl GroundTruth {
     pub fn read_boxes(csv_path: &Path) -> Result<Self> {
-        let mut r = csv::Reader::from_path(csv_path).map_err(|e| Error::bad_file(csv_path, e.to_string()))?;
+        let text = crate::files::read(csv_path, crate::files::MAX_TEXT_BYTES, "boxes CSV")?;
+        let mut r = csv::Reader::from_reader(text.as_slice());
         let mut out: HashMap<String, Vec<BBox>> = HashMap::new();
         for (i, rec) in r.records().enumerate() {
             let rec = rec.map_err(|e| Error::bad_file(csv_path, format!("line {}: {e}", i + 2)))?;
@@ -195,7 +204,8 @@ impl GroundTruth {
             GroundTruth::MaskColumn(col) => {
                 let Some(rel) = sample.meta.get(col).filter(|v| !v.is_empty()) else { return Ok(None) };
                 let path: PathBuf = if Path::new(rel).is_absolute() { rel.into() } else { base.join(rel) };
-                let img = image::open(&path).map_err(|e| Error::bad_file(&path, format!("cannot read mask: {e}")))?.to_luma8();
+                let bytes = crate::files::read_image(&path)?;
+                let img = image::load_from_memory(&bytes).map_err(|e| Error::bad_file(&path, format!("cannot read mask: {e}")))?.to_luma8();
                 let img = if (img.width() as usize, img.height() as usize) != (w, h) {
                     image::imageops::resize(&img, w as u32, h as u32, image::imageops::FilterType::Nearest)
                 } else {
@@ -272,7 +282,7 @@ pub fn localize(
 
 /// Width and height of an image file without decoding its pixels (PNG/JPEG), or by decoding (DICOM).
 pub fn image_size(path: &Path) -> Result<(usize, usize)> {
-    let bytes = std::fs::read(path).at(path)?;
+    let bytes = crate::files::read_image(path)?;
     match image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().ok().and_then(|r| r.into_dimensions().ok()) {
         Some((w, h)) => Ok((w as usize, h as usize)),
         None => {
@@ -320,6 +330,11 @@ mod tests {
         assert_eq!(Threshold::parse("abs:0.85").unwrap(), Threshold::Absolute(0.85));
         assert_eq!(Threshold::parse("0.4").unwrap(), Threshold::Relative(0.4));
         assert!(Threshold::parse("x:1").is_err());
+        for bad in ["rel:5", "rel:-1", "rel:nan", "abs:nan", "abs:inf", "abs:-0.5", "1.5"] {
+            let e = Threshold::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
+        assert_eq!(Threshold::parse("rel:1").unwrap(), Threshold::Relative(1.0));
         let m = threshold_mask(&[0.2, 0.9, 1.0], Threshold::Absolute(0.85));
         assert_eq!(m, vec![false, true, true]);
         assert_eq!(iou(&[false], &[false]), None);

@@ -288,6 +288,7 @@ fn unpickle(data: &[u8]) -> std::result::Result<V, String> {
 /// Reads the named tensors of a `torch.save`d state dict (CPU, contiguous).
 pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let bad = |reason: String| Error::bad_file(path, reason);
+    crate::files::check_regular(path, crate::files::MAX_MODEL_BYTES, "checkpoint")?;
     let file = std::fs::File::open(path).at(path)?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| {
         bad(format!(
@@ -303,7 +304,10 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     let mut read_entry = |name: &str| -> Result<Vec<u8>> {
         let mut f = zip.by_name(name).map_err(|e| bad(format!("missing entry {name}: {e}")))?;
         let mut buf = Vec::new();
-        f.read_to_end(&mut buf).at(path)?;
+        (&mut f).take(crate::files::MAX_MODEL_BYTES + 1).read_to_end(&mut buf).at(path)?;
+        if buf.len() as u64 > crate::files::MAX_MODEL_BYTES {
+            return Err(bad(format!("entry {name} inflates to more than {} bytes", crate::files::MAX_MODEL_BYTES)));
+        }
         Ok(buf)
     };
     if let Ok(order) = read_entry(&format!("{prefix}byteorder"))

@@ -79,7 +79,7 @@ pub fn save_tensors(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap
 
 /// Reads every tensor (on CPU) and the metadata of a safetensors file.
 pub fn load_tensors(path: &Path) -> Result<(NamedTensors, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).at(path)?;
+    let bytes = crate::files::read(path, crate::files::MAX_MODEL_BYTES, "model")?;
     let bad = |e: safetensors::SafeTensorError| Error::bad_file(path, format!("not a valid safetensors file: {e}"));
     let st = SafeTensors::deserialize(&bytes).map_err(bad)?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(bad)?;
@@ -224,7 +224,7 @@ pub struct ImportReport {
 
 /// Reads a torchvision-format checkpoint: `.safetensors`, otherwise a `torch.save` state dict.
 pub fn read_checkpoint(path: &Path) -> Result<Vec<(String, Tensor)>> {
-    let is_safetensors = std::fs::File::open(path).at(path).and_then(|mut f| {
+    let is_safetensors = crate::files::open(path, crate::files::MAX_MODEL_BYTES, "checkpoint").and_then(|mut f| {
         use std::io::Read;
         let mut head = [0u8; 9];
         let n = f.read(&mut head).at(path)?;

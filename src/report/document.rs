@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 
-use crate::error::{IoContext, Result, write_atomic};
+use crate::error::{Result, write_atomic};
 
 #[derive(Clone, Debug)]
 pub enum Block {
@@ -111,7 +111,7 @@ impl Document {
                 }
                 Block::Image { path, caption } => {
                     let full = dir.join(path);
-                    let bytes = std::fs::read(&full).at(&full)?;
+                    let bytes = crate::files::read_image(&full)?;
                     let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
                     s += &format!(
                         "<figure><img src=\"data:image/png;base64,{b64}\" alt=\"{0}\"><figcaption>{0}</figcaption></figure>\n",

@@ -239,7 +239,7 @@ pub struct CurvesFigure {
 impl CurvesFigure {
     /// Epoch records of a `train.jsonl` log.
     pub fn from_log(title: &str, log: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(log).map_err(|e| Error::io(log, e))?;
+        let text = crate::files::read_to_string(log, crate::files::MAX_TEXT_BYTES, "training log")?;
         let epochs: Vec<serde_json::Value> = text
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

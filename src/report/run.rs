@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::document::Document;
 use super::evaluation::{metric_header, metric_row};
 use super::plots::{ConfusionFigure, CurvesFigure, RocFigure, save};
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use super::evaluation::reliability_curves;
 use super::reliability_plot::ReliabilityFigure;
 use crate::data::dataset::{Dataset, DatasetOptions};
@@ -23,7 +23,7 @@ use std::collections::HashMap;
 /// Writes `RUN/report.md` and `RUN/report.html`; returns the HTML's path.
 pub fn write_run_report(run: &Path) -> Result<PathBuf> {
     let spec = RunSpec::load(run)?;
-    let config = std::fs::read_to_string(run.join(CONFIG_FILE)).at(run.join(CONFIG_FILE))?;
+    let config = crate::files::read_to_string(&run.join(CONFIG_FILE), crate::files::MAX_TEXT_BYTES, "config")?;
     let classes = &spec.classes;
     // The network's name as the paper writes it (a run of `--arch resnet50` is no MAG-SD run).
     let network = toml::from_str::<crate::train::config::TrainConfig>(&config)
@@ -182,7 +182,7 @@ fn shortcut_audit(
 
 /// "Trained on N images; M held out ..." from the log's start record.
 fn final_split_text(log: &Path) -> String {
-    let start = std::fs::read_to_string(log)
+    let start = crate::files::read_to_string(log, crate::files::MAX_TEXT_BYTES, "training log")
         .ok()
         .and_then(|t| t.lines().next().and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()));
     let n = |k: &str| start.as_ref().and_then(|v| v[k].as_u64());

@@ -15,7 +15,7 @@ use super::metrics::Metrics;
 use crate::cli::eval::resolve_model;
 use crate::data::decode::DecodeLimits;
 use crate::data::loader::InputPipeline;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::eval::localize::Threshold;
 use crate::eval::reliability::{Reliability, ReliabilitySummary};
 use crate::model::MagSdConfig;
@@ -177,7 +177,7 @@ fn training(run: &Path, show_paths: bool) -> Result<Training> {
     let spec = RunSpec::load(run)?;
     let summary = run.join(SUMMARY_FILE);
     let cross_validation = if summary.is_file() {
-        Some(serde_json::from_slice(&std::fs::read(&summary).at(&summary)?).map_err(|e| Error::bad_file(&summary, e.to_string()))?)
+        Some(serde_json::from_slice(&crate::files::read(&summary, crate::files::MAX_TEXT_BYTES, "summary")?).map_err(|e| Error::bad_file(&summary, e.to_string()))?)
     } else {
         None
     };

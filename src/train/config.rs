@@ -15,7 +15,7 @@ use super::sampling::{Sampling, default_source_column};
 use crate::data::augment::AugmentPolicy;
 use crate::data::preprocess::{PreprocessConfig, ZScore};
 use crate::device::DeviceChoice;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result};
 use crate::eval::calibration::CalibrationMethod;
 use crate::eval::ood::OodMethod;
 use crate::eval::operating_point::OperatingPointSpec;
@@ -282,7 +282,7 @@ impl TrainConfig {
         let file_value: Option<toml::Table> = match file {
             None => None,
             Some(p) => {
-                let text = std::fs::read_to_string(p).at(p)?;
+                let text = crate::files::read_to_string(p, crate::files::MAX_TEXT_BYTES, "config")?;
                 Some(toml::from_str(&text).map_err(|e| Error::bad_file(p, format!("not valid TOML: {e}")))?)
             }
         };
@@ -373,6 +373,12 @@ impl TrainConfig {
         let unit = |v: f64| (0.0..=1.0).contains(&v);
         let below_one = |v: f64| (0.0..1.0).contains(&v);
         let below_half = |v: f64| (0.0..0.5).contains(&v);
+        // A schedule lowers the rate: γ ≤ 1 at each milestone, a cosine floor at most the base
+        // rate (min_lr = 5 with lr = 1e-3 would anneal *up* to 5 and diverge).
+        let decay = |v: f64| v > 0.0 && v <= 1.0;
+        let lr = o.lr;
+        let floor = move |v: f64| (0.0..=lr).contains(&v);
+        let floor_range = format!("in [0, optim.lr = {lr}]");
         let mut checks: Vec<NumberCheck> = vec![
             ("optim.lr".into(), o.lr, &positive, "> 0"),
             ("optim.momentum".into(), o.momentum, &below_one, "in [0, 1)"),
@@ -393,8 +399,13 @@ impl TrainConfig {
         }
         match &o.schedule {
             LrSchedule::Constant => {}
-            LrSchedule::MultiStep { gamma, .. } => checks.push(("optim.schedule.gamma".into(), *gamma, &positive, "> 0")),
-            LrSchedule::Cosine { min_lr } => checks.push(("optim.schedule.min_lr".into(), *min_lr, &non_negative, ">= 0")),
+            LrSchedule::MultiStep { gamma, milestones } => {
+                checks.push(("optim.schedule.gamma".into(), *gamma, &decay, "in (0, 1]"));
+                if milestones.windows(2).any(|w| w[0] >= w[1]) {
+                    return Err(Error::Config(format!("optim.schedule.milestones must be increasing epochs, got {milestones:?}")));
+                }
+            }
+            LrSchedule::Cosine { min_lr } => checks.push(("optim.schedule.min_lr".into(), *min_lr, &floor, &floor_range)),
         }
         for (key, v, ok, range) in checks {
             if !v.is_finite() || !ok(v) {
@@ -545,6 +556,10 @@ mod tests {
             ("method.attention.dim_theta=[0.6, 0.2]", "method.attention.dim_theta"),
             ("method.attention.mixup_theta=[0.4, 2.0]", "method.attention.mixup_theta[1]"),
             ("data.classes=[\"normal\", \"normal\"]", "data.classes"),
+            // Schedules only lower the rate (issue 18: min_lr = 5 with lr 1e-3 trained to a loss of 34,208).
+            ("optim.schedule.min_lr=5", "optim.schedule.min_lr"),
+            ("optim.schedule.min_lr=-1e-4", "optim.schedule.min_lr"),
+            ("optim.schedule.min_lr=nan", "optim.schedule.min_lr"),
         ] {
             let e = TrainConfig::resolve(Some("tiny"), None, &[set.to_string()]).unwrap_err().to_string();
             assert!(e.contains(key), "{set}: {e}");
@@ -559,6 +574,14 @@ mod tests {
         let old = TrainConfig::paper().to_toml();
         let old = &old[..old.find("[calibration]").unwrap()];
         assert_eq!(toml::from_str::<TrainConfig>(old).unwrap(), TrainConfig::paper());
+        for (preset, set, key) in [
+            ("authors-code", "optim.schedule.gamma=10", "optim.schedule.gamma"),
+            ("authors-code", "optim.schedule.milestones=[126, 76]", "optim.schedule.milestones"),
+        ] {
+            let e = TrainConfig::resolve(Some(preset), None, &[set.to_string()]).unwrap_err().to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
+        TrainConfig::resolve(Some("tiny"), None, &["optim.schedule.min_lr=1e-3".into()]).unwrap();
         // A huge learning rate is a valid (if foolish) setting: training stops on a non-finite loss.
         TrainConfig::resolve(Some("tiny"), None, &["optim.lr=1e30".into()]).unwrap();
         let c = TrainConfig::resolve(Some("tiny"), None, &["performance.deterministic=true".into()]).unwrap();

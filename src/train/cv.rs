@@ -139,7 +139,7 @@ pub fn prepare_run_dir(out: &Path, spec: &RunSpec, cfg: &TrainConfig, resume: bo
     if resume && run_path.exists() {
         let old = RunSpec::load(out)?;
         let cfg_path = out.join(CONFIG_FILE);
-        let old_cfg: TrainConfig = toml::from_str(&std::fs::read_to_string(&cfg_path).at(&cfg_path)?)
+        let old_cfg: TrainConfig = toml::from_str(&crate::files::read_to_string(&cfg_path, crate::files::MAX_TEXT_BYTES, "config")?)
             .map_err(|e| Error::bad_file(&cfg_path, e.to_string()))?;
         let same_but_epochs_and_device = TrainConfig { epochs: cfg.epochs, device: cfg.device, ..old_cfg.clone() } == *cfg;
         if old.folds != spec.folds || old.classes != spec.classes || !same_but_epochs_and_device {

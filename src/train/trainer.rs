@@ -219,7 +219,7 @@ impl Log {
     /// Opens the log; on resume keeps only records up to `upto` steps (what the checkpoint holds).
     fn open(path: &Path, upto: Option<u64>) -> Result<Self> {
         if let Some(upto) = upto {
-            let kept: Vec<String> = std::fs::read_to_string(path)
+            let kept: Vec<String> = crate::files::read_to_string(path, crate::files::MAX_TEXT_BYTES, "training log")
                 .unwrap_or_default()
                 .lines()
                 .filter(|l| {
