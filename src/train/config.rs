@@ -373,9 +373,8 @@ impl TrainConfig {
         let unit = |v: f64| (0.0..=1.0).contains(&v);
         let below_one = |v: f64| (0.0..1.0).contains(&v);
         let below_half = |v: f64| (0.0..0.5).contains(&v);
-        // A schedule lowers the rate: γ ≤ 1 at each milestone, a cosine floor at most the base
-        // rate (min_lr = 5 with lr = 1e-3 would anneal *up* to 5 and diverge).
-        let decay = |v: f64| v > 0.0 && v <= 1.0;
+        // The cosine schedule anneals *down* to its floor: min_lr = 5 with lr = 1e-3 would anneal
+        // up to 5 and diverge. (A multi-step γ > 1 raises the rate, as PyTorch allows.)
         let lr = o.lr;
         let floor = move |v: f64| (0.0..=lr).contains(&v);
         let floor_range = format!("in [0, optim.lr = {lr}]");
@@ -400,7 +399,7 @@ impl TrainConfig {
         match &o.schedule {
             LrSchedule::Constant => {}
             LrSchedule::MultiStep { gamma, milestones } => {
-                checks.push(("optim.schedule.gamma".into(), *gamma, &decay, "in (0, 1]"));
+                checks.push(("optim.schedule.gamma".into(), *gamma, &positive, "> 0"));
                 if milestones.windows(2).any(|w| w[0] >= w[1]) {
                     return Err(Error::Config(format!("optim.schedule.milestones must be increasing epochs, got {milestones:?}")));
                 }
@@ -575,7 +574,7 @@ mod tests {
         let old = &old[..old.find("[calibration]").unwrap()];
         assert_eq!(toml::from_str::<TrainConfig>(old).unwrap(), TrainConfig::paper());
         for (preset, set, key) in [
-            ("authors-code", "optim.schedule.gamma=10", "optim.schedule.gamma"),
+            ("authors-code", "optim.schedule.gamma=0", "optim.schedule.gamma"),
             ("authors-code", "optim.schedule.milestones=[126, 76]", "optim.schedule.milestones"),
         ] {
             let e = TrainConfig::resolve(Some(preset), None, &[set.to_string()]).unwrap_err().to_string();
