@@ -261,7 +261,8 @@ pub const MAX_CLASSES: i64 = 10_000;
 pub const MAX_MAPS: i64 = 1024;
 /// Most parameters a network may have in the layers that grow with the config (the
 /// classifier, and COVID-Net's first fully connected layer): 10^9, 4 GB of float32. The paper's
-/// network has 2.6 × 10^5 there; `--maps 1024 --classes 10000` would need 2.1 × 10^10 (84 GB).
+/// network with 4 classes has 2.6 × 10^5 there; `--maps 1024 --classes 10000` would need
+/// 2.1 × 10^10 (84 GB).
 pub const MAX_PARAMETERS: i64 = 1_000_000_000;
 
 fn default_true() -> bool {
