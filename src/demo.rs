@@ -176,6 +176,8 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
             intro,
             training_overlap: None,
             reliability: Some(trust),
+            map: popts.map,
+            saliency: None,
         },
     )?;
     let summary = DemoSummary {

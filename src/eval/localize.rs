@@ -162,6 +162,67 @@ pub fn predict_boxes(map: &[f32], side: usize, w: usize, h: usize, t: Threshold)
     component_boxes(&threshold_mask(&upsample(map, side, w, h), t), w, h)
 }
 
+/// The pointing game (Zhang et al. 2018, "Top-down neural attention by excitation backprop",
+/// here without the 15-pixel tolerance): 1 when the map's maximum lies in the lesion. Where
+/// several pixels share the maximum (an upsampled plateau, a uniform map), the hit is the share
+/// of them inside the lesion, the expected score of a random choice among them; a uniform map
+/// thus scores the lesion's share of the image. `None` for an empty map or truth.
+pub fn pointing_game(up: &[f32], truth: &[bool]) -> Option<f64> {
+    let max = up.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() || !truth.iter().any(|&t| t) {
+        return None;
+    }
+    let (mut at_max, mut inside) = (0usize, 0usize);
+    for (&v, &t) in up.iter().zip(truth) {
+        if v == max {
+            at_max += 1;
+            inside += t as usize;
+        }
+    }
+    Some(inside as f64 / at_max as f64)
+}
+
+/// The energy-based pointing game (Wang et al. 2020, Score-CAM §4.2): the share of the map's
+/// mass inside the lesion, `Σ_{lesion} L / Σ L` (maps are ≥ 0). `None` when the map has no mass
+/// or the truth is empty.
+pub fn energy_pointing_game(up: &[f32], truth: &[bool]) -> Option<f64> {
+    let (mut inside, mut total) = (0.0f64, 0.0f64);
+    for (&v, &t) in up.iter().zip(truth) {
+        let v = f64::from(v.max(0.0));
+        total += v;
+        if t {
+            inside += v;
+        }
+    }
+    (total > 0.0 && truth.iter().any(|&t| t)).then(|| inside / total)
+}
+
+/// The map as a pixel classifier of the lesion: ROC AUC of its values against the mask (ties
+/// count half, so a uniform map scores 0.5). `None` unless the mask has lesion and background.
+pub fn saliency_auroc(up: &[f32], truth: &[bool]) -> Option<f64> {
+    let scores: Vec<f64> = up.iter().map(|&v| f64::from(v)).collect();
+    crate::eval::metrics::binary_auc(truth, &scores)
+}
+
+/// A `side × side` map mirrored left-right.
+pub fn flip_lr(map: &[f32], side: usize) -> Vec<f32> {
+    map.chunks(side).flat_map(|row| row.iter().rev().copied()).collect()
+}
+
+/// Pearson correlation of two maps; `None` when either is constant.
+pub fn pearson(a: &[f32], b: &[f32]) -> Option<f64> {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().map(|&v| f64::from(v)).sum::<f64>() / n, b.iter().map(|&v| f64::from(v)).sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x) - ma, f64::from(y) - mb);
+        sab += x * y;
+        saa += x * x;
+        sbb += y * y;
+    }
+    (saa > 0.0 && sbb > 0.0).then(|| sab / (saa * sbb).sqrt())
+}
+
 /// Where the ground truth comes from.
 pub enum GroundTruth {
     /// A manifest column holding mask image paths (relative to the manifest's folder).
@@ -313,6 +374,30 @@ mod tests {
         assert_eq!(b.len(), 2);
         assert!(b.contains(&BBox { x0: 0, y0: 0, x1: 2, y1: 2 })); // diagonal neighbours join
         assert!(b.contains(&BBox { x0: 4, y0: 1, x1: 5, y1: 3 }));
+    }
+
+    #[test]
+    fn pointing_energy_and_auroc_by_hand() {
+        // 2×2 image, lesion = the top-left pixel.
+        let truth = [true, false, false, false];
+        assert_eq!(pointing_game(&[0.9, 0.1, 0.2, 0.3], &truth), Some(1.0)); // maximum inside
+        assert_eq!(pointing_game(&[0.1, 0.9, 0.2, 0.3], &truth), Some(0.0)); // maximum outside
+        assert_eq!(pointing_game(&[1.0; 4], &truth), Some(0.25)); // a tie over all: the lesion's share
+        assert_eq!(energy_pointing_game(&[2.0, 0.0, 0.0, 0.0], &truth), Some(1.0)); // all mass inside
+        assert_eq!(energy_pointing_game(&[1.0, 1.0, 1.0, 1.0], &truth), Some(0.25));
+        assert_eq!(energy_pointing_game(&[0.0; 4], &truth), None); // no mass: undefined, not 0
+        assert_eq!(saliency_auroc(&[0.9, 0.1, 0.2, 0.3], &truth), Some(1.0));
+        assert_eq!(saliency_auroc(&[0.2, 0.1, 0.9, 0.3], &truth), Some(2.0 / 3.0)); // above 2 of 3 background pixels
+        assert_eq!(saliency_auroc(&[0.5; 4], &truth), Some(0.5));
+        assert_eq!(pointing_game(&[0.9, 0.1, 0.2, 0.3], &[false; 4]), None);
+    }
+
+    #[test]
+    fn flips_and_correlations() {
+        assert_eq!(flip_lr(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3), vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]).unwrap() - 1.0).abs() < 1e-12);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]).unwrap() + 1.0).abs() < 1e-12);
+        assert_eq!(pearson(&[1.0, 1.0], &[1.0, 2.0]), None);
     }
 
     #[test]
