@@ -387,7 +387,7 @@ mod tests {
         assert_eq!(energy_pointing_game(&[1.0, 1.0, 1.0, 1.0], &truth), Some(0.25));
         assert_eq!(energy_pointing_game(&[0.0; 4], &truth), None); // no mass: undefined, not 0
         assert_eq!(saliency_auroc(&[0.9, 0.1, 0.2, 0.3], &truth), Some(1.0));
-        assert_eq!(saliency_auroc(&[0.2, 0.1, 0.9, 0.3], &truth), Some(2.0 / 3.0)); // above 2 of 3 background pixels
+        assert_eq!(saliency_auroc(&[0.2, 0.1, 0.9, 0.3], &truth), Some(1.0 / 3.0)); // above 1 of 3 background pixels
         assert_eq!(saliency_auroc(&[0.5; 4], &truth), Some(0.5));
         assert_eq!(pointing_game(&[0.9, 0.1, 0.2, 0.3], &[false; 4]), None);
     }
