@@ -51,9 +51,6 @@ impl AttentionGenerator {
     }
 
     /// Attention maps `A: [B, M, S/32, S/32]`, all ≥ 0.
-    // Out-of-place adds on purpose: `+=` on a tch tensor is in-place, and autograd still needs
-    // the ReLU output it would overwrite.
-    #[allow(clippy::assign_op_pattern)]
     pub fn forward_t(&self, f: &Features, train: bool) -> Tensor {
         Self::combine(&self.forward_scales(f, train))
     }
@@ -74,6 +71,9 @@ impl AttentionGenerator {
     }
 
     /// `A = att7 + avgpool(att14) [+ avgpool(att28)]` from [`Self::forward_scales`].
+    // Out-of-place adds on purpose: `+=` on a tch tensor is in-place, and autograd still needs
+    // the tensor it would overwrite (att7 is the ReLU output its backward reads).
+    #[allow(clippy::assign_op_pattern)]
     pub fn combine(scales: &[Tensor]) -> Tensor {
         let mut a = scales[0].shallow_clone(); // [B, M, 7, 7]
         let side = a.size()[2];
