@@ -45,6 +45,51 @@ fn grad_cam_on_a_gap_head_is_cam_divided_by_the_map_area() {
     assert!(gpp.isfinite().all().int64_value(&[]) == 1 && gpp.min().double_value(&[]) >= 0.0);
 }
 
+/// pytorch-grad-cam's presentation of a raw `h × w` map: min-max scaled (`scale_cam_image`,
+/// 1e-7 in the denominator), resized to the input with OpenCV's bilinear (half-pixel centres, as
+/// `localize::upsample`), scaled again.
+fn as_pytorch_grad_cam_shows_it(map: &[f32], side: usize, size: usize) -> Vec<f32> {
+    let scale = |v: &[f32]| -> Vec<f32> {
+        let min = v.iter().cloned().fold(f32::INFINITY, f32::min);
+        let max = v.iter().map(|x| x - min).fold(f32::NEG_INFINITY, f32::max);
+        v.iter().map(|x| (x - min) / (1e-7 + max)).collect()
+    };
+    scale(&magsd::eval::localize::upsample(&scale(map), side, size, size))
+}
+
+#[test]
+fn grad_cam_and_grad_cam_plus_plus_match_pytorch_grad_cam() {
+    use magsd::model::weights::{copy_exact, load_tensors, model_config};
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let path = dir.join("parity_bottleneck.safetensors");
+    let (tensors, meta) = load_tensors(&path).unwrap();
+    let config = model_config(&meta, &path).unwrap().unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = MagSd::new(&vs.root(), config).unwrap();
+    let input = tensors.iter().find(|(n, _)| n == "input").unwrap().1.shallow_clone();
+    let weights: Vec<_> = tensors.into_iter().filter(|(n, _)| !(n == "input" || n.starts_with("eval.") || n.starts_with("train."))).collect();
+    copy_exact(&vs, &weights, &path).unwrap();
+    // Written by scripts/make_gradcam_fixture.py with pytorch-grad-cam 1.5.7.
+    let (want, _) = load_tensors(&dir.join("gradcam_bottleneck.safetensors")).unwrap();
+    let want: std::collections::HashMap<String, Tensor> = want.into_iter().collect();
+    let targets = &want["targets"];
+    let size = input.size()[2] as usize;
+    for (name, layer, plus) in
+        [("gradcam.layer4", Layer::Layer4, false), ("gradcam.layer3", Layer::Layer3, false), ("gradcam++.layer4", Layer::Layer4, true), ("gradcam++.layer3", Layer::Layer3, true)]
+    {
+        let raw = grad_cam(&model, &input, layer, plus, targets).unwrap(); // [B, 1, h, w]
+        let side = raw.size()[2] as usize;
+        let flat: Vec<f32> = Vec::try_from(raw.flatten(0, -1)).unwrap();
+        let expected: Vec<f32> = Vec::try_from(want[name].flatten(0, -1)).unwrap();
+        for b in 0..2 {
+            let got = as_pytorch_grad_cam_shows_it(&flat[b * side * side..(b + 1) * side * side], side, size);
+            let exp = &expected[b * size * size..(b + 1) * size * size];
+            let d = got.iter().zip(exp).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(d < 1e-4, "{name}, image {b}: differs from pytorch-grad-cam by {d}");
+        }
+    }
+}
+
 #[test]
 fn ma_net_maps_have_their_native_sides_and_a_missing_scale_is_an_error() {
     let (_vs, m) = tiny(Head::Bap);
