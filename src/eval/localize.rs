@@ -25,13 +25,22 @@ pub enum Threshold {
 }
 
 impl Threshold {
-    /// `rel:0.5` or `abs:0.85` (a bare number is relative).
+    /// `rel:0.5` or `abs:0.85` (a bare number is relative). A relative threshold must lie in
+    /// (0, 1]: at 0 or below every pixel is selected (one box over the whole image), above 1 none
+    /// is; an absolute one must be a finite number.
     pub fn parse(s: &str) -> Result<Self> {
         let bad = || Error::Config(format!("threshold '{s}': use rel:0.5 or abs:0.85"));
         let (kind, v) = s.split_once(':').unwrap_or(("rel", s));
         let v: f32 = v.trim().parse().map_err(|_| bad())?;
+        if !v.is_finite() {
+            return Err(Error::Config(format!("threshold '{s}': not a finite number")));
+        }
         match kind.trim() {
-            "rel" | "relative" => Ok(Threshold::Relative(v)),
+            "rel" | "relative" if v > 0.0 && v <= 1.0 => Ok(Threshold::Relative(v)),
+            "rel" | "relative" => Err(Error::Config(format!(
+                "threshold '{s}': a relative threshold is a fraction of the map's maximum in (0, 1] \
+                 (0 or less selects the whole image, more than 1 selects nothing)"
+            ))),
             "abs" | "absolute" => Ok(Threshold::Absolute(v)),
             _ => Err(bad()),
         }
@@ -405,6 +414,11 @@ mod tests {
         assert_eq!(Threshold::parse("abs:0.85").unwrap(), Threshold::Absolute(0.85));
         assert_eq!(Threshold::parse("0.4").unwrap(), Threshold::Relative(0.4));
         assert!(Threshold::parse("x:1").is_err());
+        // Validated: a relative threshold outside (0, 1] or a non-finite one is refused.
+        for bad in ["rel:0", "rel:1.5", "-0.2", "rel:NaN", "abs:inf"] {
+            assert!(Threshold::parse(bad).is_err(), "{bad} accepted");
+        }
+        assert_eq!(Threshold::parse("rel:1").unwrap(), Threshold::Relative(1.0));
         let m = threshold_mask(&[0.2, 0.9, 1.0], Threshold::Absolute(0.85));
         assert_eq!(m, vec![false, true, true]);
         assert_eq!(iou(&[false], &[false]), None);
