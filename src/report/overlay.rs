@@ -124,7 +124,7 @@ pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold
         }
     }
     let label_x = (bar_x + BAR_WIDTH + 4) as i32;
-    draw_text(&mut out, label_x, bar_top as i32, 12, &["1 (max)".into()]);
+    draw_text(&mut out, label_x, bar_top as i32, 12, &["1".into()]); // = the map's maximum (the caption says so)
     draw_text(&mut out, label_x, bar_bottom as i32 - 14, 12, &["0".into()]);
     // The threshold on the bar's scale, where it is one: a white tick.
     let level = match t {
