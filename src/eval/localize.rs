@@ -1,4 +1,5 @@
-//! Localisation from attention (paper §4.5, Fig. 7; spec §5.1): the mean attention map is
+//! Localisation from attention (paper §4.5, Fig. 7; spec §5.1): a localisation map (the mean
+//! attention map by default; `crate::model::maps` lists the others) is
 //! upsampled bilinearly (align_corners = false) to the original image, thresholded, split into
 //! 8-connected components, and each component becomes a box. The predicted region is the union
 //! of the boxes; its IoU is measured against a ground-truth mask (PNG, non-zero = lesion) or
@@ -7,6 +8,8 @@
 //! The authors threshold the mean map at an absolute 0.85 (`localize.py`); raw map values have
 //! no fixed scale, so the default here is relative: 0.5 × the map's maximum. Both are options.
 //! Images whose ground truth is empty (e.g. healthy lungs) have no IoU and are not counted.
+//! The per-image scores that `crate::eval::saliency` compares maps by (pointing game, energy
+//! pointing game, saliency AUROC, flip correlation) are here too.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -166,7 +169,7 @@ pub fn iou(a: &[bool], b: &[bool]) -> Option<f64> {
     (union > 0).then(|| inter as f64 / union as f64)
 }
 
-/// Predicted boxes of one image from its mean attention map.
+/// Predicted boxes of one image from its `side × side` localisation map.
 pub fn predict_boxes(map: &[f32], side: usize, w: usize, h: usize, t: Threshold) -> Vec<BBox> {
     component_boxes(&threshold_mask(&upsample(map, side, w, h), t), w, h)
 }
@@ -314,7 +317,7 @@ impl LocalizationReport {
     }
 }
 
-/// Localises every predicted image that has ground truth. `attention[i]` is the mean map of
+/// Localises every predicted image that has ground truth. `attention[i]` is the localisation map of
 /// `indices[i]` (`side × side`); image sizes are read from the files' headers.
 pub fn localize(
     ds: &crate::data::dataset::Dataset,

@@ -1,5 +1,6 @@
 //! Attention overlays in the style of the paper's Fig. 5 and Fig. 7: the X-ray on the left; on
-//! the right the same image with the mean attention map (upsampled, colour-mapped) blended in,
+//! the right the same image with a localisation map (the mean attention map unless `--map` says
+//! otherwise; upsampled, colour-mapped) blended in,
 //! the threshold contour in white, the predicted boxes in green and, when known, the
 //! ground-truth outline in magenta, and a colour bar on the right. Colours run on one fixed
 //! scale, the map divided by its maximum (0 = no attention, 1 = the map's maximum; maps are
@@ -92,7 +93,7 @@ pub fn with_caption(panel: &RgbImage, lines: &[String]) -> RgbImage {
     out
 }
 
-/// Draws the two panels and the colour bar. `map` is the `side × side` mean attention map; `truth`, if given, is
+/// Draws the two panels and the colour bar. `map` is the `side × side` localisation map; `truth`, if given, is
 /// the ground-truth mask at the image's original size. Returns the panel and the predicted
 /// boxes in original-image coordinates.
 pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold, truth: Option<&[bool]>) -> (RgbImage, Vec<BBox>) {
