@@ -144,6 +144,15 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
         }
         None => None,
     };
+    // Every saliency method side by side on the held-out images (the report's "Saliency methods
+    // compared"): MA-Net's maps, Grad-CAM on the same model, and two priors.
+    let saliency = match &gt {
+        Some(gt) => {
+            let methods = crate::eval::saliency::available(&m.model);
+            Some(crate::eval::saliency::compare(&m.model, &loader, &ds, &p.indices, gt, &methods, threshold, o.device, cfg.batch_size)?)
+        }
+        None => None,
+    };
     save(&CurvesFigure::from_log("demo training", &train_dir.join(LOG_FILE))?, &o.out.join("curves"))?;
 
     let chance = 1.0 / ds.classes.len() as f64;
@@ -176,6 +185,8 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
             intro,
             training_overlap: None,
             reliability: Some(trust),
+            map: popts.map,
+            saliency,
         },
     )?;
     let summary = DemoSummary {

@@ -19,4 +19,12 @@ fn demo_learns_the_phantoms_and_localises_better_than_a_uniform_map() {
         assert!(d.path().join("demo").join(f).exists(), "{f} missing");
     }
     assert_eq!(std::fs::read_dir(d.path().join("demo/overlays")).unwrap().count(), 8);
+    // The report compares the model's maps with Grad-CAM on the same model and two priors (issue 20).
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("demo/metrics.json")).unwrap()).unwrap();
+    let methods: Vec<&str> = m["saliency"]["methods"].as_array().unwrap().iter().map(|x| x["method"].as_str().unwrap()).collect();
+    for want in ["mean", "class", "class14", "gradcam", "gradcam++", "uniform", "centre"] {
+        assert!(methods.contains(&want), "{want} missing from {methods:?}");
+    }
+    let report = std::fs::read_to_string(d.path().join("demo/report.md")).unwrap();
+    assert!(report.contains("Saliency methods compared"));
 }

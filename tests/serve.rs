@@ -150,6 +150,8 @@ async fn page_model_card_health_and_metrics_answer() {
     let page = call(&s.app, get("/")).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.text.contains("Research use only; not for diagnosis."), "{}", page.text);
+    // The heatmap has a colour bar saying what its colours mean and how coarse the map is (issue 20).
+    assert!(page.text.contains("id=\"colourbar\"") && page.text.contains("0: no attention") && page.text.contains("upsampled"), "{}", page.text);
     assert!(!page.text.contains("http://") && !page.text.contains("https://"), "the page must load nothing from elsewhere");
     for (asset, kind) in [("/assets/app.js", "javascript"), ("/assets/style.css", "css")] {
         let a = call(&s.app, get(asset)).await;

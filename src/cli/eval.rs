@@ -11,15 +11,17 @@ use crate::data::input_stats::image_features;
 use crate::data::loader::{InputPipeline, Loader};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
-use crate::eval::evaluate::{PredictOptions, forward, rows_f64};
+use crate::eval::evaluate::{PredictOptions, forward_map, rows_f64};
 use crate::eval::reliability::{Assessment, Reliability, UNUSUAL_BANNER, predict_assessed};
-use crate::eval::localize::{GroundTruth, Threshold};
+use crate::eval::localize::{GroundTruth, Threshold, predict_boxes};
+use crate::eval::saliency::Method;
+use crate::model::MapKind;
 use crate::eval::metrics::fixed4_or_na;
 use crate::eval::overlap::training_overlap;
 use crate::runfolder;
 use crate::model::weights::{LoadedModel, load_model};
 use crate::report::evaluation::{EvalOptions, write_evaluation};
-use crate::report::overlay::attention_overlay;
+use crate::report::overlay::{attention_overlay, with_caption};
 
 /// Options shared by the commands that run a model.
 #[derive(clap::Args, Debug, Clone)]
@@ -175,9 +177,17 @@ pub struct EvalArgs {
     /// Attention threshold: rel:F (fraction of the map's maximum) or abs:V.
     #[arg(long, default_value = "rel:0.5")]
     pub threshold: String,
+    /// The localisation map for overlays and localisation: mean (the paper's), class (attention
+    /// maps weighted by their share of the predicted class's logit), scale14/scale28 (one
+    /// scale's maps before pooling), class14/class28.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub map: MapKind,
     /// Write into --out even if it holds metrics.json or is a training run's folder.
     #[arg(long)]
     pub force: bool,
+    /// Saliency methods to compare (localize only).
+    #[arg(skip)]
+    pub methods: Vec<Method>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -185,8 +195,11 @@ pub struct EvalArgs {
   magsd localize --model runs/final --data phantoms                      # the manifest's mask column\n  \
   magsd localize --model m.safetensors --data x.csv --masks-column lesion_mask --threshold abs:0.85\n  \
   magsd localize --model m.safetensors --data x.csv --boxes boxes.csv --out loc-x\n\n\
-Upsamples each image's mean attention map, thresholds it, turns 8-connected components into boxes\n\
-and reports the IoU of their union with the lesion mask or boxes; also writes everything eval writes.")]
+Upsamples each image's map (--map), thresholds it, turns 8-connected components into boxes\n\
+and reports the IoU of their union with the lesion mask or boxes; also writes everything eval writes.\n\
+Then compares saliency methods on the same model (--method; default every one the model has):\n\
+box IoU, pointing game, energy pointing game, saliency AUROC, flip consistency and the deletion\n\
+curve's area, each with a 95 % bootstrap interval over images, in metrics.json and the report.")]
 pub struct LocalizeArgs {
     #[command(flatten)]
     pub run: ModelRun,
@@ -207,6 +220,14 @@ pub struct LocalizeArgs {
     /// Attention overlays to draw.
     #[arg(long, default_value_t = 8)]
     pub overlays: usize,
+    /// The map for the boxes, overlays and localization.json (see eval --map).
+    #[arg(long, value_enum, default_value = "mean")]
+    pub map: MapKind,
+    /// Comma-separated saliency methods to compare: mean, class, scale14, scale28, class14,
+    /// class28, gradcam, gradcam-layer3, gradcam++, gradcam++-layer3, uniform, centre
+    /// (default: every one this model has).
+    #[arg(long)]
+    pub method: Option<String>,
     /// Stop at the first unreadable image.
     #[arg(long)]
     pub strict: bool,
@@ -215,9 +236,14 @@ pub struct LocalizeArgs {
     pub force: bool,
 }
 
-impl From<LocalizeArgs> for EvalArgs {
-    fn from(a: LocalizeArgs) -> Self {
-        EvalArgs {
+impl TryFrom<LocalizeArgs> for EvalArgs {
+    type Error = Error;
+    fn try_from(a: LocalizeArgs) -> Result<Self> {
+        let methods = match &a.method {
+            Some(list) => Method::parse_list(list)?,
+            None => Vec::new(),
+        };
+        Ok(EvalArgs {
             run: a.run,
             data: a.data,
             out: a.out,
@@ -227,8 +253,10 @@ impl From<LocalizeArgs> for EvalArgs {
             masks_column: a.masks_column,
             boxes: a.boxes,
             threshold: a.threshold,
+            map: a.map,
             force: a.force,
-        }
+            methods,
+        })
     }
 }
 
@@ -330,6 +358,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
         keep_attention: true,
         keep_features: true,
         strict: false,
+        map: args.map,
         ..Default::default()
     };
     let reliability = Reliability::of(&m, &path)?;
@@ -349,6 +378,16 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
         eprintln!("\nWARNING: {}.\n", o.message());
     }
     let by = if args.by.is_empty() { ds.default_breakdown() } else { args.by.clone() };
+    // localize: every saliency method side by side on the same model and images.
+    let saliency = match (&gt, require_truth) {
+        (Some(gt), true) => {
+            let methods = if args.methods.is_empty() { crate::eval::saliency::available(&m.model) } else { args.methods.clone() };
+            eprintln!("comparing {} saliency methods on {} images ...", methods.len(), p.indices.len());
+            let c = crate::eval::saliency::compare(&m.model, &loader, &ds, &p.indices, gt, &methods, threshold, device, args.run.batch_size)?;
+            Some(c)
+        }
+        _ => None,
+    };
     let o = write_evaluation(
         &out,
         &ds,
@@ -363,6 +402,8 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
             intro: Vec::new(),
             training_overlap: overlap,
             reliability: Some(trust),
+            map: args.map,
+            saliency,
         },
     )?;
     let r = &o.report.overall;
@@ -399,6 +440,17 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
             100.0 * l.frac_iou_above_025,
             100.0 * l.frac_iou_above_05
         );
+    }
+    if let Some(c) = &o.report.saliency {
+        println!(
+            "saliency methods (maps for the predicted class; mean [95 % bootstrap interval over images]; threshold {}):",
+            c.threshold
+        );
+        let rows = crate::eval::saliency::table(c);
+        println!("  {}", crate::eval::saliency::TABLE_HEADER.join(" | "));
+        for r in rows {
+            println!("  {}", r.join(" | "));
+        }
     }
     if let Some(o) = &o.report.training_overlap {
         eprintln!("WARNING: {}.", o.message());
@@ -440,6 +492,9 @@ pub struct PredictArgs {
     /// Attention threshold for the overlay's contour and boxes: rel:F or abs:V.
     #[arg(long, default_value = "rel:0.5")]
     pub threshold: String,
+    /// The map behind the boxes and the heatmap (see eval --map).
+    #[arg(long, value_enum, default_value = "mean")]
+    pub map: MapKind,
     /// Refuse images that do not look like the model's training X-rays (no prediction for them,
     /// exit status 1) instead of predicting them with a warning.
     #[arg(long)]
@@ -609,7 +664,7 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
     for (path, heat_name) in images.iter().zip(&names) {
         let result = (|| -> Result<Prediction> {
             let (x, img) = pipeline.eval_tensor(path)?;
-            let f = forward(&m.model, &x, device, args.run.bf16, false);
+            let f = forward_map(&m.model, &x, device, args.run.bf16, false, args.map)?;
             let logits = rows_f64(&f.logits)?.remove(0);
             let features = f.features.to_device(Device::Cpu).get(0);
             let assessment = reliability.assess(&logits, Some(&features), Some(&image_features(&img, &pipeline)), &classes)?;
@@ -624,14 +679,23 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
             let att = f.attention;
             let side = att.size()[2] as usize;
             let map: Vec<f32> = Vec::try_from(att.to_device(Device::Cpu).flatten(0, -1))?;
-            let mut p = Prediction { assessment, heatmap: None, boxes: Vec::new(), warnings: img.source.warnings.clone() };
+            // The boxes at the image's own size, whether or not a heatmap is drawn.
+            let boxes = predict_boxes(&map, side, img.width, img.height, threshold);
+            let mut p = Prediction { assessment, heatmap: None, boxes, warnings: img.source.warnings.clone() };
             if let Some(dir) = &args.heatmap {
-                let (panel, b) = attention_overlay(&img, &map, side, threshold, None);
+                let (panel, _) = attention_overlay(&img, &map, side, threshold, None);
+                let a = &p.assessment;
+                let panel = with_caption(
+                    &panel,
+                    &[
+                        format!("predicted {} ({:.1} %)", classes[a.predicted], 100.0 * a.probabilities[a.predicted]),
+                        format!("{side}×{side} {} map, upsampled; colours 0..1 of its maximum; contour {threshold}", args.map),
+                    ],
+                );
                 let out = dir.join(heat_name);
                 let mut png = std::io::Cursor::new(Vec::new());
                 panel.write_to(&mut png, image::ImageFormat::Png).map_err(|e| Error::bad_file(&out, format!("cannot encode PNG: {e}")))?;
                 crate::files::write_new(&out, png.get_ref(), args.force)?;
-                p.boxes = b;
                 p.heatmap = Some(out);
             }
             Ok(p)

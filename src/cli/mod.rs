@@ -68,7 +68,7 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
         Command::Model(c) => model::run(c),
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::eval(a, false),
-        Command::Localize(a) => eval::eval(a.into(), true),
+        Command::Localize(a) => eval::eval(a.try_into()?, true),
         Command::Predict(a) => eval::predict_images(a),
         Command::OodEval(a) => ood_eval::run(a),
         Command::Report { run } => eval::report(&run),

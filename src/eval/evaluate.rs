@@ -15,15 +15,17 @@ use crate::eval::metrics::{Metrics, argmax, compute_over, try_compute_over};
 use crate::eval::probe::{ProbeInput, SourceProbe, source_probe};
 use crate::eval::within_source::{self, Scored, WithinSource, within_source};
 use crate::eval::overlap::TrainingOverlap;
-use crate::model::MagSd;
+use crate::model::{MagSd, MapKind};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PredictOptions {
     pub batch_size: usize,
     pub bf16: bool,
     pub channels_last: bool,
-    /// Keep each image's mean attention map (for localisation and overlays).
+    /// Keep each image's localisation map (for localisation and overlays).
     pub keep_attention: bool,
+    /// Which map that is (`crate::model::maps`; the mean attention map by default).
+    pub map: MapKind,
     /// Keep each image's feature ([`Forward::features`]): for the out-of-distribution detector,
     /// and its last [`Predictions::penultimate_width`] numbers for the source probe (`eval::probe`).
     pub keep_features: bool,
@@ -46,7 +48,8 @@ pub struct Predictions {
     pub features: Vec<Vec<f32>>,
     /// How many of the last numbers of each feature are the last feature map's global average.
     pub penultimate_width: usize,
-    /// Mean attention map per image, `side × side`, row-major (when asked for).
+    /// Localisation map per image (`PredictOptions::map`, for the predicted class where it
+    /// depends on the class), `side × side`, row-major (when asked for).
     pub attention: Vec<Vec<f32>>,
     pub attention_side: usize,
     /// Images that could not be read: (dataset index, reason).
@@ -74,7 +77,7 @@ pub struct Forward {
     /// `[B, K]` logits and their softmax, f32.
     pub logits: Tensor,
     pub probs: Tensor,
-    /// `[B, 1, h, w]` mean attention map.
+    /// `[B, 1, h, w]` localisation map ([`forward_map`]'s kind; the mean attention map for [`forward`]).
     pub attention: Tensor,
     /// `[B, C·G² + Σ C_i]`, f32, what `crate::eval::ood` scores: the model input averaged over a
     /// G × G grid ([`INPUT_GRID`]), then the global average of each backbone stage's output (a
@@ -88,12 +91,18 @@ pub struct Forward {
 /// The model input's layout enters the out-of-distribution feature averaged over this grid.
 pub const INPUT_GRID: i64 = 8;
 
-/// Forward pass in eval mode without gradients.
+/// Forward pass in eval mode without gradients, with the mean attention map.
 pub fn forward(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> Forward {
+    forward_map(model, x, device, bf16, cl, MapKind::Mean).expect("every network has its mean map")
+}
+
+/// Forward pass in eval mode without gradients, with the localisation map `map` drawn for each
+/// image's predicted class; an error when the network has no such map.
+pub fn forward_map(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool, map: MapKind) -> Result<Forward> {
     tch::no_grad(|| {
         let x = x.to_device(device);
         let x = if cl { channels_last(&x) } else { x };
-        let out = autocast_bf16(bf16, device, || model.forward_t(&x, false));
+        let (out, attention) = autocast_bf16(bf16, device, || model.forward_map(&x, false, map, None))?;
         let logits = out.logits.to_kind(Kind::Float);
         // The input's layout, [B, C, S, S] -> [B, C·G²], then each stage [B, C_i, h_i, w_i] -> [B, C_i].
         let b = x.size()[0];
@@ -102,7 +111,7 @@ pub fn forward(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) 
         let features = Tensor::cat(&pooled, 1); // [B, C·G² + Σ C_i]
         // The last stage is the last feature map (`out.features`).
         let penultimate_width = out.features.size()[1] as usize;
-        Forward { probs: logits.softmax(1, Kind::Float), logits, attention: out.mean_attention(), features, penultimate_width }
+        Ok(Forward { probs: logits.softmax(1, Kind::Float), logits, attention: attention.to_kind(Kind::Float), features, penultimate_width })
     })
 }
 
@@ -129,7 +138,7 @@ pub fn predict(model: &MagSd, loader: &Loader, indices: &[usize], device: Device
         if batch.indices.is_empty() {
             continue;
         }
-        let f = forward(model, &batch.images, device, opts.bf16, opts.channels_last);
+        let f = forward_map(model, &batch.images, device, opts.bf16, opts.channels_last, opts.map)?;
         let att = f.attention;
         for ((p, z), &i) in rows_f64(&f.probs)?.into_iter().zip(rows_f64(&f.logits)?).zip(&batch.indices) {
             out.indices.push(i);
@@ -209,6 +218,12 @@ pub struct EvalReport {
     /// before magsd reported them).
     #[serde(default)]
     pub reliability: Option<crate::eval::reliability::EvalReliability>,
+    /// Which localisation map the overlays and `localization.json` use.
+    #[serde(default)]
+    pub map: MapKind,
+    /// `magsd localize`: saliency methods compared on the same images (`eval::saliency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saliency: Option<crate::eval::saliency::SaliencyComparison>,
 }
 
 impl EvalReport {
@@ -269,6 +284,8 @@ impl EvalReport {
             within_source: within,
             probe: probes,
             reliability: None,
+            map: MapKind::Mean,
+            saliency: None,
         })
     }
 

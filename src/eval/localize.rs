@@ -1,4 +1,5 @@
-//! Localisation from attention (paper §4.5, Fig. 7; spec §5.1): the mean attention map is
+//! Localisation from attention (paper §4.5, Fig. 7; spec §5.1): a localisation map (the mean
+//! attention map by default; `crate::model::maps` lists the others) is
 //! upsampled bilinearly (align_corners = false) to the original image, thresholded, split into
 //! 8-connected components, and each component becomes a box. The predicted region is the union
 //! of the boxes; its IoU is measured against a ground-truth mask (PNG, non-zero = lesion) or
@@ -7,6 +8,8 @@
 //! The authors threshold the mean map at an absolute 0.85 (`localize.py`); raw map values have
 //! no fixed scale, so the default here is relative: 0.5 × the map's maximum. Both are options.
 //! Images whose ground truth is empty (e.g. healthy lungs) have no IoU and are not counted.
+//! The per-image scores that `crate::eval::saliency` compares maps by (pointing game, energy
+//! pointing game, saliency AUROC, flip correlation) are here too.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -25,19 +28,24 @@ pub enum Threshold {
 }
 
 impl Threshold {
-    /// `rel:0.5` or `abs:0.85` (a bare number is relative). A relative threshold is a fraction
-    /// of the map's maximum, in [0, 1]; an absolute one a finite value ≥ 0 (the maps are ≥ 0).
-    /// Anything else would give no box and an IoU of 0 that looks like a result.
+    /// `rel:0.5` or `abs:0.85` (a bare number is relative). A relative threshold must lie in
+    /// (0, 1]: at 0 or below every pixel is selected (one box over the whole image), above 1 none
+    /// is; an absolute one must be a finite value ≥ 0 (the maps are ≥ 0). Anything else would give
+    /// no box, or one over the whole image, and an IoU that looks like a result.
     pub fn parse(s: &str) -> Result<Self> {
         let bad = || Error::Config(format!("threshold '{s}': use rel:0.5 or abs:0.85"));
         let (kind, v) = s.split_once(':').unwrap_or(("rel", s));
         let v: f32 = v.trim().parse().map_err(|_| bad())?;
+        if !v.is_finite() {
+            return Err(Error::Config(format!("threshold '{s}': not a finite number")));
+        }
         match kind.trim() {
-            "rel" | "relative" if (0.0..=1.0).contains(&v) => Ok(Threshold::Relative(v)),
+            "rel" | "relative" if v > 0.0 && v <= 1.0 => Ok(Threshold::Relative(v)),
             "rel" | "relative" => Err(Error::Config(format!(
-                "threshold '{s}': a relative threshold is a fraction of the map's maximum, from 0 to 1"
+                "threshold '{s}': a relative threshold is a fraction of the map's maximum in (0, 1] \
+                 (0 or less selects the whole image, more than 1 selects nothing)"
             ))),
-            "abs" | "absolute" if v.is_finite() && v >= 0.0 => Ok(Threshold::Absolute(v)),
+            "abs" | "absolute" if v >= 0.0 => Ok(Threshold::Absolute(v)),
             "abs" | "absolute" => Err(Error::Config(format!(
                 "threshold '{s}': an absolute threshold is a finite attention value ≥ 0 (the maps are ≥ 0)"
             ))),
@@ -165,9 +173,70 @@ pub fn iou(a: &[bool], b: &[bool]) -> Option<f64> {
     (union > 0).then(|| inter as f64 / union as f64)
 }
 
-/// Predicted boxes of one image from its mean attention map.
+/// Predicted boxes of one image from its `side × side` localisation map.
 pub fn predict_boxes(map: &[f32], side: usize, w: usize, h: usize, t: Threshold) -> Vec<BBox> {
     component_boxes(&threshold_mask(&upsample(map, side, w, h), t), w, h)
+}
+
+/// The pointing game (Zhang et al. 2018, "Top-down neural attention by excitation backprop",
+/// here without the 15-pixel tolerance): 1 when the map's maximum lies in the lesion. Where
+/// several pixels share the maximum (an upsampled plateau, a uniform map), the hit is the share
+/// of them inside the lesion, the expected score of a random choice among them; a uniform map
+/// thus scores the lesion's share of the image. `None` for an empty map or truth.
+pub fn pointing_game(up: &[f32], truth: &[bool]) -> Option<f64> {
+    let max = up.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    if !max.is_finite() || !truth.iter().any(|&t| t) {
+        return None;
+    }
+    let (mut at_max, mut inside) = (0usize, 0usize);
+    for (&v, &t) in up.iter().zip(truth) {
+        if v == max {
+            at_max += 1;
+            inside += t as usize;
+        }
+    }
+    Some(inside as f64 / at_max as f64)
+}
+
+/// The energy-based pointing game (Wang et al. 2020, Score-CAM §4.2): the share of the map's
+/// mass inside the lesion, `Σ_{lesion} L / Σ L` (maps are ≥ 0). `None` when the map has no mass
+/// or the truth is empty.
+pub fn energy_pointing_game(up: &[f32], truth: &[bool]) -> Option<f64> {
+    let (mut inside, mut total) = (0.0f64, 0.0f64);
+    for (&v, &t) in up.iter().zip(truth) {
+        let v = f64::from(v.max(0.0));
+        total += v;
+        if t {
+            inside += v;
+        }
+    }
+    (total > 0.0 && truth.iter().any(|&t| t)).then(|| inside / total)
+}
+
+/// The map as a pixel classifier of the lesion: ROC AUC of its values against the mask (ties
+/// count half, so a uniform map scores 0.5). `None` unless the mask has lesion and background.
+pub fn saliency_auroc(up: &[f32], truth: &[bool]) -> Option<f64> {
+    let scores: Vec<f64> = up.iter().map(|&v| f64::from(v)).collect();
+    crate::eval::metrics::binary_auc(truth, &scores)
+}
+
+/// A `side × side` map mirrored left-right.
+pub fn flip_lr(map: &[f32], side: usize) -> Vec<f32> {
+    map.chunks(side).flat_map(|row| row.iter().rev().copied()).collect()
+}
+
+/// Pearson correlation of two maps; `None` when either is constant.
+pub fn pearson(a: &[f32], b: &[f32]) -> Option<f64> {
+    let n = a.len() as f64;
+    let (ma, mb) = (a.iter().map(|&v| f64::from(v)).sum::<f64>() / n, b.iter().map(|&v| f64::from(v)).sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (f64::from(x) - ma, f64::from(y) - mb);
+        sab += x * y;
+        saa += x * x;
+        sbb += y * y;
+    }
+    (saa > 0.0 && sbb > 0.0).then(|| sab / (saa * sbb).sqrt())
 }
 
 /// Where the ground truth comes from.
@@ -254,7 +323,7 @@ impl LocalizationReport {
     }
 }
 
-/// Localises every predicted image that has ground truth. `attention[i]` is the mean map of
+/// Localises every predicted image that has ground truth. `attention[i]` is the localisation map of
 /// `indices[i]` (`side × side`); image sizes are read from the files' headers.
 pub fn localize(
     ds: &crate::data::dataset::Dataset,
@@ -326,11 +395,35 @@ mod tests {
     }
 
     #[test]
+    fn pointing_energy_and_auroc_by_hand() {
+        // 2×2 image, lesion = the top-left pixel.
+        let truth = [true, false, false, false];
+        assert_eq!(pointing_game(&[0.9, 0.1, 0.2, 0.3], &truth), Some(1.0)); // maximum inside
+        assert_eq!(pointing_game(&[0.1, 0.9, 0.2, 0.3], &truth), Some(0.0)); // maximum outside
+        assert_eq!(pointing_game(&[1.0; 4], &truth), Some(0.25)); // a tie over all: the lesion's share
+        assert_eq!(energy_pointing_game(&[2.0, 0.0, 0.0, 0.0], &truth), Some(1.0)); // all mass inside
+        assert_eq!(energy_pointing_game(&[1.0, 1.0, 1.0, 1.0], &truth), Some(0.25));
+        assert_eq!(energy_pointing_game(&[0.0; 4], &truth), None); // no mass: undefined, not 0
+        assert_eq!(saliency_auroc(&[0.9, 0.1, 0.2, 0.3], &truth), Some(1.0));
+        assert_eq!(saliency_auroc(&[0.2, 0.1, 0.9, 0.3], &truth), Some(1.0 / 3.0)); // above 1 of 3 background pixels
+        assert_eq!(saliency_auroc(&[0.5; 4], &truth), Some(0.5));
+        assert_eq!(pointing_game(&[0.9, 0.1, 0.2, 0.3], &[false; 4]), None);
+    }
+
+    #[test]
+    fn flips_and_correlations() {
+        assert_eq!(flip_lr(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 3), vec![3.0, 2.0, 1.0, 6.0, 5.0, 4.0]);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[2.0, 4.0, 6.0]).unwrap() - 1.0).abs() < 1e-12);
+        assert!((pearson(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]).unwrap() + 1.0).abs() < 1e-12);
+        assert_eq!(pearson(&[1.0, 1.0], &[1.0, 2.0]), None);
+    }
+
+    #[test]
     fn thresholds_parse_and_apply() {
         assert_eq!(Threshold::parse("abs:0.85").unwrap(), Threshold::Absolute(0.85));
         assert_eq!(Threshold::parse("0.4").unwrap(), Threshold::Relative(0.4));
         assert!(Threshold::parse("x:1").is_err());
-        for bad in ["rel:5", "rel:-1", "rel:nan", "abs:nan", "abs:inf", "abs:-0.5", "1.5"] {
+        for bad in ["rel:5", "rel:-1", "rel:0", "rel:1.5", "-0.2", "rel:nan", "abs:nan", "abs:inf", "abs:-0.5", "1.5"] {
             let e = Threshold::parse(bad).unwrap_err().to_string();
             assert!(e.contains(bad), "{bad}: {e}");
         }

@@ -4,6 +4,7 @@
 pub mod calibration;
 pub mod evaluate;
 pub mod localize;
+pub mod saliency;
 pub mod logistic;
 pub mod metrics;
 pub mod ood;

@@ -51,16 +51,35 @@ impl AttentionGenerator {
     }
 
     /// Attention maps `A: [B, M, S/32, S/32]`, all ≥ 0.
-    // Out-of-place adds on purpose: `+=` on a tch tensor is in-place, and autograd still needs
-    // the ReLU output it would overwrite.
-    #[allow(clippy::assign_op_pattern)]
     pub fn forward_t(&self, f: &Features, train: bool) -> Tensor {
-        let mut a = self.att7.forward_t(&f.f4, train); // [B, M, 7, 7]
+        Self::combine(&self.forward_scales(f, train))
+    }
+
+    /// Each scale's maps before they are pooled and summed: `[att7 [B, M, S/32, S/32],
+    /// att14 [B, M, S/16, S/16], att28 [B, M, S/8, S/8]]`, as many as the configuration has
+    /// scales. The 14×14 and 28×28 maps are finer localisation maps the network already computes
+    /// (`crate::model::maps`).
+    pub fn forward_scales(&self, f: &Features, train: bool) -> Vec<Tensor> {
+        let mut out = vec![self.att7.forward_t(&f.f4, train)]; // [B, M, 7, 7]
         if let Some(h) = &self.att14 {
-            a = a + h.forward_t(&f.f3, train).avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None); // [B, M, 14, 14] -> [B, M, 7, 7]
+            out.push(h.forward_t(&f.f3, train)); // [B, M, 14, 14]
         }
         if let Some(h) = &self.att28 {
-            a = a + h.forward_t(&f.f2, train).avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None); // [B, M, 28, 28] -> [B, M, 7, 7]
+            out.push(h.forward_t(&f.f2, train)); // [B, M, 28, 28]
+        }
+        out
+    }
+
+    /// `A = att7 + avgpool(att14) [+ avgpool(att28)]` from [`Self::forward_scales`].
+    // Out-of-place adds on purpose: `+=` on a tch tensor is in-place, and autograd still needs
+    // the tensor it would overwrite (att7 is the ReLU output its backward reads).
+    #[allow(clippy::assign_op_pattern)]
+    pub fn combine(scales: &[Tensor]) -> Tensor {
+        let mut a = scales[0].shallow_clone(); // [B, M, 7, 7]
+        let side = a.size()[2];
+        for s in &scales[1..] {
+            let k = s.size()[2] / side; // 2 for 14×14, 4 for 28×28
+            a = a + s.avg_pool2d([k, k], [k, k], [0, 0], false, true, None); // [B, M, k·7, k·7] -> [B, M, 7, 7]
         }
         a
     }

@@ -4,6 +4,7 @@ pub mod baselines;
 pub mod config;
 pub mod init;
 pub mod magsd;
+pub mod maps;
 pub mod pooling;
 pub mod pth;
 pub mod resnet;
@@ -11,3 +12,4 @@ pub mod weights;
 
 pub use config::{Arch, Head, MagSdConfig, Scales};
 pub use magsd::{MagSd, MagSdOutput};
+pub use maps::MapKind;

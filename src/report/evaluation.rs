@@ -20,6 +20,8 @@ use crate::eval::evaluate::{EvalReport, Predictions, write_predictions_csv};
 use crate::eval::localize::{GroundTruth, LocalizationReport, Threshold, localize};
 use crate::eval::metrics::pct_or_na;
 use crate::eval::metrics::{Metrics, argmax};
+use crate::eval::saliency::SaliencyComparison;
+use crate::model::MapKind;
 use crate::eval::overlap::TrainingOverlap;
 use crate::eval::reliability::{EvalReliability, UNUSUAL_BANNER};
 
@@ -39,6 +41,10 @@ pub struct EvalOptions<'a> {
     pub training_overlap: Option<TrainingOverlap>,
     /// Calibration, unusual images and operating points of these predictions.
     pub reliability: Option<EvalReliability>,
+    /// The localisation map the predictions hold (`Predictions::attention`).
+    pub map: MapKind,
+    /// Saliency methods compared on these images (`magsd localize`).
+    pub saliency: Option<SaliencyComparison>,
 }
 
 pub struct EvalOutput {
@@ -182,6 +188,8 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
     report.add_dataset_skips(ds);
     report.training_overlap = opts.training_overlap.clone();
     report.reliability = opts.reliability.clone();
+    report.map = opts.map;
+    report.saliency = opts.saliency.clone();
     report.save(&dir.join("metrics.json"))?;
     write_predictions_csv(&dir.join("predictions.csv"), ds, p)?;
     save(&RocFigure { title: "ROC curves (one-vs-rest)".into(), classes: &ds.classes, labels: &p.labels, probs: &p.probs }, &dir.join("roc"))?;
@@ -301,13 +309,38 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
             100.0 * l.frac_iou_above_05
         ));
     }
+    if let Some(c) = &report.saliency {
+        doc.h(2, "Saliency methods compared");
+        doc.p(format!(
+            "Each method's map on the same model and images, drawn for the predicted class, upsampled bilinearly to \
+             the image. Box IoU: the union of the boxes of the map thresholded at {} against the lesion; pointing \
+             game: the map's maximum inside the lesion (ties shared); energy pointing game: share of the map's mass \
+             inside the lesion; saliency AUROC: the map as a pixel classifier of the lesion (0.5 = chance); flip \
+             consistency: correlation between the map of the mirrored image and the mirrored map (1 = the map \
+             follows the image; n/a for a constant map); deletion AUC: the predicted class's probability as the \
+             most salient pixels are replaced by the image's mean in {} steps (lower = more faithful). Mean over \
+             images [95 % bootstrap interval, {} resamples]; n/a where undefined.",
+            c.threshold,
+            crate::eval::saliency::DELETION_STEPS,
+            c.bootstrap_resamples
+        ));
+        doc.table(
+            crate::eval::saliency::TABLE_HEADER.iter().map(|s| s.to_string()).collect(),
+            crate::eval::saliency::table(c),
+        );
+    }
     if opts.overlays > 0 && !p.attention.is_empty() {
         doc.h(1, "Attention");
         doc.p(format!(
-            "Chosen to show every class, right and wrong predictions{}. Left: the X-ray. Right: mean attention map \
-             (colour bar: the map's own minimum to maximum), threshold contour (white), predicted boxes (green), \
-             ground truth (magenta).",
-            source_column(ds).map(|c| format!(" and every {c}")).unwrap_or_default()
+            "Chosen to show every class, right and wrong predictions{}. Left: the X-ray. Right: the {} ({}×{} map, \
+             upsampled bilinearly), coloured on a fixed scale (0 = none, 1 = the map's maximum; the threshold {} is \
+             the black tick on the colour bar), threshold contour (white), predicted boxes (green), ground truth \
+             (magenta).",
+            source_column(ds).map(|c| format!(" and every {c}")).unwrap_or_default(),
+            opts.map.describe(),
+            p.attention_side,
+            p.attention_side,
+            opts.threshold
         ));
         std::fs::create_dir_all(dir.join("overlays")).at(dir.join("overlays"))?;
         let base = ds.base_dir();
@@ -331,7 +364,8 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
                 ds.classes[pred],
                 100.0 * p.probs[row][pred]
             );
-            let panel = with_caption(&panel, &[verdict.clone(), s.name.clone()]);
+            let native = format!("{0}×{0} {1} map, upsampled; colours 0..1 of its maximum", p.attention_side, opts.map);
+            let panel = with_caption(&panel, &[verdict.clone(), native, s.name.clone()]);
             let stem = s.path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let rel = PathBuf::from("overlays").join(format!("{row:04}_{stem}.png"));
             panel.save(dir.join(&rel)).map_err(|e| crate::Error::Data(format!("{}: {e}", dir.join(&rel).display())))?;

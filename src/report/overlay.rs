@@ -1,7 +1,10 @@
 //! Attention overlays in the style of the paper's Fig. 5 and Fig. 7: the X-ray on the left; on
-//! the right the same image with the mean attention map (upsampled, colour-mapped) blended in,
+//! the right the same image with a localisation map (the mean attention map unless `--map` says
+//! otherwise; upsampled, colour-mapped) blended in,
 //! the threshold contour in white, the predicted boxes in green and, when known, the
-//! ground-truth outline in magenta, and a colour bar (the map's minimum to maximum) on the right.
+//! ground-truth outline in magenta, and a colour bar on the right. Colours run on one fixed
+//! scale, the map divided by its maximum (0 = no attention, 1 = the map's maximum; maps are
+//! ≥ 0), so that a relative threshold `rel:F` is the colour F on the bar, where it is marked.
 //! [`with_caption`] adds lines of text above a panel (true and predicted class, probability).
 use image::{Rgb, RgbImage};
 use plotters::prelude::*;
@@ -90,14 +93,13 @@ pub fn with_caption(panel: &RgbImage, lines: &[String]) -> RgbImage {
     out
 }
 
-/// Draws the two panels and the colour bar. `map` is the `side × side` mean attention map; `truth`, if given, is
+/// Draws the two panels and the colour bar. `map` is the `side × side` localisation map; `truth`, if given, is
 /// the ground-truth mask at the image's original size. Returns the panel and the predicted
 /// boxes in original-image coordinates.
 pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold, truth: Option<&[bool]>) -> (RgbImage, Vec<BBox>) {
     let (gray, w, h) = display_gray(img);
     let up = upsample(map, side, w, h);
     let max = up.iter().cloned().fold(f32::MIN, f32::max).max(1e-12);
-    let min = up.iter().cloned().fold(f32::MAX, f32::min);
     let mask = threshold_mask(&up, t);
     let contour = outline(&mask, w, h);
     let boxes = component_boxes(&mask, w, h);
@@ -123,14 +125,25 @@ pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold
         }
     }
     let label_x = (bar_x + BAR_WIDTH + 4) as i32;
-    draw_text(&mut out, label_x, bar_top as i32, 12, &["max".into()]);
-    draw_text(&mut out, label_x, bar_bottom as i32 - 14, 12, &["min".into()]);
+    draw_text(&mut out, label_x, bar_top as i32, 12, &["1".into()]); // = the map's maximum (the caption says so)
+    draw_text(&mut out, label_x, bar_bottom as i32 - 14, 12, &["0".into()]);
+    // The threshold on the bar's scale, where it is one: a white tick.
+    let level = match t {
+        Threshold::Relative(f) => Some(f),
+        Threshold::Absolute(v) => Some(v / max),
+    };
+    if let Some(l) = level.filter(|l| (0.0..=1.0).contains(l)) {
+        let y = bar_top + ((1.0 - l) * (bar_bottom - bar_top) as f32) as usize;
+        for x in bar_x.saturating_sub(4)..bar_x + BAR_WIDTH {
+            out.put_pixel(x as u32, y.min(h - 1) as u32, Rgb([0, 0, 0]));
+        }
+    }
     for y in 0..h {
         for x in 0..w {
             let i = y * w + x;
             let g = gray[i] as f32;
             out.put_pixel(x as u32, y as u32, Rgb([gray[i]; 3]));
-            let heat = colormap((up[i] - min) / (max - min).max(1e-12));
+            let heat = colormap(up[i] / max);
             let mut c = [0, 1, 2].map(|k| (0.55 * g + 0.45 * heat[k] as f32).round() as u8);
             if contour[i] {
                 c = [255, 255, 255];
@@ -176,8 +189,8 @@ pub fn attention_layers(img: &GrayImage, map: &[f32], side: usize, t: Threshold)
     let (gray, w, h) = display_gray(img);
     let up = upsample(map, side, w, h);
     let max = up.iter().cloned().fold(f32::MIN, f32::max).max(1e-12);
-    let min = up.iter().cloned().fold(f32::MAX, f32::min);
-    let heat = RgbImage::from_fn(w as u32, h as u32, |x, y| Rgb(colormap((up[y as usize * w + x as usize] - min) / (max - min).max(1e-12))));
+    // The same fixed scale as the overlay: 0 = no attention, 1 = the map's maximum.
+    let heat = RgbImage::from_fn(w as u32, h as u32, |x, y| Rgb(colormap(up[y as usize * w + x as usize] / max)));
     let boxes = to_original(&component_boxes(&threshold_mask(&up, t), w, h), img, w, h);
     AttentionLayers { gray: image::GrayImage::from_raw(w as u32, h as u32, gray).expect("w × h samples"), heat, boxes }
 }
@@ -207,6 +220,16 @@ mod tests {
         assert!(captioned.height() > panel.height());
         // Text was drawn: dark pixels in the caption strip.
         assert!((0..captioned.width()).any(|x| (0..20).any(|y| captioned.get_pixel(x, y)[0] < 100)));
+    }
+
+    #[test]
+    fn colours_are_on_a_fixed_scale_from_zero_to_the_maximum() {
+        // A map from 0.5 to 1: its lowest value is colour 0.5 of the bar, not the bar's bottom
+        // (which it was when the scale ran from the map's own minimum).
+        let img = GrayImage::from_u8(96, 96, vec![0; 96 * 96]);
+        let l = attention_layers(&img, &[1.0, 0.5, 0.5, 0.5], 2, Threshold::Relative(0.5));
+        assert_eq!(l.heat.get_pixel(383, 383).0, colormap(0.5));
+        assert_eq!(l.heat.get_pixel(0, 0).0, colormap(1.0));
     }
 
     #[test]
