@@ -83,9 +83,10 @@ pub struct DataArgs {
     /// An ImageFolder root (one folder per class), a folder with a manifest.csv, or a manifest CSV.
     #[arg(long)]
     pub data: std::path::PathBuf,
-    /// Manifest column holding the labels (e.g. `label3` for the 3-class task).
-    #[arg(long, default_value = "label")]
-    pub label_column: String,
+    /// Manifest column holding the labels (e.g. `label3` for the 3-class task); default `label`,
+    /// or for `eval` and `localize` the column the model's run was trained on.
+    #[arg(long)]
+    pub label_column: Option<String>,
     /// Keep only these classes, in this order (comma-separated); default: every label found.
     #[arg(long, value_delimiter = ',')]
     pub classes: Option<Vec<String>>,
@@ -95,9 +96,11 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    pub const DEFAULT_LABEL_COLUMN: &'static str = "label";
+
     pub fn options(&self) -> crate::data::dataset::DatasetOptions {
         crate::data::dataset::DatasetOptions {
-            label_column: self.label_column.clone(),
+            label_column: self.label_column.clone().unwrap_or_else(|| Self::DEFAULT_LABEL_COLUMN.to_string()),
             classes: self.classes.clone(),
             allow_outside_root: self.allow_outside_root,
         }

@@ -1,5 +1,6 @@
 //! Whether an evaluation reuses images the model was trained on: the model's run folder
-//! (`run.json`, and `split.json` for a cross-validation fold) says which images trained it; an
+//! (`run.json`, and `split.json` for a cross-validation fold, a reproduce grid's for its rows) says
+//! which images trained it; an
 //! evaluated image that is one of them (the same file, after resolving links) makes the metrics
 //! a training-set score, not a held-out estimate, and `magsd eval` says so loudly.
 use std::collections::HashSet;
@@ -9,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::dataset::{Dataset, DatasetOptions};
 use crate::data::split::SplitFile;
-use crate::runfolder::{RUN_FILE, RunSpec, SPLIT_FILE};
+use crate::runfolder::{RunSpec, run_of_model, split_file};
 
 /// Evaluated images that also trained (or validated) the model.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -35,21 +36,10 @@ impl TrainingOverlap {
     }
 }
 
-/// The run folder a model file belongs to and, for a cross-validation fold, the fold number.
-fn run_of(model: &Path) -> Option<(PathBuf, Option<usize>)> {
-    let dir = model.parent()?;
-    if dir.join(RUN_FILE).is_file() {
-        return Some((dir.to_path_buf(), None));
-    }
-    let fold = dir.file_name()?.to_str()?.strip_prefix("fold-")?.parse::<usize>().ok()?;
-    let run = dir.parent()?;
-    run.join(RUN_FILE).is_file().then(|| (run.to_path_buf(), Some(fold)))
-}
-
 /// The files that trained the model at `model`, resolved; `None` when the model has no run
 /// folder, or its training data can no longer be read.
 pub fn training_files(model: &Path) -> Option<(PathBuf, HashSet<PathBuf>)> {
-    let (run, fold) = run_of(model)?;
+    let (run, fold) = run_of_model(model)?;
     let spec = RunSpec::load(&run).ok()?;
     let opts = DatasetOptions {
         label_column: spec.label_column.clone(),
@@ -62,7 +52,7 @@ pub fn training_files(model: &Path) -> Option<(PathBuf, HashSet<PathBuf>)> {
     let held_out: HashSet<String> = match fold {
         None => HashSet::new(),
         Some(k) => {
-            let split = SplitFile::load(&run.join(SPLIT_FILE)).ok()?;
+            let split = SplitFile::load(&split_file(&run)).ok()?;
             split.folds.get(k)?.iter().cloned().collect()
         }
     };

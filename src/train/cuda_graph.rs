@@ -17,7 +17,7 @@ use super::attention_aug::StepRandom;
 use super::config::TrainConfig;
 use super::loss::LossParts;
 use super::optim::Sgd;
-use super::trainer::{StepOutput, train_step};
+use super::step::{StepOutput, train_step};
 use crate::error::{Error, Result};
 use crate::model::MagSd;
 
