@@ -6,7 +6,7 @@
 //! reported as the median with min and max over the trials (field `*_trials` lists them), so two
 //! runs can be compared with their spread in view.
 //!
-//! * `train_step`: one training step exactly as training runs it (`train::step::step_for`:
+//! * `train_step`: one training step exactly as training runs it (`train::trainer::step_for`:
 //!   MAG-SD's, replayed as a CUDA graph with `performance.cuda_graph`, or cross-entropy for a
 //!   baseline) on a fixed synthetic batch (no data loading), original images/s = batch / step time;
 //! * `inference`: eval-mode raw forward (what the metrics use);
@@ -33,8 +33,8 @@ use crate::train::attention_aug::{StepRandom, attention_mixup};
 use crate::train::config::TrainConfig;
 use crate::train::optim::Sgd;
 use crate::train::cuda_graph::{GraphedInference, GraphedStep};
-use crate::train::step::{step_for, train_step};
-use crate::train::trainer::seeded_init;
+use crate::train::step::train_step;
+use crate::train::trainer::{seeded_init, step_for};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Measure {

@@ -21,16 +21,17 @@
 //! Format versions: 2 writes `predictions.csv` probabilities at full precision (1 rounded them
 //! to 6 decimals) and marks a model file saved before its training finished (see
 //! `model::weights::UNFINISHED_KEY`); both versions read the same way.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 
-use crate::data::dataset::Dataset;
-use crate::data::split::Grouping;
+use crate::data::dataset::{Dataset, DatasetOptions};
+use crate::data::split::{Grouping, SplitFile};
 use crate::error::{Error, IoContext, Result, write_atomic};
 use crate::eval::evaluate::Predictions;
+use crate::eval::overlap::TrainingOverlap;
 use crate::eval::metrics::{MeanStd, Metrics, argmax};
 
 /// The layout version written into `run.json`. Runs written before the field existed have
@@ -210,6 +211,52 @@ impl CvSummary {
     pub fn save(&self, run: &Path) -> Result<()> {
         write_json(&run.join(SUMMARY_FILE), self)
     }
+}
+
+/// The files that trained the model at `model`, resolved; `None` when the model has no run
+/// folder, or its training data can no longer be read.
+pub fn training_files(model: &Path) -> Option<(PathBuf, HashSet<PathBuf>)> {
+    let (run, fold) = run_of_model(model)?;
+    let spec = RunSpec::load(&run).ok()?;
+    let opts = DatasetOptions {
+        label_column: spec.label_column.clone(),
+        classes: (!spec.classes.is_empty()).then(|| spec.classes.clone()),
+        // The run accepted these paths when it was trained.
+        allow_outside_root: true,
+    };
+    let data = if spec.data.is_relative() && !spec.data.exists() { run.join(&spec.data) } else { spec.data.clone() };
+    let ds = Dataset::open(&data, &opts).ok()?;
+    let held_out: HashSet<String> = match fold {
+        None => HashSet::new(),
+        Some(k) => {
+            let split = SplitFile::load(&split_file(&run)).ok()?;
+            split.folds.get(k)?.iter().cloned().collect()
+        }
+    };
+    let files = ds
+        .samples
+        .iter()
+        .filter(|s| !held_out.contains(&s.name))
+        .filter_map(|s| s.path.canonicalize().ok())
+        .collect();
+    Some((run, files))
+}
+
+/// The evaluated images of `ds` (at `indices`) that trained the model at `model`.
+pub fn training_overlap(model: &Path, ds: &Dataset, indices: &[usize]) -> Option<TrainingOverlap> {
+    let (run, trained) = training_files(model)?;
+    let hits: Vec<String> = indices
+        .iter()
+        .map(|&i| &ds.samples[i])
+        .filter(|s| s.path.canonicalize().is_ok_and(|p| trained.contains(&p)))
+        .map(|s| s.name.clone())
+        .collect();
+    (!hits.is_empty()).then(|| TrainingOverlap {
+        run: run.display().to_string(),
+        images: hits.len(),
+        of: indices.len(),
+        examples: hits.into_iter().take(5).collect(),
+    })
 }
 
 /// What a folder without `run.json` is, and what to do instead, for `magsd report` (which

@@ -136,7 +136,7 @@ fn a_reproduce_rows_fold_model_knows_its_training_images() {
     .unwrap();
     let model = fold_dir(&row, 1).join("model.safetensors");
     std::fs::write(&model, b"not read").unwrap();
-    let (run, files) = magsd::eval::overlap::training_files(&model).expect("the row's run folder and the grid's split");
+    let (run, files) = magsd::runfolder::training_files(&model).expect("the row's run folder and the grid's split");
     assert_eq!(run, row);
     // Fold 1's model trained on fold 0's images.
     assert_eq!(files.len(), folds.folds[0].len());

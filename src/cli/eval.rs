@@ -15,7 +15,6 @@ use crate::eval::evaluate::{PredictOptions, forward, rows_f64};
 use crate::eval::reliability::{Assessment, Reliability, UNUSUAL_BANNER, predict_assessed};
 use crate::eval::localize::{GroundTruth, Threshold};
 use crate::eval::metrics::fixed4_or_na;
-use crate::eval::overlap::training_overlap;
 use crate::runfolder::{self, RunSpec};
 use crate::model::weights::{LoadedModel, load_model};
 use crate::report::evaluation::{EvalOptions, write_evaluation};
@@ -350,7 +349,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
             )));
         }
     }
-    let overlap = training_overlap(&path, &ds, &p.indices);
+    let overlap = runfolder::training_overlap(&path, &ds, &p.indices);
     if let Some(o) = &overlap {
         eprintln!("\nWARNING: {}.\n", o.message());
     }

@@ -1,18 +1,16 @@
 //! One optimisation step of each network on a batch already on the device ([`TrainStep`]):
-//! MA-Net's (spec §4) eagerly ([`MagSdStep`]) or replayed as a CUDA graph
-//! ([`GraphedMagSdStep`]), the baselines' plain cross-entropy ([`CrossEntropyStep`]). The
-//! training loop (`train::trainer`), the CUDA graph (`train::cuda_graph`) and `magsd bench`
-//! call them.
+//! MA-Net's (spec §4, [`MagSdStep`]; replayed as a CUDA graph by `train::cuda_graph`) and the
+//! baselines' plain cross-entropy ([`CrossEntropyStep`]). `train::trainer::step_for` chooses
+//! one per network; `magsd bench` times them.
 use tch::{Device, Kind, Tensor};
 
 use super::attention_aug::{StepRandom, augment_batch};
 use super::config::TrainConfig;
-use super::cuda_graph::GraphedStep;
 use super::loss::{LossParts, soft_distance_loss};
 use super::optim::Sgd;
 use crate::device::{autocast_bf16, channels_last};
 use crate::error::Result;
-use crate::model::{Arch, MagSd};
+use crate::model::MagSd;
 use crate::rng::Rng;
 
 /// Serialises use of libtorch's process-wide generator (weight initialisation, the baselines'
@@ -36,19 +34,6 @@ pub trait TrainStep {
     -> Result<StepOutput>;
 }
 
-/// The step for `arch`, chosen here and nowhere else: MA-Net trains with MAG-SD's step (replayed
-/// as a CUDA graph with `performance.cuda_graph` on CUDA), every baseline with plain
-/// cross-entropy.
-pub fn step_for(arch: Arch, cfg: &TrainConfig, device: Device) -> Result<Box<dyn TrainStep>> {
-    Ok(if arch.is_baseline() {
-        Box::new(CrossEntropyStep)
-    } else if cfg.performance.cuda_graph && device.is_cuda() {
-        Box::new(GraphedMagSdStep(GraphedStep::new(device)?))
-    } else {
-        Box::new(MagSdStep)
-    })
-}
-
 /// MAG-SD's step (spec §4): see [`train_step`]. With `method.augmentations = []` (MAG-SD(0AUG))
 /// there are no augmented views and the soft-distance loss is the raw branch's cross-entropy.
 pub struct MagSdStep;
@@ -57,17 +42,6 @@ impl TrainStep for MagSdStep {
     fn step(&mut self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
         let random = StepRandom::draw(rng, x.size()[0], device);
         Ok(train_step(model, sgd, x, y, &random, cfg, device, lr))
-    }
-}
-
-/// MAG-SD's step recorded once as a CUDA graph and replayed (`train::cuda_graph`): the same
-/// computation and the same random numbers as [`MagSdStep`].
-pub struct GraphedMagSdStep(GraphedStep);
-
-impl TrainStep for GraphedMagSdStep {
-    fn step(&mut self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
-        let random = StepRandom::draw(rng, x.size()[0], device);
-        self.0.step(model, sgd, x, y, &random, cfg, lr)
     }
 }
 

@@ -27,7 +27,8 @@ use tch::{Device, Kind, Tensor, nn};
 use super::checkpoint::{self, Best, TrainState};
 use super::config::TrainConfig;
 use super::optim::Sgd;
-use super::step::{TORCH_RNG, TrainStep, step_for};
+use super::cuda_graph::GraphedMagSdStep;
+use super::step::{CrossEntropyStep, MagSdStep, TORCH_RNG, TrainStep};
 use crate::data::loader::Loader;
 use crate::data::prefetch::DeviceBatches;
 use crate::device::vars_to_channels_last;
@@ -35,7 +36,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::eval::evaluate::predict;
 use crate::eval::metrics;
 use crate::model::weights::{copy_exact, import_torchvision, mark_finished, save_model_with};
-use crate::model::{MagSd, MagSdConfig};
+use crate::model::{Arch, MagSd, MagSdConfig};
 use crate::rng::{Rng, mix};
 
 /// Set by the command line's Ctrl-C handler: training stops after the current step and saves.
@@ -83,6 +84,19 @@ pub fn seeded_init(vs: &nn::VarStore, config: &MagSdConfig, seed: u64) -> Result
     let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(mix(seed, &[0]) as i64);
     MagSd::new(&vs.root(), config.clone())
+}
+
+/// The step for `arch`, chosen here and nowhere else: MA-Net trains with MAG-SD's step (replayed
+/// as a CUDA graph with `performance.cuda_graph` on CUDA), every baseline with plain
+/// cross-entropy.
+pub fn step_for(arch: Arch, cfg: &TrainConfig, device: Device) -> Result<Box<dyn TrainStep>> {
+    Ok(if arch.is_baseline() {
+        Box::new(CrossEntropyStep)
+    } else if cfg.performance.cuda_graph && device.is_cuda() {
+        Box::new(GraphedMagSdStep::new(device)?)
+    } else {
+        Box::new(MagSdStep)
+    })
 }
 
 /// The image order of one epoch: seeded shuffles of `train_idx`, repeated as needed to fill
@@ -473,7 +487,6 @@ fn epoch_line(label: &str, r: &serde_json::Value) -> String {
 mod tests {
     use super::*;
     use crate::rng::Rng;
-    use crate::train::step::{CrossEntropyStep, MagSdStep};
     use tch::{Device, Kind, Tensor};
 
     /// MAG-SD(0AUG) is MA-Net trained on the raw branch's cross-entropy alone: with no
