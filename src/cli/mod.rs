@@ -184,3 +184,28 @@ pub fn install_ctrl_c() {
         eprintln!("\nstopping after this step (Ctrl-C again to quit now)...");
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every option of every command says what it does in `--help`.
+    #[test]
+    fn every_option_has_a_help_line() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "magsd", &mut missing);
+        assert!(missing.is_empty(), "options without a help line: {missing:?}");
+    }
+}
