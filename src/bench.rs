@@ -33,7 +33,8 @@ use crate::train::attention_aug::{StepRandom, attention_mixup};
 use crate::train::config::TrainConfig;
 use crate::train::optim::Sgd;
 use crate::train::cuda_graph::{GraphedInference, GraphedStep};
-use crate::train::trainer::{seeded_init, step_for, train_step};
+use crate::train::step::train_step;
+use crate::train::trainer::{seeded_init, step_for};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Measure {
@@ -121,7 +122,7 @@ pub fn run(o: &BenchOptions) -> Result<Vec<Value>> {
                 let y = Tensor::randint(o.classes as i64, [o.batch as i64], (Kind::Int64, o.device));
                 let mut rng = Rng::new(o.config.seed);
                 // The network's own step, as training chooses it (MAG-SD's, or cross-entropy for a baseline).
-                let stepper = step_for(model_config.arch, &o.config, o.device)?;
+                let mut stepper = step_for(model_config.arch, &o.config, o.device)?;
                 let mut step = || {
                     let out = stepper.step(model, &mut sgd, &x, &y, &mut rng, &o.config, o.device, o.config.optim.lr).expect("training step");
                     out.loss.total.detach().copy()

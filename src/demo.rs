@@ -98,7 +98,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
     let model_config = cfg.model_config_for(&ds.classes)?;
     let loader = Loader::new(ds.clone(), input_pipeline(cfg)?, cfg.seed, cfg.performance.cache);
     let train_dir = o.out.join("train");
-    crate::error::write_atomic(&o.out.join("config.toml"), cfg.to_toml().as_bytes())?;
+    crate::error::write_atomic(&o.out.join(crate::runfolder::CONFIG_FILE), cfg.to_toml().as_bytes())?;
     if o.verbose {
         eprintln!(
             "demo: training the {} preset on {} images ({} classes), {} epochs, augmentations {}, loss {}",

@@ -13,19 +13,30 @@
 //! RUN/train.jsonl, RUN/model.safetensors, ...   (k = 0: the final model; a validation.fraction of the
 //!                         images held out to pick its epoch and fit its calibration, no test data)
 //! ```
-use std::collections::BTreeMap;
+//!
+//! A row of a `magsd reproduce` grid is a run folder whose folds share the grid's `split.json`,
+//! one folder up ([`split_file`]). An evaluation folder (`magsd eval --out`) holds the same
+//! `metrics.json` and `predictions.csv` as a fold.
+//!
+//! Format versions: 2 writes `predictions.csv` probabilities at full precision (1 rounded them
+//! to 6 decimals) and marks a model file saved before its training finished (see
+//! `model::weights::UNFINISHED_KEY`); both versions read the same way.
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 
-use crate::data::split::Grouping;
+use crate::data::dataset::{Dataset, DatasetOptions};
+use crate::data::split::{Grouping, SplitFile};
 use crate::error::{Error, Result, write_atomic};
-use crate::eval::metrics::{MeanStd, Metrics};
+use crate::eval::evaluate::Predictions;
+use crate::eval::overlap::TrainingOverlap;
+use crate::eval::metrics::{MeanStd, Metrics, argmax};
 
 /// The layout version written into `run.json`. Runs written before the field existed have
-/// the same layout and read as version 1.
-pub const FORMAT_VERSION: u32 = 1;
+/// the same layout and read as version 1; version 1 and 2 folders read the same way.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub const RUN_FILE: &str = "run.json";
 pub const CONFIG_FILE: &str = "config.toml";
@@ -48,6 +59,62 @@ pub const MODEL_FILE: &str = "model.safetensors";
 /// The folder of fold `k` (0-based) inside a run folder.
 pub fn fold_dir(run: &Path, k: usize) -> PathBuf {
     run.join(format!("fold-{k}"))
+}
+
+/// The fold number of a folder named as [`fold_dir`] names it.
+pub fn fold_of_dir(dir: &Path) -> Option<usize> {
+    dir.file_name()?.to_str()?.strip_prefix("fold-")?.parse().ok()
+}
+
+/// The folds of a run folder that hold a model file, in order (at most `limit` folds looked at).
+pub fn fold_models(run: &Path, limit: usize) -> Vec<PathBuf> {
+    (0..limit).map(|k| fold_dir(run, k).join(MODEL_FILE)).filter(|p| p.is_file()).collect()
+}
+
+/// The split of a run's folds: its own `split.json`, or for a row of a `magsd reproduce` grid
+/// (which has none) the grid's, one folder up.
+pub fn split_file(run: &Path) -> PathBuf {
+    let own = run.join(SPLIT_FILE);
+    match run.parent().map(|p| p.join(SPLIT_FILE)) {
+        Some(grid) if !own.exists() && grid.is_file() => grid,
+        _ => own,
+    }
+}
+
+/// A model argument → its model file: a file is itself, a run folder (or a fold folder) its
+/// `model.safetensors`; a cross-validation run folder is refused with its fold models named.
+pub fn resolve_model(path: &Path) -> Result<PathBuf> {
+    if path.is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let direct = path.join(MODEL_FILE);
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let folds: Vec<String> = fold_models(path, 100).iter().map(|p| p.display().to_string()).collect();
+    if !folds.is_empty() {
+        return Err(Error::Config(format!(
+            "{} is a cross-validation run with one model per fold; choose one ({}) or train a final \
+             model with --folds 0",
+            path.display(),
+            folds.join(", ")
+        )));
+    }
+    Err(Error::bad_file(path, "no model here: expected a .safetensors model or a run folder with model.safetensors"))
+}
+
+/// The run folder a model file belongs to and, for a cross-validation fold, the fold number:
+/// its own folder (`--folds 0`) or, for `fold-K/model.safetensors`, the one above, whichever
+/// holds `run.json`.
+pub fn run_of_model(model: &Path) -> Option<(PathBuf, Option<usize>)> {
+    let dir = model.parent()?;
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    if dir.join(RUN_FILE).is_file() {
+        return Some((dir.to_path_buf(), None));
+    }
+    let fold = fold_of_dir(dir)?;
+    let run = dir.parent()?;
+    run.join(RUN_FILE).is_file().then(|| (run.to_path_buf(), Some(fold)))
 }
 
 fn default_version() -> u32 {
@@ -144,6 +211,93 @@ impl CvSummary {
     pub fn save(&self, run: &Path) -> Result<()> {
         write_json(&run.join(SUMMARY_FILE), self)
     }
+}
+
+/// The files that trained the model at `model`, resolved; `None` when the model has no run
+/// folder, or its training data can no longer be read.
+pub fn training_files(model: &Path) -> Option<(PathBuf, HashSet<PathBuf>)> {
+    let (run, fold) = run_of_model(model)?;
+    let spec = RunSpec::load(&run).ok()?;
+    let opts = DatasetOptions {
+        label_column: spec.label_column.clone(),
+        classes: (!spec.classes.is_empty()).then(|| spec.classes.clone()),
+        // The run accepted these paths when it was trained.
+        allow_outside_root: true,
+    };
+    let data = if spec.data.is_relative() && !spec.data.exists() { run.join(&spec.data) } else { spec.data.clone() };
+    let ds = Dataset::open(&data, &opts).ok()?;
+    let held_out: HashSet<String> = match fold {
+        None => HashSet::new(),
+        Some(k) => {
+            let split = SplitFile::load(&split_file(&run)).ok()?;
+            split.folds.get(k)?.iter().cloned().collect()
+        }
+    };
+    let files = ds
+        .samples
+        .iter()
+        .filter(|s| !held_out.contains(&s.name))
+        .filter_map(|s| s.path.canonicalize().ok())
+        .collect();
+    Some((run, files))
+}
+
+/// The evaluated images of `ds` (at `indices`) that trained the model at `model`.
+pub fn training_overlap(model: &Path, ds: &Dataset, indices: &[usize]) -> Option<TrainingOverlap> {
+    let (run, trained) = training_files(model)?;
+    let hits: Vec<String> = indices
+        .iter()
+        .map(|&i| &ds.samples[i])
+        .filter(|s| s.path.canonicalize().is_ok_and(|p| trained.contains(&p)))
+        .map(|s| s.name.clone())
+        .collect();
+    (!hits.is_empty()).then(|| TrainingOverlap {
+        run: run.display().to_string(),
+        images: hits.len(),
+        of: indices.len(),
+        examples: hits.into_iter().take(5).collect(),
+    })
+}
+
+/// What a folder without `run.json` is, and what to do instead, for `magsd report` (which
+/// needs a training run folder). The grid's file name is `reproduce::GRID_FILE`.
+pub fn not_a_run(dir: &Path) -> String {
+    let what = if !dir.is_dir() {
+        "is not a folder".to_string()
+    } else if dir.join(FOLD_RESULT_FILE).is_file() || fold_of_dir(dir).is_some() {
+        let run = dir.parent().map_or_else(|| "..".into(), |p| p.display().to_string());
+        format!("is one fold of a training run; run `magsd report {run}` on the run folder")
+    } else if dir.join("reproduce.json").is_file() {
+        format!("is a `magsd reproduce` grid; its tables are written by `magsd reproduce --out {} --collect`, and `magsd report` takes one row's folder inside it", dir.display())
+    } else if dir.join(METRICS_FILE).is_file() {
+        "is an evaluation folder (`magsd eval` or `localize`), whose report.md and report.html eval wrote; run eval again to rewrite them".to_string()
+    } else if dir.join("train").join(LOG_FILE).is_file() {
+        "is a `magsd demo` folder, whose report.md and report.html the demo wrote".to_string()
+    } else {
+        "is not a training run folder".to_string()
+    };
+    format!("{} {what} (it has no {RUN_FILE}); `magsd report` rewrites the report of a `magsd train --out` folder", dir.display())
+}
+
+/// Writes `predictions.csv` (a fold's held-out images, or an evaluation's): path, true label,
+/// one probability column per class at full precision (the shortest text that reads back as
+/// the same number, so AUC from the file equals the one in `metrics.json`), predicted label.
+/// Text cells go through [`crate::files::csv_cell`]; [`read_predictions`] reads them back.
+pub fn write_predictions(path: &Path, ds: &Dataset, p: &Predictions) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["path".to_string(), "true_label".to_string()];
+    header.extend(ds.classes.iter().map(|c| format!("prob_{c}")));
+    header.push("predicted_label".into());
+    w.write_record(&header).expect("in-memory write");
+    for (row, &i) in p.indices.iter().enumerate() {
+        let cell = |s: &str| crate::files::csv_cell(s).into_owned();
+        let mut rec = vec![cell(&ds.samples[i].name), cell(&ds.classes[p.labels[row]])];
+        rec.extend(p.probs[row].iter().map(|v| v.to_string()));
+        rec.push(cell(&ds.classes[argmax(&p.probs[row])]));
+        w.write_record(&rec).expect("in-memory write");
+    }
+    let bytes = w.into_inner().map_err(|e| Error::Data(e.to_string()))?;
+    write_atomic(path, &bytes)
 }
 
 /// Reads a fold's `predictions.csv` back: (image name, true class index, probabilities).

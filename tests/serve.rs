@@ -892,6 +892,25 @@ async fn an_empty_token_is_refused_and_the_card_shows_paths_only_with_a_token_or
     }
 }
 
+/// A fold model named by its fold folder (`RUN/fold-K`) has its run's training on the card.
+#[test]
+fn a_fold_models_card_has_its_runs_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let fold = dir.path().join("fold-0");
+    std::fs::create_dir_all(&fold).unwrap();
+    let model = tiny_model(&fold);
+    std::fs::write(
+        dir.path().join("run.json"),
+        json!({ "data": "manifest.csv", "label_column": "label", "classes": CLASSES, "folds": 2, "command": "magsd train" }).to_string(),
+    )
+    .unwrap();
+    for arg in [fold.clone(), model] {
+        let card = load(&options(&arg)).unwrap().state.card.clone();
+        let t = card.training.unwrap_or_else(|| panic!("--model {}: no training on the card", arg.display()));
+        assert_eq!((t.folds, t.data.as_str()), (2, "manifest.csv"));
+    }
+}
+
 /// A server on a loopback socket, with its address and the stop switch.
 struct Listening {
     addr: std::net::SocketAddr,

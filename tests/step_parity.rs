@@ -11,7 +11,7 @@ use magsd::train::attention_aug::{augment_batch, sample_maps, StepRandom};
 use magsd::train::config::TrainConfig;
 use magsd::train::loss::soft_distance_loss;
 use magsd::train::optim::Sgd;
-use magsd::train::trainer::train_step;
+use magsd::train::step::train_step;
 use tch::{nn, Device, Kind, Tensor};
 
 struct Fixture {

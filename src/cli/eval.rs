@@ -17,8 +17,7 @@ use crate::eval::localize::{GroundTruth, Threshold, predict_boxes};
 use crate::eval::saliency::Method;
 use crate::model::MapKind;
 use crate::eval::metrics::fixed4_or_na;
-use crate::eval::overlap::training_overlap;
-use crate::runfolder;
+use crate::runfolder::{self, RunSpec};
 use crate::model::weights::{LoadedModel, load_model};
 use crate::report::evaluation::{EvalOptions, write_evaluation};
 use crate::report::overlay::{attention_overlay, with_caption};
@@ -38,31 +37,6 @@ pub struct ModelRun {
     /// bf16 autocast (CUDA).
     #[arg(long)]
     pub bf16: bool,
-}
-
-/// A run folder → its model file; a file → itself.
-pub fn resolve_model(path: &Path) -> Result<PathBuf> {
-    if path.is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let direct = path.join(crate::train::trainer::MODEL_FILE);
-    if direct.is_file() {
-        return Ok(direct);
-    }
-    let folds: Vec<String> = (0..100)
-        .map(|k| path.join(format!("fold-{k}/{}", crate::train::trainer::MODEL_FILE)))
-        .filter(|p| p.is_file())
-        .map(|p| p.display().to_string())
-        .collect();
-    if !folds.is_empty() {
-        return Err(Error::Config(format!(
-            "{} is a cross-validation run with one model per fold; choose one ({}) or train a final \
-             model with --folds 0",
-            path.display(),
-            folds.join(", ")
-        )));
-    }
-    Err(Error::bad_file(path, "no model here: expected a .safetensors model or a run folder with model.safetensors"))
 }
 
 /// Refuses a PyTorch file (`torch.save`: a zip archive, or a bare pickle) with advice, before
@@ -85,9 +59,12 @@ fn refuse_pytorch_file(path: &Path) -> Result<()> {
 
 fn load(args: &ModelRun) -> Result<(LoadedModel, Device, PathBuf)> {
     let device = args.device.resolve()?;
-    let path = resolve_model(&args.model)?;
+    let path = runfolder::resolve_model(&args.model)?;
     refuse_pytorch_file(&path)?;
     let m = load_model(&path, device)?;
+    if let Some(u) = crate::model::weights::unfinished(&m.metadata) {
+        eprintln!("warning: {}: {u}", path.display());
+    }
     Ok((m, device, path))
 }
 
@@ -274,7 +251,7 @@ fn check_eval_out(out: &Path, force: bool) -> Result<()> {
             out.display()
         )));
     }
-    if out.join("metrics.json").exists() {
+    if out.join(runfolder::METRICS_FILE).exists() {
         return Err(Error::Config(format!(
             "{} already holds metrics.json; choose another --out, or add --force to replace it",
             out.display()
@@ -324,6 +301,30 @@ fn open_for(m: &LoadedModel, data: &DataArgs) -> Result<Dataset> {
     Ok(ds)
 }
 
+/// The data options with the label column the model was trained on (from its run folder)
+/// when `--label-column` is not given: a model trained on `label3` is evaluated on `label3`.
+/// The second value describes that choice, for an error when the data lacks the column.
+fn with_run_label_column(data: &DataArgs, model: &Path) -> (DataArgs, Option<String>) {
+    let run = runfolder::run_of_model(model).and_then(|(run, _)| RunSpec::load(&run).ok().map(|s| (run, s)));
+    match run {
+        Some((run, spec)) if data.label_column.is_none() && spec.label_column != DataArgs::DEFAULT_LABEL_COLUMN => {
+            eprintln!(
+                "note: labels from column '{}', the column the model was trained on (run {}); --label-column chooses another",
+                spec.label_column,
+                run.display()
+            );
+            let why = format!(
+                "the model was trained on label column '{}' (run {}), not '{}'; choose the data's column with --label-column",
+                spec.label_column,
+                run.display(),
+                DataArgs::DEFAULT_LABEL_COLUMN
+            );
+            (DataArgs { label_column: Some(spec.label_column), ..data.clone() }, Some(why))
+        }
+        _ => (data.clone(), None),
+    }
+}
+
 /// Every image of the data that was not used, as `path: reason` lines.
 fn not_used(ds: &Dataset, p: &crate::eval::evaluate::Predictions, with_warnings: bool) -> Vec<String> {
     let listed = ds.skipped.iter().map(|s| format!("{}: {}", s.path, s.reason));
@@ -337,7 +338,11 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     let name = args.data.data.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
     let out = args.out.clone().unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join(format!("eval-{name}")));
     check_eval_out(&out, args.force)?;
-    let ds = Arc::new(open_for(&m, &args.data)?);
+    let (data, from_run) = with_run_label_column(&args.data, &path);
+    let ds = Arc::new(open_for(&m, &data).map_err(|e| match &from_run {
+        Some(why) => Error::Config(format!("{e}\n{why}")),
+        None => e,
+    })?);
     let gt = ground_truth(&ds, &args.masks_column, &args.boxes)?;
     if require_truth && gt.is_none() {
         return Err(Error::Config("localisation needs ground truth: --masks-column COLUMN or --boxes CSV".into()));
@@ -373,7 +378,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
             )));
         }
     }
-    let overlap = training_overlap(&path, &ds, &p.indices);
+    let overlap = runfolder::training_overlap(&path, &ds, &p.indices);
     if let Some(o) = &overlap {
         eprintln!("\nWARNING: {}.\n", o.message());
     }
@@ -776,6 +781,9 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
 }
 
 pub fn report(run: &Path) -> Result<i32> {
+    if !run.join(runfolder::RUN_FILE).is_file() {
+        return Err(Error::Config(runfolder::not_a_run(run)));
+    }
     let html = crate::report::run::write_run_report(run)?;
     println!("report: {}", html.display());
     Ok(0)

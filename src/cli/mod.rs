@@ -83,9 +83,10 @@ pub struct DataArgs {
     /// An ImageFolder root (one folder per class), a folder with a manifest.csv, or a manifest CSV.
     #[arg(long)]
     pub data: std::path::PathBuf,
-    /// Manifest column holding the labels (e.g. `label3` for the 3-class task).
-    #[arg(long, default_value = "label")]
-    pub label_column: String,
+    /// Manifest column holding the labels (e.g. `label3` for the 3-class task); default `label`,
+    /// or for `eval` and `localize` the column the model's run was trained on.
+    #[arg(long)]
+    pub label_column: Option<String>,
     /// Keep only these classes, in this order (comma-separated); default: every label found.
     #[arg(long, value_delimiter = ',')]
     pub classes: Option<Vec<String>>,
@@ -95,9 +96,11 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    pub const DEFAULT_LABEL_COLUMN: &'static str = "label";
+
     pub fn options(&self) -> crate::data::dataset::DatasetOptions {
         crate::data::dataset::DatasetOptions {
-            label_column: self.label_column.clone(),
+            label_column: self.label_column.clone().unwrap_or_else(|| Self::DEFAULT_LABEL_COLUMN.to_string()),
             classes: self.classes.clone(),
             allow_outside_root: self.allow_outside_root,
         }
@@ -180,4 +183,29 @@ pub fn install_ctrl_c() {
         }
         eprintln!("\nstopping after this step (Ctrl-C again to quit now)...");
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every option of every command says what it does in `--help`.
+    #[test]
+    fn every_option_has_a_help_line() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "magsd", &mut missing);
+        assert!(missing.is_empty(), "options without a help line: {missing:?}");
+    }
 }

@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::DataArgs;
-use super::eval::{ModelRun, expand_inputs, resolve_model};
+use super::eval::{ModelRun, expand_inputs};
+use crate::runfolder::resolve_model;
 use crate::data::decode::{GrayImage, decode_file};
 use crate::data::loader::{InputPipeline, Loader};
 use crate::data::ood_sets::{self, OodImage};

@@ -24,6 +24,7 @@ pub struct ReproduceArgs {
     /// start a grid; an existing grid folder remembers it).
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Manifest column holding the labels (e.g. `label3` for the 3-class task).
     #[arg(long, default_value = "label")]
     pub label_column: String,
     /// Keep only these classes, in this order (comma-separated).
@@ -40,6 +41,7 @@ pub struct ReproduceArgs {
     pub folds: usize,
     #[command(flatten)]
     pub grouping: super::GroupingArgs,
+    /// Epochs of every row (setting `epochs`; default: the preset's).
     #[arg(long)]
     pub epochs: Option<usize>,
     /// paper, authors-code or tiny (default: paper, or the config file's preset).
@@ -75,18 +77,22 @@ pub struct ReproduceArgs {
     /// With --slurm: wait until every array task has ended (sbatch --wait), then collect.
     #[arg(long, requires = "slurm")]
     pub wait: bool,
+    /// With --slurm: the partition to submit to (sbatch --partition).
     #[arg(long, requires = "slurm")]
     pub partition: Option<String>,
     /// Time limit per array task (Slurm syntax, e.g. 12:00:00).
     #[arg(long, requires = "slurm")]
     pub time: Option<String>,
+    /// With --slurm: the account to charge (sbatch --account).
     #[arg(long, requires = "slurm")]
     pub account: Option<String>,
     /// GPUs per array task (0 for CPU-only clusters).
     #[arg(long, default_value_t = 1)]
     pub gpus_per_task: u32,
+    /// With --slurm: CPU cores per array task (sbatch --cpus-per-task).
     #[arg(long, requires = "slurm")]
     pub cpus_per_task: Option<u32>,
+    /// With --slurm: memory per array task (Slurm syntax, e.g. 32G; sbatch --mem).
     #[arg(long, requires = "slurm")]
     pub mem: Option<String>,
     /// At most this many array tasks at once.
@@ -98,6 +104,7 @@ pub struct ReproduceArgs {
     /// Bootstrap resamples for the confidence intervals.
     #[arg(long, default_value_t = 1000)]
     pub bootstrap: usize,
+    /// No progress bars or per-unit lines.
     #[arg(long)]
     pub quiet: bool,
 }

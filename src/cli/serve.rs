@@ -27,6 +27,7 @@ pub struct ServeArgs {
     /// Address to listen on; anything but a loopback address is reachable from other machines.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// TCP port to listen on.
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
     /// Require `Authorization: Bearer <token>` on every API call (default: $MAGSD_TOKEN, if set;
@@ -71,6 +72,7 @@ pub struct ServeArgs {
     /// request's headers within it.
     #[arg(long, default_value_t = 30)]
     pub timeout_s: u64,
+    /// cpu, cuda or auto (CUDA when a GPU is visible).
     #[arg(long, value_enum, default_value = "auto")]
     pub device: DeviceChoice,
     /// bf16 autocast (CUDA).

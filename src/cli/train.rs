@@ -8,7 +8,7 @@ use crate::data::input_stats::{self, InputStats};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::model::weights::{load_tensors, save_tensors};
-use crate::train::trainer::MODEL_FILE;
+use crate::runfolder::{FOLD_RESULT_FILE, MODEL_FILE, fold_dir};
 use crate::train::config::TrainConfig;
 use crate::train::cv::{self, RunOptions, RunResult, RunSpec};
 
@@ -102,7 +102,8 @@ pub struct TrainArgs {
     /// Metadata columns to break held-out metrics down by (default: source_repo, dataset).
     #[arg(long = "by")]
     pub by: Vec<String>,
-    /// Stop after this many steps (with a checkpoint), e.g. to fit a time limit.
+    /// Stop after this many steps (with a checkpoint), e.g. to fit a time limit; exits with
+    /// status 0 (Ctrl-C: 130). The model file so far is marked unfinished until --resume ends it.
     #[arg(long)]
     pub max_steps: Option<u64>,
     /// No progress bars or per-epoch lines.
@@ -216,7 +217,7 @@ fn resume_config(args: &TrainArgs, dir: &std::path::Path, spec: &RunSpec) -> Res
                 cfg.epochs
             )));
         }
-        let finished = (0..spec.folds).find(|k| dir.join(format!("fold-{k}/fold.json")).exists());
+        let finished = (0..spec.folds).find(|&k| fold_dir(dir, k).join(FOLD_RESULT_FILE).exists());
         if let Some(k) = finished.filter(|_| e > cfg.epochs && spec.folds >= 2) {
             return Err(Error::Config(format!(
                 "--epochs {e}: fold {k} has already finished with {} epochs; every fold must train \
@@ -293,6 +294,11 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     if let Some(note) = crate::device::cuda_only_note(args.bf16, args.channels_last, device) {
         eprintln!("{note}");
     }
+    // Every preset turns the CUDA graph on; say it is unused only to a user who asked for it.
+    let graph_asked = args.set.iter().any(|s| s.replace(' ', "") == "performance.cuda_graph=true");
+    if graph_asked && !device.is_cuda() {
+        eprintln!("note: performance.cuda_graph applies on CUDA only; this run steps eagerly");
+    }
     let by = if args.by.is_empty() { ds.default_breakdown() } else { args.by.clone() };
     if !args.quiet {
         eprintln!(
@@ -323,7 +329,9 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     match result {
         RunResult::Stopped => {
             eprintln!("stopped with a checkpoint; continue with: magsd train --resume {}", out.display());
-            Ok(130)
+            // A deliberate stop (--max-steps) is a success; an interrupted run exits as Ctrl-C does.
+            let interrupted = crate::train::trainer::INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst);
+            Ok(if interrupted { 130 } else { 0 })
         }
         RunResult::Final { model } => {
             store_input_stats(std::slice::from_ref(&model), &ds, &cfg)?;
@@ -332,7 +340,7 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             Ok(0)
         }
         RunResult::CrossValidation(s) => {
-            let models: Vec<PathBuf> = (0..spec.grouping.folds_to_run(spec.folds)).map(|k| out.join(format!("fold-{k}")).join(MODEL_FILE)).collect();
+            let models: Vec<PathBuf> = (0..spec.grouping.folds_to_run(spec.folds)).map(|k| fold_dir(&out, k).join(MODEL_FILE)).collect();
             store_input_stats(&models, &ds, &cfg)?;
             print!("{}", cv::summary_markdown(&s, &ds.classes, &spec.grouping.describe(spec.folds)));
             let html = crate::report::run::write_run_report(&out)?;

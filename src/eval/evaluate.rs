@@ -11,7 +11,7 @@ use crate::data::dataset::Dataset;
 use crate::data::loader::Loader;
 use crate::device::{autocast_bf16, channels_last};
 use crate::error::{Error, Result, write_atomic};
-use crate::eval::metrics::{Metrics, argmax, compute_over, try_compute_over};
+use crate::eval::metrics::{Metrics, compute_over, try_compute_over};
 use crate::eval::probe::{ProbeInput, SourceProbe, source_probe};
 use crate::eval::within_source::{self, Scored, WithinSource, within_source};
 use crate::eval::overlap::TrainingOverlap;
@@ -312,23 +312,4 @@ fn source_of(ds: &Dataset, i: usize, column: &str) -> String {
         None | Some("") => "(empty)".into(),
         Some(v) => v.to_string(),
     }
-}
-
-/// `predictions.csv`: path, true label, one probability column per class, predicted label
-/// (text cells through [`crate::files::csv_cell`], read back by `runfolder::read_predictions`).
-pub fn write_predictions_csv(path: &Path, ds: &Dataset, p: &Predictions) -> Result<()> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["path".to_string(), "true_label".to_string()];
-    header.extend(ds.classes.iter().map(|c| format!("prob_{c}")));
-    header.push("predicted_label".into());
-    w.write_record(&header).expect("in-memory write");
-    for (row, &i) in p.indices.iter().enumerate() {
-        let cell = |s: &str| crate::files::csv_cell(s).into_owned();
-        let mut rec = vec![cell(&ds.samples[i].name), cell(&ds.classes[p.labels[row]])];
-        rec.extend(p.probs[row].iter().map(|v| format!("{v:.6}")));
-        rec.push(cell(&ds.classes[argmax(&p.probs[row])]));
-        w.write_record(&rec).expect("in-memory write");
-    }
-    let bytes = w.into_inner().map_err(|e| Error::Data(e.to_string()))?;
-    write_atomic(path, &bytes)
 }

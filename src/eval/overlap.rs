@@ -1,15 +1,8 @@
-//! Whether an evaluation reuses images the model was trained on: the model's run folder
-//! (`run.json`, and `split.json` for a cross-validation fold) says which images trained it; an
-//! evaluated image that is one of them (the same file, after resolving links) makes the metrics
-//! a training-set score, not a held-out estimate, and `magsd eval` says so loudly.
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-
+//! Whether an evaluation reuses images the model was trained on: an evaluated image that
+//! trained it (the same file, after resolving links) makes the metrics a training-set score,
+//! not a held-out estimate, and `magsd eval` says so loudly. Which images trained a model is
+//! the run folder's to say (`runfolder::training_overlap`).
 use serde::{Deserialize, Serialize};
-
-use crate::data::dataset::{Dataset, DatasetOptions};
-use crate::data::split::SplitFile;
-use crate::runfolder::{RUN_FILE, RunSpec, SPLIT_FILE};
 
 /// Evaluated images that also trained (or validated) the model.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -33,61 +26,4 @@ impl TrainingOverlap {
             self.images, self.of, self.run
         )
     }
-}
-
-/// The run folder a model file belongs to and, for a cross-validation fold, the fold number.
-fn run_of(model: &Path) -> Option<(PathBuf, Option<usize>)> {
-    let dir = model.parent()?;
-    if dir.join(RUN_FILE).is_file() {
-        return Some((dir.to_path_buf(), None));
-    }
-    let fold = dir.file_name()?.to_str()?.strip_prefix("fold-")?.parse::<usize>().ok()?;
-    let run = dir.parent()?;
-    run.join(RUN_FILE).is_file().then(|| (run.to_path_buf(), Some(fold)))
-}
-
-/// The files that trained the model at `model`, resolved; `None` when the model has no run
-/// folder, or its training data can no longer be read.
-pub fn training_files(model: &Path) -> Option<(PathBuf, HashSet<PathBuf>)> {
-    let (run, fold) = run_of(model)?;
-    let spec = RunSpec::load(&run).ok()?;
-    let opts = DatasetOptions {
-        label_column: spec.label_column.clone(),
-        classes: (!spec.classes.is_empty()).then(|| spec.classes.clone()),
-        // The run accepted these paths when it was trained.
-        allow_outside_root: true,
-    };
-    let data = if spec.data.is_relative() && !spec.data.exists() { run.join(&spec.data) } else { spec.data.clone() };
-    let ds = Dataset::open(&data, &opts).ok()?;
-    let held_out: HashSet<String> = match fold {
-        None => HashSet::new(),
-        Some(k) => {
-            let split = SplitFile::load(&run.join(SPLIT_FILE)).ok()?;
-            split.folds.get(k)?.iter().cloned().collect()
-        }
-    };
-    let files = ds
-        .samples
-        .iter()
-        .filter(|s| !held_out.contains(&s.name))
-        .filter_map(|s| s.path.canonicalize().ok())
-        .collect();
-    Some((run, files))
-}
-
-/// The evaluated images of `ds` (at `indices`) that trained the model at `model`.
-pub fn training_overlap(model: &Path, ds: &Dataset, indices: &[usize]) -> Option<TrainingOverlap> {
-    let (run, trained) = training_files(model)?;
-    let hits: Vec<String> = indices
-        .iter()
-        .map(|&i| &ds.samples[i])
-        .filter(|s| s.path.canonicalize().is_ok_and(|p| trained.contains(&p)))
-        .map(|s| s.name.clone())
-        .collect();
-    (!hits.is_empty()).then(|| TrainingOverlap {
-        run: run.display().to_string(),
-        images: hits.len(),
-        of: indices.len(),
-        examples: hits.into_iter().take(5).collect(),
-    })
 }

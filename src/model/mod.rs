@@ -11,5 +11,31 @@ pub mod resnet;
 pub mod weights;
 
 pub use config::{Arch, Head, MagSdConfig, Scales};
-pub use magsd::{MagSd, MagSdOutput};
+pub use magsd::MagSd;
 pub use maps::MapKind;
+
+use tch::{Kind, Tensor};
+
+/// What one forward pass returns.
+pub struct MagSdOutput {
+    /// `[B, K]` class scores (before softmax).
+    pub logits: Tensor,
+    /// `[B, M, S/32, S/32]` attention maps, all ≥ 0 (7×7 at 224). For a baseline, its
+    /// class-agnostic activation map `[B, 1, h, w]` (see `baselines`), or BCNN(Attention)'s
+    /// learned maps.
+    pub attention: Tensor,
+    /// `[B, C4, S/32, S/32]` layer4 features (2048 channels for ResNet50); for a baseline, its
+    /// last convolutional feature map.
+    pub features: Tensor,
+    /// The backbone's stage outputs layer1..layer4 (`[B, C_i, S/4 … S/32]`); for a baseline, its
+    /// last feature map alone. Their global averages are what `crate::eval::ood` scores.
+    pub stages: Vec<Tensor>,
+}
+
+impl MagSdOutput {
+    /// The mean over the M maps, `[B, 1, S/32, S/32]`: what evaluation and localisation use.
+    pub fn mean_attention(&self) -> Tensor {
+        self.attention.to_kind(Kind::Float).mean_dim(&[1i64][..], true, None)
+    }
+}
+

@@ -108,11 +108,40 @@ pub fn parameter_count(vs: &nn::VarStore) -> i64 {
 
 /// Saves a whole model: all variables plus its config in the file's metadata.
 pub fn save_model(path: &Path, vs: &nn::VarStore, config: &MagSdConfig) -> Result<()> {
-    let meta = HashMap::from([
+    save_model_with(path, vs, config, None)
+}
+
+/// Metadata key of a model file saved before its training finished; its value says how far
+/// training had got (e.g. "saved after epoch 1 of 12"). Training removes it when it finishes.
+pub const UNFINISHED_KEY: &str = "magsd.unfinished";
+
+/// [`save_model`], marking the file unfinished with `progress` when given.
+pub fn save_model_with(path: &Path, vs: &nn::VarStore, config: &MagSdConfig, progress: Option<&str>) -> Result<()> {
+    let mut meta = HashMap::from([
         (CONFIG_KEY.to_string(), serde_json::to_string(config).expect("config serialises")),
         ("format".to_string(), "magsd-model".to_string()),
     ]);
+    if let Some(p) = progress {
+        meta.insert(UNFINISHED_KEY.to_string(), p.to_string());
+    }
     save_tensors(path, &named_variables(vs), meta)
+}
+
+/// Removes the unfinished mark of a model file, if it has one.
+pub fn mark_finished(path: &Path) -> Result<()> {
+    let (tensors, mut meta) = load_tensors(path)?;
+    if meta.remove(UNFINISHED_KEY).is_some() {
+        save_tensors(path, &tensors, meta)?;
+    }
+    Ok(())
+}
+
+/// What to tell a user of a model file saved before its training finished; `None` for a
+/// finished one (and for files written before the mark existed).
+pub fn unfinished(meta: &HashMap<String, String>) -> Option<String> {
+    meta.get(UNFINISHED_KEY).map(|p| {
+        format!("this model's training did not finish ({p}); its answers are those of a partly trained network (finish it with `magsd train --resume RUN`)")
+    })
 }
 
 /// The config embedded in a model file, if it is one.

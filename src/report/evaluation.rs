@@ -16,7 +16,8 @@ use super::reliability_plot::ReliabilityFigure;
 use crate::data::dataset::Dataset;
 use crate::data::decode::{DecodeLimits, decode_file};
 use crate::error::{IoContext, Result};
-use crate::eval::evaluate::{EvalReport, Predictions, write_predictions_csv};
+use crate::eval::evaluate::{EvalReport, Predictions};
+use crate::runfolder::{METRICS_FILE, PREDICTIONS_FILE, write_predictions};
 use crate::eval::localize::{GroundTruth, LocalizationReport, Threshold, localize};
 use crate::eval::metrics::pct_or_na;
 use crate::eval::metrics::{Metrics, argmax};
@@ -190,8 +191,8 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
     report.reliability = opts.reliability.clone();
     report.map = opts.map;
     report.saliency = opts.saliency.clone();
-    report.save(&dir.join("metrics.json"))?;
-    write_predictions_csv(&dir.join("predictions.csv"), ds, p)?;
+    report.save(&dir.join(METRICS_FILE))?;
+    write_predictions(&dir.join(PREDICTIONS_FILE), ds, p)?;
     save(&RocFigure { title: "ROC curves (one-vs-rest)".into(), classes: &ds.classes, labels: &p.labels, probs: &p.probs }, &dir.join("roc"))?;
     save(&ConfusionFigure { title: "Confusion matrix (rows normalised)".into(), classes: &ds.classes, confusion: &report.overall.confusion }, &dir.join("confusion"))?;
 

@@ -16,7 +16,7 @@ use crate::eval::metrics::{compute, fixed4_or_na};
 use crate::eval::probe::SourceProbe;
 use crate::eval::reliability::{CalibrationComparison, Reliability};
 use crate::eval::within_source::{self, Scored, within_source};
-use crate::model::weights::{load_tensors, split_variables};
+use crate::model::weights::{load_tensors, split_variables, unfinished};
 use crate::runfolder::{CONFIG_FILE, CvSummary, LOG_FILE, METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, RunSpec, fold_dir, read_predictions};
 use std::collections::HashMap;
 
@@ -76,15 +76,29 @@ pub fn write_run_report(run: &Path) -> Result<PathBuf> {
             let log = fold_dir(run, f.fold).join(LOG_FILE);
             let stem = fold_dir(run, f.fold).join("curves");
             save(&CurvesFigure::from_log(&format!("fold {}", f.fold), &log)?, &stem)?;
-            doc.image(format!("fold-{}/curves.png", f.fold), format!("fold {}: loss and accuracy per epoch", f.fold));
+            let rel = stem.strip_prefix(run).unwrap_or(&stem).with_extension("png");
+            doc.image(rel.display().to_string(), format!("fold {}: loss and accuracy per epoch", f.fold));
         }
     } else if run.join(LOG_FILE).exists() {
-        doc.h(1, "Final model");
+        let model = run.join(MODEL_FILE);
+        let meta = if model.is_file() { Some(load_tensors(&model)?) } else { None };
+        match meta.as_ref().map(|(_, meta)| unfinished(meta)) {
+            Some(None) => {
+                doc.h(1, "Final model");
+            }
+            Some(Some(u)) => {
+                doc.h(1, "Unfinished model");
+                doc.p(format!("{MODEL_FILE}: {u}."));
+            }
+            None => {
+                doc.h(1, "Unfinished run");
+                doc.p(format!("No {MODEL_FILE} yet: training stopped before its first epoch ended (`magsd train --resume RUN` continues it)."));
+            }
+        }
         doc.p(final_split_text(&run.join(LOG_FILE)));
         save(&CurvesFigure::from_log("final model", &run.join(LOG_FILE))?, &run.join("curves"))?;
         doc.image("curves.png", "loss and accuracy per epoch");
-        if run.join(MODEL_FILE).is_file() {
-            let (tensors, meta) = load_tensors(&run.join(MODEL_FILE))?;
+        if let Some((tensors, meta)) = meta {
             let extra = split_variables(tensors).1;
             let r = Reliability::from_file_parts(&meta, &extra, &run.join(MODEL_FILE))?;
             doc.h(2, "Calibration, unusual inputs, operating points");

@@ -1,6 +1,6 @@
 //! `magsd serve`: a web page and an HTTP API over one model, with dynamic batching.
 //!
-//! Layers, outermost first: metrics and JSON errors ([`metrics::track`]), the `Host` check
+//! Layers, outermost first: metrics and JSON errors ([`track::track`]), the `Host` check
 //! against DNS rebinding ([`host`]), the per-request timeout (408), the body limit (413), then
 //! the routes; the API routes also need the bearer token when one is set ([`auth`]). Handlers
 //! decode the request, call the library (the same steps as `magsd predict`) through the batching
@@ -30,6 +30,7 @@ pub mod load;
 pub mod metrics;
 pub mod page;
 pub mod state;
+pub mod track;
 
 pub use state::{AppState, Limits, Loaded, ServeOptions, load};
 
@@ -38,7 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut protected = Router::new()
         .route("/api/v1/predict", post(api::predict))
         .route("/api/v1/model", get(api::model))
-        .route("/metrics", get(metrics::metrics))
+        .route("/metrics", get(track::metrics))
         .route("/v2", get(kserve::server_metadata))
         .route("/v2/models/stats", get(kserve::stats));
     // Each model URL with and without `/versions/{version}`.
@@ -75,7 +76,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(RequestBodyLimitLayer::new(state.limits.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, state.limits.timeout))
         .layer(from_fn_with_state(state.hosts.clone(), host::check_host))
-        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(from_fn_with_state(state.clone(), track::track))
         .with_state(state)
 }
 

@@ -12,15 +12,14 @@ use tokio::sync::Semaphore;
 use super::batcher::{BatchOptions, BatchWorker, Batcher, queue};
 use super::host::AllowedHosts;
 use super::metrics::Metrics;
-use crate::cli::eval::resolve_model;
 use crate::data::decode::DecodeLimits;
 use crate::data::loader::InputPipeline;
 use crate::error::{Error, Result};
 use crate::eval::localize::Threshold;
 use crate::eval::reliability::{Reliability, ReliabilitySummary};
 use crate::model::MagSdConfig;
-use crate::model::weights::{LoadedModel, load_model};
-use crate::runfolder::{CvSummary, RUN_FILE, RunSpec, SUMMARY_FILE};
+use crate::model::weights::{LoadedModel, load_model, unfinished};
+use crate::runfolder::{CvSummary, RunSpec, resolve_model, run_of_model};
 
 /// The notice shown with every answer and on the page.
 pub use crate::report::INTENDED_USE;
@@ -116,6 +115,8 @@ pub struct ModelCard {
     pub input_size: usize,
     pub preprocessing: Preprocessing,
     pub training: Option<Training>,
+    /// Set when the model file was saved before its training finished: how far it got.
+    pub unfinished: Option<String>,
     pub device: String,
     /// How the probabilities are calibrated, what the `unusual` flag rests on, and the
     /// operating points, as the model file says.
@@ -158,16 +159,6 @@ impl Loaded {
     }
 }
 
-/// The run folder a model file belongs to: its own folder (`--folds 0`) or the one above
-/// (`fold-K/model.safetensors`), whichever holds `run.json`.
-fn run_folder(model_arg: &Path, file: &Path) -> Option<PathBuf> {
-    if model_arg.is_dir() {
-        return Some(model_arg.to_path_buf()).filter(|d| d.join(RUN_FILE).is_file());
-    }
-    let parent = file.parent()?;
-    [Some(parent), parent.parent()].into_iter().flatten().find(|d| d.join(RUN_FILE).is_file()).map(Path::to_path_buf)
-}
-
 /// The last component of a path, for a card that does not show paths.
 fn base_name(p: &Path) -> String {
     p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
@@ -175,12 +166,7 @@ fn base_name(p: &Path) -> String {
 
 fn training(run: &Path, show_paths: bool) -> Result<Training> {
     let spec = RunSpec::load(run)?;
-    let summary = run.join(SUMMARY_FILE);
-    let cross_validation = if summary.is_file() {
-        Some(serde_json::from_slice(&crate::files::read(&summary, crate::files::MAX_TEXT_BYTES, "summary")?).map_err(|e| Error::bad_file(&summary, e.to_string()))?)
-    } else {
-        None
-    };
+    let cross_validation = CvSummary::load_if_present(run)?;
     let path = |p: &Path| if show_paths { p.display().to_string() } else { base_name(p) };
     Ok(Training {
         run: path(run),
@@ -231,7 +217,11 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
     let model = load_model(&file, opts.device)?;
     let reliability = Reliability::of(&model, &file)?;
     let config = model.model.config.clone();
-    let run = run_folder(&opts.model, &file);
+    let run = run_of_model(&file).map(|(run, _)| run);
+    let unfinished = unfinished(&model.metadata);
+    if let Some(u) = &unfinished {
+        eprintln!("warning: {}: {u}", file.display());
+    }
     // With a token only authenticated callers read the card, so it may show where things are.
     let show_paths = opts.show_paths || opts.token.is_some();
     let card = ModelCard {
@@ -245,6 +235,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         input_size: config.image_size as usize,
         preprocessing: preprocessing(&config),
         training: run.as_deref().map(|r| training(r, show_paths)).transpose()?,
+        unfinished,
         device: crate::device::describe(opts.device),
         reliability: reliability.summary(),
         intended_use: INTENDED_USE,

@@ -17,9 +17,10 @@ use super::attention_aug::StepRandom;
 use super::config::TrainConfig;
 use super::loss::LossParts;
 use super::optim::Sgd;
-use super::trainer::{StepOutput, train_step};
+use super::step::{StepOutput, TrainStep, train_step};
 use crate::error::{Error, Result};
 use crate::model::MagSd;
+use crate::rng::Rng;
 
 unsafe extern "C" {
     fn magsd_graph_new(device: i32) -> *mut c_void;
@@ -180,5 +181,22 @@ impl GraphedInference {
         copy_into(&mut self.x, x);
         let sx = self.x.as_ref().expect("set");
         self.replayer.run(0.0, || tch::no_grad(|| forward(sx)), Tensor::shallow_clone)
+    }
+}
+
+/// MAG-SD's step recorded once as a CUDA graph and replayed ([`GraphedStep`]): the same
+/// computation and the same random numbers as `train::step::MagSdStep`.
+pub struct GraphedMagSdStep(GraphedStep);
+
+impl GraphedMagSdStep {
+    pub fn new(device: Device) -> Result<Self> {
+        Ok(GraphedMagSdStep(GraphedStep::new(device)?))
+    }
+}
+
+impl TrainStep for GraphedMagSdStep {
+    fn step(&mut self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
+        let random = StepRandom::draw(rng, x.size()[0], device);
+        self.0.step(model, sgd, x, y, &random, cfg, lr)
     }
 }

@@ -20,12 +20,12 @@ use crate::data::decode::DecodeLimits;
 use crate::data::loader::{InputPipeline, Loader};
 use crate::data::split::{Folds, Grouping, SplitFile, check_split, holdout_split, make_split};
 use crate::error::{Error, IoContext, Result};
-use crate::eval::evaluate::{EvalReport, PredictOptions, write_predictions_csv};
+use crate::eval::evaluate::{EvalReport, PredictOptions};
 use crate::eval::metrics::{Metrics, fixed4_or_na, pct_or_na, summarise};
 use crate::eval::reliability::{Reliability, predict_assessed};
 use crate::model::weights::load_model;
 pub use crate::runfolder::{CONFIG_FILE, CvSummary, FoldResult, RUN_FILE, RunSpec, SPLIT_FILE, SUMMARY_FILE};
-use crate::runfolder::{METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, SUMMARY_MARKDOWN, fold_dir};
+use crate::runfolder::{METRICS_FILE, MODEL_FILE, PREDICTIONS_FILE, SUMMARY_MARKDOWN, fold_dir, write_predictions};
 
 pub struct RunOptions {
     pub out: PathBuf,
@@ -256,7 +256,7 @@ impl FoldRunner {
         let mut report = EvalReport::new_over(ds, &p, &opts.by, &trained)?;
         report.reliability = Some(trust);
         report.save(&dir.join(METRICS_FILE))?;
-        write_predictions_csv(&dir.join(PREDICTIONS_FILE), ds, &p)?;
+        write_predictions(&dir.join(PREDICTIONS_FILE), ds, &p)?;
         let r = FoldResult {
             fold: k,
             train_images: train_idx.len(),

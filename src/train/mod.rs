@@ -9,4 +9,5 @@ pub mod loss;
 pub mod optim;
 pub mod sampling;
 pub mod reliability;
+pub mod step;
 pub mod trainer;

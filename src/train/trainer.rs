@@ -1,5 +1,5 @@
 //! The training loop for every network (spec §4): start or resume, epochs of steps, validation,
-//! checkpoints. Each network brings its own step ([`TrainStep`]): MA-Net's is raw forward
+//! checkpoints. Each network brings its own step (`train::step`): MA-Net's is raw forward
 //! (train mode) → three maps per image → attention mix-up, dimming, patching (no gradient) →
 //! three more forwards → soft-distance loss → backward → SGD; a baseline's is one forward,
 //! cross-entropy, backward, SGD.
@@ -24,19 +24,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tch::{Device, Kind, Tensor, nn};
 
-use super::attention_aug::{StepRandom, augment_batch};
 use super::checkpoint::{self, Best, TrainState};
 use super::config::TrainConfig;
-use super::cuda_graph::GraphedStep;
-use super::loss::soft_distance_loss;
 use super::optim::Sgd;
+use super::cuda_graph::GraphedMagSdStep;
+use super::step::{CrossEntropyStep, MagSdStep, TORCH_RNG, TrainStep};
 use crate::data::loader::Loader;
 use crate::data::prefetch::DeviceBatches;
-use crate::device::{autocast_bf16, channels_last, vars_to_channels_last};
+use crate::device::vars_to_channels_last;
 use crate::error::{Error, IoContext, Result};
 use crate::eval::evaluate::predict;
 use crate::eval::metrics;
-use crate::model::weights::{copy_exact, import_torchvision, save_model};
+use crate::model::weights::{copy_exact, import_torchvision, mark_finished, save_model_with};
 use crate::model::{Arch, MagSd, MagSdConfig};
 use crate::rng::{Rng, mix};
 
@@ -80,31 +79,11 @@ pub struct TrainOutcome {
     pub state: TrainState,
 }
 
-/// Serialises use of libtorch's process-wide generator (weight initialisation).
-static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Builds the model with initial weights that depend only on `seed`.
 pub fn seeded_init(vs: &nn::VarStore, config: &MagSdConfig, seed: u64) -> Result<MagSd> {
     let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(mix(seed, &[0]) as i64);
     MagSd::new(&vs.root(), config.clone())
-}
-
-/// What one step returns (on the device; reading them back costs a sync).
-pub struct StepOutput {
-    pub loss: super::loss::LossParts,
-    /// Correct raw-branch predictions in the batch.
-    pub correct: Tensor,
-}
-
-/// One optimisation step of a network on a batch already on the device. Each network brings
-/// its own: [`MagSdStep`] for MA-Net (spec §4), [`CrossEntropyStep`] for the baselines.
-pub trait TrainStep {
-    /// `rng` is this step's generator, keyed by (seed, epoch, step): a step's random numbers
-    /// come from it alone, so a resumed run repeats them.
-    #[allow(clippy::too_many_arguments)]
-    fn step(&self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64)
-    -> Result<StepOutput>;
 }
 
 /// The step for `arch`, chosen here and nowhere else: MA-Net trains with MAG-SD's step (replayed
@@ -114,85 +93,10 @@ pub fn step_for(arch: Arch, cfg: &TrainConfig, device: Device) -> Result<Box<dyn
     Ok(if arch.is_baseline() {
         Box::new(CrossEntropyStep)
     } else if cfg.performance.cuda_graph && device.is_cuda() {
-        Box::new(GraphedMagSdStep(std::cell::RefCell::new(GraphedStep::new(device)?)))
+        Box::new(GraphedMagSdStep::new(device)?)
     } else {
         Box::new(MagSdStep)
     })
-}
-
-/// MAG-SD's step (spec §4): see [`train_step`]. With `method.augmentations = []` (MAG-SD(0AUG))
-/// there are no augmented views and the soft-distance loss is the raw branch's cross-entropy.
-pub struct MagSdStep;
-
-impl TrainStep for MagSdStep {
-    fn step(&self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
-        let random = StepRandom::draw(rng, x.size()[0], device);
-        Ok(train_step(model, sgd, x, y, &random, cfg, device, lr))
-    }
-}
-
-/// MAG-SD's step recorded once as a CUDA graph and replayed (`train::cuda_graph`): the same
-/// computation and the same random numbers as [`MagSdStep`].
-pub struct GraphedMagSdStep(std::cell::RefCell<GraphedStep>);
-
-impl TrainStep for GraphedMagSdStep {
-    fn step(&self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
-        let random = StepRandom::draw(rng, x.size()[0], device);
-        self.0.borrow_mut().step(model, sgd, x, y, &random, cfg, lr)
-    }
-}
-
-/// The baselines' step: one forward in training mode, cross-entropy, backward, SGD. Dropout
-/// (VGG16, InceptionV3) draws from libtorch's generator, which is seeded from the step's `rng`
-/// first so that a resumed run repeats the masks; runs sharing one process also share that
-/// generator, and may then interleave their draws.
-pub struct CrossEntropyStep;
-
-impl TrainStep for CrossEntropyStep {
-    fn step(&self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
-        {
-            let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-            tch::manual_seed((rng.next_u64() >> 1) as i64);
-        }
-        let out = autocast_bf16(cfg.performance.bf16, device, || model.forward_t(x, true));
-        let ce = out.logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
-        sgd.zero_grad();
-        ce.backward();
-        sgd.step(lr);
-        let correct = tch::no_grad(|| out.logits.argmax(1, false).eq_tensor(y).sum(Kind::Float));
-        Ok(StepOutput { loss: super::loss::LossParts { total: ce.shallow_clone(), ce }, correct })
-    }
-}
-
-/// One MAG-SD training step on a batch already on `device` (spec §4): raw forward → three
-/// attention-guided views → three more forwards → soft-distance loss → backward → SGD.
-#[allow(clippy::too_many_arguments)]
-pub fn train_step(
-    model: &MagSd,
-    sgd: &mut Sgd,
-    x: &Tensor,
-    y: &Tensor,
-    random: &StepRandom,
-    cfg: &TrainConfig,
-    device: Device,
-    lr: f64,
-) -> StepOutput {
-    let (bf16, cl) = (cfg.performance.bf16, cfg.performance.channels_last && device.is_cuda());
-    let raw = autocast_bf16(bf16, device, || model.forward_t(x, true));
-    let views = augment_batch(x, &raw.attention, &cfg.method.augmentations, &cfg.method.attention, random);
-    let z_aux: Vec<Tensor> = views
-        .iter()
-        .map(|v| {
-            let v = if cl { channels_last(v) } else { v.shallow_clone() };
-            autocast_bf16(bf16, device, || model.forward_t(&v, true).logits)
-        })
-        .collect();
-    let loss = soft_distance_loss(&raw.logits, &z_aux, y, &cfg.method.loss);
-    sgd.zero_grad();
-    loss.total.backward();
-    sgd.step(lr);
-    let correct = tch::no_grad(|| raw.logits.argmax(1, false).eq_tensor(y).sum(Kind::Float));
-    StepOutput { loss, correct }
 }
 
 /// The image order of one epoch: seeded shuffles of `train_idx`, repeated as needed to fill
@@ -290,14 +194,11 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
         )));
     }
     let mut s = start(job)?;
-    if cfg.performance.cuda_graph && !job.device.is_cuda() && job.verbose {
-        eprintln!("note: performance.cuda_graph applies on CUDA only; this run steps eagerly");
-    }
-    let stepper = step_for(job.model_config.arch, cfg, job.device)?;
+    let mut stepper = step_for(job.model_config.arch, cfg, job.device)?;
     while s.state.epoch < cfg.epochs {
         let epoch = s.state.epoch;
         let lr = cfg.optim.schedule.lr_at(cfg.optim.lr, epoch, cfg.epochs);
-        let sums = match run_epoch(job, &mut s, stepper.as_ref(), iters, lr)? {
+        let sums = match run_epoch(job, &mut s, stepper.as_mut(), iters, lr)? {
             EpochEnd::Done(sums) => sums,
             EpochEnd::Stopped => {
                 check_weights(job, &mut s)?;
@@ -306,6 +207,10 @@ pub fn train(job: &TrainJob) -> Result<TrainOutcome> {
             }
         };
         end_epoch(job, &mut s, sums, lr)?;
+    }
+    let model = job.out_dir.join(MODEL_FILE);
+    if model.is_file() {
+        mark_finished(&model)?;
     }
     Ok(TrainOutcome { finish: Finish::Completed, model_path: job.out_dir.join(MODEL_FILE), best: s.state.best.clone(), state: s.state })
 }
@@ -414,7 +319,7 @@ fn check_weights(job: &TrainJob, s: &mut Session) -> Result<()> {
 
 /// Runs the rest of the current epoch from `state.step`. Losses stay on the device and are
 /// read back (one sync) only at log points, where a non-finite loss stops training.
-fn run_epoch(job: &TrainJob, s: &mut Session, stepper: &dyn TrainStep, iters: usize, lr: f64) -> Result<EpochEnd> {
+fn run_epoch(job: &TrainJob, s: &mut Session, stepper: &mut dyn TrainStep, iters: usize, lr: f64) -> Result<EpochEnd> {
     let cfg = &job.config;
     let epoch = s.state.epoch;
     let bs = cfg.batch_size;
@@ -536,7 +441,10 @@ fn end_epoch(job: &TrainJob, s: &mut Session, sums: EpochSums, lr: f64) -> Resul
     s.log.flush()?;
     checkpoint::save(&s.last_path, &s.vs, &s.sgd, &job.model_config, cfg, &s.state)?;
     if improved {
-        save_model(&job.out_dir.join(MODEL_FILE), &s.vs, &job.model_config)?;
+        // Marked unfinished until the last epoch ends (`train` clears the mark), so that a run
+        // stopped early leaves a model file that says so.
+        let progress = format!("saved after epoch {} of {}", epoch + 1, cfg.epochs);
+        save_model_with(&job.out_dir.join(MODEL_FILE), &s.vs, &job.model_config, Some(&progress))?;
         if !job.val_idx.is_empty() {
             checkpoint::save(&job.out_dir.join(BEST_CHECKPOINT), &s.vs, &s.sgd, &job.model_config, cfg, &s.state)?;
         }
@@ -578,6 +486,8 @@ fn epoch_line(label: &str, r: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rng::Rng;
+    use tch::{Device, Kind, Tensor};
 
     /// MAG-SD(0AUG) is MA-Net trained on the raw branch's cross-entropy alone: with no
     /// augmentations, MAG-SD's step must do exactly what the plain cross-entropy step does.
@@ -594,7 +504,7 @@ mod tests {
         // seeded initialisations in one test binary need not be equal.
         let start = nn::VarStore::new(Device::Cpu);
         seeded_init(&start, &model_cfg, 7).unwrap();
-        let run = |stepper: &dyn TrainStep| {
+        let run = |stepper: &mut dyn TrainStep| {
             let mut vs = nn::VarStore::new(Device::Cpu);
             let model = MagSd::new(&vs.root(), model_cfg.clone()).unwrap();
             vs.copy(&start).unwrap();
@@ -603,8 +513,8 @@ mod tests {
             let out = stepper.step(&model, &mut sgd, &x, &y, &mut Rng::new(1), &cfg, Device::Cpu, 0.01).unwrap();
             (out.loss.total.double_value(&[]), out.loss.ce.double_value(&[]), crate::model::weights::named_variables(&vs))
         };
-        let (loss_a, ce_a, w_a) = run(&MagSdStep);
-        let (loss_b, ce_b, w_b) = run(&CrossEntropyStep);
+        let (loss_a, ce_a, w_a) = run(&mut MagSdStep);
+        let (loss_b, ce_b, w_b) = run(&mut CrossEntropyStep);
         assert_eq!(loss_a, ce_a, "no augmentations: the loss is the cross-entropy");
         assert_eq!((loss_a, ce_a), (loss_b, ce_b));
         for ((n, a), (_, b)) in w_a.iter().zip(&w_b) {

@@ -19,7 +19,7 @@ pub mod vgg;
 use tch::{Kind, Tensor, nn};
 
 use super::config::{Arch, MagSdConfig, ResNetConfig};
-use super::magsd::MagSdOutput;
+use super::MagSdOutput;
 
 /// One of the baselines, built for a config whose `arch` is not `magsd`.
 // One value per model, built once: the variants' sizes do not matter.
