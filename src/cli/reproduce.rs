@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use super::model::toml_string;
 use crate::error::{Error, Result};
 use crate::reproduce::collect::{BootstrapOptions, collect};
-use crate::reproduce::slurm::{SlurmOptions, remembered, submit, write_job};
+use crate::reproduce::slurm::{SlurmOptions, check_sbatch_path, remembered, submit, write_job};
 use crate::reproduce::{Grid, GridRequest, UnitOutcome, UnitRunner, rows, run_on_gpus, run_sequential, shell_quote};
 use crate::train::config::TrainConfig;
 
@@ -235,6 +235,10 @@ pub fn run(args: ReproduceArgs) -> Result<i32> {
         requeue: args.no_requeue.then_some(false),
     };
     given.check()?;
+    if args.slurm {
+        let out = std::path::absolute(&args.out).map_err(|e| Error::io(&args.out, e))?;
+        check_sbatch_path("--out", &out)?;
+    }
     if let Some(gpus) = &args.gpus {
         check_gpus(gpus)?;
     }

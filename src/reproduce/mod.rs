@@ -11,7 +11,7 @@
 //!                        fold-K/ (fold.json marks a finished unit), cv-summary.json once all
 //!                        folds are collected
 //! DIR/table-N/           report.md, report.html, roc.png/.svg, results.json
-//! DIR/slurm/             job.sh, options.json (the first submission's options) and the array
+//! DIR/slurm/             job.sh, options.json (the options of the last submission) and the array
 //!                        tasks' logs (with --slurm)
 //! DIR/logs/              unit-N.log of child processes (with --gpus)
 //! DIR/grid.lock          held while the grid and its row folders are created

@@ -130,7 +130,7 @@ fn valid_time(t: &str) -> bool {
 
 /// A path that goes into an `#SBATCH` line (not read by a shell, and Slurm expands `%`): only
 /// characters that need no quoting.
-fn check_sbatch_path(what: &str, p: &Path) -> Result<String> {
+pub fn check_sbatch_path(what: &str, p: &Path) -> Result<String> {
     let s = p.to_str().ok_or_else(|| Error::Config(format!("{what} {p:?}: not UTF-8")))?;
     if !s.chars().all(|c| c.is_ascii_alphanumeric() || "/._+,:=@-".contains(c)) {
         return Err(Error::Config(format!(
