@@ -278,6 +278,20 @@ fn grid_input_is_checked_and_job_sh_is_safe() {
     a.push("--plan");
     assert!(fails(magsd(&a)).contains("--table was 8, now 7"));
 
+    // Rows that a --set makes equal are refused; MAG-SD's row is labelled by what it runs.
+    let dup = d.path().join("dup");
+    let mut a = grid_args(data, dup.to_str().unwrap(), "5");
+    a.extend(["--set", "model.scales=\"7+14+28\"", "--plan"]);
+    let text = fails(magsd(&a));
+    assert!(text.contains("rows 'magsd' and 'scales-7-14-28' would train the same configuration"), "{text}");
+    let relabelled = d.path().join("relabelled");
+    let mut a = grid_args(data, relabelled.to_str().unwrap(), "7");
+    a.extend(["--rows", "aug-mixup,magsd", "--set", "method.augmentations=[\"dimming\"]", "--plan"]);
+    ok(magsd(&a));
+    assert_eq!(magsd(&["reproduce", "--out", relabelled.to_str().unwrap(), "--collect"]).status.code(), Some(1));
+    let md = std::fs::read_to_string(relabelled.join("table-7/report.md")).unwrap();
+    assert!(md.contains("| MAG-SD with method.augmentations = [\"dimming\"] (the paper's is [\"mixup\", \"dimming\", \"patching\"]) |"), "{md}");
+
     // Tampered plan.json and reproduce.json: an error naming the file, never a panic or a path
     // outside the grid.
     let plan_path = grid.join("plan.json");

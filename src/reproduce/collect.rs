@@ -297,6 +297,20 @@ fn compare(row: &RowData, reference: &RowData) -> Option<Comparison> {
 
 type MetricFn = fn(&Metrics) -> Option<f64>;
 
+/// A row's label from what it runs: MAG-SD's row is labelled by the paper's choice of the
+/// table's setting (e.g. "7×7 + 14×14 (MAG-SD)") only when the grid's settings keep it.
+fn row_label(table: u8, tr: &super::rows::TableRow, base: &BTreeMap<String, String>, paper: &BTreeMap<String, String>) -> String {
+    if tr.row != MAGSD {
+        return tr.label.to_string();
+    }
+    match super::rows::varied_setting(table) {
+        Some(key) if base.get(key) != paper.get(key) => {
+            format!("MAG-SD with {key} = {} (the paper's is {})", base.get(key).map(String::as_str).unwrap_or("n/a"), paper.get(key).map(String::as_str).unwrap_or("n/a"))
+        }
+        _ => tr.label.to_string(),
+    }
+}
+
 fn bootstrap(d: &RowData, patients: &BTreeMap<String, String>, classes: &[String], opts: BootstrapOptions) -> BTreeMap<String, BootstrapCi> {
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, name) in d.names.iter().enumerate() {
@@ -343,6 +357,8 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
         let patients: std::collections::BTreeSet<String> = ds.samples.iter().map(|s| s.patient_key()).collect();
         provenance(grid, ds.samples.len(), patients.len())?
     };
+    let base_settings = super::config_settings(&grid.base_config()?);
+    let paper_settings = super::config_settings(&crate::train::config::TrainConfig::paper());
     let mut within: BTreeMap<String, BTreeMap<String, WithinSource>> = BTreeMap::new();
     let mut boots: BTreeMap<String, BTreeMap<String, BootstrapCi>> = BTreeMap::new();
     let mut reports = Vec::new();
@@ -364,7 +380,7 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
             let metrics: Vec<Metrics> = d.folds.iter().map(|f| f.metrics.clone()).collect();
             result.rows.push(RowResult {
                 id: tr.row.id.into(),
-                label: tr.label.into(),
+                label: row_label(t.number, tr, &base_settings, &paper_settings),
                 note: tr.note.map(String::from),
                 paper_row: tr.paper.map(|(t, name)| format!("table {t}: {name}")),
                 paper: paper_values(tr.paper),

@@ -156,10 +156,20 @@ impl Grid {
             return Err(Error::Config(format!("--rows {bad}: tables {:?} have the rows {}", req.tables, ids.join(", "))));
         }
         let units = plan(&spec.rows(), req.folds);
-        // Every row's config must resolve before anything is trained.
+        // Every row's config must resolve before anything is trained, and no two rows may train
+        // the same configuration (a --set can make a row equal to MAG-SD's).
+        let mut resolved: Vec<(&str, TrainConfig)> = Vec::new();
         for r in spec.rows() {
-            row_config_from(&req.base, &r.overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            let cfg = row_config_from(&req.base, &r.overrides.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .map_err(|e| Error::Config(format!("row '{}' ({}): {e}", r.id, r.overrides.join(" "))))?;
+            if let Some((other, _)) = resolved.iter().find(|(_, c)| *c == cfg) {
+                return Err(Error::Config(format!(
+                    "rows '{other}' and '{}' would train the same configuration with these settings (--preset, --config, \
+                     --set); drop the setting that makes them equal, or keep one of them with --rows",
+                    r.id
+                )));
+            }
+            resolved.push((r.id, cfg));
         }
         std::fs::create_dir_all(dir).at(dir)?;
         // One process at a time creates (or checks) the grid and its row folders.
@@ -381,8 +391,8 @@ fn check_plan(spec: &GridSpec, units: &[Unit]) -> std::result::Result<(), String
     Ok(())
 }
 
-/// The settings (dotted keys) whose values differ between two configs.
-pub fn config_differences(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
+/// A config as dotted keys → TOML values (`model.scales` → `"7+14"`).
+pub fn config_settings(c: &TrainConfig) -> BTreeMap<String, String> {
     fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
         match v {
             toml::Value::Table(t) => {
@@ -396,14 +406,16 @@ pub fn config_differences(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
             }
         }
     }
-    let table = |c: &TrainConfig| {
-        let mut out = BTreeMap::new();
-        if let Ok(v) = toml::from_str::<toml::Value>(&c.to_toml()) {
-            flatten("", &v, &mut out);
-        }
-        out
-    };
-    let (ta, tb) = (table(a), table(b));
+    let mut out = BTreeMap::new();
+    if let Ok(v) = toml::from_str::<toml::Value>(&c.to_toml()) {
+        flatten("", &v, &mut out);
+    }
+    out
+}
+
+/// The settings (dotted keys) whose values differ between two configs.
+pub fn config_differences(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
+    let (ta, tb) = (config_settings(a), config_settings(b));
     let mut keys: Vec<&String> = ta.keys().chain(tb.keys()).collect();
     keys.sort();
     keys.dedup();

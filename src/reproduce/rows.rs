@@ -51,6 +51,18 @@ fn row(row: Row, label: &'static str, paper: Option<(u8, &'static str)>) -> Tabl
 /// whose training the paper does not describe.
 pub const NOT_PROVIDED: [&str; 2] = ["[51](ResNet)", "[51](InceptionV3)"];
 
+/// The setting a table varies (its rows differ in it), for Tables 4–8.
+pub fn varied_setting(n: u8) -> Option<&'static str> {
+    match n {
+        4 => Some("data.clahe"),
+        5 => Some("model.scales"),
+        6 => Some("model.head"),
+        7 => Some("method.augmentations"),
+        8 => Some("method.loss.variant"),
+        _ => None,
+    }
+}
+
 /// Table `n` (3–8).
 pub fn table(n: u8) -> Option<Table> {
     let magsd = |table: u8, paper: &'static str| row(MAGSD, "MAG-SD", Some((table, paper)));
