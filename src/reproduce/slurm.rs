@@ -88,7 +88,7 @@ impl SlurmOptions {
         for e in &self.extra {
             let (key, value) = e.split_once('=').unwrap_or((e.as_str(), ""));
             let key_ok = key.len() > 2 && key.starts_with("--") && key[2..].chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-            let value_ok = value.chars().all(|c| c.is_ascii_alphanumeric() || "_.,:=/@+-".contains(c)) && (value.is_empty() == !e.contains('='));
+            let value_ok = value.chars().all(|c| c.is_ascii_alphanumeric() || "_.,:=/@+-".contains(c)) && (value.is_empty() != e.contains('='));
             if !key_ok || !value_ok {
                 return Err(bad("--sbatch", e, "one long option such as --qos=long (letters, digits and _.,:=/@+- in its value, no spaces)"));
             }
