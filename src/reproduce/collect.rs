@@ -640,7 +640,8 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
             "roc.png",
             "Fig. 6: ROC of every row from pooled out-of-fold predictions. With more than two classes each curve is the \
              macro average (one-vs-rest TPR averaged over classes at each FPR); with two, the curve of the second class. \
-             Legend: the pooled macro AUC (as in the statistics table).",
+             Legend: the pooled macro AUC (as in the statistics table); as in the paper's Fig. 6 the three highest AUCs \
+             are drawn thick and marked [top 3].",
         );
     }
     doc.h(2, "Rows");
