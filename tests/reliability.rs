@@ -84,7 +84,8 @@ fn fixture() -> &'static Fixture {
         // which by chance of which 60 they are lets more than 5 % of 120 held-out images through
         // in about 1 training in 18 even when they are drawn like the validation ones (the share
         // of new images above the maximum of n is Beta(1, n)-distributed). With 100 it is the
-        // 99th of 100 scores, and that chance falls to about 1 in 60.
+        // largest of 100 (the conformal quantile, ⌈0.99·101⌉ = 100; see `threshold_at_tpr`), and
+        // that chance falls to about 1 in 75.
         let (mut train, mut held) = (Vec::new(), Vec::new());
         for c in CLASSES {
             let of_class = rows.iter().filter(|r| &r[label] == c);
