@@ -134,9 +134,23 @@ pub struct RunSpec {
     /// How the folds were made (runs written before grouped folds existed are patient-level).
     #[serde(default, skip_serializing_if = "Grouping::is_patient")]
     pub grouping: Grouping,
+    /// `--allow-outside-root`: the manifest's paths may lead outside its folder (runs written
+    /// before this field existed had it off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_outside_root: bool,
 }
 
 impl RunSpec {
+    /// How to open the run's data again: its label column, classes in the run's order, and
+    /// whether its manifest may lead outside its folder.
+    pub fn dataset_options(&self) -> DatasetOptions {
+        DatasetOptions {
+            label_column: self.label_column.clone(),
+            classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
+            allow_outside_root: self.allow_outside_root,
+        }
+    }
+
     /// Reads `dir/run.json`; a newer format version than this build knows is an error.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(RUN_FILE);
@@ -218,12 +232,8 @@ impl CvSummary {
 pub fn training_files(model: &Path) -> Option<(PathBuf, HashSet<PathBuf>)> {
     let (run, fold) = run_of_model(model)?;
     let spec = RunSpec::load(&run).ok()?;
-    let opts = DatasetOptions {
-        label_column: spec.label_column.clone(),
-        classes: (!spec.classes.is_empty()).then(|| spec.classes.clone()),
-        // The run accepted these paths when it was trained.
-        allow_outside_root: true,
-    };
+    // The run accepted these paths when it was trained.
+    let opts = DatasetOptions { allow_outside_root: true, ..spec.dataset_options() };
     let data = if spec.data.is_relative() && !spec.data.exists() { run.join(&spec.data) } else { spec.data.clone() };
     let ds = Dataset::open(&data, &opts).ok()?;
     let held_out: HashSet<String> = match fold {

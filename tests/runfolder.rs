@@ -131,6 +131,7 @@ fn a_reproduce_rows_fold_model_knows_its_training_images() {
         folds: 2,
         command: "magsd reproduce (row t3-magsd)".into(),
         grouping: Grouping::Patient,
+        allow_outside_root: false,
     }
     .save(&row)
     .unwrap();

@@ -3,7 +3,6 @@ use std::path::PathBuf;
 
 use super::model::ModelArgs;
 use crate::bench::{BenchOptions, Measure, run as run_bench};
-use crate::device::DeviceChoice;
 use crate::error::Result;
 use crate::train::config::TrainConfig;
 
@@ -17,9 +16,8 @@ use crate::train::config::TrainConfig;
 Same settings and JSON fields as ../shared/reference/bench_magsd_torch.py (batch 32, 1x224x224,\n\
 3 classes, 32 maps, scales 7+14, SGD lr 1e-3 wd 1e-6); run both in one call and compare ratios.")]
 pub struct BenchArgs {
-    /// cpu, cuda or auto.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// Training batch size.
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
@@ -81,6 +79,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     sets.push("performance.cuda_graph=false".into());
     sets.extend(a.model.overrides());
     sets.extend(a.set.iter().cloned());
+    sets.extend(a.device.overrides());
     let config = TrainConfig::resolve(Some("paper"), None, &sets)?;
     let measures = if a.only.is_empty() {
         let mut m = vec![Measure::Train, Measure::Infer, Measure::Eval, Measure::Predict];
@@ -91,7 +90,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     } else {
         a.only.clone()
     };
-    let device = a.device.resolve()?;
+    let device = crate::device::set_up(config.device, config.performance.deterministic)?;
     if let Some(note) = crate::device::cuda_only_note(a.bf16, a.channels_last, device) {
         eprintln!("{note}");
     }

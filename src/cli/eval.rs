@@ -279,7 +279,7 @@ fn open_for(m: &LoadedModel, data: &DataArgs) -> Result<Dataset> {
     if ds.samples.is_empty() {
         return Err(Error::Data(format!(
             "{}: no images of the model's classes ({})",
-            data.data.display(),
+            data.path().display(),
             m.model.config.class_labels().join(", ")
         )));
     }
@@ -335,7 +335,7 @@ fn not_used(ds: &Dataset, p: &crate::eval::evaluate::Predictions, with_warnings:
 
 pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     let (m, device, path) = load(&args.run)?;
-    let name = args.data.data.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    let name = args.data.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
     let out = args.out.clone().unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join(format!("eval-{name}")));
     check_eval_out(&out, args.force)?;
     let (data, from_run) = with_run_label_column(&args.data, &path);
@@ -398,7 +398,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
         &ds,
         &p,
         &EvalOptions {
-            title: format!("MAG-SD evaluation on {}", args.data.data.display()),
+            title: format!("MAG-SD evaluation on {}", args.data.path().display()),
             by,
             ground_truth: gt.as_ref(),
             threshold,

@@ -77,14 +77,18 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
     }
 }
 
-/// Options shared by every command that reads a dataset.
+/// Options shared by every command that reads a dataset: `train`, `reproduce`, `demo`, `eval`,
+/// `localize`, `ood-eval` and `data`. `--data` is required unless a command makes it optional
+/// (`#[command(mut_arg("data", ...))]`: `train` with --resume, `reproduce` on an existing grid,
+/// `demo` on phantoms).
 #[derive(clap::Args, Debug, Clone)]
 pub struct DataArgs {
     /// An ImageFolder root (one folder per class), a folder with a manifest.csv, or a manifest CSV.
-    #[arg(long)]
-    pub data: std::path::PathBuf,
+    #[arg(long, required = true)]
+    pub data: Option<std::path::PathBuf>,
     /// Manifest column holding the labels (e.g. `label3` for the 3-class task); default `label`,
-    /// or for `eval` and `localize` the column the model's run was trained on.
+    /// or the config file's for `train` and `reproduce`, or for `eval` and `localize` the column
+    /// the model's run was trained on.
     #[arg(long)]
     pub label_column: Option<String>,
     /// Keep only these classes, in this order (comma-separated); default: every label found.
@@ -98,17 +102,55 @@ pub struct DataArgs {
 impl DataArgs {
     pub const DEFAULT_LABEL_COLUMN: &'static str = "label";
 
-    pub fn options(&self) -> crate::data::dataset::DatasetOptions {
+    /// `--data`, for the commands on which clap requires it.
+    pub fn path(&self) -> &std::path::Path {
+        self.data.as_deref().expect("clap requires --data on this command")
+    }
+
+    /// The dataset options, with `label_column` when `--label-column` was not given.
+    pub fn options_with(&self, label_column: &str) -> crate::data::dataset::DatasetOptions {
         crate::data::dataset::DatasetOptions {
-            label_column: self.label_column.clone().unwrap_or_else(|| Self::DEFAULT_LABEL_COLUMN.to_string()),
+            label_column: self.label_column.clone().unwrap_or_else(|| label_column.to_string()),
             classes: self.classes.clone(),
             allow_outside_root: self.allow_outside_root,
         }
     }
 
+    pub fn options(&self) -> crate::data::dataset::DatasetOptions {
+        self.options_with(Self::DEFAULT_LABEL_COLUMN)
+    }
+
     pub fn open(&self) -> crate::Result<crate::data::dataset::Dataset> {
         check_classes(&self.classes)?;
-        crate::data::dataset::Dataset::open(&self.data, &self.options())
+        crate::data::dataset::Dataset::open(self.path(), &self.options())
+    }
+}
+
+/// The device and determinism options of every command that trains: `train`, `reproduce`,
+/// `demo` and `bench`; [`crate::device::set_up`] acts on them.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DeviceArgs {
+    /// cpu, cuda or auto (setting `device`; default: the config's, auto in every preset).
+    #[arg(long, value_enum)]
+    pub device: Option<crate::device::DeviceChoice>,
+    /// Deterministic cuDNN and libtorch algorithms, cuDNN benchmarking off (setting
+    /// `performance.deterministic`): the same seed gives the same loss curve on CUDA too (it may
+    /// be slower; CPU runs need no flag).
+    #[arg(long)]
+    pub deterministic: bool,
+}
+
+impl DeviceArgs {
+    /// The flags given, as `key=value` settings.
+    pub fn overrides(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        if let Some(d) = self.device {
+            o.push(format!("device={}", model::toml_string(&format!("{d:?}").to_lowercase())));
+        }
+        if self.deterministic {
+            o.push("performance.deterministic=true".into());
+        }
+        o
     }
 }
 

@@ -125,7 +125,7 @@ fn shortcut_audit(
     probs: &[Vec<f64>],
 ) -> Result<()> {
     doc.h(2, "Shortcut audit (pooled out-of-fold)");
-    let opts = DatasetOptions { label_column: spec.label_column.clone(), classes: Some(spec.classes.clone()), ..Default::default() };
+    let opts = DatasetOptions { classes: Some(spec.classes.clone()), ..spec.dataset_options() };
     let ds = match Dataset::open(&spec.data, &opts) {
         Ok(ds) => ds,
         Err(e) => {
