@@ -144,3 +144,22 @@ fn a_reproduce_rows_fold_model_knows_its_training_images() {
     let fold0: Vec<PathBuf> = folds.folds[0].iter().map(|&i| ds.samples[i].path.canonicalize().unwrap()).collect();
     assert!(fold0.iter().all(|p| files.contains(p)));
 }
+
+/// The training report shows each held-out fold's metrics per source (the `by` sections of
+/// `fold-K/metrics.json`), as `eval`'s report does.
+#[test]
+fn the_training_report_has_a_per_source_table() {
+    let d = tempfile::tempdir().unwrap();
+    let manifest = two_column_manifest(&d.path().join("data"));
+    let run = d.path().join("cv");
+    // `label3` stands in for a source column: any metadata column can be a breakdown.
+    let o = train_tiny(&manifest, &run, &["--folds", "2", "--epochs", "1", "--by", "label3"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(fold_dir(&run, 0).join("metrics.json")).unwrap()).unwrap();
+    assert!(metrics["by"]["label3"].is_object(), "{metrics}");
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("By label3 (held-out folds)"), "{report}");
+    for row in ["fold 0: pneumonia", "fold 1: covid19"] {
+        assert!(report.contains(row), "no row '{row}' in:\n{report}");
+    }
+}
