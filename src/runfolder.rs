@@ -289,15 +289,20 @@ pub fn not_a_run(dir: &Path) -> String {
     format!("{} {what} (it has no {RUN_FILE}); `magsd report` rewrites the report of a `magsd train --out` folder", dir.display())
 }
 
+/// The image column of every predictions CSV (`predictions.csv` and `predict --out`).
+pub const PATH_COLUMN: &str = "path";
+/// The predicted class column of every predictions CSV (`predictions.csv` and `predict --out`).
+pub const PREDICTED_COLUMN: &str = "predicted_label";
+
 /// Writes `predictions.csv` (a fold's held-out images, or an evaluation's): path, true label,
 /// one probability column per class at full precision (the shortest text that reads back as
 /// the same number, so AUC from the file equals the one in `metrics.json`), predicted label.
 /// Text cells go through [`crate::files::csv_cell`]; [`read_predictions`] reads them back.
 pub fn write_predictions(path: &Path, ds: &Dataset, p: &Predictions) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["path".to_string(), "true_label".to_string()];
+    let mut header = vec![PATH_COLUMN.to_string(), "true_label".to_string()];
     header.extend(ds.classes.iter().map(|c| format!("prob_{c}")));
-    header.push("predicted_label".into());
+    header.push(PREDICTED_COLUMN.into());
     w.write_record(&header).expect("in-memory write");
     for (row, &i) in p.indices.iter().enumerate() {
         let cell = |s: &str| crate::files::csv_cell(s).into_owned();

@@ -82,6 +82,17 @@ fn eval_uses_the_runs_label_column_and_predictions_csv_reproduces_metrics_json()
     let csv = std::fs::read_to_string(ev.join("predictions.csv")).unwrap();
     let long = csv.lines().skip(1).flat_map(|l| l.split(',')).filter(|c| c.split_once('.').is_some_and(|(_, frac)| frac.len() > 8)).count();
     assert!(long > 0, "probabilities are rounded:\n{csv}");
+
+    // predict --out names its columns as predictions.csv does.
+    let image = manifest.parent().unwrap().join(&rows[0].0);
+    let out = d.path().join("predict.csv");
+    let o = magsd(&["predict", image.to_str().unwrap(), "--model", run.to_str().unwrap(), "--device", "cpu", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let header = |p: &Path| std::fs::read_to_string(p).unwrap().lines().next().unwrap().split(',').map(String::from).collect::<Vec<_>>();
+    let (predict, eval) = (header(&out), header(&ev.join("predictions.csv")));
+    for c in ["path", "predicted_label", "prob_covid19"] {
+        assert!(predict.contains(&c.to_string()) && eval.contains(&c.to_string()), "{c}: {predict:?} vs {eval:?}");
+    }
 }
 
 #[test]

@@ -654,7 +654,8 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
     let mut csv = match &args.out {
         Some(out) => {
             let mut w = csv::Writer::from_writer(Vec::new());
-            let mut header = vec!["file".to_string(), "predicted".to_string()];
+            // The column names of predictions.csv (this file used to say `file,predicted`).
+            let mut header = vec![crate::runfolder::PATH_COLUMN.to_string(), crate::runfolder::PREDICTED_COLUMN.to_string()];
             header.extend(classes.iter().map(|c| format!("prob_{c}")));
             header.extend(["unusual", "unusual_reasons", "ood_score", "decisions", "heatmap", "warnings"].map(String::from));
             w.write_record(&header).map_err(|e| Error::Data(format!("{}: {e}", out.display())))?;
