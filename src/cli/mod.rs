@@ -250,4 +250,14 @@ mod tests {
         walk(&Cli::command(), "magsd", &mut missing);
         assert!(missing.is_empty(), "options without a help line: {missing:?}");
     }
+
+    /// `bench --batch-size` as every other command; the old `--batch` still parses.
+    #[test]
+    fn bench_takes_batch_size_and_the_old_batch() {
+        for flag in ["--batch-size", "--batch"] {
+            let cli = Cli::try_parse_from(["magsd", "bench", flag, "8"]).unwrap();
+            let Command::Bench(a) = cli.command else { panic!("not bench") };
+            assert_eq!(a.batch_size, 8, "{flag}");
+        }
+    }
 }
