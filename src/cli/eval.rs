@@ -205,7 +205,8 @@ pub struct LocalizeArgs {
     /// (default: every one this model has).
     #[arg(long)]
     pub method: Option<String>,
-    /// Stop at the first unreadable image.
+    /// Refuse to report when any image is missing, unreadable or decoded with a warning (e.g. a
+    /// truncated JPEG): list them all and exit with an error.
     #[arg(long)]
     pub strict: bool,
     /// Write into --out even if it holds metrics.json or is a training run's folder.

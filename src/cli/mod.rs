@@ -251,6 +251,19 @@ mod tests {
         assert!(missing.is_empty(), "options without a help line: {missing:?}");
     }
 
+    /// `localize` runs `eval`'s pipeline, so its --strict does what eval's does and says so
+    /// (it claimed to stop at the first unreadable image, while every bad image is listed).
+    #[test]
+    fn strict_means_the_same_in_eval_and_localize() {
+        let help = |cmd: &str| {
+            let c = Cli::command();
+            let sub = c.find_subcommand(cmd).unwrap();
+            let arg = sub.get_arguments().find(|a| a.get_id() == "strict").unwrap();
+            arg.get_help().map(|h| h.to_string())
+        };
+        assert_eq!(help("eval"), help("localize"));
+    }
+
     /// `bench --batch-size` as every other command; the old `--batch` still parses.
     #[test]
     fn bench_takes_batch_size_and_the_old_batch() {
