@@ -128,6 +128,28 @@ fn an_interrupted_run_resumes_bit_for_bit() {
     }
 }
 
+/// A stop on the last step of an epoch: the resumed epoch has no step left, and its record
+/// still carries the loss and accuracy of all of its steps (it logged 0.0000 / 0.000 before).
+#[test]
+fn an_epoch_stopped_on_its_last_step_logs_its_real_loss_after_resume() {
+    let d = tempfile::tempdir().unwrap();
+    blobs(&d.path().join("data"), 8);
+    let ds = open(&d.path().join("data"));
+    let cfg = tiny(&["epochs=1"]); // 2 steps
+    let full = d.path().join("full");
+    cv::run(&cfg, ds.clone(), 0, &opts(&full)).unwrap();
+    let part = d.path().join("part");
+    let stopped = cv::run(&cfg, ds.clone(), 0, &RunOptions { stop_after_steps: Some(2), ..opts(&part) }).unwrap();
+    assert!(matches!(stopped, RunResult::Stopped));
+    cv::run(&cfg, ds, 0, &RunOptions { resume: true, ..opts(&part) }).unwrap();
+    let (a, b) = (epoch_records(&full.join(LOG_FILE)), epoch_records(&part.join(LOG_FILE)));
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert!(a[0]["train_loss"].as_f64().unwrap() > 0.0);
+    for key in ["train_loss", "train_ce", "train_accuracy", "images"] {
+        assert_eq!(a[0][key], b[0][key], "{key}");
+    }
+}
+
 #[test]
 fn resume_refuses_a_checkpoint_of_another_architecture() {
     let d = tempfile::tempdir().unwrap();

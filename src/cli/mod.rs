@@ -208,23 +208,44 @@ pub fn refuse_overwrite(path: &std::path::Path, force: bool) -> crate::Result<()
     Ok(())
 }
 
-/// Ctrl-C asks training to stop after the current step and save a checkpoint; a second Ctrl-C
-/// exits at once with status 130.
+/// Ctrl-C (SIGINT), SIGTERM (what Slurm sends on preemption and at the time limit) and SIGUSR1
+/// (what `#SBATCH --signal=B:USR1@120` sends before the time limit) ask training to stop after
+/// the current step and save a checkpoint; a second Ctrl-C exits at once with status 130. A
+/// repeated SIGTERM or SIGUSR1 does not: the step in progress still ends with its checkpoint.
 ///
 /// The second exit is `_exit`, not `std::process::exit`: `exit` runs C++ static destructors
 /// while libtorch's worker threads still use those objects, which crashed (SIGSEGV, status 139).
 /// `_exit` ends the process without running them; the last checkpoint on disk stays intact
 /// because checkpoints are written atomically.
 pub fn install_ctrl_c() {
-    use std::sync::atomic::Ordering;
-    use crate::train::trainer::INTERRUPTED;
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+    extern "C" fn on_signal(sig: libc::c_int) {
+        use std::sync::atomic::Ordering;
+        let again = crate::train::trainer::INTERRUPTED.swap(true, Ordering::SeqCst);
+        if again && sig == libc::SIGINT {
             // SAFETY: `_exit` takes a status and never returns; it touches no Rust state.
             unsafe { libc::_exit(130) };
         }
-        eprintln!("\nstopping after this step (Ctrl-C again to quit now)...");
-    });
+        if !again {
+            let msg: &[u8] = match sig {
+                libc::SIGINT => b"\nstopping after this step (Ctrl-C again to quit now)...\n",
+                libc::SIGTERM => b"\nSIGTERM: stopping after this step with a checkpoint...\n",
+                _ => b"\nSIGUSR1: stopping after this step with a checkpoint...\n",
+            };
+            // SAFETY: write(2) is async-signal-safe; the buffer is a static byte string.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+        }
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGUSR1] {
+        // SAFETY: a zeroed sigaction with a handler that only touches an atomic, calls
+        // async-signal-safe functions (write, _exit) and returns.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use super::model::toml_string;
 use crate::error::{Error, Result};
 use crate::reproduce::collect::{BootstrapOptions, collect};
-use crate::reproduce::slurm::{SlurmOptions, submit, write_job};
-use crate::reproduce::{Grid, GridRequest, UnitOutcome, UnitRunner, rows, run_on_gpus, run_sequential};
+use crate::reproduce::slurm::{SlurmOptions, check_sbatch_path, remembered, submit, write_job};
+use crate::reproduce::{Grid, GridRequest, UnitOutcome, UnitRunner, rows, run_on_gpus, run_sequential, shell_quote};
 use crate::train::config::TrainConfig;
 
 #[derive(clap::Args, Debug)]
@@ -84,9 +84,9 @@ pub struct ReproduceArgs {
     /// With --slurm: the account to charge (sbatch --account).
     #[arg(long, requires = "slurm")]
     pub account: Option<String>,
-    /// GPUs per array task (0 for CPU-only clusters).
-    #[arg(long, default_value_t = 1)]
-    pub gpus_per_task: u32,
+    /// GPUs per array task (0 for CPU-only clusters; default 1).
+    #[arg(long, requires = "slurm")]
+    pub gpus_per_task: Option<u32>,
     /// With --slurm: CPU cores per array task (sbatch --cpus-per-task).
     #[arg(long, requires = "slurm")]
     pub cpus_per_task: Option<u32>,
@@ -99,6 +99,16 @@ pub struct ReproduceArgs {
     /// Any other sbatch option for the job script (repeatable), e.g. --sbatch=--qos=long.
     #[arg(long = "sbatch", requires = "slurm", allow_hyphen_values = true)]
     pub sbatch: Vec<String>,
+    /// A shell line each task runs before magsd (repeatable), e.g. --setup 'module load cuda/12.1'.
+    #[arg(long, requires = "slurm", allow_hyphen_values = true)]
+    pub setup: Vec<String>,
+    /// The signal Slurm sends to each task before its time limit (default USR1@120: SIGUSR1
+    /// 120 s before); the unit saves a checkpoint after its current step and stops.
+    #[arg(long, requires = "slurm")]
+    pub signal: Option<String>,
+    /// Write #SBATCH --no-requeue instead of --requeue (a preempted task is then not requeued).
+    #[arg(long, requires = "slurm")]
+    pub no_requeue: bool,
     /// Bootstrap resamples for the confidence intervals.
     #[arg(long, default_value_t = 1000)]
     pub bootstrap: usize,
@@ -152,6 +162,8 @@ impl ReproduceArgs {
     }
 }
 
+/// Builds the tables; exit status 0 when every unit has finished, 1 (naming the missing units
+/// and their logs) otherwise.
 fn collect_and_print(grid: &Grid, args: &ReproduceArgs) -> Result<i32> {
     let c = collect(grid, BootstrapOptions { resamples: args.bootstrap, ..Default::default() })?;
     for (n, html) in &c.reports {
@@ -159,13 +171,62 @@ fn collect_and_print(grid: &Grid, args: &ReproduceArgs) -> Result<i32> {
     }
     if c.missing.is_empty() {
         println!("all {} units finished", grid.units.len());
-    } else {
-        println!("{} of {} units missing:", c.missing.len(), grid.units.len());
-        for u in &c.missing {
-            println!("  unit {}: row {}, fold {}", u.index, u.row, u.fold);
+        return Ok(0);
+    }
+    eprintln!("{} of {} units missing:", c.missing.len(), grid.units.len());
+    for u in &c.missing {
+        let logs: Vec<String> = unit_logs(grid, u.index).iter().map(|p| p.display().to_string()).collect();
+        let logs = if logs.is_empty() { String::new() } else { format!("; log: {}", logs.join(", ")) };
+        eprintln!("  unit {}: row {}, fold {}{logs}", u.index, u.row, u.fold);
+    }
+    eprintln!("rerun `magsd reproduce --out {}` (or --slurm) to run them", shell_quote(&grid.dir.display().to_string()));
+    Ok(1)
+}
+
+/// The logs a unit's runs left: `DIR/logs/unit-N.log` (--gpus) and `DIR/slurm/unit-N_job-J.out`.
+fn unit_logs(grid: &Grid, index: usize) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let gpu_log = grid.dir.join("logs").join(format!("unit-{index}.log"));
+    if gpu_log.is_file() {
+        out.push(gpu_log);
+    }
+    let prefix = format!("unit-{index}_job-");
+    if let Ok(rd) = std::fs::read_dir(grid.dir.join("slurm")) {
+        let mut slurm: Vec<_> =
+            rd.flatten().map(|e| e.path()).filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".out"))).collect();
+        slurm.sort();
+        out.extend(slurm);
+    }
+    out
+}
+
+/// `--gpus`: every entry a device index (or a GPU/MIG UUID), no empty or repeated entry, and the
+/// devices must exist: without CUDA the children would all train on the CPU at once.
+fn check_gpus(gpus: &[String]) -> Result<()> {
+    if gpus.is_empty() {
+        return Err(Error::Config("--gpus: name at least one GPU, e.g. --gpus 0,1".into()));
+    }
+    for (i, g) in gpus.iter().enumerate() {
+        let index = !g.is_empty() && g.len() <= 4 && g.chars().all(|c| c.is_ascii_digit());
+        let uuid = (g.starts_with("GPU-") || g.starts_with("MIG-")) && g.len() <= 100 && g.chars().all(|c| c.is_ascii_alphanumeric() || "-/".contains(c));
+        if !index && !uuid {
+            return Err(Error::Config(format!("--gpus {}: {g:?} is not a GPU index (0, 1, ...) or a GPU-/MIG- UUID", gpus.join(","))));
+        }
+        if gpus[..i].contains(g) {
+            return Err(Error::Config(format!("--gpus {}: GPU {g} is named twice", gpus.join(","))));
         }
     }
-    Ok(0)
+    let count = tch::Cuda::device_count();
+    if count == 0 {
+        return Err(Error::Config(format!(
+            "--gpus {}: no CUDA device is visible to this process; without --gpus the units run one at a time here",
+            gpus.join(",")
+        )));
+    }
+    if let Some(g) = gpus.iter().find(|g| g.parse::<i64>().is_ok_and(|i| i >= count)) {
+        return Err(Error::Config(format!("--gpus {}: GPU {g} does not exist ({count} visible: 0..{})", gpus.join(","), count - 1)));
+    }
+    Ok(())
 }
 
 pub fn run(args: ReproduceArgs) -> Result<i32> {
@@ -174,6 +235,28 @@ pub fn run(args: ReproduceArgs) -> Result<i32> {
     }
     if args.data.data.is_some() && args.table.is_empty() {
         return Err(Error::Config("--table: name the tables to reproduce (3, 4, 5, 6, 7, 8 or all)".into()));
+    }
+    // Options are checked before the grid folder is made or touched.
+    let given = SlurmOptions {
+        partition: args.partition.clone(),
+        time: args.time.clone(),
+        account: args.account.clone(),
+        gpus_per_task: args.gpus_per_task,
+        cpus_per_task: args.cpus_per_task,
+        mem: args.mem.clone(),
+        max_parallel: args.max_parallel,
+        extra: args.sbatch.clone(),
+        setup: args.setup.clone(),
+        signal: args.signal.clone(),
+        requeue: args.no_requeue.then_some(false),
+    };
+    given.check()?;
+    if args.slurm {
+        let out = std::path::absolute(&args.out).map_err(|e| Error::io(&args.out, e))?;
+        check_sbatch_path("--out", &out)?;
+    }
+    if let Some(gpus) = &args.gpus {
+        check_gpus(gpus)?;
     }
     let mut grid = args.grid()?;
     let verbose = !args.quiet;
@@ -191,6 +274,15 @@ pub fn run(args: ReproduceArgs) -> Result<i32> {
         let u = grid.unit(n)?.clone();
         super::install_ctrl_c();
         return Ok(match UnitRunner::new(&grid, verbose)?.run(&u)? {
+            UnitOutcome::Busy(lock) => {
+                eprintln!(
+                    "unit {n} (row {}, fold {}) is being run by another process (it holds {}); nothing was done",
+                    u.row,
+                    u.fold,
+                    lock.display()
+                );
+                3
+            }
             UnitOutcome::AlreadyDone => {
                 println!("unit {n} (row {}, fold {}) had finished already", u.row, u.fold);
                 0
@@ -221,23 +313,20 @@ pub fn run(args: ReproduceArgs) -> Result<i32> {
     }
     let exe = std::env::current_exe().map_err(|e| Error::Config(format!("cannot find the magsd binary: {e}")))?;
     if args.slurm {
-        let opts = SlurmOptions {
-            partition: args.partition.clone(),
-            time: args.time.clone(),
-            account: args.account.clone(),
-            gpus_per_task: args.gpus_per_task,
-            cpus_per_task: args.cpus_per_task,
-            mem: args.mem.clone(),
-            max_parallel: args.max_parallel,
-            extra: args.sbatch.clone(),
-        };
+        let old = remembered(&grid)?;
+        if old != SlurmOptions::default() && verbose {
+            eprintln!("options not given again are those of the last submission ({})", grid.dir.join("slurm/options.json").display());
+        }
+        let opts = given.or(old);
         let Some(job) = write_job(&grid, &exe, &opts)? else {
             println!("every unit has finished; nothing to submit");
             return collect_and_print(&grid, &args);
         };
+        let job_q = shell_quote(&job.display().to_string());
+        let dir_q = shell_quote(&grid.dir.display().to_string());
         println!("job script: {}", job.display());
         if args.no_submit {
-            println!("submit it with: sbatch {}\nthen: magsd reproduce --out {} --collect", job.display(), grid.dir.display());
+            println!("submit it with: sbatch {job_q}\nthen: magsd reproduce --out {dir_q} --collect");
             return Ok(0);
         }
         let id = submit(&job, args.wait)?;
@@ -245,7 +334,7 @@ pub fn run(args: ReproduceArgs) -> Result<i32> {
         if args.wait {
             return collect_and_print(&grid, &args);
         }
-        println!("when it has finished: magsd reproduce --out {} --collect", grid.dir.display());
+        println!("when it has finished: magsd reproduce --out {dir_q} --collect");
         return Ok(0);
     }
     super::install_ctrl_c();
@@ -253,10 +342,15 @@ pub fn run(args: ReproduceArgs) -> Result<i32> {
         eprintln!("magsd reproduce: {} units ({} not finished) in {}", grid.units.len(), grid.pending()?.len(), grid.dir.display());
     }
     match &args.gpus {
-        Some(gpus) if !gpus.is_empty() => {
+        Some(gpus) => {
             let failed = run_on_gpus(&grid, &exe, gpus, verbose)?;
             if !failed.is_empty() {
-                eprintln!("{} units failed: {failed:?}", failed.len());
+                eprintln!("{} unit(s) failed:", failed.len());
+                for f in &failed {
+                    eprintln!("  unit {}: {}", f.index, f.log.display());
+                }
+                collect_and_print(&grid, &args)?;
+                return Ok(1);
             }
         }
         _ => {

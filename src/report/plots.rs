@@ -373,6 +373,15 @@ pub struct RowsRocFigure<'a> {
     pub rows: Vec<RocRow<'a>>,
 }
 
+impl RowsRocFigure<'_> {
+    /// The rows with the three highest AUCs (fewer when fewer rows have one), best first.
+    pub fn top_three(&self) -> Vec<usize> {
+        let mut ranked: Vec<(usize, f64)> = self.rows.iter().enumerate().filter_map(|(i, r)| r.auc.map(|a| (i, a))).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.into_iter().take(3).map(|(i, _)| i).collect()
+    }
+}
+
 impl Figure for RowsRocFigure<'_> {
     fn size(&self) -> (u32, u32) {
         (680, 620)
@@ -380,6 +389,7 @@ impl Figure for RowsRocFigure<'_> {
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
         let mut chart = roc_axes(root, &self.title, 20)?;
+        let top = self.top_three();
         for (i, row) in self.rows.iter().enumerate() {
             let pts = macro_roc_points(row.labels, row.probs, self.classes);
             if pts.is_empty() {
@@ -387,11 +397,13 @@ impl Figure for RowsRocFigure<'_> {
             }
             let color = PALETTE[i % PALETTE.len()];
             let auc = row.auc.map(|a| format!(" (AUC {a:.3})")).unwrap_or_default();
+            // As the paper's Fig. 6: the three highest AUCs stand out (thick lines, marked).
+            let (width, mark) = if top.contains(&i) { (4, " [top 3]") } else { (1, "") };
             chart
-                .draw_series(LineSeries::new(pts, color.stroke_width(2)))
+                .draw_series(LineSeries::new(pts, color.stroke_width(width)))
                 .map_err(err)?
-                .label(format!("{}{auc}", row.name))
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(2)));
+                .label(format!("{}{auc}{mark}", row.name))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], color.stroke_width(width)));
         }
         chart
             .configure_series_labels()

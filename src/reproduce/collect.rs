@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::rows::{MAGSD, PAPER_MAGSD, Table};
+use super::paper::{self, DATASETS, METRICS, Reported};
+use super::rows::{MAGSD, NOT_PROVIDED, Table};
 use super::{Grid, Unit};
 use crate::error::Result;
 use crate::eval::metrics::{MeanStd, Metrics, compute};
@@ -50,8 +51,10 @@ pub struct RowResult {
     pub id: String,
     pub label: String,
     pub note: Option<String>,
-    /// The paper's ACC (%) on its datasets A, B, C (spec §9), for reference.
-    pub paper_acc: Option<[f64; 3]>,
+    /// The paper's row this one reproduces ("table N: name") and its values: dataset (A, B, C)
+    /// → metric (ACC, SEN, SPC, F1, AUC) → mean ± std (%), from `paper-tables.csv`.
+    pub paper_row: Option<String>,
+    pub paper: BTreeMap<String, BTreeMap<String, Reported>>,
     pub folds: Vec<FoldResult>,
     pub missing_folds: Vec<usize>,
     pub mean_std: BTreeMap<String, MeanStd>,
@@ -73,6 +76,125 @@ pub struct TableResult {
     pub classes: Vec<String>,
     pub folds: usize,
     pub rows: Vec<RowResult>,
+    /// What was run: the configuration and data behind every row.
+    pub provenance: Provenance,
+}
+
+/// What a table was made from, for its page: command, settings, networks, data, version.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Provenance {
+    pub command: String,
+    pub preset: String,
+    pub epochs: usize,
+    pub folds: usize,
+    pub image_size: i64,
+    pub images: usize,
+    pub patients: usize,
+    pub magsd_version: String,
+    /// When the tables were collected (UTC).
+    pub collected: String,
+    /// The devices the finished units trained on (from their logs).
+    pub devices: Vec<String>,
+    /// Per row id: its network (arch, backbone) and trainable parameter count.
+    pub networks: BTreeMap<String, (String, i64)>,
+    /// Why the grid is a smoke test and not evidence (empty: none of the reasons applies).
+    pub not_evidence: Vec<String>,
+}
+
+/// The paper's values of `row` (table, name) on its three datasets.
+fn paper_values(row: Option<(u8, &str)>) -> BTreeMap<String, BTreeMap<String, Reported>> {
+    let mut out = BTreeMap::new();
+    if let Some((t, name)) = row {
+        for (d, _) in DATASETS {
+            let m: BTreeMap<String, Reported> =
+                METRICS.iter().chain(&["AUC"]).filter_map(|m| paper::value(t, name, d, m).map(|v| (m.to_string(), v))).collect();
+            if !m.is_empty() {
+                out.insert(d.to_string(), m);
+            }
+        }
+    }
+    out
+}
+
+/// A row's network: "arch backbone" (or the arch alone) and its trainable parameter count.
+fn network(cfg: &crate::train::config::TrainConfig, classes: &[String]) -> Result<(String, i64)> {
+    let mc = cfg.model_config_for(classes)?;
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    tch::no_grad(|| crate::train::trainer::seeded_init(&vs, &mc, 0))?;
+    let name = match cfg.model.arch {
+        crate::model::config::Arch::Magsd => format!("MAG-SD on {} ({} maps)", cfg.model.backbone, cfg.model.maps),
+        a => a.name().to_string(),
+    };
+    Ok((name, crate::model::weights::parameter_count(&vs)))
+}
+
+/// "139 k", "11.2 M".
+fn count(n: i64) -> String {
+    if n >= 1_000_000 { format!("{:.1} M", n as f64 / 1e6) } else if n >= 1000 { format!("{} k", n / 1000) } else { n.to_string() }
+}
+
+/// The devices named by the `start` records of the finished units' training logs.
+fn devices(grid: &Grid) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for u in &grid.units {
+        let log = grid.unit_dir(u).join(crate::runfolder::LOG_FILE);
+        let Ok(text) = std::fs::read_to_string(&log) else { continue };
+        for line in text.lines().take(3) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line)
+                && v["type"] == "start"
+                && let Some(d) = v["device"].as_str()
+                && !out.iter().any(|o| o == d)
+            {
+                out.push(d.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The provenance of the grid's tables, with the reasons (if any) why they are no evidence:
+/// fewer epochs or folds than the paper, a smaller network or images than the paper's MAG-SD
+/// (each table adds its rows at chance).
+fn provenance(grid: &Grid, ds_images: usize, ds_patients: usize) -> Result<Provenance> {
+    let base = grid.base_config()?;
+    let paper = crate::train::config::TrainConfig::paper();
+    let classes = &grid.spec.classes;
+    let mut networks = BTreeMap::new();
+    for r in grid.spec.rows() {
+        let overrides: Vec<String> = r.overrides.iter().map(|s| s.to_string()).collect();
+        let cfg = super::row_config_from(&base, &overrides)?;
+        networks.insert(r.id.to_string(), network(&cfg, classes)?);
+    }
+    let mut not_evidence = Vec::new();
+    if base.epochs < paper.epochs {
+        not_evidence.push(format!("{} epoch(s), the paper trains {}", base.epochs, paper.epochs));
+    }
+    if grid.spec.folds < 5 && !matches!(grid.spec.grouping, crate::data::split::Grouping::HeldOut { .. }) {
+        not_evidence.push(format!("{} folds, the paper uses 5", grid.spec.folds));
+    }
+    let paper_net = network(&paper, classes)?;
+    if let Some((name, n)) = networks.get(MAGSD.id)
+        && *n < paper_net.1 / 2
+    {
+        not_evidence.push(format!("MAG-SD here is {name} with {} parameters, the paper's {} has {}", count(*n), paper_net.0, count(paper_net.1)));
+    }
+    if base.model.image_size < paper.model.image_size {
+        not_evidence.push(format!("{} px images, the paper uses {} px", base.model.image_size, paper.model.image_size));
+    }
+    Ok(Provenance {
+        command: grid.spec.command.clone(),
+        preset: base.preset.clone(),
+        epochs: base.epochs,
+        folds: grid.spec.folds,
+        image_size: base.model.image_size,
+        images: ds_images,
+        patients: ds_patients,
+        magsd_version: env!("CARGO_PKG_VERSION").to_string(),
+        collected: crate::train::cv::utc_now(),
+        devices: devices(grid),
+        networks,
+        not_evidence,
+    })
 }
 
 /// What `collect` wrote and what is still missing.
@@ -175,6 +297,20 @@ fn compare(row: &RowData, reference: &RowData) -> Option<Comparison> {
 
 type MetricFn = fn(&Metrics) -> Option<f64>;
 
+/// A row's label from what it runs: MAG-SD's row is labelled by the paper's choice of the
+/// table's setting (e.g. "7×7 + 14×14 (MAG-SD)") only when the grid's settings keep it.
+fn row_label(table: u8, tr: &super::rows::TableRow, base: &BTreeMap<String, String>, paper: &BTreeMap<String, String>) -> String {
+    if tr.row != MAGSD {
+        return tr.label.to_string();
+    }
+    match super::rows::varied_setting(table) {
+        Some(key) if base.get(key) != paper.get(key) => {
+            format!("MAG-SD with {key} = {} (the paper's is {})", base.get(key).map(String::as_str).unwrap_or("n/a"), paper.get(key).map(String::as_str).unwrap_or("n/a"))
+        }
+        _ => tr.label.to_string(),
+    }
+}
+
 fn bootstrap(d: &RowData, patients: &BTreeMap<String, String>, classes: &[String], opts: BootstrapOptions) -> BTreeMap<String, BootstrapCi> {
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, name) in d.names.iter().enumerate() {
@@ -216,11 +352,25 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
         data.insert(r.id.to_string(), d);
     }
     let sources = Sources::of(grid)?;
+    let base_provenance = {
+        let ds = grid.dataset()?;
+        let patients: std::collections::BTreeSet<String> = ds.samples.iter().map(|s| s.patient_key()).collect();
+        provenance(grid, ds.samples.len(), patients.len())?
+    };
+    let base_settings = super::config_settings(&grid.base_config()?);
+    let paper_settings = super::config_settings(&crate::train::config::TrainConfig::paper());
     let mut within: BTreeMap<String, BTreeMap<String, WithinSource>> = BTreeMap::new();
     let mut boots: BTreeMap<String, BTreeMap<String, BootstrapCi>> = BTreeMap::new();
     let mut reports = Vec::new();
     for t in grid.spec.tables() {
-        let mut result = TableResult { number: t.number, title: t.title.into(), classes: classes.clone(), folds: grid.spec.folds, rows: Vec::new() };
+        let mut result = TableResult {
+            number: t.number,
+            title: t.title.into(),
+            classes: classes.clone(),
+            folds: grid.spec.folds,
+            rows: Vec::new(),
+            provenance: base_provenance.clone(),
+        };
         for tr in &t.rows {
             let d = &data[tr.row.id];
             if !boots.contains_key(tr.row.id) {
@@ -230,9 +380,10 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
             let metrics: Vec<Metrics> = d.folds.iter().map(|f| f.metrics.clone()).collect();
             result.rows.push(RowResult {
                 id: tr.row.id.into(),
-                label: tr.label.into(),
+                label: row_label(t.number, tr, &base_settings, &paper_settings),
                 note: tr.note.map(String::from),
-                paper_acc: tr.paper_acc,
+                paper_row: tr.paper.map(|(t, name)| format!("table {t}: {name}")),
+                paper: paper_values(tr.paper),
                 folds: d.folds.clone(),
                 missing_folds: d.missing.clone(),
                 mean_std: if metrics.is_empty() { BTreeMap::new() } else { crate::eval::metrics::summarise(&metrics) },
@@ -241,6 +392,18 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
                 vs_magsd: data.get(MAGSD.id).filter(|_| tr.row != MAGSD).and_then(|m| compare(d, m)),
                 within_source: within[tr.row.id].clone(),
             });
+        }
+        // A row at chance (mean accuracy within 5 points of 1/k) supports no comparison.
+        let chance = 1.0 / classes.len() as f64;
+        let at_chance: Vec<&str> = result
+            .rows
+            .iter()
+            .filter(|r| r.mean_std.get("accuracy").is_some_and(|a| a.n > 0 && a.mean <= chance + 0.05))
+            .map(|r| r.label.as_str())
+            .collect();
+        if !at_chance.is_empty() {
+            let reason = format!("rows at chance level (mean accuracy within 5 points of {:.2} %): {}", 100.0 * chance, at_chance.join(", "));
+            result.provenance.not_evidence.push(reason);
         }
         let dir = grid.dir.join(format!("table-{}", t.number));
         write_json(&dir.join("results.json"), &result)?;
@@ -294,13 +457,35 @@ fn ci(r: &RowResult, key: &str) -> String {
 
 fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: BootstrapOptions) -> Document {
     let k = res.classes.len();
+    let pv = &res.provenance;
     let mut doc = Document::new(format!("Table {}: {}", t.number, t.title));
+    if !pv.not_evidence.is_empty() {
+        doc.p(format!(
+            "**A smoke test, not evidence.** These numbers cannot support or refute the paper's: {}. Compare them with \
+             the paper's only as a check that every row runs.",
+            pv.not_evidence.join("; ")
+        ));
+    }
     doc.p(format!(
-        "Data: {} (label column '{}'; {} classes: {}); {}, the same folds for every row ({}).",
+        "What was run: `{}` — preset {}, {} epoch(s), {} fold(s), {} px images; data {} ({} images, {} patients; label \
+         column '{}'; {} classes: {}); trained on {}; magsd {}; collected {}.",
+        pv.command,
+        pv.preset,
+        pv.epochs,
+        pv.folds,
+        pv.image_size,
         grid.spec.data.display(),
+        pv.images,
+        pv.patients,
         grid.spec.label_column,
         k,
         res.classes.join(", "),
+        if pv.devices.is_empty() { "n/a (no unit has finished)".to_string() } else { pv.devices.join(", ") },
+        pv.magsd_version,
+        pv.collected
+    ));
+    doc.p(format!(
+        "{}, the same folds for every row ({}).",
         grid.spec.grouping.describe(res.folds),
         grid.dir.join(crate::runfolder::SPLIT_FILE).display()
     ));
@@ -325,11 +510,16 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
         doc.p(format!(
             "Incomplete: {missing} row × fold units of this table have not finished; their rows show the finished folds only \
              (see the folds column). Rerun `magsd reproduce --out {}` to finish them.",
-            grid.dir.display()
+            super::shell_quote(&grid.dir.display().to_string())
         ));
     }
+    // The paper's values for its dataset with as many classes as the grid, or all three.
+    let matching = paper::dataset_for(k);
     let mut header: Vec<String> = ["Method", "ACC %", "SEN %", "SPC %", "F1 %", "AUC %", "folds"].iter().map(|s| s.to_string()).collect();
-    header.extend(["paper ACC % A (2 classes)", "paper B (3)", "paper C (4)"].iter().map(|s| s.to_string()));
+    match matching {
+        Some(d) => header.extend(METRICS.iter().map(|m| format!("paper {m} % ({d})"))),
+        None => header.extend(DATASETS.iter().map(|(d, n)| format!("paper {d} ({n} classes): ACC / SEN / SPC / F1 %"))),
+    }
     let rows: Vec<Vec<String>> = res
         .rows
         .iter()
@@ -343,29 +533,60 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
                 ms(r, "auc"),
                 format!("{}/{}", r.folds.len(), res.folds),
             ];
-            match r.paper_acc {
-                Some(a) => v.extend(a.iter().map(|x| format!("{x:.2}"))),
-                None => v.extend(["—".to_string(), "—".into(), "—".into()]),
+            let shown = |d: &str, m: &str| r.paper.get(d).and_then(|x| x.get(m)).map(Reported::show).unwrap_or_else(|| "—".into());
+            match matching {
+                Some(d) => v.extend(METRICS.iter().map(|m| shown(d, m))),
+                None => v.extend(DATASETS.iter().map(|(d, _)| METRICS.iter().map(|m| shown(d, m)).collect::<Vec<_>>().join(" / "))),
             }
             v
         })
         .collect();
     doc.table(header, rows);
-    doc.p(
+    doc.p(format!(
         "Ours: mean ± std over the held-out folds (std with n − 1); SEN, SPC, F1 and AUC are unweighted means over \
-         classes (one-vs-rest), SPC = TN/(TN+FP). Paper: the paper's reported accuracy on its own datasets A, B and C \
-         (spec §9), for reference only — other data, other folds; — where spec §9 does not give the paper's number.",
-    );
+         classes (one-vs-rest), SPC = TN/(TN+FP). Paper: mean ± std as the paper reports them (its Tables 3–8), {} — \
+         other data, other folds, for reference only; — where the paper has no such row.",
+        match matching {
+            Some(d) => format!("on its dataset {d}, which has {k} classes like this grid"),
+            None => format!("on its datasets A (2 classes), B (3) and C (4), none of which has {k} classes like this grid"),
+        }
+    ));
+    if let Some(d) = matching
+        && let Some(auc) = res.rows.iter().find(|r| r.id == MAGSD.id).and_then(|r| r.paper.get(d)).and_then(|x| x.get("AUC"))
+    {
+        doc.p(format!("The paper gives an AUC for MAG-SD only: {} % on its dataset {d}.", auc.show()));
+    }
     for r in res.rows.iter().filter(|r| r.note.is_some()) {
         doc.p(format!("{}: {}.", r.label, r.note.as_deref().unwrap_or_default()));
     }
-    if let Some((name, _, v, s)) = PAPER_MAGSD.iter().find(|(_, kk, _, _)| *kk == k) {
+    if t.number == 3 {
+        let shown: Vec<String> = NOT_PROVIDED
+            .iter()
+            .map(|name| {
+                let vals: Vec<String> = DATASETS
+                    .iter()
+                    .filter(|(d, _)| matching.is_none_or(|m| m == *d))
+                    .filter_map(|(d, _)| paper::value(3, name, d, "ACC").map(|v| format!("ACC {} on {d}", v.show())))
+                    .collect();
+                format!("{name} ({})", vals.join(", "))
+            })
+            .collect();
         doc.p(format!(
-            "The paper's MAG-SD on its dataset {name} ({k} classes): ACC {:.2} ± {:.2}, SEN {:.2} ± {:.2}, SPC {:.2} ± {:.2}, \
-             F1 {:.2} ± {:.2}, AUC {:.2}.",
-            v[0], s[0], v[1], s[1], v[2], s[2], v[3], s[3], v[4]
+            "Not provided: the paper's rows {} are networks of its reference [51], whose training the paper does not \
+             describe, so magsd cannot train them as they were trained; their published values are in \
+             paper-tables.csv.",
+            shown.join(" and ")
         ));
     }
+    let net_rows: Vec<Vec<String>> = res
+        .rows
+        .iter()
+        .map(|r| {
+            let (name, n) = pv.networks.get(&r.id).cloned().unwrap_or_else(|| ("n/a".into(), 0));
+            vec![r.label.clone(), name, if n > 0 { count(n) } else { "n/a".into() }]
+        })
+        .collect();
+    doc.table(vec!["Method".into(), "network".into(), "parameters".into()], net_rows);
 
     doc.h(2, "Statistics");
     let header: Vec<String> = [
@@ -407,9 +628,11 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
         "Pooled: every image predicted once, by the fold model that did not see it; 95 % percentile bootstrap intervals \
          over {} resamples of patients (not images; seed {}). Δ: mean over the folds both rows finished of (row − MAG-SD), \
          in percentage points; p: two-sided paired t-test and Wilcoxon signed-rank test of the per-fold values \
-         (zero differences dropped; exact or sign-flip enumeration for small n, as SciPy). With 5 folds the Wilcoxon \
-         p-value cannot be below 0.0625; n/a: undefined (e.g. identical differences in every fold).",
-        opts.resamples, opts.seed
+         (zero differences dropped; exact or sign-flip enumeration for small n, as SciPy). {} n/a: undefined (e.g. \
+         identical differences in every fold).",
+        opts.resamples,
+        opts.seed,
+        wilcoxon_floor_sentence(res.folds)
     ));
     within_source_table(&mut doc, res);
     if has_figure {
@@ -417,7 +640,8 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
             "roc.png",
             "Fig. 6: ROC of every row from pooled out-of-fold predictions. With more than two classes each curve is the \
              macro average (one-vs-rest TPR averaged over classes at each FPR); with two, the curve of the second class. \
-             Legend: the pooled macro AUC (as in the statistics table).",
+             Legend: the pooled macro AUC (as in the statistics table); as in the paper's Fig. 6 the three highest AUCs \
+             are drawn thick and marked [top 3].",
         );
     }
     doc.h(2, "Rows");
@@ -425,6 +649,28 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
         t.rows.iter().map(|tr| vec![tr.label.to_string(), tr.row.id.to_string(), if tr.row.overrides.is_empty() { "(the base config)".into() } else { tr.row.overrides.join(" ") }]).collect();
     doc.table(vec!["Method".into(), "folder".into(), "config overrides".into()], rows);
     doc
+}
+
+/// The smallest two-sided p-value an exact Wilcoxon signed-rank test of `n` pairs can give:
+/// every difference of one sign, 2 / 2^n.
+pub fn wilcoxon_floor(n: usize) -> f64 {
+    2.0 / 2f64.powi(n as i32)
+}
+
+/// What the Wilcoxon test can say with this many folds.
+fn wilcoxon_floor_sentence(folds: usize) -> String {
+    if folds == 0 {
+        return String::new();
+    }
+    let floor = wilcoxon_floor(folds).min(1.0);
+    if floor > 0.05 {
+        format!(
+            "With {folds} folds the Wilcoxon p-value cannot be below {floor:.4} (2/2^{folds}): too few pairs for it to reach \
+             0.05, whatever the differences; it needs at least 6."
+        )
+    } else {
+        format!("With {folds} folds the Wilcoxon p-value cannot be below {floor:.4} (2/2^{folds}).")
+    }
 }
 
 /// Overall against within-source macro-F1 and AUC of every row, per source column.

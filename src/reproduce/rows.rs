@@ -1,5 +1,6 @@
 //! The paper's Tables 3–8 as rows: each row is a name and `--set`-style config overrides applied
-//! on top of the user's preset/config, with the paper's own accuracies (spec §9) for reference.
+//! on top of the user's preset/config, with the paper's row it reproduces (its values are in
+//! `super::paper`).
 //!
 //! A row that appears in several tables (MAG-SD itself is the reference row of every table) is
 //! trained once. Table 7's "no augmentation" row is MAG-SD(0AUG): with no augmented branch the
@@ -13,15 +14,13 @@ pub struct Row {
     pub overrides: &'static [&'static str],
 }
 
-/// The paper's accuracy (%) of a row on its datasets A (2 classes), B (3) and C (4), spec §9.
-pub type PaperAcc = [f64; 3];
-
 /// A row as a table shows it.
 #[derive(Clone, Copy, Debug)]
 pub struct TableRow {
     pub row: Row,
     pub label: &'static str,
-    pub paper_acc: Option<PaperAcc>,
+    /// The paper's row this one reproduces: (table, row name in `paper-tables.csv`).
+    pub paper: Option<(u8, &'static str)>,
     pub note: Option<&'static str>,
 }
 
@@ -44,86 +43,96 @@ const fn baseline(id: &'static str, overrides: &'static [&'static str]) -> Row {
     Row { id, overrides }
 }
 
-/// The paper's MAG-SD row in full (spec §9): ACC, SEN, SPC, F1, AUC (%) per dataset.
-pub const PAPER_MAGSD: [(&str, usize, [f64; 5], [f64; 4]); 3] = [
-    ("A", 2, [96.94, 97.83, 94.93, 96.23, 99.94], [1.10, 1.53, 1.26, 1.02]),
-    ("B", 3, [95.85, 95.74, 97.73, 95.54, 98.72], [1.27, 1.20, 0.45, 1.59]),
-    ("C", 4, [87.12, 87.20, 95.20, 86.98, 95.11], [1.55, 1.64, 0.64, 1.27]),
-];
+fn row(row: Row, label: &'static str, paper: Option<(u8, &'static str)>) -> TableRow {
+    TableRow { row, label, paper, note: None }
+}
 
-const PAPER_MAGSD_ACC: PaperAcc = [96.94, 95.85, 87.12];
+/// The paper's rows of Table 3 that magsd does not train: the networks of reference [51],
+/// whose training the paper does not describe.
+pub const NOT_PROVIDED: [&str; 2] = ["[51](ResNet)", "[51](InceptionV3)"];
 
-fn row(row: Row, label: &'static str, paper_acc: Option<PaperAcc>) -> TableRow {
-    TableRow { row, label, paper_acc, note: None }
+/// The setting a table varies (its rows differ in it), for Tables 4–8.
+pub fn varied_setting(n: u8) -> Option<&'static str> {
+    match n {
+        4 => Some("data.clahe"),
+        5 => Some("model.scales"),
+        6 => Some("model.head"),
+        7 => Some("method.augmentations"),
+        8 => Some("method.loss.variant"),
+        _ => None,
+    }
 }
 
 /// Table `n` (3–8).
 pub fn table(n: u8) -> Option<Table> {
-    let magsd = row(MAGSD, "MAG-SD", Some(PAPER_MAGSD_ACC));
+    let magsd = |table: u8, paper: &'static str| row(MAGSD, "MAG-SD", Some((table, paper)));
     let t = match n {
         3 => Table {
             number: 3,
             title: "MAG-SD against other networks",
             rows: vec![
-                row(baseline("vgg16", &["model.arch=\"vgg16\"", "method.augmentations=[]"]), "VGG16", None),
-                row(baseline("resnet18", &["model.arch=\"resnet18\"", "method.augmentations=[]"]), "ResNet18", None),
+                row(baseline("vgg16", &["model.arch=\"vgg16\"", "method.augmentations=[]"]), "VGG16", Some((3, "VGG16"))),
+                row(baseline("resnet18", &["model.arch=\"resnet18\"", "method.augmentations=[]"]), "ResNet18", Some((3, "ResNet18"))),
                 row(
                     baseline("resnet50", &["model.arch=\"resnet50\"", "method.augmentations=[]"]),
                     "ResNet50",
-                    Some([92.94, 92.56, 82.94]),
+                    Some((3, "ResNet50")),
                 ),
-                row(baseline("inception-v3", &["model.arch=\"inception-v3\"", "method.augmentations=[]"]), "InceptionV3", None),
-                row(baseline("covid-net", &["model.arch=\"covid-net\"", "method.augmentations=[]"]), "COVID-Net", None),
-                row(baseline("bcnn", &["model.arch=\"bcnn\"", "method.augmentations=[]"]), "BCNN", None),
+                row(baseline("inception-v3", &["model.arch=\"inception-v3\"", "method.augmentations=[]"]), "InceptionV3", Some((3, "InceptionV3"))),
+                row(baseline("covid-net", &["model.arch=\"covid-net\"", "method.augmentations=[]"]), "COVID-Net", Some((3, "COVID-Net"))),
+                row(baseline("bcnn", &["model.arch=\"bcnn\"", "method.augmentations=[]"]), "BCNN", Some((3, "BCNN"))),
                 row(
                     baseline("bcnn-attention", &["model.arch=\"bcnn-attention\"", "method.augmentations=[]"]),
                     "BCNN(Attention)",
-                    Some([96.43, 95.11, 85.04]),
+                    Some((3, "BCNN(Attention)")),
                 ),
-                row(baseline("fpn", &["model.arch=\"fpn\"", "method.augmentations=[]"]), "FPN", None),
-                row(baseline("unet", &["model.arch=\"unet\"", "method.augmentations=[]"]), "U-Net", None),
-                row(MAGSD_0AUG, "MAG-SD(0AUG)", Some([94.31, 93.25, 84.13])),
-                magsd,
+                row(baseline("fpn", &["model.arch=\"fpn\"", "method.augmentations=[]"]), "FPN", Some((3, "FPN"))),
+                row(baseline("unet", &["model.arch=\"unet\"", "method.augmentations=[]"]), "U-Net", Some((3, "U-Net"))),
+                row(MAGSD_0AUG, "MAG-SD(0AUG)", Some((3, "MAG-SD(0AUG)"))),
+                magsd(3, "MAG-SD(Proposed)"),
             ],
         },
         4 => Table {
             number: 4,
             title: "CLAHE",
-            rows: vec![row(Row { id: "no-clahe", overrides: &["data.clahe=false"] }, "w/o CLAHE", Some([95.56, 93.45, 85.47])), TableRow {
+            rows: vec![row(Row { id: "no-clahe", overrides: &["data.clahe=false"] }, "w/o CLAHE", Some((4, "w/o CLAHE"))), TableRow {
                 label: "with CLAHE (MAG-SD)",
-                ..magsd
+                ..magsd(4, "CLAHE")
             }],
         },
         5 => Table {
             number: 5,
             title: "Attention scales",
             rows: vec![
-                row(Row { id: "scales-7", overrides: &["model.scales=\"7\""] }, "7×7", Some([95.31, 94.75, 85.44])),
-                TableRow { label: "7×7 + 14×14 (MAG-SD)", ..magsd },
-                row(Row { id: "scales-7-14-28", overrides: &["model.scales=\"7+14+28\""] }, "7×7 + 14×14 + 28×28", Some([95.88, 94.74, 85.01])),
+                row(Row { id: "scales-7", overrides: &["model.scales=\"7\""] }, "7×7", Some((5, "7x7"))),
+                TableRow { label: "7×7 + 14×14 (MAG-SD)", ..magsd(5, "7x7 + 14x14") },
+                row(Row { id: "scales-7-14-28", overrides: &["model.scales=\"7+14+28\""] }, "7×7 + 14×14 + 28×28", Some((5, "7x7 + 14x14 + 28x28"))),
             ],
         },
         6 => Table {
             number: 6,
             title: "Pooling",
             rows: vec![
-                row(Row { id: "gmp", overrides: &["model.head=\"gmp\""] }, "GMP", Some([94.31, 94.47, 84.79])),
-                row(Row { id: "gap", overrides: &["model.head=\"gap\""] }, "GAP", Some([95.06, 94.91, 85.09])),
-                TableRow { label: "BAP (MAG-SD)", ..magsd },
+                row(Row { id: "gmp", overrides: &["model.head=\"gmp\""] }, "GMP", Some((6, "GMP"))),
+                row(Row { id: "gap", overrides: &["model.head=\"gap\""] }, "GAP", Some((6, "GAP"))),
+                TableRow { label: "BAP (MAG-SD)", ..magsd(6, "Attention Pooling") },
             ],
         },
         7 => Table {
             number: 7,
             title: "Attention-guided augmentations",
             rows: vec![
-                row(MAGSD_0AUG, "none (= MAG-SD(0AUG))", None),
-                row(Row { id: "aug-mixup", overrides: &["method.augmentations=[\"mixup\"]"] }, "mix-up", Some([94.69, 93.56, 85.47])),
+                TableRow {
+                    note: Some("the paper's Table 7 has no row without augmentation; its values are those of MAG-SD(0AUG) in Table 3"),
+                    ..row(MAGSD_0AUG, "none (= MAG-SD(0AUG))", Some((3, "MAG-SD(0AUG)")))
+                },
+                row(Row { id: "aug-mixup", overrides: &["method.augmentations=[\"mixup\"]"] }, "mix-up", Some((7, "AM"))),
                 TableRow {
                     note: Some("the paper's table header (AM+AD) names this combination for its two-augmentation row"),
                     ..row(
                         Row { id: "aug-mixup-dimming", overrides: &["method.augmentations=[\"mixup\", \"dimming\"]"] },
                         "mix-up + dimming",
-                        Some([95.81, 94.97, 86.31]),
+                        Some((7, "AM + AD")),
                     )
                 },
                 TableRow {
@@ -134,15 +143,15 @@ pub fn table(n: u8) -> Option<Table> {
                         None,
                     )
                 },
-                TableRow { label: "mix-up + dimming + patching (MAG-SD)", ..magsd },
+                TableRow { label: "mix-up + dimming + patching (MAG-SD)", ..magsd(7, "AM + AD + AP") },
             ],
         },
         8 => Table {
             number: 8,
             title: "Soft distance against the mean cross-entropy",
             rows: vec![
-                row(Row { id: "mean-ce", overrides: &["method.loss.variant=\"mean-ce\""] }, "mean CE (the paper's \"L2\")", Some([95.93, 94.62, 83.99])),
-                TableRow { label: "soft distance (MAG-SD)", ..magsd },
+                row(Row { id: "mean-ce", overrides: &["method.loss.variant=\"mean-ce\""] }, "mean CE (the paper's \"L2\")", Some((8, "L2"))),
+                TableRow { label: "soft distance (MAG-SD)", ..magsd(8, "Soft Distance") },
             ],
         },
         _ => return None,
@@ -207,6 +216,26 @@ mod tests {
         assert_eq!(parse_tables(&["all".into()]).unwrap(), TABLES.to_vec());
         assert_eq!(parse_tables(&["8,7".into(), "7".into()]).unwrap(), vec![7, 8]);
         assert!(parse_tables(&["9".into()]).is_err());
+    }
+
+    /// Every paper row a table names is in the paper's table, and every paper row but [51]'s is
+    /// reproduced by a row.
+    #[test]
+    fn rows_name_the_papers_rows() {
+        for n in TABLES {
+            let t = table(n).unwrap();
+            for r in &t.rows {
+                // mix-up + patching: the paper prints its numbers with mix-up + dimming.
+                let Some((pt, name)) = r.paper else {
+                    assert_eq!(r.row.id, "aug-mixup-patching");
+                    continue;
+                };
+                assert!(super::super::paper::rows(pt).iter().any(|p| p == name), "table {n} {}: {name}", r.label);
+            }
+            for p in super::super::paper::rows(n) {
+                assert!(t.rows.iter().any(|r| r.paper == Some((n, p.as_str()))) || NOT_PROVIDED.contains(&p.as_str()), "table {n}: {p}");
+            }
+        }
     }
 
     #[test]

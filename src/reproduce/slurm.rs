@@ -3,27 +3,148 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::Grid;
+use serde::{Deserialize, Serialize};
+
+use super::{Grid, shell_quote};
 use crate::error::{Error, IoContext, Result, write_atomic};
+use crate::runfolder::{read_json, write_json};
+
+/// The options of the grid's last submission (`DIR/slurm/options.json`), reused for options a
+/// later `--slurm` does not give again.
+pub const OPTIONS_FILE: &str = "options.json";
 
 /// Slurm options passed through to `#SBATCH` lines (absent ones are left to the cluster).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SlurmOptions {
     pub partition: Option<String>,
     pub time: Option<String>,
     pub account: Option<String>,
-    /// GPUs per array task (0: none requested, for CPU-only clusters).
-    pub gpus_per_task: u32,
+    /// GPUs per array task (0: none requested, for CPU-only clusters; default 1).
+    pub gpus_per_task: Option<u32>,
     pub cpus_per_task: Option<u32>,
     pub mem: Option<String>,
     /// At most this many array tasks at once (`--array=...%N`).
     pub max_parallel: Option<u32>,
     /// Further `sbatch` options, one per `#SBATCH` line (e.g. `--qos=long`).
+    #[serde(default)]
     pub extra: Vec<String>,
+    /// Shell lines run before magsd in every task (e.g. `module load cuda/12.1`).
+    #[serde(default)]
+    pub setup: Vec<String>,
+    /// The signal Slurm sends before the time limit (`--signal=B:VALUE`; default USR1@120).
+    pub signal: Option<String>,
+    /// `#SBATCH --requeue` (default) or `--no-requeue`.
+    pub requeue: Option<bool>,
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
+impl SlurmOptions {
+    /// These options, with the remembered ones where these give none.
+    pub fn or(self, old: SlurmOptions) -> SlurmOptions {
+        SlurmOptions {
+            partition: self.partition.or(old.partition),
+            time: self.time.or(old.time),
+            account: self.account.or(old.account),
+            gpus_per_task: self.gpus_per_task.or(old.gpus_per_task),
+            cpus_per_task: self.cpus_per_task.or(old.cpus_per_task),
+            mem: self.mem.or(old.mem),
+            max_parallel: self.max_parallel.or(old.max_parallel),
+            extra: if self.extra.is_empty() { old.extra } else { self.extra },
+            setup: if self.setup.is_empty() { old.setup } else { self.setup },
+            signal: self.signal.or(old.signal),
+            requeue: self.requeue.or(old.requeue),
+        }
+    }
+
+    /// Every value is checked against a strict pattern before it is written into job.sh: no
+    /// control characters anywhere (a newline would start a line of its own), and only the
+    /// characters each option's Slurm syntax needs.
+    pub fn check(&self) -> Result<()> {
+        let name_chars = |c: char| c.is_ascii_alphanumeric() || "_.,-".contains(c);
+        let bad = |opt: &str, v: &str, why: &str| Error::Config(format!("{opt} {v:?}: {why}"));
+        for (opt, v) in [("--partition", &self.partition), ("--account", &self.account)] {
+            if let Some(v) = v
+                && (v.is_empty() || !v.chars().all(name_chars))
+            {
+                return Err(bad(opt, v, "use letters, digits, '_', '.', ',' and '-' only"));
+            }
+        }
+        if let Some(t) = &self.time
+            && !valid_time(t)
+        {
+            return Err(bad("--time", t, "use Slurm's time syntax: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"));
+        }
+        if let Some(m) = &self.mem {
+            let digits = m.trim_end_matches(['K', 'M', 'G', 'T']);
+            if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || m.len() > digits.len() + 1 || digits.parse::<u64>().ok() == Some(0) {
+                return Err(bad("--mem", m, "a positive size such as 16G, 4000M or 4000"));
+            }
+        }
+        if self.cpus_per_task == Some(0) {
+            return Err(Error::Config("--cpus-per-task must be at least 1".into()));
+        }
+        if self.max_parallel == Some(0) {
+            return Err(Error::Config("--max-parallel must be at least 1 (it is the most array tasks that run at once)".into()));
+        }
+        for e in &self.extra {
+            let (key, value) = e.split_once('=').unwrap_or((e.as_str(), ""));
+            let key_ok = key.len() > 2 && key.starts_with("--") && key[2..].chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            let value_ok = value.chars().all(|c| c.is_ascii_alphanumeric() || "_.,:=/@+-".contains(c)) && (value.is_empty() != e.contains('='));
+            if !key_ok || !value_ok {
+                return Err(bad("--sbatch", e, "one long option such as --qos=long (letters, digits and _.,:=/@+- in its value, no spaces)"));
+            }
+            if ["--array", "--output", "--error", "--wrap", "--job-name", "--signal", "--requeue", "--no-requeue", "--export"].contains(&key) {
+                return Err(bad("--sbatch", e, "magsd writes this option itself (see --signal, --no-requeue)"));
+            }
+        }
+        for line in &self.setup {
+            if line.trim().is_empty() || line.chars().any(char::is_control) {
+                return Err(bad("--setup", line, "one non-empty line without control characters (give --setup once per line)"));
+            }
+        }
+        if let Some(sig) = &self.signal {
+            let ok = sig.split_once('@').is_some_and(|(name, secs)| {
+                ["USR1", "USR2", "TERM", "INT"].contains(&name) && !secs.is_empty() && secs.len() <= 5 && secs.chars().all(|c| c.is_ascii_digit())
+            });
+            if !ok {
+                return Err(bad("--signal", sig, "SIGNAL@SECONDS with USR1, TERM or INT, e.g. USR1@120"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Slurm's time formats: `M`, `M:S`, `H:M:S`, `D-H`, `D-H:M`, `D-H:M:S`, or UNLIMITED.
+fn valid_time(t: &str) -> bool {
+    if t == "UNLIMITED" || t == "INFINITE" {
+        return true;
+    }
+    let numbers = |s: &str, most: usize| {
+        let parts: Vec<&str> = s.split(':').collect();
+        parts.len() <= most && parts.iter().all(|p| !p.is_empty() && p.len() <= 6 && p.chars().all(|c| c.is_ascii_digit()))
+    };
+    match t.split_once('-') {
+        Some((days, rest)) => numbers(days, 1) && numbers(rest, 3),
+        None => numbers(t, 3),
+    }
+}
+
+/// A path that goes into an `#SBATCH` line (not read by a shell, and Slurm expands `%`): only
+/// characters that need no quoting.
+pub fn check_sbatch_path(what: &str, p: &Path) -> Result<String> {
+    let s = p.to_str().ok_or_else(|| Error::Config(format!("{what} {p:?}: not UTF-8")))?;
+    if !s.chars().all(|c| c.is_ascii_alphanumeric() || "/._+,:=@-".contains(c)) {
+        return Err(Error::Config(format!(
+            "{what} {s:?}: with --slurm it goes into #SBATCH lines, so it may hold only letters, digits and /._+,:=@- \
+             (no spaces, quotes, '%' or control characters); choose another --out"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+/// The remembered options of the grid's last submission (empty when none).
+pub fn remembered(grid: &Grid) -> Result<SlurmOptions> {
+    let path = grid.dir.join("slurm").join(OPTIONS_FILE);
+    if path.exists() { read_json(&path) } else { Ok(SlurmOptions::default()) }
 }
 
 /// The array ranges of `indices` (`0-3,7,9-10`).
@@ -41,27 +162,57 @@ pub fn array_ranges(indices: &[usize]) -> String {
     out.join(",")
 }
 
-/// Writes `DIR/slurm/job.sh` for the grid's pending units (`None`: nothing left to run).
-/// `exe` is the magsd binary the tasks run; paths are made absolute so tasks can start anywhere.
+/// Writes `DIR/slurm/job.sh` for the grid's pending units (`None`: nothing left to run) and
+/// remembers `opts` in `DIR/slurm/options.json`. `exe` is the magsd binary the tasks run (it must
+/// exist and be executable); paths are made absolute so tasks can start anywhere. Warnings (no
+/// time or memory limit) go to stderr.
 pub fn write_job(grid: &Grid, exe: &Path, opts: &SlurmOptions) -> Result<Option<PathBuf>> {
+    opts.check()?;
     let pending: Vec<usize> = grid.pending()?.iter().map(|u| u.index).collect();
     if pending.is_empty() {
         return Ok(None);
     }
     let dir = std::path::absolute(&grid.dir).at(&grid.dir)?;
     let exe = std::path::absolute(exe).at(exe)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&exe).at(&exe)?;
+        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(Error::Config(format!("{}: the magsd binary the tasks would run is not an executable file", exe.display())));
+        }
+    }
+    if exe.to_str().is_none_or(|s| s.chars().any(char::is_control)) {
+        return Err(Error::Config(format!("{exe:?}: the magsd binary's path holds control characters or is not UTF-8")));
+    }
     let slurm = dir.join("slurm");
+    // Slurm expands the pattern's own %a (task) and %A (job); the grid's path may hold no '%'.
+    let output = format!("{}/slurm/unit-%a_job-%A.out", check_sbatch_path("--out", &dir)?.trim_end_matches('/'));
     std::fs::create_dir_all(&slurm).at(&slurm)?;
+    if opts.time.is_none() {
+        eprintln!("warning: no --time: each task gets the partition's default time limit (often short), and Slurm stops it there");
+    }
+    if opts.mem.is_none() {
+        eprintln!("warning: no --mem: each task gets the partition's default memory, which may be too little for a full-size network");
+    }
     let mut array = array_ranges(&pending);
     if let Some(n) = opts.max_parallel {
         array += &format!("%{n}");
     }
+    let signal = opts.signal.as_deref().unwrap_or("USR1@120");
     let mut s = String::from("#!/bin/bash\n");
     s += "# Written by `magsd reproduce --slurm`: one array task = one row × fold unit of the grid.\n";
+    s += "# Every value was checked (no spaces, quotes or control characters) and the command's paths are\n";
+    s += "# shell-quoted. Tasks inherit the submitting shell's environment (--export=ALL), libtorch's\n";
+    s += "# LD_LIBRARY_PATH included. Before the time limit Slurm sends the signal below: the unit saves a\n";
+    s += "# checkpoint after its current step and stops; rerun `magsd reproduce --slurm` to resubmit what is\n";
+    s += "# unfinished. With --requeue a preempted task is requeued and continues from its checkpoint.\n";
     s += "#SBATCH --job-name=magsd-reproduce\n";
     s += &format!("#SBATCH --array={array}\n");
-    s += &format!("#SBATCH --output={}\n", slurm.join("unit-%a_job-%A.out").display());
+    s += &format!("#SBATCH --output={output}\n");
     s += "#SBATCH --ntasks=1\n";
+    s += "#SBATCH --export=ALL\n";
+    s += &format!("#SBATCH --signal=B:{signal}\n");
+    s += if opts.requeue.unwrap_or(true) { "#SBATCH --requeue\n" } else { "#SBATCH --no-requeue\n" };
     if let Some(p) = &opts.partition {
         s += &format!("#SBATCH --partition={p}\n");
     }
@@ -71,8 +222,9 @@ pub fn write_job(grid: &Grid, exe: &Path, opts: &SlurmOptions) -> Result<Option<
     if let Some(a) = &opts.account {
         s += &format!("#SBATCH --account={a}\n");
     }
-    if opts.gpus_per_task > 0 {
-        s += &format!("#SBATCH --gpus-per-task={}\n", opts.gpus_per_task);
+    let gpus = opts.gpus_per_task.unwrap_or(1);
+    if gpus > 0 {
+        s += &format!("#SBATCH --gpus-per-task={gpus}\n");
     }
     if let Some(c) = opts.cpus_per_task {
         s += &format!("#SBATCH --cpus-per-task={c}\n");
@@ -84,23 +236,31 @@ pub fn write_job(grid: &Grid, exe: &Path, opts: &SlurmOptions) -> Result<Option<
         s += &format!("#SBATCH {e}\n");
     }
     s += "set -euo pipefail\n";
+    if !opts.setup.is_empty() {
+        s += "# --setup lines, as given:\n";
+        for line in &opts.setup {
+            s += line;
+            s += "\n";
+        }
+    }
     s += &format!(
-        "exec {} reproduce --unit \"$SLURM_ARRAY_TASK_ID\" --out {} --quiet\n",
-        quote(&exe.display().to_string()),
-        quote(&dir.display().to_string())
+        "exec {} reproduce --unit \"$SLURM_ARRAY_TASK_ID\" --out {}\n",
+        shell_quote(&exe.display().to_string()),
+        shell_quote(&dir.display().to_string())
     );
     let path = slurm.join("job.sh");
     write_atomic(&path, s.as_bytes())?;
-    #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).at(&path)?;
     }
+    write_json(&slurm.join(OPTIONS_FILE), opts)?;
     Ok(Some(path))
 }
 
 /// Submits `job` with `sbatch --parsable` (`--wait`: return when every task has ended);
-/// returns the job id.
+/// returns the job id (with `--wait`, `sbatch` reports failed tasks by its status; the caller
+/// lists the units without a result).
 pub fn submit(job: &Path, wait: bool) -> Result<String> {
     let mut cmd = Command::new("sbatch");
     cmd.arg("--parsable");
@@ -122,7 +282,7 @@ pub fn submit(job: &Path, wait: bool) -> Result<String> {
     }
     // With --wait sbatch exits non-zero when a task failed; the job was still submitted.
     if !out.status.success() {
-        eprintln!("sbatch: some array tasks of job {id} failed; `--collect` lists the missing units");
+        eprintln!("sbatch: some array tasks of job {id} failed or were cancelled");
     }
     Ok(id)
 }

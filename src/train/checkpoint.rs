@@ -35,6 +35,20 @@ pub struct TrainState {
     /// Steps done over the whole run.
     pub global_step: u64,
     pub best: Option<Best>,
+    /// The training sums of the steps of `epoch` done before a stop, so that a resumed epoch
+    /// logs its loss and accuracy over all of its steps (absent in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// Sums over the images of the steps of an epoch done so far.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    pub loss: f64,
+    pub ce: f64,
+    pub correct: f64,
+    pub images: usize,
+    pub seconds: f64,
 }
 
 pub struct Checkpoint {

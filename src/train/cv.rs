@@ -62,6 +62,14 @@ pub fn default_run_dir() -> PathBuf {
     PathBuf::from("runs").join(format!("{y:04}-{m:02}-{d:02}T{:02}-{:02}-{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
 }
 
+/// The time now, UTC: `2026-11-25 19:37 UTC`.
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", rem / 3600, rem % 3600 / 60)
+}
+
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar
 /// (Howard Hinnant's `civil_from_days`).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -171,8 +179,10 @@ pub fn prepare_run_dir(out: &Path, spec: &RunSpec, cfg: &TrainConfig, resume: bo
         }
     }
     std::fs::create_dir_all(out).at(out)?;
-    spec.save(out)?;
-    crate::error::write_atomic(&out.join(CONFIG_FILE), cfg.to_toml().as_bytes())
+    // run.json last: its presence means the folder is complete (a reader that finds it finds
+    // config.toml too).
+    crate::error::write_atomic(&out.join(CONFIG_FILE), cfg.to_toml().as_bytes())?;
+    spec.save(out)
 }
 
 /// What every fold of one training config shares: the config, the network and one loader
@@ -222,7 +232,9 @@ impl FoldRunner {
             return Ok(Some(r));
         }
         let folds = split.folds.len();
-        let test = split.folds[k].clone();
+        let Some(test) = split.folds.get(k).cloned() else {
+            return Err(Error::Config(format!("fold {k}: the split has folds 0..{}", folds.saturating_sub(1))));
+        };
         let rest: Vec<usize> = split.folds.iter().enumerate().filter(|(j, _)| *j != k).flat_map(|(_, f)| f.clone()).collect();
         let (train_idx, val_idx) = if cfg.validation.fraction > 0.0 {
             holdout_split(ds, &rest, cfg.validation.fraction, cfg.seed)?

@@ -24,7 +24,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tch::{Device, Kind, Tensor, nn};
 
-use super::checkpoint::{self, Best, TrainState};
+use super::checkpoint::{self, Best, PartialEpoch, TrainState};
 use super::config::TrainConfig;
 use super::optim::Sgd;
 use super::cuda_graph::GraphedMagSdStep;
@@ -226,7 +226,7 @@ fn start(job: &TrainJob) -> Result<Session> {
     let mut sgd = Sgd::for_store(&vs, &cfg.optim);
 
     let last_path = dir.join(LAST_CHECKPOINT);
-    let mut state = TrainState { epoch: 0, step: 0, global_step: 0, best: None };
+    let mut state = TrainState { epoch: 0, step: 0, global_step: 0, best: None, partial: None };
     let resumed = job.resume && last_path.exists();
     if resumed {
         let ck = checkpoint::load(&last_path)?;
@@ -251,6 +251,16 @@ fn start(job: &TrainJob) -> Result<Session> {
         copy_exact(&vs, &ck.model, &last_path)?;
         sgd.load_state(&ck.optim)?;
         state = ck.state;
+        if job.verbose {
+            eprintln!(
+                "{}: resuming from {} at epoch {} step {} (global step {})",
+                job.label,
+                last_path.display(),
+                state.epoch + 1,
+                state.step,
+                state.global_step
+            );
+        }
     } else if let Some(pre) = &cfg.model.pretrained {
         let r = import_torchvision(&vs, pre)?;
         if job.verbose {
@@ -332,7 +342,13 @@ fn run_epoch(job: &TrainJob, s: &mut Session, stepper: &mut dyn TrainStep, iters
     let cl = cfg.performance.channels_last && job.device.is_cuda();
     let zero = || Tensor::zeros([], (Kind::Float, job.device));
     let (mut win_loss, mut win_ce, mut win_correct, mut win_n) = (zero(), zero(), zero(), 0usize);
-    let (mut ep_loss, mut ep_ce, mut ep_correct, mut ep_n) = (zero(), zero(), zero(), 0usize);
+    // A resumed epoch carries on the sums of the steps done before its stop.
+    let carried = s.state.partial.take();
+    let (mut ep_loss, mut ep_ce, mut ep_correct, mut ep_n) = match &carried {
+        Some(p) => (zero() + p.loss, zero() + p.ce, zero() + p.correct, p.images),
+        None => (zero(), zero(), zero(), 0usize),
+    };
+    let carried_seconds = carried.map(|p| p.seconds).unwrap_or(0.0);
     let mut win_t = Instant::now();
     let ep_t = Instant::now();
     let mut warned: std::collections::HashSet<usize> = Default::default();
@@ -387,6 +403,13 @@ fn run_epoch(job: &TrainJob, s: &mut Session, stepper: &mut dyn TrainStep, iters
         if stop {
             bar.abandon_with_message("stopped; checkpoint saved");
             s.log.flush()?;
+            s.state.partial = Some(PartialEpoch {
+                loss: ep_loss.double_value(&[]),
+                ce: ep_ce.double_value(&[]),
+                correct: ep_correct.double_value(&[]),
+                images: ep_n,
+                seconds: carried_seconds + ep_t.elapsed().as_secs_f64(),
+            });
             return Ok(EpochEnd::Stopped);
         }
     }
@@ -398,7 +421,7 @@ fn run_epoch(job: &TrainJob, s: &mut Session, stepper: &mut dyn TrainStep, iters
             epoch + 1
         )));
     }
-    let seconds = ep_t.elapsed().as_secs_f64();
+    let seconds = carried_seconds + ep_t.elapsed().as_secs_f64();
     Ok(EpochEnd::Done(EpochSums { loss: ep_loss, ce: ep_ce, correct: ep_correct, images: ep_n, seconds }))
 }
 
