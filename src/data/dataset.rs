@@ -140,7 +140,11 @@ impl Dataset {
         let mut found: Vec<String> = Vec::new();
         for entry in std::fs::read_dir(root).at(root)? {
             let entry = entry.at(root)?;
-            if entry.file_type().at(entry.path())?.is_dir() && !is_hidden(&entry.path()) {
+            // A class folder may be a link to a folder (taken once: the walk below follows no
+            // further folder links, so no loop can form).
+            let ft = entry.file_type().at(entry.path())?;
+            let is_dir = ft.is_dir() || (ft.is_symlink() && entry.path().is_dir());
+            if is_dir && !is_hidden(&entry.path()) {
                 found.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
@@ -158,8 +162,18 @@ impl Dataset {
         let mut problems = Vec::new();
         for folder in &found {
             let mut files = Vec::new();
-            walk_files(&root.join(folder), &mut files)?;
+            let mut linked_dirs = Vec::new();
+            walk_files(&root.join(folder), &mut files, &mut linked_dirs)?;
             files.sort();
+            if !linked_dirs.is_empty() {
+                linked_dirs.sort();
+                problems.push(format!(
+                    "{}: {} linked folder(s) not followed (e.g. {}); link the images or the class folder itself instead",
+                    root.join(folder).display(),
+                    linked_dirs.len(),
+                    linked_dirs[0].display()
+                ));
+            }
             let label = classes.iter().position(|c| c == folder);
             let (images, others): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| looks_like_image(f));
             if !others.is_empty() {
@@ -472,7 +486,9 @@ fn choose_classes(found: &[String], opts: &DatasetOptions, source: &Path) -> Res
     }
 }
 
-fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// The files below `dir` (links to files included); links to folders are not followed (a link
+/// back up would loop) but collected in `linked_dirs`, so the caller can say so.
+fn walk_files(dir: &Path, out: &mut Vec<PathBuf>, linked_dirs: &mut Vec<PathBuf>) -> Result<()> {
     for entry in std::fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
         let path = entry.path();
@@ -481,9 +497,11 @@ fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
         let ft = entry.file_type().at(&path)?;
         if ft.is_dir() {
-            walk_files(&path, out)?;
+            walk_files(&path, out, linked_dirs)?;
         } else if ft.is_file() || (ft.is_symlink() && path.is_file()) {
             out.push(path);
+        } else if ft.is_symlink() && path.is_dir() {
+            linked_dirs.push(path);
         }
     }
     Ok(())
@@ -496,6 +514,21 @@ mod tests {
     fn touch(p: &Path) {
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, b"x").unwrap();
+    }
+
+    #[test]
+    fn image_folder_takes_linked_class_folders_and_names_linked_subfolders() {
+        let d = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        touch(&elsewhere.path().join("1.png"));
+        touch(&d.path().join("root/a/2.png"));
+        std::os::unix::fs::symlink(elsewhere.path(), d.path().join("root/b")).unwrap();
+        // A loop below a class folder: not followed, and said.
+        std::os::unix::fs::symlink(d.path().join("root/a"), d.path().join("root/a/again")).unwrap();
+        let ds = Dataset::open(&d.path().join("root"), &DatasetOptions::default()).unwrap();
+        assert_eq!(ds.classes, ["a", "b"]);
+        assert_eq!(ds.samples.len(), 2, "one image per class, the loop not followed");
+        assert!(ds.problems.iter().any(|p| p.contains("linked folder") && p.contains("again")), "{:?}", ds.problems);
     }
 
     #[test]
