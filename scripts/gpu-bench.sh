@@ -20,7 +20,7 @@ extra=(${MAGSD_BENCH_EXTRA:-})
 run() { echo "+ $*" >&2; "$@"; }
 anchor_extra=(${ANCHOR_EXTRA:-})
 anchor() { run $py .device/bench_magsd_torch.py --device "$dev" --batch "$batch" --warmup 5 --iters "$iters" --infer-warmup 5 --infer-iters "$iters" "${anchor_extra[@]}" "$@"; }
-magsd_bench() { run $b bench --device "$dev" --batch "$batch" --warmup 5 --iters "$iters" --trials "$trials" --infer-iters "$iters" --only train,infer,eval "${extra[@]}" "$@"; }
+magsd_bench() { run $b bench --device "$dev" --batch-size "$batch" --warmup 5 --iters "$iters" --trials "$trials" --infer-iters "$iters" --only train,infer,eval "${extra[@]}" "$@"; }
 {
   # A B A per precision, so drift of the machine shows up as a difference between the two A's.
   anchor
@@ -33,9 +33,9 @@ magsd_bench() { run $b bench --device "$dev" --batch "$batch" --warmup 5 --iters
   magsd_bench --set performance.cuda_graph=true
 } 2>>"$out/bench.err" | tee "$out/bench.jsonl"
 {
-  run $b bench --device "$dev" --batch "$batch" --only graph-parity "${extra[@]}"
-  run $b bench --device "$dev" --batch "$batch" --only graph-parity --bf16 --channels-last "${extra[@]}"
-  run $b bench --device "$dev" --batch "$batch" --only loader --data .device/cxr "${extra[@]}"
+  run $b bench --device "$dev" --batch-size "$batch" --only graph-parity "${extra[@]}"
+  run $b bench --device "$dev" --batch-size "$batch" --only graph-parity --bf16 --channels-last "${extra[@]}"
+  run $b bench --device "$dev" --batch-size "$batch" --only loader --data .device/cxr "${extra[@]}"
 } 2>>"$out/bench.err" | tee "$out/checks.jsonl"
 $py scripts/bench-table.py "$out/bench.jsonl" "$out/checks.jsonl" > "$out/bench-table.md" 2>>"$out/bench.err"
 cat "$out/bench-table.md"

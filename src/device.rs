@@ -30,6 +30,41 @@ impl DeviceChoice {
     }
 }
 
+impl DeviceChoice {
+    /// The choice that names `device` itself (what a run folder records, never `auto`).
+    pub fn used(device: Device) -> Self {
+        if device.is_cuda() { DeviceChoice::Cuda } else { DeviceChoice::Cpu }
+    }
+}
+
+unsafe extern "C" {
+    fn magsd_set_deterministic() -> i32;
+}
+
+/// `performance.deterministic`: deterministic cuDNN and libtorch algorithms, cuDNN benchmarking
+/// off (see `src/ffi/determinism.cpp`). cuBLAS needs its workspace fixed too
+/// (`CUBLAS_WORKSPACE_CONFIG`, as PyTorch documents), which only works before CUDA starts.
+pub fn set_deterministic() -> Result<()> {
+    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        // SAFETY: called before any other thread of ours starts (the loader and the Ctrl-C handler come later).
+        unsafe { std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8") };
+    }
+    // SAFETY: a plain C function without arguments that owns nothing.
+    if unsafe { magsd_set_deterministic() } != 0 {
+        return Err(Error::Config("libtorch refused to switch to deterministic algorithms".into()));
+    }
+    Ok(())
+}
+
+/// The one device set-up of every command that trains or infers: determinism first (it must
+/// precede CUDA's start), then the device. Call it before any data is read or network built.
+pub fn set_up(choice: DeviceChoice, deterministic: bool) -> Result<Device> {
+    if deterministic {
+        set_deterministic()?;
+    }
+    choice.resolve()
+}
+
 /// A note for the user when CUDA-only options were asked for on another device.
 pub fn cuda_only_note(bf16: bool, channels_last: bool, device: Device) -> Option<String> {
     ((bf16 || channels_last) && !device.is_cuda())

@@ -134,9 +134,23 @@ pub struct RunSpec {
     /// How the folds were made (runs written before grouped folds existed are patient-level).
     #[serde(default, skip_serializing_if = "Grouping::is_patient")]
     pub grouping: Grouping,
+    /// `--allow-outside-root`: the manifest's paths may lead outside its folder (runs written
+    /// before this field existed had it off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_outside_root: bool,
 }
 
 impl RunSpec {
+    /// How to open the run's data again: its label column, classes in the run's order, and
+    /// whether its manifest may lead outside its folder.
+    pub fn dataset_options(&self) -> DatasetOptions {
+        DatasetOptions {
+            label_column: self.label_column.clone(),
+            classes: (!self.classes.is_empty()).then(|| self.classes.clone()),
+            allow_outside_root: self.allow_outside_root,
+        }
+    }
+
     /// Reads `dir/run.json`; a newer format version than this build knows is an error.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(RUN_FILE);
@@ -218,12 +232,8 @@ impl CvSummary {
 pub fn training_files(model: &Path) -> Option<(PathBuf, HashSet<PathBuf>)> {
     let (run, fold) = run_of_model(model)?;
     let spec = RunSpec::load(&run).ok()?;
-    let opts = DatasetOptions {
-        label_column: spec.label_column.clone(),
-        classes: (!spec.classes.is_empty()).then(|| spec.classes.clone()),
-        // The run accepted these paths when it was trained.
-        allow_outside_root: true,
-    };
+    // The run accepted these paths when it was trained.
+    let opts = DatasetOptions { allow_outside_root: true, ..spec.dataset_options() };
     let data = if spec.data.is_relative() && !spec.data.exists() { run.join(&spec.data) } else { spec.data.clone() };
     let ds = Dataset::open(&data, &opts).ok()?;
     let held_out: HashSet<String> = match fold {
@@ -279,15 +289,20 @@ pub fn not_a_run(dir: &Path) -> String {
     format!("{} {what} (it has no {RUN_FILE}); `magsd report` rewrites the report of a `magsd train --out` folder", dir.display())
 }
 
+/// The image column of every predictions CSV (`predictions.csv` and `predict --out`).
+pub const PATH_COLUMN: &str = "path";
+/// The predicted class column of every predictions CSV (`predictions.csv` and `predict --out`).
+pub const PREDICTED_COLUMN: &str = "predicted_label";
+
 /// Writes `predictions.csv` (a fold's held-out images, or an evaluation's): path, true label,
 /// one probability column per class at full precision (the shortest text that reads back as
 /// the same number, so AUC from the file equals the one in `metrics.json`), predicted label.
 /// Text cells go through [`crate::files::csv_cell`]; [`read_predictions`] reads them back.
 pub fn write_predictions(path: &Path, ds: &Dataset, p: &Predictions) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    let mut header = vec!["path".to_string(), "true_label".to_string()];
+    let mut header = vec![PATH_COLUMN.to_string(), "true_label".to_string()];
     header.extend(ds.classes.iter().map(|c| format!("prob_{c}")));
-    header.push("predicted_label".into());
+    header.push(PREDICTED_COLUMN.into());
     w.write_record(&header).expect("in-memory write");
     for (row, &i) in p.indices.iter().enumerate() {
         let cell = |s: &str| crate::files::csv_cell(s).into_owned();

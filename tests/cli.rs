@@ -225,7 +225,7 @@ fn model_info_counts_the_paper_network() {
 #[test]
 fn bench_prints_one_json_line_per_measurement() {
     let o = magsd(&[
-        "bench", "--device", "cpu", "--backbone", "tiny", "--image-size", "64", "--maps", "4", "--batch", "4", "--warmup", "1",
+        "bench", "--device", "cpu", "--backbone", "tiny", "--image-size", "64", "--maps", "4", "--batch-size", "4", "--warmup", "1",
         "--iters", "1", "--trials", "2", "--infer-warmup", "1", "--infer-iters", "2", "--only", "train,infer,eval,predict,loader", "--data",
         shared("data/cxr-demo").to_str().unwrap(),
     ]);

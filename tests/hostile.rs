@@ -209,7 +209,7 @@ fn csv_cells_that_start_a_formula_are_quoted_and_truncated_jpegs_are_warned_abou
     let rows: Vec<csv::StringRecord> = r.records().map(|x| x.unwrap()).collect();
     assert_eq!(rows.len(), 3);
     for row in &rows {
-        let file = &row[col("file")];
+        let file = &row[col("path")];
         assert!(!file.starts_with(['=', '+', '-', '@']), "a formula cell: {file}");
         if file.contains("HYPERLINK") || file.contains("@x") {
             assert!(file.starts_with('\''), "{file}");

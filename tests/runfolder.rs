@@ -82,6 +82,17 @@ fn eval_uses_the_runs_label_column_and_predictions_csv_reproduces_metrics_json()
     let csv = std::fs::read_to_string(ev.join("predictions.csv")).unwrap();
     let long = csv.lines().skip(1).flat_map(|l| l.split(',')).filter(|c| c.split_once('.').is_some_and(|(_, frac)| frac.len() > 8)).count();
     assert!(long > 0, "probabilities are rounded:\n{csv}");
+
+    // predict --out names its columns as predictions.csv does.
+    let image = manifest.parent().unwrap().join(&rows[0].0);
+    let out = d.path().join("predict.csv");
+    let o = magsd(&["predict", image.to_str().unwrap(), "--model", run.to_str().unwrap(), "--device", "cpu", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let header = |p: &Path| std::fs::read_to_string(p).unwrap().lines().next().unwrap().split(',').map(String::from).collect::<Vec<_>>();
+    let (predict, eval) = (header(&out), header(&ev.join("predictions.csv")));
+    for c in ["path", "predicted_label", "prob_covid19"] {
+        assert!(predict.contains(&c.to_string()) && eval.contains(&c.to_string()), "{c}: {predict:?} vs {eval:?}");
+    }
 }
 
 #[test]
@@ -131,6 +142,7 @@ fn a_reproduce_rows_fold_model_knows_its_training_images() {
         folds: 2,
         command: "magsd reproduce (row t3-magsd)".into(),
         grouping: Grouping::Patient,
+        allow_outside_root: false,
     }
     .save(&row)
     .unwrap();
@@ -142,4 +154,23 @@ fn a_reproduce_rows_fold_model_knows_its_training_images() {
     assert_eq!(files.len(), folds.folds[0].len());
     let fold0: Vec<PathBuf> = folds.folds[0].iter().map(|&i| ds.samples[i].path.canonicalize().unwrap()).collect();
     assert!(fold0.iter().all(|p| files.contains(p)));
+}
+
+/// The training report shows each held-out fold's metrics per source (the `by` sections of
+/// `fold-K/metrics.json`), as `eval`'s report does.
+#[test]
+fn the_training_report_has_a_per_source_table() {
+    let d = tempfile::tempdir().unwrap();
+    let manifest = two_column_manifest(&d.path().join("data"));
+    let run = d.path().join("cv");
+    // `label3` stands in for a source column: any metadata column can be a breakdown.
+    let o = train_tiny(&manifest, &run, &["--folds", "2", "--epochs", "1", "--by", "label3"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(fold_dir(&run, 0).join("metrics.json")).unwrap()).unwrap();
+    assert!(metrics["by"]["label3"].is_object(), "{metrics}");
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("By label3 (held-out folds)"), "{report}");
+    for row in ["fold 0: pneumonia", "fold 1: covid19"] {
+        assert!(report.contains(row), "no row '{row}' in:\n{report}");
+    }
 }

@@ -3,7 +3,6 @@ use std::path::PathBuf;
 
 use super::model::ModelArgs;
 use crate::bench::{BenchOptions, Measure, run as run_bench};
-use crate::device::DeviceChoice;
 use crate::error::Result;
 use crate::train::config::TrainConfig;
 
@@ -13,17 +12,16 @@ use crate::train::config::TrainConfig;
   magsd bench --device cuda --bf16 --channels-last\n  \
   magsd bench --device cpu --only predict --image chest.png   # single-image latency\n  \
   magsd bench --only loader --data ../shared/data/cxr         # input pipeline images/s\n  \
-  magsd bench --device cpu --backbone tiny --image-size 96 --batch 8 --iters 3 --trials 2\n\n\
+  magsd bench --device cpu --backbone tiny --image-size 96 --batch-size 8 --iters 3 --trials 2\n\n\
 Same settings and JSON fields as ../shared/reference/bench_magsd_torch.py (batch 32, 1x224x224,\n\
 3 classes, 32 maps, scales 7+14, SGD lr 1e-3 wd 1e-6); run both in one call and compare ratios.")]
 pub struct BenchArgs {
-    /// cpu, cuda or auto.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceChoice,
-    /// Training batch size.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Inference batch (default: --batch).
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
+    /// Training batch size (`--batch` is the old name, still accepted).
+    #[arg(long, alias = "batch", default_value_t = 32)]
+    pub batch_size: usize,
+    /// Inference batch (default: --batch-size).
     #[arg(long)]
     pub infer_batch: Option<usize>,
     /// Output classes.
@@ -70,7 +68,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<i32> {
-    let mut sets = vec![format!("batch_size={}", a.batch.max(2))];
+    let mut sets = vec![format!("batch_size={}", a.batch_size.max(2))];
     if a.code_optim {
         sets.extend(["optim.weight_decay=5e-4".to_string(), "optim.nesterov=true".to_string()]);
     }
@@ -81,6 +79,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     sets.push("performance.cuda_graph=false".into());
     sets.extend(a.model.overrides());
     sets.extend(a.set.iter().cloned());
+    sets.extend(a.device.overrides());
     let config = TrainConfig::resolve(Some("paper"), None, &sets)?;
     let measures = if a.only.is_empty() {
         let mut m = vec![Measure::Train, Measure::Infer, Measure::Eval, Measure::Predict];
@@ -91,7 +90,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     } else {
         a.only.clone()
     };
-    let device = a.device.resolve()?;
+    let device = crate::device::set_up(config.device, config.performance.deterministic)?;
     if let Some(note) = crate::device::cuda_only_note(a.bf16, a.channels_last, device) {
         eprintln!("{note}");
     }
@@ -99,8 +98,8 @@ pub fn run(a: BenchArgs) -> Result<i32> {
         device,
         config,
         classes: a.classes,
-        batch: a.batch,
-        infer_batch: a.infer_batch.unwrap_or(a.batch),
+        batch: a.batch_size,
+        infer_batch: a.infer_batch.unwrap_or(a.batch_size),
         warmup: a.warmup,
         iters: a.iters,
         trials: a.trials,

@@ -1,9 +1,7 @@
 //! `magsd demo`: the embedded default run.
 use std::path::PathBuf;
 
-use crate::data::dataset::DatasetOptions;
 use crate::demo::{DemoOptions, default_out, run as run_demo, summary_table};
-use crate::device::DeviceChoice;
 use crate::error::Result;
 use crate::train::config::TrainConfig;
 
@@ -13,19 +11,15 @@ use crate::train::config::TrainConfig;
   magsd demo --out demo-report\n  \
   magsd demo --data ../shared/data/cxr-demo --epochs 20\n  \
   magsd demo --data my.csv --label-column label3 --set model.image_size=128")]
+#[command(mut_arg("data", |a| a.required(false).help(
+    "Run on your data (ImageFolder root, folder with manifest.csv, or manifest CSV) instead of phantoms"
+)))]
 pub struct DemoArgs {
     /// Report folder (default: runs/demo-<timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Run on your data (ImageFolder root, folder with manifest.csv, or manifest CSV) instead of phantoms.
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Manifest column holding the labels (with --data).
-    #[arg(long, default_value = "label")]
-    pub label_column: String,
-    /// Keep only these classes, in this order (comma-separated; with --data).
-    #[arg(long, value_delimiter = ',')]
-    pub classes: Option<Vec<String>>,
+    #[command(flatten)]
+    pub data: super::DataArgs,
     /// Phantoms per class.
     #[arg(long, default_value_t = 60)]
     pub per_class: usize,
@@ -35,25 +29,25 @@ pub struct DemoArgs {
     /// Seed of the phantoms, the split and the training.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// cpu, cuda or auto.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// Any training setting, as for `magsd train`.
     #[arg(long = "set")]
     pub set: Vec<String>,
 }
 
 pub fn run(a: DemoArgs) -> Result<i32> {
-    super::check_classes(&a.classes)?;
+    super::check_classes(&a.data.classes)?;
     let out = a.out.clone().unwrap_or_else(default_out);
     let mut overrides = DemoOptions::default_overrides();
     overrides.extend([format!("epochs={}", a.epochs), format!("seed={}", a.seed)]);
     overrides.extend(a.set.iter().cloned());
+    overrides.extend(a.device.overrides());
     let mut o = DemoOptions::new(out.clone())?;
     o.config = TrainConfig::resolve(Some("tiny"), None, &overrides)?;
-    o.device = a.device.resolve()?;
-    o.data = a.data.clone();
-    o.dataset = DatasetOptions { label_column: a.label_column.clone(), classes: a.classes.clone(), ..Default::default() };
+    o.device = crate::device::set_up(o.config.device, o.config.performance.deterministic)?;
+    o.data = a.data.data.clone();
+    o.dataset = a.data.options();
     o.per_class = a.per_class;
     eprintln!("magsd demo on {} → {}", crate::device::describe(o.device), out.display());
     super::install_ctrl_c();

@@ -205,7 +205,8 @@ pub struct LocalizeArgs {
     /// (default: every one this model has).
     #[arg(long)]
     pub method: Option<String>,
-    /// Stop at the first unreadable image.
+    /// Refuse to report when any image is missing, unreadable or decoded with a warning (e.g. a
+    /// truncated JPEG): list them all and exit with an error.
     #[arg(long)]
     pub strict: bool,
     /// Write into --out even if it holds metrics.json or is a training run's folder.
@@ -279,7 +280,7 @@ fn open_for(m: &LoadedModel, data: &DataArgs) -> Result<Dataset> {
     if ds.samples.is_empty() {
         return Err(Error::Data(format!(
             "{}: no images of the model's classes ({})",
-            data.data.display(),
+            data.path().display(),
             m.model.config.class_labels().join(", ")
         )));
     }
@@ -335,7 +336,7 @@ fn not_used(ds: &Dataset, p: &crate::eval::evaluate::Predictions, with_warnings:
 
 pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     let (m, device, path) = load(&args.run)?;
-    let name = args.data.data.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
+    let name = args.data.path().file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "data".into());
     let out = args.out.clone().unwrap_or_else(|| path.parent().unwrap_or(Path::new(".")).join(format!("eval-{name}")));
     check_eval_out(&out, args.force)?;
     let (data, from_run) = with_run_label_column(&args.data, &path);
@@ -398,7 +399,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
         &ds,
         &p,
         &EvalOptions {
-            title: format!("MAG-SD evaluation on {}", args.data.data.display()),
+            title: format!("MAG-SD evaluation on {}", args.data.path().display()),
             by,
             ground_truth: gt.as_ref(),
             threshold,
@@ -654,7 +655,8 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
     let mut csv = match &args.out {
         Some(out) => {
             let mut w = csv::Writer::from_writer(Vec::new());
-            let mut header = vec!["file".to_string(), "predicted".to_string()];
+            // The column names of predictions.csv (this file used to say `file,predicted`).
+            let mut header = vec![crate::runfolder::PATH_COLUMN.to_string(), crate::runfolder::PREDICTED_COLUMN.to_string()];
             header.extend(classes.iter().map(|c| format!("prob_{c}")));
             header.extend(["unusual", "unusual_reasons", "ood_score", "decisions", "heatmap", "warnings"].map(String::from));
             w.write_record(&header).map_err(|e| Error::Data(format!("{}: {e}", out.display())))?;

@@ -77,14 +77,18 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
     }
 }
 
-/// Options shared by every command that reads a dataset.
+/// Options shared by every command that reads a dataset: `train`, `reproduce`, `demo`, `eval`,
+/// `localize`, `ood-eval` and `data`. `--data` is required unless a command makes it optional
+/// (`#[command(mut_arg("data", ...))]`: `train` with --resume, `reproduce` on an existing grid,
+/// `demo` on phantoms).
 #[derive(clap::Args, Debug, Clone)]
 pub struct DataArgs {
     /// An ImageFolder root (one folder per class), a folder with a manifest.csv, or a manifest CSV.
-    #[arg(long)]
-    pub data: std::path::PathBuf,
+    #[arg(long, required = true)]
+    pub data: Option<std::path::PathBuf>,
     /// Manifest column holding the labels (e.g. `label3` for the 3-class task); default `label`,
-    /// or for `eval` and `localize` the column the model's run was trained on.
+    /// or the config file's for `train` and `reproduce`, or for `eval` and `localize` the column
+    /// the model's run was trained on.
     #[arg(long)]
     pub label_column: Option<String>,
     /// Keep only these classes, in this order (comma-separated); default: every label found.
@@ -98,17 +102,55 @@ pub struct DataArgs {
 impl DataArgs {
     pub const DEFAULT_LABEL_COLUMN: &'static str = "label";
 
-    pub fn options(&self) -> crate::data::dataset::DatasetOptions {
+    /// `--data`, for the commands on which clap requires it.
+    pub fn path(&self) -> &std::path::Path {
+        self.data.as_deref().expect("clap requires --data on this command")
+    }
+
+    /// The dataset options, with `label_column` when `--label-column` was not given.
+    pub fn options_with(&self, label_column: &str) -> crate::data::dataset::DatasetOptions {
         crate::data::dataset::DatasetOptions {
-            label_column: self.label_column.clone().unwrap_or_else(|| Self::DEFAULT_LABEL_COLUMN.to_string()),
+            label_column: self.label_column.clone().unwrap_or_else(|| label_column.to_string()),
             classes: self.classes.clone(),
             allow_outside_root: self.allow_outside_root,
         }
     }
 
+    pub fn options(&self) -> crate::data::dataset::DatasetOptions {
+        self.options_with(Self::DEFAULT_LABEL_COLUMN)
+    }
+
     pub fn open(&self) -> crate::Result<crate::data::dataset::Dataset> {
         check_classes(&self.classes)?;
-        crate::data::dataset::Dataset::open(&self.data, &self.options())
+        crate::data::dataset::Dataset::open(self.path(), &self.options())
+    }
+}
+
+/// The device and determinism options of every command that trains: `train`, `reproduce`,
+/// `demo` and `bench`; [`crate::device::set_up`] acts on them.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DeviceArgs {
+    /// cpu, cuda or auto (setting `device`; default: the config's, auto in every preset).
+    #[arg(long, value_enum)]
+    pub device: Option<crate::device::DeviceChoice>,
+    /// Deterministic cuDNN and libtorch algorithms, cuDNN benchmarking off (setting
+    /// `performance.deterministic`): the same seed gives the same loss curve on CUDA too (it may
+    /// be slower; CPU runs need no flag).
+    #[arg(long)]
+    pub deterministic: bool,
+}
+
+impl DeviceArgs {
+    /// The flags given, as `key=value` settings.
+    pub fn overrides(&self) -> Vec<String> {
+        let mut o = Vec::new();
+        if let Some(d) = self.device {
+            o.push(format!("device={}", model::toml_string(&format!("{d:?}").to_lowercase())));
+        }
+        if self.deterministic {
+            o.push("performance.deterministic=true".into());
+        }
+        o
     }
 }
 
@@ -228,5 +270,28 @@ mod tests {
         let mut missing = Vec::new();
         walk(&Cli::command(), "magsd", &mut missing);
         assert!(missing.is_empty(), "options without a help line: {missing:?}");
+    }
+
+    /// `localize` runs `eval`'s pipeline, so its --strict does what eval's does and says so
+    /// (it claimed to stop at the first unreadable image, while every bad image is listed).
+    #[test]
+    fn strict_means_the_same_in_eval_and_localize() {
+        let help = |cmd: &str| {
+            let c = Cli::command();
+            let sub = c.find_subcommand(cmd).unwrap();
+            let arg = sub.get_arguments().find(|a| a.get_id() == "strict").unwrap();
+            arg.get_help().map(|h| h.to_string())
+        };
+        assert_eq!(help("eval"), help("localize"));
+    }
+
+    /// `bench --batch-size` as every other command; the old `--batch` still parses.
+    #[test]
+    fn bench_takes_batch_size_and_the_old_batch() {
+        for flag in ["--batch-size", "--batch"] {
+            let cli = Cli::try_parse_from(["magsd", "bench", flag, "8"]).unwrap();
+            let Command::Bench(a) = cli.command else { panic!("not bench") };
+            assert_eq!(a.batch_size, 8, "{flag}");
+        }
     }
 }

@@ -117,7 +117,7 @@ pub fn run(args: OodEvalArgs) -> Result<i32> {
         }
     }
     if id_images.is_empty() {
-        return Err(Error::Data(format!("{}: no readable in-distribution image", args.data.data.display())));
+        return Err(Error::Data(format!("{}: no readable in-distribution image", args.data.path().display())));
     }
 
     let comparison = match &args.fit_data {
@@ -159,7 +159,7 @@ pub fn run(args: OodEvalArgs) -> Result<i32> {
     }
     let report = OodEvalReport {
         model: path.display().to_string(),
-        in_distribution: format!("{} ({} images)", args.data.data.display(), id_images.len()),
+        in_distribution: format!("{} ({} images)", args.data.path().display(), id_images.len()),
         knn_k: comparison.as_ref().map(|c| c.knn.k),
         sets: rows,
         unreadable,

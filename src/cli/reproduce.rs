@@ -19,17 +19,13 @@ use crate::train::config::TrainConfig;
   magsd reproduce --data x.csv --table 7 --group-by source_repo --folds 3 --out runs/t7-by-source\n\n\
 One unit = one table row x one fold; every row uses the same folds (DIR/split.json). Rows are the\n\
 user's preset/config/--set plus each row's overrides (see the tables' 'Rows' section).")]
+#[command(mut_arg("data", |a| a.required(false).help(
+    "An ImageFolder root, a folder with manifest.csv, or a manifest CSV (needed to start a grid; \
+     an existing grid folder remembers it)"
+)))]
 pub struct ReproduceArgs {
-    /// Images: an ImageFolder root, a folder with manifest.csv, or a manifest CSV (needed to
-    /// start a grid; an existing grid folder remembers it).
-    #[arg(long)]
-    pub data: Option<PathBuf>,
-    /// Manifest column holding the labels (e.g. `label3` for the 3-class task).
-    #[arg(long, default_value = "label")]
-    pub label_column: String,
-    /// Keep only these classes, in this order (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub classes: Option<Vec<String>>,
+    #[command(flatten)]
+    pub data: super::DataArgs,
     /// Tables: 3, 4, 5, 6, 7, 8 or all (comma-separated or repeated).
     #[arg(long)]
     pub table: Vec<String>,
@@ -53,6 +49,8 @@ pub struct ReproduceArgs {
     /// Override any setting of every row: section.key=value (TOML value), repeatable.
     #[arg(long = "set")]
     pub set: Vec<String>,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// The grid folder.
     #[arg(long)]
     pub out: PathBuf,
@@ -125,8 +123,15 @@ impl ReproduceArgs {
         if let Some(e) = self.epochs {
             o.push(format!("epochs={e}"));
         }
-        o.push(format!("data.label_column={}", toml_string(&self.label_column)));
-        if let Some(c) = &self.classes {
+        // Determinism is a setting of the grid (every unit, --gpus and Slurm ones too); the
+        // device is this process's, applied to the units it runs (see `run`).
+        if self.device.deterministic {
+            o.push("performance.deterministic=true".into());
+        }
+        if let Some(c) = &self.data.label_column {
+            o.push(format!("data.label_column={}", toml_string(c)));
+        }
+        if let Some(c) = &self.data.classes {
             let list: Vec<String> = c.iter().map(|s| toml_string(s)).collect();
             o.push(format!("data.classes=[{}]", list.join(", ")));
         }
@@ -135,13 +140,17 @@ impl ReproduceArgs {
 
     /// Opens the grid in --out, creating it when --data is given.
     fn grid(&self) -> Result<Grid> {
-        let Some(data) = &self.data else {
+        let Some(data) = &self.data.data else {
             return Grid::open(&self.out);
         };
         let base = TrainConfig::resolve(self.preset.as_deref(), self.config.as_deref(), &self.overrides())?;
         let req = GridRequest {
             data: data.clone(),
-            dataset: crate::data::dataset::DatasetOptions { label_column: base.data.label_column.clone(), classes: base.data.classes.clone(), ..Default::default() },
+            dataset: crate::data::dataset::DatasetOptions {
+                label_column: base.data.label_column.clone(),
+                classes: base.data.classes.clone(),
+                allow_outside_root: self.data.allow_outside_root,
+            },
             folds: if self.grouping.test_source.is_some() { 1 } else { self.folds },
             tables: rows::parse_tables(&self.table)?,
             only_rows: self.rows.clone(),
@@ -224,7 +233,7 @@ pub fn run(args: ReproduceArgs) -> Result<i32> {
     if args.bootstrap == 0 {
         return Err(Error::Config("--bootstrap must be at least 1 (1,000 or more for a 95 % interval)".into()));
     }
-    if args.data.is_some() && args.table.is_empty() {
+    if args.data.data.is_some() && args.table.is_empty() {
         return Err(Error::Config("--table: name the tables to reproduce (3, 4, 5, 6, 7, 8 or all)".into()));
     }
     // Options are checked before the grid folder is made or touched.
@@ -249,8 +258,18 @@ pub fn run(args: ReproduceArgs) -> Result<i32> {
     if let Some(gpus) = &args.gpus {
         check_gpus(gpus)?;
     }
-    let grid = args.grid()?;
+    let mut grid = args.grid()?;
     let verbose = !args.quiet;
+    // --device: the units this process runs use it, whatever the grid's config says.
+    let device_override = super::DeviceArgs { deterministic: false, ..args.device.clone() }.overrides();
+    for u in &mut grid.units {
+        u.overrides.extend(device_override.iter().cloned());
+    }
+    let runs_here = args.unit.is_some() || !(args.plan || args.collect || args.slurm || args.gpus.as_ref().is_some_and(|g| !g.is_empty()));
+    if runs_here {
+        let base = grid.base_config()?;
+        crate::device::set_up(args.device.device.unwrap_or(base.device), base.performance.deterministic || args.device.deterministic)?;
+    }
     if let Some(n) = args.unit {
         let u = grid.unit(n)?.clone();
         super::install_ctrl_c();

@@ -28,17 +28,12 @@ after epochs 75 and 125, batch 16, 150 epochs of 345 steps), tiny (small network
 no validation split: the last epoch's model is kept; for CPU tests). paper and authors-code hold out\n\
 a patient-level 10 % of the training images to pick the best epoch.\n\
 Every setting of config.toml can be given with --set section.key=value.\n\
-With --resume only --device, a larger --epochs, --max-steps, --by and --quiet may be given.")]
+With --resume only --device, a larger --epochs, --max-steps, --by, --allow-outside-root and --quiet
+may be given.")]
+#[command(mut_arg("data", |a| a.required(false).required_unless_present("resume")))]
 pub struct TrainArgs {
-    /// Images: an ImageFolder root, a folder with manifest.csv, or a manifest CSV.
-    #[arg(long, required_unless_present = "resume")]
-    pub data: Option<PathBuf>,
-    /// Manifest column holding the labels (default: `label`, or the config file's).
-    #[arg(long)]
-    pub label_column: Option<String>,
-    /// Keep only these classes, in this order (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub classes: Option<Vec<String>>,
+    #[command(flatten)]
+    pub data: super::DataArgs,
     /// paper, authors-code or tiny (default: paper, or the config file's preset).
     #[arg(long)]
     pub preset: Option<String>,
@@ -60,13 +55,8 @@ pub struct TrainArgs {
     /// Seed of the initial weights, the split, the augmentations and the batch order (setting `seed`).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// cpu, cuda or auto (setting `device`); may change on --resume.
-    #[arg(long, value_enum)]
-    pub device: Option<DeviceChoice>,
-    /// Deterministic cuDNN and libtorch algorithms, cuDNN benchmarking off: the same seed gives
-    /// the same loss curve on CUDA too (it may be slower; CPU runs need no flag).
-    #[arg(long)]
-    pub deterministic: bool,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// bf16 autocast (CUDA; already on in every preset, see --fp32).
     #[arg(long)]
     pub bf16: bool,
@@ -128,18 +118,14 @@ impl TrainArgs {
         if let Some(v) = self.seed {
             push("seed", v.to_string());
         }
-        if let Some(v) = self.device {
-            push("device", toml_string(&format!("{v:?}").to_lowercase()));
-        }
+
         if self.bf16 {
             push("performance.bf16", "true".into());
         }
         if self.channels_last {
             push("performance.channels_last", "true".into());
         }
-        if self.deterministic {
-            push("performance.deterministic", "true".into());
-        }
+
         if self.fp32 {
             for key in ["performance.bf16", "performance.channels_last", "performance.cuda_graph"] {
                 push(key, "false".into());
@@ -148,10 +134,10 @@ impl TrainArgs {
         if let Some(p) = &self.pretrained {
             push("model.pretrained", toml_string(&p.display().to_string()));
         }
-        if let Some(c) = &self.label_column {
+        if let Some(c) = &self.data.label_column {
             push("data.label_column", toml_string(c));
         }
-        if let Some(c) = &self.classes {
+        if let Some(c) = &self.data.classes {
             let list: Vec<String> = c.iter().map(|s| toml_string(s)).collect();
             push("data.classes", format!("[{}]", list.join(", ")));
         }
@@ -160,6 +146,7 @@ impl TrainArgs {
             push("calibration.operating_points", format!("[{}]", list.join(", ")));
         }
         o.extend(self.model.overrides());
+        o.extend(self.device.overrides());
         o
     }
 
@@ -173,10 +160,10 @@ impl TrainArgs {
             ("--bf16", self.bf16),
             ("--channels-last", self.channels_last),
             ("--fp32", self.fp32),
-            ("--deterministic", self.deterministic),
+            ("--deterministic", self.device.deterministic),
             ("--pretrained", self.pretrained.is_some()),
-            ("--label-column", self.label_column.is_some()),
-            ("--classes", self.classes.is_some()),
+            ("--label-column", self.data.label_column.is_some()),
+            ("--classes", self.data.classes.is_some()),
             ("--operating-point", !self.operating_point.is_empty()),
             ("--folds", self.folds.is_some()),
             ("--group-by", self.grouping.group_by.is_some()),
@@ -202,12 +189,12 @@ fn resume_config(args: &TrainArgs, dir: &std::path::Path, spec: &RunSpec) -> Res
     if !refused.is_empty() {
         return Err(Error::Config(format!(
             "{} cannot change on --resume (the run keeps its own settings); only --device, a larger \
-             --epochs, --max-steps, --by and --quiet can be given",
+             --epochs, --max-steps, --by, --allow-outside-root and --quiet can be given",
             refused.join(", ")
         )));
     }
     let mut cfg = TrainConfig::resolve(None, Some(&dir.join(cv::CONFIG_FILE)), &[])?;
-    if let Some(d) = args.device {
+    if let Some(d) = args.device.device {
         cfg.device = d;
     }
     if let Some(e) = args.epochs {
@@ -231,24 +218,6 @@ fn resume_config(args: &TrainArgs, dir: &std::path::Path, spec: &RunSpec) -> Res
     Ok(cfg)
 }
 
-unsafe extern "C" {
-    fn magsd_set_deterministic() -> i32;
-}
-
-/// `performance.deterministic`: see `src/ffi/determinism.cpp`. cuBLAS needs its workspace fixed
-/// too (`CUBLAS_WORKSPACE_CONFIG`, as PyTorch documents), which only works before CUDA starts.
-fn set_deterministic() -> Result<()> {
-    if std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
-        // SAFETY: called before any other thread of ours starts (the loader and the Ctrl-C handler come later).
-        unsafe { std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8") };
-    }
-    // SAFETY: a plain C function without arguments that owns nothing.
-    if unsafe { magsd_set_deterministic() } != 0 {
-        return Err(Error::Config("libtorch refused to switch to deterministic algorithms".into()));
-    }
-    Ok(())
-}
-
 pub fn run(args: TrainArgs) -> Result<i32> {
     let (cfg, spec, out, resume) = match &args.resume {
         Some(dir) => {
@@ -257,9 +226,9 @@ pub fn run(args: TrainArgs) -> Result<i32> {
             (cfg, spec, dir.clone(), true)
         }
         None => {
-            super::check_classes(&args.classes)?;
+            super::check_classes(&args.data.classes)?;
             let cfg = TrainConfig::resolve(args.preset.as_deref(), args.config.as_deref(), &args.overrides())?;
-            let data = args.data.clone().expect("clap requires --data without --resume");
+            let data = args.data.path().to_path_buf();
             let grouping = args.grouping.grouping();
             let spec = RunSpec {
                 format_version: crate::runfolder::FORMAT_VERSION,
@@ -269,17 +238,21 @@ pub fn run(args: TrainArgs) -> Result<i32> {
                 folds: if args.grouping.test_source.is_some() { 1 } else { args.folds.unwrap_or(5) },
                 command: std::env::args().collect::<Vec<_>>().join(" "),
                 grouping,
+                allow_outside_root: args.data.allow_outside_root,
             };
             (cfg, spec, args.out.clone().unwrap_or_else(cv::default_run_dir), false)
         }
     };
-    if cfg.performance.deterministic {
-        set_deterministic()?;
-    }
+    // Before the data is read: determinism must be set before CUDA starts.
+    let device = crate::device::set_up(cfg.device, cfg.performance.deterministic)?;
+    // config.toml records the device used, not `auto`, so the run says where it ran.
+    let cfg = TrainConfig { device: DeviceChoice::used(device), ..cfg };
+    // A resumed run may be given --allow-outside-root when its manifest has moved.
+    let spec = RunSpec { allow_outside_root: spec.allow_outside_root || args.data.allow_outside_root, ..spec };
     let opts = DatasetOptions {
         label_column: cfg.data.label_column.clone(),
         classes: cfg.data.classes.clone().or_else(|| (!spec.classes.is_empty()).then(|| spec.classes.clone())),
-        ..Default::default()
+        allow_outside_root: spec.allow_outside_root,
     };
     let ds = Arc::new(Dataset::open(&spec.data, &opts)?);
     for p in ds.problems.iter().take(10) {
@@ -287,7 +260,6 @@ pub fn run(args: TrainArgs) -> Result<i32> {
     }
     let spec = RunSpec { classes: ds.classes.clone(), ..spec };
     // Everything is checked before the run folder is written, so a failed start leaves none.
-    let device = cfg.device.resolve()?;
     cv::check_start(&cfg, &ds, spec.folds, &spec.grouping)?;
     cv::prepare_run_dir(&out, &spec, &cfg, resume)?;
     // Only for flags given: the presets' bf16 and channels-last are simply unused on the CPU.

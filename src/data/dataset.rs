@@ -258,7 +258,7 @@ impl Dataset {
                     format!(
                         "line {line}: path '{name}' leads outside the manifest's folder {}; \
                          refusing it (pass --allow-outside-root if that is intended)",
-                        base.display()
+                        folder_name(base).display()
                     ),
                 ));
             }
@@ -426,6 +426,11 @@ impl Dataset {
         }
         out
     }
+}
+
+/// `base` as a user can read it: the manifest's folder of `manifest.csv` is `.`, not ``.
+fn folder_name(base: &Path) -> &Path {
+    if base.as_os_str().is_empty() { Path::new(".") } else { base }
 }
 
 /// Whether manifest path `name` stays inside `base` (lexically: `..` may not climb above it;

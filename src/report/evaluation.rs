@@ -183,6 +183,23 @@ fn overlay_rows(p: &Predictions, ds: &Dataset, n: usize) -> Vec<usize> {
     out
 }
 
+/// The metrics per value of a metadata column (one `by` section of metrics.json), with how many
+/// classes each group holds: `eval`'s report and the training report (per fold) both use it.
+pub fn by_table<'a>(doc: &mut Document, col: &str, groups: impl Iterator<Item = (String, &'a Metrics)>) {
+    doc.p("Watch for source confounding: a model can score well by recognising where an image came from.");
+    let mut header = metric_header(col);
+    header.push("classes present".into());
+    let rows = groups
+        .map(|(v, m)| {
+            let mut row = metric_row(&v, m);
+            let present = m.per_class.iter().filter(|c| c.support > 0).count();
+            row.push(if present >= 2 { format!("{present} (mixed)") } else { present.to_string() });
+            row
+        })
+        .collect();
+    doc.table(header, rows);
+}
+
 pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOptions) -> Result<EvalOutput> {
     std::fs::create_dir_all(dir).at(dir)?;
     let mut report = EvalReport::new(ds, p, &opts.by)?;
@@ -265,19 +282,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
     }
     for (col, groups) in &report.by {
         doc.h(2, format!("By {col}"));
-        doc.p("Watch for source confounding: a model can score well by recognising where an image came from.");
-        let mut header = metric_header(col);
-        header.push("classes present".into());
-        let rows = groups
-            .iter()
-            .map(|(v, m)| {
-                let mut row = metric_row(v, m);
-                let present = m.per_class.iter().filter(|c| c.support > 0).count();
-                row.push(if present >= 2 { format!("{present} (mixed)") } else { present.to_string() });
-                row
-            })
-            .collect();
-        doc.table(header, rows);
+        by_table(&mut doc, col, groups.iter().map(|(v, m)| (v.clone(), m)));
     }
     if !report.within_source.is_empty() {
         doc.h(1, "Shortcut audit");

@@ -69,6 +69,7 @@ pub fn write_run_report(run: &Path) -> Result<PathBuf> {
         save(&ConfusionFigure { title: "Confusion, pooled out-of-fold".into(), classes, confusion: &pooled.confusion }, &run.join("confusion"))?;
         doc.image("roc.png", "ROC curves per class, out-of-fold predictions of all folds");
         doc.image("confusion.png", "Confusion matrix (rows normalised), out-of-fold predictions of all folds");
+        by_source(&mut doc, run, &s);
         shortcut_audit(&mut doc, run, &spec, &s, &names, &labels, &probs)?;
         calibration_section(&mut doc, run, &s)?;
         doc.h(2, "Training curves");
@@ -113,6 +114,23 @@ pub fn write_run_report(run: &Path) -> Result<PathBuf> {
     Ok(html)
 }
 
+/// Each held-out fold's metrics per source (the `by` sections of `fold-K/metrics.json`), as
+/// `eval`'s report shows them: the sources are often confounded with the classes.
+fn by_source(doc: &mut super::document::Document, run: &Path, s: &CvSummary) {
+    let reports: Vec<(usize, EvalReport)> =
+        s.folds.iter().filter_map(|f| EvalReport::load(&fold_dir(run, f.fold).join(METRICS_FILE)).ok().map(|r| (f.fold, r))).collect();
+    let mut columns: Vec<&String> = reports.iter().flat_map(|(_, r)| r.by.keys()).collect();
+    columns.sort();
+    columns.dedup();
+    for col in columns {
+        doc.h(2, format!("By {col} (held-out folds)"));
+        let groups = reports
+            .iter()
+            .flat_map(|(k, r)| r.by.get(col).into_iter().flatten().map(move |(v, m)| (format!("fold {k}: {v}"), m)));
+        super::evaluation::by_table(doc, col, groups);
+    }
+}
+
 /// Pooled within-source figures of the out-of-fold predictions (the images' sources and
 /// patients come from the run's data; without it the section says so) and each fold's probes.
 fn shortcut_audit(
@@ -125,7 +143,7 @@ fn shortcut_audit(
     probs: &[Vec<f64>],
 ) -> Result<()> {
     doc.h(2, "Shortcut audit (pooled out-of-fold)");
-    let opts = DatasetOptions { label_column: spec.label_column.clone(), classes: Some(spec.classes.clone()), ..Default::default() };
+    let opts = DatasetOptions { classes: Some(spec.classes.clone()), ..spec.dataset_options() };
     let ds = match Dataset::open(&spec.data, &opts) {
         Ok(ds) => ds,
         Err(e) => {

@@ -70,6 +70,9 @@ pub struct GridSpec {
     /// How the folds are made (grids written before grouped folds existed are patient-level).
     #[serde(default, skip_serializing_if = "Grouping::is_patient")]
     pub grouping: Grouping,
+    /// `--allow-outside-root` (grids written before this field existed had it off).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_outside_root: bool,
 }
 
 impl GridSpec {
@@ -149,6 +152,7 @@ impl Grid {
             only_rows: req.only_rows.clone(),
             command: req.command.clone(),
             grouping: req.grouping.clone(),
+            allow_outside_root: req.dataset.allow_outside_root,
         };
         let all = rows::rows_of(&req.tables);
         if let Some(bad) = req.only_rows.iter().find(|o| !all.iter().any(|r| r.id == o.as_str())) {
@@ -249,6 +253,7 @@ impl Grid {
             folds: self.spec.folds,
             command: format!("{} (row {row})", self.spec.command),
             grouping: self.spec.grouping.clone(),
+            allow_outside_root: self.spec.allow_outside_root,
         }
     }
 
@@ -309,7 +314,11 @@ impl Grid {
 
     /// The dataset the grid was made from, with its classes in the grid's order.
     pub fn dataset(&self) -> Result<Arc<Dataset>> {
-        let opts = DatasetOptions { label_column: self.spec.label_column.clone(), classes: Some(self.spec.classes.clone()), ..Default::default() };
+        let opts = DatasetOptions {
+            label_column: self.spec.label_column.clone(),
+            classes: Some(self.spec.classes.clone()),
+            allow_outside_root: self.spec.allow_outside_root,
+        };
         Ok(Arc::new(Dataset::open(&self.spec.data, &opts)?))
     }
 
