@@ -232,7 +232,7 @@ fn predict_reads_folders_writes_csv_unique_heatmaps_and_warns_on_unlike_inputs()
         let sum: f64 = r.iter().filter(|(k, _)| k.starts_with("prob_")).map(|(_, v)| v.parse::<f64>().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-4, "{r:?}");
         // Training images pass the pixel screen and the detector; the black-and-white masks do not.
-        let is_mask = r["file"].contains("/masks/");
+        let is_mask = r["path"].contains("/masks/");
         assert_eq!(r["unusual"] == "true", is_mask, "{r:?}");
         assert_eq!(r["unusual_reasons"].contains("pixels are unlike the training X-rays"), is_mask, "{r:?}");
     }
