@@ -95,16 +95,36 @@ pub fn autocast_bf16<T>(enabled: bool, device: Device, f: impl FnOnce() -> T) ->
         return f();
     }
     set_autocast_bf16();
-    // The same steps as tch's `autocast`, through libtorch's per-device API (tch's calls the
-    // deprecated `set_enabled`, which warns on every call).
-    // SAFETY: plain C functions on libtorch's thread-local autocast state.
-    let prev = unsafe { magsd_autocast_enter() };
-    assert!(prev >= 0, "libtorch refused to enter autocast");
-    let out = f();
-    // SAFETY: as above; `prev` came from the matching enter.
-    let rc = unsafe { magsd_autocast_exit(prev) };
-    assert_eq!(rc, 0, "libtorch refused to leave autocast");
-    out
+    let _guard = AutocastGuard::enter();
+    f()
+}
+
+/// Inside CUDA autocast while it lives: leaving happens in `drop`, so a panic inside the
+/// closure (caught by the serve batcher, say) does not leave this thread in autocast.
+struct AutocastGuard {
+    prev: i32,
+}
+
+impl AutocastGuard {
+    fn enter() -> Self {
+        // The same steps as tch's `autocast`, through libtorch's per-device API (tch's calls
+        // the deprecated `set_enabled`, which warns on every call).
+        // SAFETY: plain C functions on libtorch's thread-local autocast state.
+        let prev = unsafe { magsd_autocast_enter() };
+        assert!(prev >= 0, "libtorch refused to enter autocast");
+        AutocastGuard { prev }
+    }
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        // SAFETY: as above; `prev` came from the matching enter on this thread.
+        let rc = unsafe { magsd_autocast_exit(self.prev) };
+        // No panic while unwinding: that would abort the process.
+        if rc != 0 && !std::thread::panicking() {
+            panic!("libtorch refused to leave autocast");
+        }
+    }
 }
 
 /// Selects bfloat16 as the CUDA autocast dtype (float16 is libtorch's default).

@@ -401,6 +401,8 @@ impl MagSdConfig {
     }
 
     /// True when two configs build networks with the same parameters (names and shapes).
+    /// The image size counts only where a parameter's shape depends on it: COVID-Net's `fc1`
+    /// reads the flattened last stage (`424 · (S/32)²`); every other network pools first.
     pub fn same_architecture(&self, other: &MagSdConfig) -> bool {
         self.arch == other.arch
             && self.resnet == other.resnet
@@ -409,6 +411,7 @@ impl MagSdConfig {
             && self.num_maps == other.num_maps
             && self.scales == other.scales
             && self.head == other.head
+            && (self.arch != Arch::CovidNet || self.image_size / 32 == other.image_size / 32)
     }
 
     /// The deterministic input pipeline this network expects.
@@ -442,5 +445,26 @@ impl MagSdConfig {
     /// Side of MA-Net's attention maps and layer4 features (7 at 224).
     pub fn feature_size(&self) -> i64 {
         self.image_size / 32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_architecture_counts_the_image_size_only_where_a_shape_depends_on_it() {
+        let mut a = MagSdConfig::tiny(3);
+        a.arch = Arch::CovidNet;
+        a.image_size = 224;
+        let mut b = a.clone();
+        b.image_size = 96;
+        assert!(!a.same_architecture(&b), "COVID-Net's fc1 has another shape at 96 px");
+        b.image_size = 230; // the same 7×7 last stage
+        assert!(a.same_architecture(&b));
+        let (mut m, mut n) = (MagSdConfig::tiny(3), MagSdConfig::tiny(3));
+        m.image_size = 224;
+        n.image_size = 96;
+        assert!(m.same_architecture(&n), "MAG-SD pools before its classifier");
     }
 }
