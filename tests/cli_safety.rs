@@ -3,53 +3,21 @@
 //! on folders with its warnings. Runs on a few 64-px phantoms and a tiny model.
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn magsd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_magsd")).args(args).output().expect("runs magsd")
-}
+mod common;
+use common::{fails_with, magsd, s, text, tiny_phantom_model};
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
-/// Asserts a failure whose message contains every one of `needles`.
-fn fails_with(o: &Output, needles: &[&str]) {
-    assert!(!o.status.success(), "expected a failure:\n{}", text(o));
-    for n in needles {
-        assert!(text(o).contains(n), "expected '{n}' in:\n{}", text(o));
-    }
-    assert!(!text(o).contains("panicked"), "{}", text(o));
-}
 
-/// 12 phantoms of 64 px (3 per class) and a tiny model trained on them for one epoch, once.
-fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
-    static F: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
-    F.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
-        let data = d.path().join("phantoms");
-        let o = magsd(&["data", "synth", "--out", s(&data), "--per-class", "3", "--size", "64"]);
-        assert!(o.status.success(), "{}", text(&o));
-        let run = d.path().join("run");
-        let o = magsd(&[
-            "train", "--data", s(&data), "--preset", "tiny", "--folds", "0", "--epochs", "1", "--device", "cpu", "--out",
-            s(&run), "--quiet", "--deterministic",
-        ]);
-        assert!(o.status.success(), "{}", text(&o));
-        (d, data, run)
-    })
-}
+
 
 #[test]
 fn second_ctrl_c_exits_130_without_crashing() {
-    let (_, data, _) = fixture();
+    let (_, data, _) = tiny_phantom_model();
     for attempt in 0..3 {
         let d = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_magsd"))
@@ -86,7 +54,7 @@ fn second_ctrl_c_exits_130_without_crashing() {
 
 #[test]
 fn nothing_is_overwritten_without_force() {
-    let (d, data, run) = fixture();
+    let (d, data, run) = tiny_phantom_model();
     let tmp = tempfile::tempdir().unwrap();
     // data synth into a folder that holds a manifest.
     let o = magsd(&["data", "synth", "--out", s(data), "--per-class", "3", "--size", "64"]);
@@ -126,7 +94,7 @@ fn nothing_is_overwritten_without_force() {
 
 #[test]
 fn a_failed_start_leaves_no_run_folder_and_resume_refuses_unsafe_changes() {
-    let (_, data, _) = fixture();
+    let (_, data, _) = tiny_phantom_model();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     // 12 images cannot fill a batch of 64: refused before the run folder exists ...
@@ -162,7 +130,7 @@ fn a_failed_start_leaves_no_run_folder_and_resume_refuses_unsafe_changes() {
 
 #[test]
 fn bad_settings_are_errors_that_name_them() {
-    let (_, data, run) = fixture();
+    let (_, data, run) = tiny_phantom_model();
     let tmp = tempfile::tempdir().unwrap();
     let o = magsd(&["model", "info", "--classes", "1000000"]);
     fails_with(&o, &["num_classes", "1000000"]);
@@ -216,7 +184,7 @@ fn bad_settings_are_errors_that_name_them() {
 
 #[test]
 fn predict_reads_folders_writes_csv_unique_heatmaps_and_warns_on_unlike_inputs() {
-    let (_, data, run) = fixture();
+    let (_, data, run) = tiny_phantom_model();
     let tmp = tempfile::tempdir().unwrap();
     let csv = tmp.path().join("p.csv");
     let heat = tmp.path().join("heat");

@@ -8,20 +8,13 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn magsd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_magsd")).args(args).output().expect("runs magsd")
-}
+mod common;
+use common::{fails_with, magsd, s, text, tiny_phantom_model};
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+
 
 const MAX_RSS_KB: u64 = 2_000_000;
 const MAX_RUN: Duration = Duration::from_secs(120);
@@ -71,32 +64,7 @@ fn bounded(args: &[&str]) -> Output {
     o
 }
 
-/// Asserts a failure whose message contains every one of `needles`, without a panic.
-fn fails_with(o: &Output, needles: &[&str]) {
-    assert!(!o.status.success(), "expected a failure:\n{}", text(o));
-    for n in needles {
-        assert!(text(o).contains(n), "expected '{n}' in:\n{}", text(o));
-    }
-    assert!(!text(o).contains("panicked"), "{}", text(o));
-}
 
-/// 12 phantoms of 64 px (3 per class) and a tiny model trained on them for one epoch, once.
-fn fixture() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
-    static F: OnceLock<(tempfile::TempDir, PathBuf, PathBuf)> = OnceLock::new();
-    F.get_or_init(|| {
-        let d = tempfile::tempdir().unwrap();
-        let data = d.path().join("phantoms");
-        let o = magsd(&["data", "synth", "--out", s(&data), "--per-class", "3", "--size", "64"]);
-        assert!(o.status.success(), "{}", text(&o));
-        let run = d.path().join("run");
-        let o = magsd(&[
-            "train", "--data", s(&data), "--preset", "tiny", "--folds", "0", "--epochs", "1", "--device", "cpu", "--out",
-            s(&run), "--quiet", "--deterministic",
-        ]);
-        assert!(o.status.success(), "{}", text(&o));
-        (d, data, run)
-    })
-}
 
 fn phantom(data: &Path) -> PathBuf {
     data.join("images/normal/normal_0000.png")
@@ -108,7 +76,7 @@ fn json_lines(o: &Output) -> Vec<serde_json::Value> {
 
 #[test]
 fn predict_does_not_follow_folder_links_and_takes_a_linked_file_once() {
-    let (_, data, run) = fixture();
+    let (_, data, run) = tiny_phantom_model();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("scans");
     std::fs::create_dir_all(dir.join("sub")).unwrap();
@@ -129,7 +97,7 @@ fn predict_does_not_follow_folder_links_and_takes_a_linked_file_once() {
 
 #[test]
 fn devices_and_folders_are_refused_instead_of_read() {
-    let (_, data, run) = fixture();
+    let (_, data, run) = tiny_phantom_model();
     let tmp = tempfile::tempdir().unwrap();
     let zero = "/dev/zero";
     let msg = ["/dev/zero", "not a regular file"];
@@ -146,7 +114,7 @@ fn devices_and_folders_are_refused_instead_of_read() {
 
 #[test]
 fn heatmaps_never_follow_links_and_replace_overlays_only_with_force() {
-    let (_, data, run) = fixture();
+    let (_, data, run) = tiny_phantom_model();
     let tmp = tempfile::tempdir().unwrap();
     let heat = tmp.path().join("heat");
     std::fs::create_dir_all(&heat).unwrap();
@@ -181,7 +149,7 @@ fn heatmaps_never_follow_links_and_replace_overlays_only_with_force() {
 
 #[test]
 fn csv_cells_that_start_a_formula_are_quoted_and_truncated_jpegs_are_warned_about() {
-    let (_, data, run) = fixture();
+    let (_, data, run) = tiny_phantom_model();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("in");
     std::fs::create_dir_all(&dir).unwrap();
@@ -232,7 +200,7 @@ fn csv_cells_that_start_a_formula_are_quoted_and_truncated_jpegs_are_warned_abou
 
 #[test]
 fn absurd_model_sizes_thresholds_and_schedules_are_refused_with_a_message() {
-    let (_, data, run) = fixture();
+    let (_, data, run) = tiny_phantom_model();
     let tmp = tempfile::tempdir().unwrap();
     let o = bounded(&["model", "info", "--maps", "1024", "--classes", "10000"]);
     fails_with(&o, &["parameters", "1024 maps", "10000 classes"]);
@@ -260,7 +228,7 @@ fn absurd_model_sizes_thresholds_and_schedules_are_refused_with_a_message() {
 
 #[test]
 fn a_closed_pipe_ends_quietly() {
-    let (_, data, _) = fixture();
+    let (_, data, _) = tiny_phantom_model();
     let mut child = Command::new(env!("CARGO_BIN_EXE_magsd"))
         .args(["data", "summary", "--data", s(data), "--folds", "2"])
         .stdout(Stdio::piped())
@@ -293,7 +261,7 @@ fn png_header(w: u32, h: u32) -> Vec<u8> {
 
 #[test]
 fn data_summary_counts_only_files_that_decode() {
-    let (_, data, _) = fixture();
+    let (_, data, _) = tiny_phantom_model();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("set");
     for class in ["a", "b"] {

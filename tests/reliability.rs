@@ -27,19 +27,13 @@ use magsd::serve::{Limits, ServeOptions, load, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
+mod common;
+use common::{magsd, s, text};
+
 const CLASSES: [&str; 4] = ["covid19", "viral", "bacterial", "normal"];
 
-fn magsd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_magsd")).args(args).output().expect("runs magsd")
-}
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn shared(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared").join(rel)
