@@ -98,17 +98,12 @@ pub fn check_writable(path: &Path, force: bool) -> Result<()> {
 /// `force` (see the module docs). The folder must exist.
 pub fn write_new(path: &Path, bytes: &[u8], force: bool) -> Result<()> {
     check_writable(path, force)?;
-    let io = |e: std::io::Error| Error::bad_file(path, format!("cannot write: {e}"));
     if path.exists() {
         // `force` and a regular file: a complete new file renamed over it (rename replaces the
         // name, never writes into what it pointed to).
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-        tmp.write_all(bytes).map_err(io)?;
-        tmp.as_file().sync_all().map_err(io)?;
-        tmp.persist(path).map_err(|e| io(e.error))?;
-        return Ok(());
+        return crate::error::write_atomic(path, bytes);
     }
+    let io = |e: std::io::Error| Error::bad_file(path, format!("cannot write: {e}"));
     let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(path).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)
