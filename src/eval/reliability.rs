@@ -164,13 +164,13 @@ impl Reliability {
         let screen = if self.input_stats.is_some() { "the pixel screen" } else { "no pixel screen (not in this model file)" };
         match (&self.detector, self.info.as_ref().and_then(|i| i.ood_note.as_ref())) {
             (Some(d), _) => format!(
-                "{screen} and a feature-space detector (Mahalanobis distance, {} dims; threshold accepts {:.0} % of {} {} images)",
+                "{screen} and a feature-space detector (Mahalanobis distance, {} dims; threshold accepts at least {:.0} % of {} {})",
                 d.info.dims,
                 100.0 * d.info.tpr,
                 d.info.threshold_images,
                 match d.info.threshold_source {
-                    super::ood::ThresholdSource::Validation => "validation",
-                    super::ood::ThresholdSource::Training => "training (no validation split, so held-out X-rays are flagged more often)",
+                    super::ood::ThresholdSource::Validation => "validation images, and of new images like them",
+                    super::ood::ThresholdSource::Training => "training images (no validation split, so held-out X-rays are flagged more often)",
                 }
             ),
             (None, Some(note)) => format!("{screen} only: no feature-space detector ({note})"),
@@ -246,7 +246,7 @@ impl Reliability {
             let v = d.judge(&f.view([1, -1])).remove(0);
             if v.unusual {
                 unusual.reasons.push(format!(
-                    "its features are far from the training X-rays (distance {:.1} above the threshold {:.1}, which {:.0} % of {} images stay below)",
+                    "its features are far from the training X-rays (distance {:.1} above the threshold {:.1}, which at least {:.0} % of {} images stay below)",
                     v.score,
                     v.threshold,
                     100.0 * d.info.tpr,
