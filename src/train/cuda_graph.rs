@@ -35,7 +35,7 @@ unsafe extern "C" {
 }
 
 /// Eager steps on the warm-up side stream before the first recording.
-const WARMUP_STEPS: usize = 3;
+pub(crate) const WARMUP_STEPS: usize = 3;
 
 /// A libtorch CUDA graph with its own side stream (from libtorch's stream pool).
 struct Graph(*mut c_void);

@@ -3,7 +3,7 @@
 //! it runs on (the `paper` preset on a 2-core CPU: minutes per step, days per fold).
 use tch::Device;
 
-/// Steps timed (after the first, which pays for set-up) before the long-run estimate is made.
+/// Steps timed (after those that pay for set-up) before the long-run estimate is made.
 pub const TIMED_STEPS: usize = 3;
 
 /// Training steps left in a run of `epochs` epochs of `iters` steps, at (0-based) `epoch` with

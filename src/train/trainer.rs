@@ -99,11 +99,16 @@ pub fn seeded_init(vs: &nn::VarStore, config: &MagSdConfig, seed: u64) -> Result
 pub fn step_for(arch: Arch, cfg: &TrainConfig, device: Device) -> Result<Box<dyn TrainStep>> {
     Ok(if arch.is_baseline() {
         Box::new(CrossEntropyStep)
-    } else if cfg.performance.cuda_graph && device.is_cuda() {
+    } else if graphed_step(arch, cfg, device) {
         Box::new(GraphedMagSdStep::new(device)?)
     } else {
         Box::new(MagSdStep)
     })
+}
+
+/// Whether [`step_for`] replays `arch`'s step as a CUDA graph.
+fn graphed_step(arch: Arch, cfg: &TrainConfig, device: Device) -> bool {
+    !arch.is_baseline() && cfg.performance.cuda_graph && device.is_cuda()
 }
 
 /// The image order of one epoch: seeded shuffles of `train_idx`, repeated as needed to fill
@@ -184,12 +189,21 @@ struct Session {
     clock: StepClock,
 }
 
-/// Times [`eta::TIMED_STEPS`] steps of a run, after its first (which pays for set-up), once.
-#[derive(Default)]
+/// Times [`eta::TIMED_STEPS`] steps of a run, once, after the steps that pay for set-up: the
+/// first, and with the CUDA-graph step its eager warm-up and the recording.
 struct StepClock {
+    /// Steps still to run before the clock starts.
+    skip: usize,
     since: Option<Instant>,
     timed: usize,
     done: bool,
+}
+
+impl StepClock {
+    fn new(job: &TrainJob) -> Self {
+        let graphed = graphed_step(job.model_config.arch, &job.config, job.device);
+        StepClock { skip: if graphed { super::cuda_graph::WARMUP_STEPS + 1 } else { 1 }, since: None, timed: 0, done: false }
+    }
 }
 
 /// Trains (or continues training) the job's model. Returns when every epoch is done or when it
@@ -299,7 +313,7 @@ fn start(job: &TrainJob) -> Result<Session> {
         log.record(json!({"type": "start", "global_step": 0, "label": job.label, "arch": job.model_config.arch.name(),
             "train_images": job.train_idx.len(), "val_images": job.val_idx.len(), "device": crate::device::describe(job.device)}))?;
     }
-    Ok(Session { vs, model, sgd, state, log, last_path, clock: StepClock::default() })
+    Ok(Session { vs, model, sgd, state, log, last_path, clock: StepClock::new(job) })
 }
 
 /// Device-side sums of one epoch's training losses, read back at its end.
@@ -500,14 +514,18 @@ fn end_epoch(job: &TrainJob, s: &mut Session, sums: EpochSums, lr: f64) -> Resul
     Ok(())
 }
 
-/// Counts one finished step on `clock`; after the first step and [`eta::TIMED_STEPS`] more,
+/// Counts one finished step on `clock`; after the set-up steps and [`eta::TIMED_STEPS`] more,
 /// waits for the device (reading `loss` back) and returns their mean time.
 fn time_step(clock: &mut StepClock, loss: &Tensor) -> Option<f64> {
-    let Some(since) = clock.since else {
-        let _ = loss.double_value(&[]); // the first step's work is done before the clock starts
-        clock.since = Some(Instant::now());
+    if clock.skip > 0 {
+        clock.skip -= 1;
+        if clock.skip == 0 {
+            let _ = loss.double_value(&[]); // the set-up steps' work is done before the clock starts
+            clock.since = Some(Instant::now());
+        }
         return None;
-    };
+    }
+    let since = clock.since?;
     clock.timed += 1;
     if clock.timed < eta::TIMED_STEPS {
         return None;
