@@ -408,9 +408,7 @@ fn run_epoch(job: &TrainJob, s: &mut Session, stepper: &mut dyn TrainStep, iters
             ep_ce += c;
             ep_correct += out.correct;
             ep_n += n;
-            if !s.clock.done
-                && let Some(per_step) = time_step(&mut s.clock, &out.loss.total)
-            {
+            if let Some(per_step) = time_step(&mut s.clock, &out.loss.total) {
                 warn_if_long(job, &bar, (epoch, iters), step + 1, per_step);
             }
         }
@@ -515,8 +513,12 @@ fn end_epoch(job: &TrainJob, s: &mut Session, sums: EpochSums, lr: f64) -> Resul
 }
 
 /// Counts one finished step on `clock`; after the set-up steps and [`eta::TIMED_STEPS`] more,
-/// waits for the device (reading `loss` back) and returns their mean time.
+/// waits for the device (reading `loss` back) and returns their mean time, once; None at every
+/// other step.
 fn time_step(clock: &mut StepClock, loss: &Tensor) -> Option<f64> {
+    if clock.done {
+        return None;
+    }
     if clock.skip > 0 {
         clock.skip -= 1;
         if clock.skip == 0 {
@@ -585,6 +587,20 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
     use tch::{Device, Kind, Tensor};
+
+    /// The long-run estimate comes after the set-up steps (4 with the CUDA graph's warm-up and
+    /// recording) and then `TIMED_STEPS` timed ones, exactly once.
+    #[test]
+    fn the_step_clock_skips_the_set_up_steps_and_answers_once() {
+        let loss = Tensor::from(1.5f32);
+        for skip in [1, crate::train::cuda_graph::WARMUP_STEPS + 1] {
+            let mut clock = StepClock { skip, since: None, timed: 0, done: false };
+            let answers: Vec<bool> = (0..skip + eta::TIMED_STEPS + 2).map(|_| time_step(&mut clock, &loss).is_some()).collect();
+            let first = answers.iter().position(|&a| a);
+            assert_eq!(first, Some(skip + eta::TIMED_STEPS - 1), "skip {skip}: {answers:?}");
+            assert_eq!(answers.iter().filter(|&&a| a).count(), 1, "skip {skip}: {answers:?}");
+        }
+    }
 
     /// MAG-SD(0AUG) is MA-Net trained on the raw branch's cross-entropy alone: with no
     /// augmentations, MAG-SD's step must do exactly what the plain cross-entropy step does.
