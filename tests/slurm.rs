@@ -128,7 +128,7 @@ fn slurm_array_runs_the_units_and_collect_builds_the_table() {
         String::from_utf8_lossy(&out.stdout).trim().is_empty()
     };
     // The task's log (stderr, unbuffered) shows the unit has started training.
-    wait("the unit's start", &|| task_logs_of(&long).contains("unit 1/2: row magsd"));
+    wait("the unit's start", &|| task_logs_of(&long).contains("unit 0 of 2: row magsd"));
     std::thread::sleep(std::time::Duration::from_secs(2));
     // Signal the whole array (task 1 waits behind the throttle and is cancelled with it).
     let sig = Command::new("scancel").args(["--batch", "--signal=USR1", &job]).output().unwrap();
