@@ -118,7 +118,7 @@ fn plan_unit_collect_round_trip_and_resume_never_redoes_a_unit() {
     let result_time = mtime(&unit_dir.join("fold.json"));
     // Missing units: the tables are written, and the exit status says they are incomplete.
     let out = magsd(&["reproduce", "--out", g, "--collect"]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = common::text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("3 of 4 units missing") && text.contains("unit 0: row mean-ce, fold 0"), "{text}");
     let md = std::fs::read_to_string(grid.join("table-8/report.md")).unwrap();
