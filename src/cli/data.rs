@@ -65,8 +65,9 @@ pub enum DataCommand {
     /// Generate chest-radiograph phantoms with known lesion masks (for demos and tests).
     #[command(after_help = "Examples:\n  magsd data synth --out phantoms --per-class 50\n  magsd data summary --data phantoms\n  \
 magsd data synth --out shortcut --classes covid19,normal --sources 2 --confounding 0.9 --stamp --no-lesions\n\n\
-Classes: covid19 (bilateral peripheral ground-glass), bacterial (lobar consolidation), viral\n\
-(patchy perihilar interstitial), normal. Masks are saved beside the images; the manifest has\n\
+Classes: covid19 (ground glass), bacterial (consolidation), viral (interstitial streaks),\n\
+normal; one lesion per image, its lung, place and extent drawn alike for every class. Masks are\n\
+saved beside the images; the manifest has\n\
 the shared data's columns plus `mask`.\n\n\
 Shortcut sets (issue 22): --sources K puts each phantom in one of K sites (source_repo\n\
 phantom-site-0, ...); --confounding P sends a share P of class j's phantoms to site j mod K\n\

@@ -1,15 +1,20 @@
 //! Procedural chest-radiograph phantoms with known lesions, for the embedded demo and tests.
 //!
 //! Each image has a thorax outline, two lung fields, ribs, clavicles, the spine and the heart
-//! shadow, with anatomy, contrast, brightness and noise that vary between images, plus a
-//! class-specific lesion pattern inside the lungs:
+//! shadow, with anatomy, contrast, brightness and noise that vary between images, plus one
+//! lesion inside a lung whose look depends on the class:
 //!
-//! * `covid19`: bilateral, peripheral ground-glass opacities (2–4 soft patches near the outer
-//!   lung borders, both lungs);
-//! * `bacterial`: lobar consolidation (one dense region filling the lower or middle part of one
-//!   lung, with a fairly sharp upper border);
-//! * `viral`: patchy interstitial opacities (many small streaks fanning out from both hila);
+//! * `covid19`: ground-glass opacity (2–3 soft, faint, overlapping patches);
+//! * `bacterial`: consolidation (one dense opacity with a sharp edge);
+//! * `viral`: interstitial opacity (10–15 small streaks);
 //! * `normal`: none.
+//!
+//! Only the lesion's look tells the classes apart (issue 20): every class draws the lesion's
+//! lung (left or right), its place in that lung and its extent (0.07–0.11 of the image side)
+//! from the same distributions, and the lesion's mean grey level is taken off the whole image, so
+//! neither where the lesion is nor the image's global brightness gives the class away (the unit
+//! test `neither_global_statistics_nor_lesion_position_give_the_class_away` checks both with
+//! linear probes). A model has to find the lesion to classify.
 //!
 //! The lesion's exact pixel mask (where it raises the image by ≥ 8 grey levels) is saved beside
 //! each image. Everything is a function of the seed. The manifest has the columns of the shared
@@ -74,39 +79,42 @@ pub fn render(class: usize, size: usize, rng: &mut Rng) -> Phantom {
     let rib_phase = rng.range(0.0, 1.0) as f32;
     let rib_gap = 0.075 + j(rng, 0.006);
 
-    // Lesion field (grey levels added), built from a list of Gaussian patches.
+    // Lesion field (grey levels added). Every lesion class draws its site the same way (a
+    // random lung, a random point well inside it, a random extent), so where a lesion sits, on
+    // which side and how large it is says nothing about its class: only its look does.
     let mut patches: Vec<(f32, f32, f32, f32, f32)> = Vec::new(); // (cu, cv, su, sv, amplitude)
-    let mut lobar: Option<(usize, f32, f32)> = None; // (lung, upper border v, amplitude)
-    match CLASSES[class] {
-        "covid19" => {
-            let n = 2 + rng.below(3) as usize;
-            for k in 0..n {
-                let l = &lungs[k % 2]; // alternate: always bilateral
-                let outward = if k % 2 == 0 { -1.0 } else { 1.0 };
-                let cu = l.cu + outward * l.ru * rng.range(0.45, 0.75) as f32;
-                let cv = l.cv + l.rv * rng.range(-0.2, 0.65) as f32;
-                let s = rng.range(0.045, 0.07) as f32;
-                patches.push((cu, cv, s, s * rng.range(1.0, 1.6) as f32, rng.range(32.0, 48.0) as f32));
+    let mut consolidation: Option<(f32, f32, f32, f32, f32)> = None; // (cu, cv, ru, rv, amplitude)
+    if class < 3 {
+        let l = &lungs[rng.below(2) as usize];
+        let (r, angle) = (rng.range(0.0, 0.6).sqrt() as f32, rng.range(0.0, std::f64::consts::TAU) as f32);
+        let (cu, cv) = (l.cu + r * l.ru * angle.cos(), l.cv + r * l.rv * angle.sin());
+        let extent = rng.range(0.07, 0.11) as f32;
+        let mut near = |rng: &mut Rng, spread: f32| {
+            let (a, d) = (rng.range(0.0, std::f64::consts::TAU) as f32, spread * rng.range(0.0, 1.0).sqrt() as f32);
+            (cu + d * a.cos(), cv + d * a.sin())
+        };
+        match CLASSES[class] {
+            // Ground glass: a few soft, faint, overlapping patches.
+            "covid19" => {
+                for _ in 0..2 + rng.below(2) {
+                    let (pu, pv) = near(rng, 0.5 * extent);
+                    let s = extent * rng.range(0.4, 0.55) as f32;
+                    patches.push((pu, pv, s, s * rng.range(0.9, 1.3) as f32, rng.range(26.0, 34.0) as f32));
+                }
+            }
+            // Consolidation: one dense, sharp-edged opacity.
+            "bacterial" => {
+                let ru = extent * rng.range(0.8, 1.0) as f32;
+                consolidation = Some((cu, cv, ru, ru * rng.range(0.9, 1.3) as f32, rng.range(55.0, 70.0) as f32));
+            }
+            // Interstitial: many small streaks.
+            _ => {
+                for _ in 0..10 + rng.below(6) {
+                    let (pu, pv) = near(rng, extent);
+                    patches.push((pu, pv, rng.range(0.01, 0.016) as f32, rng.range(0.02, 0.032) as f32, rng.range(28.0, 40.0) as f32));
+                }
             }
         }
-        "bacterial" => {
-            let lung = rng.below(2) as usize;
-            let l = &lungs[lung];
-            lobar = Some((lung, l.cv + l.rv * rng.range(-0.1, 0.35) as f32, rng.range(60.0, 80.0) as f32));
-        }
-        "viral" => {
-            let n = 10 + rng.below(8) as usize;
-            for k in 0..n {
-                let l = &lungs[k % 2];
-                let inward = if k % 2 == 0 { 1.0 } else { -1.0 };
-                let hilum = (l.cu + inward * l.ru * 0.45, l.cv + l.rv * 0.05);
-                let angle = rng.range(0.0, std::f64::consts::TAU) as f32;
-                let dist = rng.range(0.03, 0.16) as f32;
-                let (cu, cv) = (hilum.0 + dist * angle.cos() * 0.8, hilum.1 + dist * angle.sin());
-                patches.push((cu, cv, rng.range(0.012, 0.022) as f32, rng.range(0.02, 0.035) as f32, rng.range(24.0, 38.0) as f32));
-            }
-        }
-        _ => {}
     }
 
     let contrast = rng.range(0.85, 1.15) as f32;
@@ -116,6 +124,7 @@ pub fn render(class: usize, size: usize, rng: &mut Rng) -> Phantom {
     let s = size as f32;
     let mut img = vec![0f32; size * size];
     let mut mask = vec![false; size * size];
+    let mut lesion_total = 0.0f32;
     for y in 0..size {
         for x in 0..size {
             let (u, v) = ((x as f32 + 0.5) / s, (y as f32 + 0.5) / s);
@@ -142,17 +151,21 @@ pub fn render(class: usize, size: usize, rng: &mut Rng) -> Phantom {
             for &(cu, cv, su, sv, a) in &patches {
                 lesion += a * gauss(u, v, cu, cv, su, sv);
             }
-            if let Some((li, top, a)) = lobar {
-                lesion += a * smoothstep(top - 0.015, top + 0.015, v) * lung_in[li];
+            if let Some((cu, cv, ru, rv, a)) = consolidation {
+                lesion += a * ellipse(u, v, cu, cv, ru, rv, 0.15);
             }
             lesion *= lung;
             if lesion >= MASK_LEVEL {
                 mask[y * size + x] = true;
             }
+            lesion_total += lesion;
             val += lesion;
             img[y * size + x] = val;
         }
     }
+    // The lesion's mean grey level comes off the whole image, so that the mean brightness (of
+    // a random spread anyway) is the same with or without a lesion: no global cue to the class.
+    let brightness = brightness - contrast * lesion_total / (size * size) as f32;
     // Mild blur (3×3 box) for a radiograph's softness, then global contrast, brightness, noise.
     let mut out = vec![0u8; size * size];
     for y in 0..size {
@@ -339,9 +352,9 @@ pub fn write_dataset_with(out: &Path, o: &SynthOptions) -> Result<SynthOutput> {
                 _ => "other_pneumonia",
             };
             let finding = match class {
-                "covid19" => "bilateral peripheral ground-glass opacities",
-                "bacterial" => "lobar consolidation",
-                "viral" => "patchy interstitial opacities",
+                "covid19" => "ground-glass opacity",
+                "bacterial" => "consolidation",
+                "viral" => "interstitial opacity",
                 _ => "no finding",
             };
             let mask_cell = if class == "normal" || !o.lesions { String::new() } else { mask_rel };
@@ -353,7 +366,7 @@ pub fn write_dataset_with(out: &Path, o: &SynthOptions) -> Result<SynthOutput> {
                 (false, false) => "synthetic; no lesion",
             };
             Ok(format!(
-                "{img_rel},{class},{label3},train,phantom:{class}-{i},{},seed-{seed},{name},{finding},PA,{size}x{size} L PNG,CC0-1.0,,magsd phantom v1,{note},{mask_cell}",
+                "{img_rel},{class},{label3},train,phantom:{class}-{i},{},seed-{seed},{name},{finding},PA,{size}x{size} L PNG,CC0-1.0,,magsd phantom v2,{note},{mask_cell}",
                 o.source_name(source)
             ))
         })
@@ -387,11 +400,20 @@ mod tests {
                 assert!(n > 30 && n < 96 * 96 / 3, "class {name} seed {seed}: lesion area {n}");
             }
         }
-        // COVID-19 lesions are bilateral: mask pixels in both halves.
-        let m = render(0, 96, &mut Rng::new(1)).mask;
-        let left = m.iter().enumerate().filter(|&(i, &v)| v && i % 96 < 48).count();
-        let right = m.iter().enumerate().filter(|&(i, &v)| v && i % 96 >= 48).count();
-        assert!(left > 0 && right > 0);
+        // One lesion, in one lung: mask pixels in one half of the image only, and both sides
+        // occur for every class.
+        for (c, name) in CLASSES.iter().enumerate().take(3) {
+            let sides: Vec<bool> = (0..12)
+                .map(|seed| {
+                    let m = render(c, 96, &mut Rng::new(seed)).mask;
+                    let left = m.iter().enumerate().filter(|&(i, &v)| v && i % 96 < 48).count();
+                    let right = m.iter().enumerate().filter(|&(i, &v)| v && i % 96 >= 48).count();
+                    assert!(left == 0 || right == 0, "class {name} seed {seed}: lesion in both lungs");
+                    left > 0
+                })
+                .collect();
+            assert!(sides.contains(&true) && sides.contains(&false), "class {name}: always on one side {sides:?}");
+        }
     }
 
     #[test]
@@ -444,5 +466,94 @@ mod tests {
         assert!((160..=195).contains(&home), "{home} of 200 at home");
         assert!(write_dataset_with(d.path(), &SynthOptions { sources: 5, ..o.clone() }).is_err());
         assert!(write_dataset_with(d.path(), &SynthOptions { classes: vec!["flu".into()], ..o }).is_err());
+    }
+    /// Features a classifier could use without finding the lesion: global intensity and
+    /// texture statistics of the whole image (mean, spread, percentiles, mean gradient).
+    fn global_features(p: &Phantom) -> Vec<f64> {
+        let n = p.size;
+        let v: Vec<f64> = p.image.iter().map(|&x| x as f64).collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        let mut s = v.clone();
+        s.sort_by(f64::total_cmp);
+        let q = |f: f64| s[((s.len() - 1) as f64 * f) as usize];
+        let mut grad = 0.0;
+        for y in 0..n {
+            for x in 1..n {
+                grad += (v[y * n + x] - v[y * n + x - 1]).abs();
+            }
+        }
+        vec![mean, sd, q(0.1), q(0.5), q(0.9), grad / (n * (n - 1)) as f64]
+    }
+
+    /// Where the lesion is and how big, from its mask, ignoring what it looks like: centroid,
+    /// distance from the midline, and area (in image units). Its shape (compact or scattered) is
+    /// its look, and left out.
+    fn position_features(p: &Phantom) -> Vec<f64> {
+        let n = p.size as f64;
+        let pts: Vec<(f64, f64)> =
+            p.mask.iter().enumerate().filter(|(_, m)| **m).map(|(i, _)| ((i % p.size) as f64 / n, (i / p.size) as f64 / n)).collect();
+        let k = pts.len().max(1) as f64;
+        let (cu, cv) = (pts.iter().map(|p| p.0).sum::<f64>() / k, pts.iter().map(|p| p.1).sum::<f64>() / k);
+        vec![cu, cv, (cu - 0.5).abs(), pts.len() as f64 / (n * n)]
+    }
+
+    /// Held-out accuracy of a multinomial logistic regression (standardised features, full-batch
+    /// gradient descent) trained on `train` and scored on `test`, given as (features, class).
+    fn probe_accuracy(train: &[(Vec<f64>, usize)], test: &[(Vec<f64>, usize)], classes: usize) -> f64 {
+        let d = train[0].0.len();
+        let mean: Vec<f64> = (0..d).map(|j| train.iter().map(|r| r.0[j]).sum::<f64>() / train.len() as f64).collect();
+        let sd: Vec<f64> = (0..d)
+            .map(|j| (train.iter().map(|r| (r.0[j] - mean[j]).powi(2)).sum::<f64>() / train.len() as f64).sqrt().max(1e-9))
+            .collect();
+        let z = |x: &[f64]| -> Vec<f64> { (0..d).map(|j| (x[j] - mean[j]) / sd[j]).chain([1.0]).collect() };
+        let logits = |w: &[Vec<f64>], x: &[f64]| -> Vec<f64> { w.iter().map(|wc| wc.iter().zip(x).map(|(a, b)| a * b).sum()).collect() };
+        let mut w = vec![vec![0.0; d + 1]; classes];
+        let xs: Vec<(Vec<f64>, usize)> = train.iter().map(|(x, c)| (z(x), *c)).collect();
+        for _ in 0..500 {
+            let mut g = vec![vec![0.0; d + 1]; classes];
+            for (x, c) in &xs {
+                let l = logits(&w, x);
+                let m = l.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = l.iter().map(|v| (v - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                for k in 0..classes {
+                    let r = e[k] / s - if k == *c { 1.0 } else { 0.0 };
+                    for j in 0..=d {
+                        g[k][j] += r * x[j];
+                    }
+                }
+            }
+            for k in 0..classes {
+                for j in 0..=d {
+                    w[k][j] -= 0.5 * g[k][j] / xs.len() as f64;
+                }
+            }
+        }
+        let hits = test
+            .iter()
+            .filter(|(x, c)| {
+                let l = logits(&w, &z(x));
+                (0..classes).max_by(|&a, &b| l[a].total_cmp(&l[b])) == Some(*c)
+            })
+            .count();
+        hits as f64 / test.len() as f64
+    }
+
+    /// Issue 20, item 4: nothing but the lesion itself may tell the classes apart. A linear probe
+    /// on global image statistics must stay near chance over all four classes, and one on the
+    /// lesion's position, side and area near chance over the three lesion classes. (The old
+    /// phantoms, with class-specific sites, scored 0.553 and 1.000.)
+    #[test]
+    fn neither_global_statistics_nor_lesion_position_give_the_class_away() {
+        let draw = |c: usize, i: u64| render(c, 64, &mut Rng::derive(77, &[c as u64, i]));
+        let set = |classes: usize, from: u64, f: &dyn Fn(&Phantom) -> Vec<f64>| -> Vec<(Vec<f64>, usize)> {
+            (0..classes).flat_map(|c| (from..from + 80).map(move |i| (c, i))).map(|(c, i)| (f(&draw(c, i)), c)).collect()
+        };
+        let global = probe_accuracy(&set(4, 0, &global_features), &set(4, 1000, &global_features), 4);
+        let position = probe_accuracy(&set(3, 0, &position_features), &set(3, 1000, &position_features), 3);
+        eprintln!("probe accuracy: global statistics {global:.3} (chance 0.25), lesion position {position:.3} (chance 0.333)");
+        assert!(global < 0.40, "global statistics classify the phantoms: accuracy {global:.3} (chance 0.25)");
+        assert!(position < 0.45, "the lesion's position classifies the phantoms: accuracy {position:.3} (chance 0.333)");
     }
 }
