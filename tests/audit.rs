@@ -28,7 +28,7 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `data synth` of bacterial and normal phantoms (64 px) in two sites (bacterial: a
+/// `data synth` of bacterial and normal phantoms (64 px) in two sites (bacterial: a lobar
 /// consolidation, the easiest lesion to learn in a few epochs).
 fn synth(out: &Path, per_class: usize, seed: u64, confounding: &str, extra: &[&str]) -> PathBuf {
     let mut args = vec!["data", "synth", "--classes", "bacterial,normal", "--sources", "2", "--confounding", confounding, "--size", "64"];
@@ -89,7 +89,7 @@ fn a_marker_reader_is_at_chance_within_sources_and_its_features_give_the_source_
 #[test]
 fn without_the_marker_a_model_of_the_lesions_shows_no_gap() {
     let d = tempfile::tempdir().unwrap();
-    // The same confounding, but no marker and real lesions (consolidation).
+    // The same confounding, but no marker and real lesions (lobar consolidation).
     let m = confounded_run(d.path(), &[]);
     let w = &m["within_source"]["source_repo"];
     let (within_auc, overall_auc) = (estimate(w, "auc"), estimate(w, "overall_auc"));

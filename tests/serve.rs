@@ -48,6 +48,7 @@ fn options(model: &Path) -> ServeOptions {
         bf16: false,
         limits: Limits { max_body_bytes: 2 << 20, max_pixels: 1_000_000, max_request_pixels: 4_000_000, max_parts: 16, timeout: Duration::from_secs(30) },
         threshold: Threshold::default(),
+        map: magsd::model::MapKind::Mean,
     }
 }
 
