@@ -40,6 +40,7 @@ fn options(model: &Path) -> ServeOptions {
         bf16: false,
         limits: Limits { max_body_bytes: 2 << 20, max_pixels: 1_000_000, max_request_pixels: 4_000_000, max_parts: 16, timeout: Duration::from_secs(30) },
         threshold: Threshold::default(),
+        map: magsd::model::MapKind::Mean,
     }
 }
 
@@ -1000,4 +1001,19 @@ fn every_curl_example_of_the_readme_runs_as_written() {
     let answer = std::fs::read(dir.path().join("answer.bin")).unwrap();
     let p: Vec<f32> = answer[answer.len() - 12..].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{p:?}");
+}
+
+/// `serve --map` picks the map behind the heatmaps and boxes, as `predict --map` does: the
+/// layer3 head's map is twice as fine as the mean map (issue 20).
+#[tokio::test]
+async fn serve_map_picks_the_map_behind_heatmaps_and_boxes() {
+    let mut sides = Vec::new();
+    for map in [magsd::model::MapKind::Mean, magsd::model::MapKind::Scale14] {
+        let s = server_with(|o| o.map = map);
+        let rx = s.state.batcher.submit((vec![0.0; (SIZE * SIZE) as usize], None)).unwrap();
+        let inf = rx.await.unwrap().unwrap();
+        assert_eq!(inf.attention.len(), inf.attention_side * inf.attention_side);
+        sides.push(inf.attention_side);
+    }
+    assert_eq!(sides, [SIZE as usize / 32, SIZE as usize / 16], "mean, scale14");
 }

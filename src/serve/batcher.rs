@@ -14,8 +14,9 @@ use tokio::sync::oneshot;
 
 use super::metrics::{BatchTimes, ServeCounters};
 use crate::data::input_stats::ImageFeatures;
-use crate::eval::evaluate::{forward, rows_f64};
+use crate::eval::evaluate::{forward_map, rows_f64};
 use crate::eval::reliability::{Assessment, Reliability};
+use crate::model::MapKind;
 use crate::model::weights::LoadedModel;
 
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +31,8 @@ pub struct BatchOptions {
     pub input_size: usize,
     /// bf16 autocast (CUDA).
     pub bf16: bool,
+    /// The map sent back for each image, for its predicted class (`serve --map`, as `predict --map`).
+    pub map: MapKind,
 }
 
 /// What the model said about one image.
@@ -38,7 +41,7 @@ pub struct Inference {
     /// Calibrated probabilities, the predicted class, the `unusual` verdict and the operating
     /// points' decisions (`Reliability::assess`).
     pub assessment: Assessment,
-    /// Mean attention map, `attention_side²` values, row-major.
+    /// The localisation map ([`BatchOptions::map`]), `attention_side²` values, row-major.
     pub attention: Vec<f32>,
     pub attention_side: usize,
     /// Time the image waited in the queue.
@@ -196,7 +199,7 @@ impl BatchWorker {
             let x = tch::Tensor::from_slice(&data).view([n as i64, 1, s as i64, s as i64]); // [B, 1, S, S]
             t.input_s = taken.elapsed().as_secs_f64();
             let start = Instant::now();
-            let f = forward(&m.model, &x, device, self.opts.bf16, false); // [B, K], [B, 1, h, w], [B, D]
+            let f = forward_map(&m.model, &x, device, self.opts.bf16, false, self.opts.map).map_err(|e| e.to_string())?; // [B, K], [B, 1, h, w], [B, D]
             t.infer_s = start.elapsed().as_secs_f64();
             let start = Instant::now();
             let side = f.attention.size()[2] as usize;

@@ -75,6 +75,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Attention threshold for the boxes (as `magsd predict --threshold`).
     pub threshold: Threshold,
+    /// The map behind the heatmaps and boxes (`serve --map`, as `predict --map`).
+    pub map: crate::model::MapKind,
 }
 
 /// How the server prepares an image, in words (for people and for clients that preprocess).
@@ -252,6 +254,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         queue: opts.queue.max(1),
         input_size: config.image_size as usize,
         bf16: opts.bf16,
+        map: opts.map,
     };
     let (batcher, worker) = queue(batching, metrics.clone());
     let state = Arc::new(AppState {
