@@ -130,6 +130,11 @@ stop() {
             local pid
             pid=$(cat "$f")
             if kill "$pid" 2>/dev/null; then
+                # Wait for it to exit, so that a `start` right after starts a new one.
+                for _ in $(seq 1 100); do
+                    kill -0 "$pid" 2>/dev/null || break
+                    sleep 0.1
+                done
                 log "stopped $d ($pid)"
             fi
             rm -f "$f"
