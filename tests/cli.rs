@@ -244,3 +244,24 @@ fn bench_prints_one_json_line_per_measurement() {
     assert_eq!(stages.len(), 5, "{stages:?}");
     assert!(lines[4]["images_per_s_1_thread"].as_f64().unwrap() > 0.0);
 }
+
+/// A run whose estimate is long for its device is warned about once, up front, with the
+/// estimate and what to do; fold numbers in the progress lines count from 0, as the `fold-K`
+/// folders do; the CUDA graph, which every preset turns on, is not mentioned on the CPU.
+#[test]
+fn a_long_run_is_warned_about_up_front_with_fold_numbers_from_0() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("run");
+    // 10⁹ epochs of 2 steps: over an hour at any step time above 2 ns, so nothing here depends
+    // on how fast the machine is; stopped after 6 steps.
+    let o = magsd(&[
+        "train", "--data", shared("data/cxr-demo").to_str().unwrap(), "--preset", "tiny", "--folds", "2",
+        "--epochs", "1000000000", "--device", "cpu", "--max-steps", "6", "--out", out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert_eq!(t.matches("will take about").count(), 1, "one warning:\n{t}");
+    assert!(t.contains("warning: fold 0 of 2: at ") && t.contains("--preset tiny") && t.contains("--device cuda"), "{t}");
+    assert!(!t.contains("fold 1/2") && !t.contains("cuda_graph"), "{t}");
+    assert!(out.join("fold-0").is_dir() && !out.join("fold-1").exists(), "the first fold is fold-0");
+}

@@ -427,7 +427,7 @@ fn sigterm_checkpoints_a_unit_that_resumes_from_its_step_and_a_unit_runs_once() 
 
     let (first, rx) = spawn(false);
     let mut seen = String::new();
-    wait_for(&rx, &mut seen, "unit 1/2: row magsd, fold 1/2");
+    wait_for(&rx, &mut seen, "unit 0 of 2: row magsd, fold 0 of 2");
     let second = magsd(&["reproduce", "--out", g, "--unit", "0"]);
     let text = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(3), "{text}");

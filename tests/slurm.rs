@@ -147,7 +147,7 @@ fn slurm_array_runs_the_units_and_collect_builds_the_table() {
     };
     // The task of unit 0 (array job A, task 0: Slurm's id A_0) is about to train; signalled at
     // once, it stops after its first step or so, well before the last.
-    wait("the unit's start", &|| task_logs_of(&long).contains("unit 1/2: row magsd"));
+    wait("the unit's start", &|| task_logs_of(&long).contains("unit 0 of 2: row magsd"));
     let array_job = || -> Option<String> {
         let out = Command::new("squeue").args(["-h", "-n", "magsd-reproduce", "-o", "%F"]).output().ok()?;
         String::from_utf8_lossy(&out.stdout).lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())

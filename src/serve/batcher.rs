@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tch::{Device, Kind};
 use tokio::sync::oneshot;
 
-use super::metrics::{BatchTimes, Metrics};
+use super::metrics::{BatchTimes, ServeCounters};
 use crate::data::input_stats::ImageFeatures;
 use crate::eval::evaluate::{forward, rows_f64};
 use crate::eval::reliability::{Assessment, Reliability};
@@ -90,11 +90,11 @@ pub struct BatchWorker {
     length: Arc<AtomicUsize>,
     ready: Arc<AtomicBool>,
     opts: BatchOptions,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ServeCounters>,
 }
 
 /// A queue of `opts.queue` images (at least 1) and its two ends.
-pub fn queue(opts: BatchOptions, metrics: Arc<Metrics>) -> (Batcher, BatchWorker) {
+pub fn queue(opts: BatchOptions, metrics: Arc<ServeCounters>) -> (Batcher, BatchWorker) {
     let opts = BatchOptions { max_batch: opts.max_batch.max(1), queue: opts.queue.max(1), ..opts };
     let (tx, rx) = sync_channel(opts.queue);
     let length = Arc::new(AtomicUsize::new(0));

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use super::batcher::{BatchOptions, BatchWorker, Batcher, queue};
 use super::host::AllowedHosts;
-use super::metrics::Metrics;
+use super::metrics::ServeCounters;
 use crate::data::decode::DecodeLimits;
 use crate::data::loader::InputPipeline;
 use crate::error::{Error, Result};
@@ -132,7 +132,7 @@ pub struct AppState {
     pub batcher: Batcher,
     /// How the batcher was set up (for the model configuration).
     pub batching: BatchOptions,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ServeCounters>,
     pub token: Option<String>,
     pub hosts: Arc<AllowedHosts>,
     pub limits: Limits,
@@ -245,7 +245,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         limits: DecodeLimits { max_pixels: opts.limits.max_pixels },
         ..Default::default()
     };
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(ServeCounters::default());
     let batching = BatchOptions {
         max_batch: opts.max_batch.max(1),
         max_wait: opts.max_wait,
