@@ -9,9 +9,14 @@
 //!
 //! It also compiles the C++ shim in `src/ffi/` (autocast, cuDNN's deterministic switch, the
 //! multi-tensor SGD update, CUDA graphs): libtorch calls that tch does not expose.
-use std::path::PathBuf;
+//!
+//! And it sets `MAGSD_GIT_COMMIT` to the git commit checked out when the binary is built
+//! (uncommitted changes are not marked), or "unknown" outside a git checkout or without git.
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 fn main() {
+    embed_git_commit();
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
         return;
@@ -26,6 +31,37 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,--as-needed");
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+}
+
+/// `MAGSD_GIT_COMMIT` for the reproduce tables' provenance. The build reruns when HEAD moves:
+/// its file, the branch's ref file and `packed-refs` (in a worktree they sit in two git folders).
+fn embed_git_commit() {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git").args(args).output().ok()?;
+        let s = String::from_utf8(out.stdout).ok()?.trim().to_string();
+        (out.status.success() && !s.is_empty()).then_some(s)
+    };
+    let commit = git(&["rev-parse", "--verify", "HEAD"]).filter(|c| c.len() == 40 && c.chars().all(|c| c.is_ascii_hexdigit()));
+    if commit.is_some() {
+        let git_dir = git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from);
+        let common = git(&["rev-parse", "--git-common-dir"]).map(PathBuf::from);
+        let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+        let mut watch = Vec::new();
+        if let Some(d) = &git_dir {
+            watch.push(d.join("HEAD"));
+        }
+        if let Some(c) = common.or(git_dir) {
+            watch.push(c.join("packed-refs"));
+            if let Some(b) = &branch {
+                watch.push(c.join(b));
+            }
+        }
+        // A path that does not exist would make every build rerun this script.
+        for p in watch.iter().filter(|p| Path::new(p).exists()) {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    }
+    println!("cargo:rustc-env=MAGSD_GIT_COMMIT={}", commit.as_deref().unwrap_or("unknown"));
 }
 
 /// `site-packages/nvidia/*/include` holding the CUDA runtime headers with their `crt/` part

@@ -4,7 +4,8 @@
 #                                         and slurm.conf if absent, start munged, slurmctld and
 #                                         slurmd if not running, wait until the node is idle
 #   scripts/slurm-test-cluster.sh stop    stop the daemons this script started (by their pids)
-# Idempotent: a running cluster is reused and left alone. Exit code 77 = skipped (not root).
+# Idempotent: a running cluster is reused and left alone (daemons started before this script
+# wrote its current slurm.conf keep their old settings until `stop` and `start`). Exit code 77 = skipped (not root).
 # Facts behind the settings: ../shared/notes/slurm-single-node.md.
 set -euo pipefail
 
@@ -81,6 +82,10 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 JobAcctGatherType=jobacct_gather/none
+# A requeued job waits cred_expire seconds (default 120) before it may start again, and pending
+# jobs are scheduled every sched_interval seconds (default 60): short, so a test requeues quickly.
+AuthInfo=cred_expire=10
+SchedulerParameters=sched_interval=2
 MpiDefault=none
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld
@@ -125,6 +130,11 @@ stop() {
             local pid
             pid=$(cat "$f")
             if kill "$pid" 2>/dev/null; then
+                # Wait for it to exit, so that a `start` right after starts a new one.
+                for _ in $(seq 1 100); do
+                    kill -0 "$pid" 2>/dev/null || break
+                    sleep 0.1
+                done
                 log "stopped $d ($pid)"
             fi
             rm -f "$f"

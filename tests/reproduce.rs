@@ -41,6 +41,12 @@ fn table_7_produces_tables_figure_and_statistics() {
     assert!(md.contains("**A smoke test, not evidence.**") && md.contains("1 epoch(s), the paper trains 100"), "{md}");
     assert!(md.contains("What was run: `") && md.contains("preset tiny") && md.contains("16 images, 16 patients") && md.contains("trained on cpu"), "{md}");
     assert!(md.contains("| mix-up | MAG-SD on tiny (8 maps) | 138 k |"), "{md}");
+    // The commit the binary was built from: HEAD of the checkout the tests build in, or
+    // "unknown" when they build outside one (or without git).
+    let head = std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().ok();
+    let head = head.filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let head = head.filter(|h| h.len() == 40).unwrap_or_else(|| "unknown".into());
+    assert!(md.contains(&format!("magsd {} (commit {head})", env!("CARGO_PKG_VERSION"))), "{md}");
     // Two folds: the Wilcoxon floor is 2/2^2.
     assert!(md.contains("With 2 folds the Wilcoxon p-value cannot be below 0.5000") && !md.contains("0.0625"), "{md}");
     // Every paper value shown is the CSV's (4 classes: dataset C), for every row that has one.
@@ -162,6 +168,25 @@ fn slurm_job_script_covers_the_pending_units() {
         assert!(job.contains(line), "{line} not in\n{job}");
     }
     assert!(job.contains("reproduce --unit \"$SLURM_ARRAY_TASK_ID\" --out"), "{job}");
+    // Requeue by default: Slurm's for preemption, the task's own at the time limit (SIGUSR1), and
+    // the requeued task's log appended to the first one's.
+    let exec = job.lines().find(|l| l.starts_with("exec ")).unwrap();
+    assert!(exec.ends_with(" --slurm-requeue"), "{job}");
+    assert!(job.contains("#SBATCH --requeue\n") && job.contains("#SBATCH --open-mode=append\n"), "{job}");
+    // With another signal (it may come from scancel) the task does not requeue itself.
+    args.extend(["--signal", "TERM@60"]);
+    ok(magsd(&args));
+    let job = std::fs::read_to_string(grid.join("slurm/job.sh")).unwrap();
+    assert!(job.contains("#SBATCH --signal=B:TERM@60\n#SBATCH --requeue\n") && !job.contains("--slurm-requeue"), "{job}");
+    // --no-requeue: neither.
+    args.push("--no-requeue");
+    ok(magsd(&args));
+    let job = std::fs::read_to_string(grid.join("slurm/job.sh")).unwrap();
+    assert!(job.contains("#SBATCH --no-requeue\n") && !job.contains("--slurm-requeue") && !job.contains("#SBATCH --requeue"), "{job}");
+    // SIGUSR2 is not a signal magsd stops on.
+    let mut a = grid_args(data.to_str().unwrap(), g, "4");
+    a.extend(["--slurm", "--no-submit", "--signal", "USR2@60"]);
+    assert!(fails(magsd(&a)).contains("USR1, TERM or INT"));
 }
 
 /// Everything here runs without training: hostile values for job.sh, unchecked options, --gpus
@@ -307,6 +332,7 @@ fn grid_input_is_checked_and_job_sh_is_safe() {
 
 /// SIGTERM (what Slurm sends) stops a unit after its step with a checkpoint; a second process
 /// on the same unit is refused (exit 3) while the first runs; rerunning resumes from the step.
+/// As a Slurm task (`--slurm-requeue`, a fake `scontrol`), SIGUSR1 requeues it, SIGTERM does not.
 #[test]
 fn sigterm_checkpoints_a_unit_that_resumes_from_its_step_and_a_unit_runs_once() {
     let d = tempfile::tempdir().unwrap();
@@ -327,10 +353,25 @@ fn sigterm_checkpoints_a_unit_that_resumes_from_its_step_and_a_unit_runs_once() 
             .max()
             .unwrap_or(0)
     };
-    // A unit's stderr, line by line (the training log is written in blocks; stderr is not).
-    let spawn = || {
-        let mut child = Command::new(BIN)
-            .args(["reproduce", "--out", g, "--unit", "0"])
+    // A fake `scontrol` that records its arguments, for the units told they are Slurm tasks.
+    let bin = d.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let calls = d.path().join("scontrol-calls");
+    std::fs::write(bin.join("scontrol"), format!("#!/bin/sh\necho \"$*\" >> '{}'\n", calls.display())).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(bin.join("scontrol"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    // A unit's stderr, line by line (the training log is written in blocks; stderr is not);
+    // `slurm`: as job.sh runs it, in Slurm job 4242.
+    let spawn = |slurm: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["reproduce", "--out", g, "--unit", "0"]);
+        if slurm {
+            cmd.arg("--slurm-requeue").env("SLURM_JOB_ID", "4242").env("PATH", &path);
+        }
+        let mut child = cmd
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -353,38 +394,76 @@ fn sigterm_checkpoints_a_unit_that_resumes_from_its_step_and_a_unit_runs_once() 
             }
         }
     };
-    let finish = |mut child: std::process::Child, rx: std::sync::mpsc::Receiver<String>, seen: &mut String| {
+    let finish = |mut child: std::process::Child, rx: std::sync::mpsc::Receiver<String>, seen: &mut String, sig: libc::c_int| {
         // SAFETY: kill(2) on a child this test spawned and has not reaped.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as libc::pid_t, sig) };
         let status = child.wait().unwrap();
         *seen += &rx.iter().collect::<Vec<_>>().join("\n");
         status
     };
 
-    let (first, rx) = spawn();
+    let (first, rx) = spawn(false);
     let mut seen = String::new();
     wait_for(&rx, &mut seen, "unit 0 of 2: row magsd, fold 0 of 2");
     let second = magsd(&["reproduce", "--out", g, "--unit", "0"]);
     let text = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(3), "{text}");
     assert!(text.contains("being run by another process") && text.contains("unit-0.lock"), "{text}");
-    let status = finish(first, rx, &mut seen);
+    let status = finish(first, rx, &mut seen, libc::SIGTERM);
     assert_eq!(status.code(), Some(130), "{seen}");
     assert!(seen.contains("SIGTERM: stopping after this step"), "{seen}");
     assert!(grid.join("magsd/fold-0/checkpoint-last.safetensors").exists());
     let reached = last_step();
     assert!(reached >= 1, "{seen}");
 
-    let (resumed, rx) = spawn();
+    // As a Slurm task: SIGTERM (scancel, preemption) stops it without requeueing it.
+    let (resumed, rx) = spawn(true);
     let mut seen = String::new();
     wait_for(&rx, &mut seen, "resuming from");
-    let status = finish(resumed, rx, &mut seen);
+    let status = finish(resumed, rx, &mut seen, libc::SIGTERM);
     assert_eq!(status.code(), Some(130), "{seen}");
     assert!(seen.contains(&format!("(global step {reached})")), "{seen}");
+    assert!(!calls.exists(), "SIGTERM requeued the task: {seen}");
     // It stopped after at least one more step, logged after the ones before.
+    assert!(last_step() > reached, "{seen}");
+    let reached = last_step();
+    // SIGUSR1, the time-limit signal of job.sh, stops it and requeues its Slurm job.
+    let (resumed, rx) = spawn(true);
+    let mut seen = String::new();
+    wait_for(&rx, &mut seen, "resuming from");
+    let status = finish(resumed, rx, &mut seen, libc::SIGUSR1);
+    assert_eq!(status.code(), Some(0), "{seen}");
+    assert!(seen.contains(&format!("(global step {reached})")) && seen.contains("requeued Slurm job 4242"), "{seen}");
+    assert_eq!(std::fs::read_to_string(&calls).unwrap(), "requeue 4242\n", "{seen}");
     assert!(last_step() > reached, "{seen}");
     let starts = std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains("\"type\":\"start\"")).count();
     assert_eq!(starts, 1, "the resumed unit started over");
+}
+
+/// `--gpus` whose units fail exits 1, naming each unit and its log. There are no GPUs here, so
+/// the test lets `--gpus` run its children on the CPU (MAGSD_TEST_GPUS_ON_CPU=1); every unit
+/// fails at once, since no batch of 64 fits in 6 training images.
+#[test]
+fn gpus_with_failing_units_exits_non_zero_naming_them() {
+    let d = tempfile::tempdir().unwrap();
+    let data = phantoms(d.path(), 3);
+    let grid = d.path().join("grid");
+    let g = grid.to_str().unwrap();
+    let mut a = grid_args(data.to_str().unwrap(), g, "8");
+    a.extend(["--set", "batch_size=64", "--gpus", "0,1"]);
+    let out = Command::new(BIN).args(&a).env("MAGSD_TEST_GPUS_ON_CPU", "1").output().unwrap();
+    let text = fails(out);
+    assert!(text.contains("4 unit(s) failed:") && text.contains("4 of 4 units missing"), "{text}");
+    for u in 0..4 {
+        let log = grid.join(format!("logs/unit-{u}.log"));
+        assert!(text.contains(&format!("unit {u}: {}", log.display())), "unit {u}: {text}");
+        let why = std::fs::read_to_string(&log).unwrap();
+        assert!(why.contains("batch"), "{}: {why}", log.display());
+    }
+    // Without the test switch, --gpus on this machine is refused before anything runs.
+    if !tch::Cuda::is_available() {
+        assert!(fails(magsd(&a)).contains("no CUDA device is visible"));
+    }
 }
 
 /// Table 3 with its ResNet18 row needs the baseline networks (`model.arch`).

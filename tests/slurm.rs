@@ -1,9 +1,11 @@
 //! `magsd reproduce --slurm` against a real one-node Slurm cluster (slurm-wlm + munge) that
 //! `scripts/slurm-test-cluster.sh` installs and starts on this machine (root only; otherwise the
 //! test prints SKIP on the terminal, or fails where `MAGSD_REQUIRE_SLURM` is set, as CI sets
-//! it): a Table 8 array of 2 rows × 2 folds on CPU, then `--collect`; an array whose tasks fail makes `--wait` exit non-zero naming them; and a task
-//! signalled as Slurm does before its time limit checkpoints, and its resubmission resumes
-//! from the step it reached.
+//! it): a Table 8 array of 2 rows × 2 folds on CPU, then `--collect`; an array whose tasks fail
+//! makes `--wait` exit non-zero naming them, and its resubmission keeps the first one's options;
+//! and a task signalled as Slurm does before its time limit checkpoints and requeues itself, and
+//! the requeued task resumes from the step it reached and finishes, so that `--wait` collects the
+//! whole grid.
 use std::path::Path;
 use std::process::Command;
 
@@ -93,74 +95,93 @@ fn slurm_array_runs_the_units_and_collect_builds_the_table() {
         assert!(log.contains(&format!("unit {u}: row ")) && log.contains(&format!("unit-{u}_job-")), "unit {u}: {log}");
     }
 
-    // Before its time limit Slurm signals the batch shell (here by hand, as --signal=B:USR1
-    // would): the unit saves a checkpoint after its step and stops; resubmitting runs only the
-    // unfinished units, and the task resumes from that step.
+    // Resubmitting the failed grid covers its unfinished units with the first submission's options.
+    let out = Command::new(BIN).args(["reproduce", "--slurm", "--no-submit", "--out"]).arg(&failing).output().unwrap();
+    let log = text(&out);
+    assert!(out.status.success() && log.contains("options not given again are those of the last submission"), "{log}");
+    let script = std::fs::read_to_string(failing.join("slurm/job.sh")).unwrap();
+    assert!(script.contains("#SBATCH --array=0-3\n") && script.contains("#SBATCH --mem=500M\n"), "{script}");
+
+    // Before its time limit Slurm signals the batch shell with SIGUSR1 (here by hand, as
+    // --signal=B:USR1@120 would): the unit saves a checkpoint after its step and requeues its own
+    // task, which resumes from that step and finishes; `--wait` waits through the requeue and
+    // collects the whole grid.
     let long = d.path().join("long");
-    let out = Command::new(BIN)
+    let mut parent = Command::new(BIN)
         .args(["reproduce", "--data", data.to_str().unwrap(), "--table", "8", "--rows", "magsd", "--folds", "2", "--epochs", "1", "--out"])
         .arg(&long)
         .args(["--preset", "tiny", "--set", "model.image_size=64", "--set", "device=\"cpu\"", "--set", "batch_size=4"])
-        .args(["--set", "iters_per_epoch=100000", "--set", "performance.log_every=1"])
-        .args(["--slurm", "--gpus-per-task", "0", "--cpus-per-task", "1", "--time", "00:10:00", "--mem", "500M", "--max-parallel", "1"])
-        .output()
+        .args(["--set", &format!("iters_per_epoch={STEPS}"), "--set", "performance.log_every=1"])
+        .args(["--slurm", "--gpus-per-task", "0", "--cpus-per-task", "1", "--time", "00:10:00", "--mem", "500M", "--wait"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
-    let job = log.lines().find_map(|l| l.strip_prefix("submitted job ")).expect("job id").trim().to_string();
+    let (stdout, stderr) = (parent.stdout.take().unwrap(), parent.stderr.take().unwrap());
+    let (tx, parent_done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::BufReader::new(stderr).read_to_string(&mut s);
+            s
+        });
+        let mut out = String::new();
+        let _ = std::io::BufReader::new(stdout).read_to_string(&mut out);
+        let status = parent.wait().unwrap();
+        let _ = tx.send((status, out + &err.join().unwrap_or_default()));
+    });
     let train_log = long.join("magsd/fold-0/train.jsonl");
-    let last_step = || -> u64 {
+    let steps = || -> Vec<u64> {
         std::fs::read_to_string(&train_log)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter(|v| v["type"] == "step")
             .filter_map(|v| v["global_step"].as_u64())
-            .max()
-            .unwrap_or(0)
+            .collect()
     };
+    // Generous limits: they only bound a failing test (a loaded 2-core machine is slow).
     let wait = |what: &str, done: &dyn Fn() -> bool| {
-        for _ in 0..1800 {
+        for _ in 0..15_000 {
             if done() {
                 return;
             }
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        panic!("{what} did not happen within 180 s\n{}", task_logs_of(&long));
+        panic!("{what} did not happen within 300 s\n{}", task_logs_of(&long));
     };
-    let queue_empty = |id: &str| {
-        let out = Command::new("squeue").args(["-h", "-j", id]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().is_empty()
-    };
-    // The task's log (stderr, unbuffered) shows the unit has started training.
+    // The task of unit 0 (array job A, task 0: Slurm's id A_0) is about to train; signalled at
+    // once, it stops after its first step or so, well before the last.
     wait("the unit's start", &|| task_logs_of(&long).contains("unit 0 of 2: row magsd"));
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    // Signal the whole array (task 1 waits behind the throttle and is cancelled with it).
-    let sig = Command::new("scancel").args(["--batch", "--signal=USR1", &job]).output().unwrap();
+    let array_job = || -> Option<String> {
+        let out = Command::new("squeue").args(["-h", "-n", "magsd-reproduce", "-o", "%F"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
+    };
+    let job = array_job().expect("the array job in squeue");
+    let sig = Command::new("scancel").args(["--batch", "--signal=USR1", &format!("{job}_0")]).output().unwrap();
     assert!(sig.status.success(), "{}", text(&sig));
-    wait("the signalled task's end", &|| Command::new("squeue").args(["-h", "-j", &format!("{job}_0")]).output().map(|o| o.stdout.is_empty()).unwrap_or(false));
-    let _ = Command::new("scancel").arg(&job).status();
-    wait("the job's end", &|| queue_empty(&job));
-    assert!(long.join("magsd/fold-0/checkpoint-last.safetensors").exists(), "{}", task_logs_of(&long));
-    let reached = last_step();
-    assert!(task_logs_of(&long).contains("SIGUSR1: stopping after this step"), "{}", task_logs_of(&long));
-
-    let out = Command::new(BIN).args(["reproduce", "--slurm", "--out"]).arg(&long).output().unwrap();
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
-    let job2 = log.lines().find_map(|l| l.strip_prefix("submitted job ")).expect("job id").trim().to_string();
-    let script = std::fs::read_to_string(long.join("slurm/job.sh")).unwrap();
-    // Only the unfinished units, with the first submission's options.
-    assert!(script.contains("#SBATCH --array=0-1%1") && script.contains("#SBATCH --mem=500M"), "{script}");
-    wait("the resume", &|| task_logs_of(&long).contains("resuming from"));
-    let _ = Command::new("scancel").args(["--batch", "--signal=USR1", &job2]).status();
-    let _ = Command::new("scancel").arg(&job2).status();
-    wait("the second job's end", &|| queue_empty(&job2));
+    wait("the requeue", &|| task_logs_of(&long).contains("requeued Slurm job"));
+    let reached = steps().into_iter().max().unwrap_or(0);
+    let (status, log) = parent_done.recv_timeout(std::time::Duration::from_secs(600)).unwrap_or_else(|_| {
+        let _ = Command::new("scancel").arg(&job).status();
+        panic!("the --wait submission did not end within 600 s\n{}", task_logs_of(&long))
+    });
     let logs = task_logs_of(&long);
-    assert!(logs.contains(&format!("(global step {reached})")) && logs.contains("resuming from"), "{logs}");
-    // The resumed task stopped after at least one more step, logged after the ones before.
-    assert!(last_step() > reached, "{logs}");
+    assert!(status.success() && log.contains("all 2 units finished"), "{log}\n{logs}");
+    // One log for both runs of the task (appended): the stop, the requeue, the resume from the
+    // step reached, and the end.
+    assert!(logs.contains("SIGUSR1: stopping after this step"), "{logs}");
+    assert!(logs.contains("resuming from") && logs.contains(&format!("(global step {reached})")), "{logs}");
+    assert!((1..STEPS).contains(&reached), "stopped at step {reached} of {STEPS}\n{logs}");
+    assert!(long.join("magsd/fold-0/fold.json").exists(), "{logs}");
+    // Every step once, in order: the requeued task went on from the step it reached.
+    assert_eq!(steps(), (1..=STEPS).collect::<Vec<u64>>(), "{logs}");
 }
+
+/// Training steps of each unit of the requeue test: enough that a unit is still training when
+/// it is signalled, few enough to keep the test short.
+const STEPS: u64 = 20;
 
 /// Every array task's log of a grid.
 fn task_logs_of(grid: &Path) -> String {

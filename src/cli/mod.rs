@@ -208,6 +208,10 @@ pub fn refuse_overwrite(path: &std::path::Path, force: bool) -> crate::Result<()
     Ok(())
 }
 
+/// The signal that first asked this process to stop (0: none yet); set by [`install_ctrl_c`]'s
+/// handler.
+pub static FIRST_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
 /// Ctrl-C (SIGINT), SIGTERM (what Slurm sends on preemption and at the time limit) and SIGUSR1
 /// (what `#SBATCH --signal=B:USR1@120` sends before the time limit) ask training to stop after
 /// the current step and save a checkpoint; a second Ctrl-C exits at once with status 130. A
@@ -217,6 +221,9 @@ pub fn refuse_overwrite(path: &std::path::Path, force: bool) -> crate::Result<()
 /// while libtorch's worker threads still use those objects, which crashed (SIGSEGV, status 139).
 /// `_exit` ends the process without running them; the last checkpoint on disk stays intact
 /// because checkpoints are written atomically.
+///
+/// The first of these signals is kept in [`FIRST_SIGNAL`] (`reproduce --unit` requeues a Slurm
+/// task only when it was the time-limit signal).
 pub fn install_ctrl_c() {
     extern "C" fn on_signal(sig: libc::c_int) {
         use std::sync::atomic::Ordering;
@@ -226,6 +233,7 @@ pub fn install_ctrl_c() {
             unsafe { libc::_exit(130) };
         }
         if !again {
+            FIRST_SIGNAL.store(sig, Ordering::SeqCst);
             let msg: &[u8] = match sig {
                 libc::SIGINT => b"\nstopping after this step (Ctrl-C again to quit now)...\n",
                 libc::SIGTERM => b"\nSIGTERM: stopping after this step with a checkpoint...\n",

@@ -102,13 +102,19 @@ pub struct ReproduceArgs {
     /// A shell line each task runs before magsd (repeatable), e.g. --setup 'module load cuda/12.1'.
     #[arg(long, requires = "slurm", allow_hyphen_values = true)]
     pub setup: Vec<String>,
-    /// The signal Slurm sends to each task before its time limit (default USR1@120: SIGUSR1
-    /// 120 s before); the unit saves a checkpoint after its current step and stops.
+    /// The signal Slurm sends to each task before its time limit (USR1, TERM or INT @ seconds;
+    /// default USR1@120: SIGUSR1 120 s before); the unit saves a checkpoint after its current
+    /// step and stops, and with USR1 requeues its task, which continues from there.
     #[arg(long, requires = "slurm")]
     pub signal: Option<String>,
-    /// Write #SBATCH --no-requeue instead of --requeue (a preempted task is then not requeued).
+    /// Requeue nothing: write #SBATCH --no-requeue instead of --requeue (a preempted task is not
+    /// requeued) and a task stopped at its time limit does not requeue itself.
     #[arg(long, requires = "slurm")]
     pub no_requeue: bool,
+    /// With --unit, in a Slurm task (job.sh passes it): when SIGUSR1 (the time-limit signal)
+    /// stopped the unit, requeue the task with `scontrol requeue $SLURM_JOB_ID`.
+    #[arg(long, requires = "unit", hide = true)]
+    pub slurm_requeue: bool,
     /// Bootstrap resamples for the confidence intervals.
     #[arg(long, default_value_t = 1000)]
     pub bootstrap: usize,
@@ -200,8 +206,13 @@ fn unit_logs(grid: &Grid, index: usize) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// Set to 1, `--gpus` skips its check that the devices exist: for tests on machines without
+/// GPUs, whose children then run on the device their grid's config names (the CPU).
+pub const TEST_GPUS_ON_CPU: &str = "MAGSD_TEST_GPUS_ON_CPU";
+
 /// `--gpus`: every entry a device index (or a GPU/MIG UUID), no empty or repeated entry, and the
-/// devices must exist: without CUDA the children would all train on the CPU at once.
+/// devices must exist: without CUDA the children would all train on the CPU at once (unless
+/// [`TEST_GPUS_ON_CPU`] is set).
 fn check_gpus(gpus: &[String]) -> Result<()> {
     if gpus.is_empty() {
         return Err(Error::Config("--gpus: name at least one GPU, e.g. --gpus 0,1".into()));
@@ -215,6 +226,9 @@ fn check_gpus(gpus: &[String]) -> Result<()> {
         if gpus[..i].contains(g) {
             return Err(Error::Config(format!("--gpus {}: GPU {g} is named twice", gpus.join(","))));
         }
+    }
+    if std::env::var_os(TEST_GPUS_ON_CPU).is_some_and(|v| v == "1") {
+        return Ok(());
     }
     let count = tch::Cuda::device_count();
     if count == 0 {
@@ -292,6 +306,16 @@ pub fn run(args: ReproduceArgs) -> Result<i32> {
                 0
             }
             UnitOutcome::Stopped => {
+                let time_limit = crate::cli::FIRST_SIGNAL.load(std::sync::atomic::Ordering::SeqCst) == libc::SIGUSR1;
+                if args.slurm_requeue && time_limit {
+                    match crate::reproduce::slurm::requeue_self() {
+                        Ok(job) => {
+                            eprintln!("unit {n} stopped with a checkpoint at the time limit; requeued Slurm job {job}, which continues from it");
+                            return Ok(0);
+                        }
+                        Err(e) => eprintln!("unit {n}: {e}"),
+                    }
+                }
                 eprintln!("unit {n} stopped with a checkpoint; rerun it to continue");
                 130
             }

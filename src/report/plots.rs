@@ -366,32 +366,64 @@ pub fn macro_roc_points(labels: &[usize], probs: &[Vec<f64>], classes: usize) ->
         .collect()
 }
 
-/// Fig. 6: one macro-average ROC curve per model on the same axes.
+/// Fig. 6 as the paper draws it: one panel per dataset (the paper's A, B and C have 2, 3 and 4
+/// classes), each with one macro-average ROC curve per model and its three highest AUCs drawn
+/// thick. A row goes to the panel of its class count, read from its predictions (the width of
+/// its probability vectors); a grid has one class set, so one panel.
 pub struct RowsRocFigure<'a> {
     pub title: String,
-    pub classes: usize,
     pub rows: Vec<RocRow<'a>>,
 }
 
-impl RowsRocFigure<'_> {
-    /// The rows with the three highest AUCs (fewer when fewer rows have one), best first.
-    pub fn top_three(&self) -> Vec<usize> {
-        let mut ranked: Vec<(usize, f64)> = self.rows.iter().enumerate().filter_map(|(i, r)| r.auc.map(|a| (i, a))).collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        ranked.into_iter().take(3).map(|(i, _)| i).collect()
+/// One panel of [`RowsRocFigure`]: its class count and its rows (indices into `rows`).
+#[derive(Debug, PartialEq)]
+pub struct RocPanel {
+    pub classes: usize,
+    pub rows: Vec<usize>,
+}
+
+impl RocPanel {
+    /// "4 classes (the paper's dataset C)"; the paper's datasets A, B, C have 2, 3, 4 classes.
+    pub fn label(&self) -> String {
+        match self.classes {
+            2 => "2 classes (the paper's dataset A)".into(),
+            3 => "3 classes (the paper's dataset B)".into(),
+            4 => "4 classes (the paper's dataset C)".into(),
+            k => format!("{k} classes"),
+        }
     }
 }
 
-impl Figure for RowsRocFigure<'_> {
-    fn size(&self) -> (u32, u32) {
-        (680, 620)
+impl RowsRocFigure<'_> {
+    /// One panel per class count among the rows with predictions, fewest classes first (A, B,
+    /// C), rows in table order within each.
+    pub fn panels(&self) -> Vec<RocPanel> {
+        let mut panels: Vec<RocPanel> = Vec::new();
+        for (i, r) in self.rows.iter().enumerate() {
+            let Some(k) = r.probs.first().map(Vec::len) else { continue };
+            match panels.iter_mut().find(|p| p.classes == k) {
+                Some(p) => p.rows.push(i),
+                None => panels.push(RocPanel { classes: k, rows: vec![i] }),
+            }
+        }
+        panels.sort_by_key(|p| p.classes);
+        panels
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
-        let mut chart = roc_axes(root, &self.title, 20)?;
-        let top = self.top_three();
-        for (i, row) in self.rows.iter().enumerate() {
-            let pts = macro_roc_points(row.labels, row.probs, self.classes);
+    /// Of `rows` (one panel's), the three with the highest AUCs (fewer when fewer have one), best
+    /// first; ties go to the row listed first.
+    pub fn top_three(&self, rows: &[usize]) -> Vec<usize> {
+        let mut ranked: Vec<(usize, f64)> = rows.iter().filter_map(|&i| self.rows[i].auc.filter(|a| a.is_finite()).map(|a| (i, a))).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.into_iter().take(3).map(|(i, _)| i).collect()
+    }
+
+    fn draw_panel<DB: DrawingBackend>(&self, area: &DrawingArea<DB, Shift>, title: &str, panel: &RocPanel) -> DrawResult {
+        let mut chart = roc_axes(area, title, 18)?;
+        let top = self.top_three(&panel.rows);
+        for &i in &panel.rows {
+            let row = &self.rows[i];
+            let pts = macro_roc_points(row.labels, row.probs, panel.classes);
             if pts.is_empty() {
                 continue;
             }
@@ -416,9 +448,68 @@ impl Figure for RowsRocFigure<'_> {
     }
 }
 
+impl Figure for RowsRocFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (680 * self.panels().len().max(1) as u32, 620)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let panels = self.panels();
+        root.fill(&WHITE).map_err(err)?;
+        if let [panel] = panels.as_slice() {
+            return self.draw_panel(root, &format!("{}, {}", self.title, panel.label()), panel);
+        }
+        let body = root.titled(&self.title, (FAMILY, 20)).map_err(err)?;
+        for (area, panel) in body.split_evenly((1, panels.len().max(1))).iter().zip(&panels) {
+            self.draw_panel(area, &panel.label(), panel)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fig. 6: a panel per class count found in the rows' predictions, and the three highest
+    /// AUCs of each panel (not of the whole figure) emphasised.
+    #[test]
+    fn fig6_has_a_panel_per_class_count_with_its_own_top_three() {
+        let two: Vec<Vec<f64>> = vec![vec![0.9, 0.1], vec![0.2, 0.8], vec![0.6, 0.4], vec![0.3, 0.7]];
+        let four: Vec<Vec<f64>> = vec![vec![0.7, 0.1, 0.1, 0.1], vec![0.1, 0.7, 0.1, 0.1], vec![0.1, 0.1, 0.7, 0.1], vec![0.1, 0.1, 0.1, 0.7]];
+        let (l2, l4) = (vec![0, 1, 0, 1], vec![0, 1, 2, 3]);
+        let row = |name: &str, four_classes: bool, auc: Option<f64>| RocRow {
+            name: name.into(),
+            labels: if four_classes { &l4 } else { &l2 },
+            probs: if four_classes { &four } else { &two },
+            auc,
+        };
+        let fig = RowsRocFigure {
+            title: "Fig. 6".into(),
+            rows: vec![
+                row("c1", true, Some(0.90)),
+                row("a1", false, Some(0.70)),
+                row("c2", true, Some(0.95)),
+                row("a2", false, Some(0.80)),
+                row("c3", true, None),
+                row("c4", true, Some(0.50)),
+                row("c5", true, Some(0.60)),
+                row("a3", false, Some(f64::NAN)),
+                RocRow { name: "no predictions".into(), labels: &[], probs: &[], auc: None },
+            ],
+        };
+        let panels = fig.panels();
+        assert_eq!(panels, vec![RocPanel { classes: 2, rows: vec![1, 3, 7] }, RocPanel { classes: 4, rows: vec![0, 2, 4, 5, 6] }]);
+        assert_eq!(panels[1].label(), "4 classes (the paper's dataset C)");
+        // Dataset A's panel: two rows with an AUC (the NaN is none); C's: the best three of four.
+        assert_eq!(fig.top_three(&panels[0].rows), vec![3, 1]);
+        assert_eq!(fig.top_three(&panels[1].rows), vec![2, 0, 6]);
+        let d = tempfile::tempdir().unwrap();
+        save(&fig, &d.path().join("roc")).unwrap();
+        let svg = std::fs::read_to_string(d.path().join("roc.svg")).unwrap();
+        assert_eq!(svg.matches("[top 3]").count(), 5);
+        assert!(svg.contains("2 classes (the paper&apos;s dataset A)") || svg.contains("2 classes (the paper's dataset A)"), "{svg}");
+    }
 
     #[test]
     fn roc_points_run_from_origin_to_one_one() {

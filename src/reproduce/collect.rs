@@ -91,6 +91,10 @@ pub struct Provenance {
     pub images: usize,
     pub patients: usize,
     pub magsd_version: String,
+    /// The git commit the binary was built from ("unknown" when it was not built in a git
+    /// checkout; results written before this field existed read as "unknown").
+    #[serde(default = "unknown")]
+    pub magsd_commit: String,
     /// When the tables were collected (UTC).
     pub collected: String,
     /// The devices the finished units trained on (from their logs).
@@ -99,6 +103,10 @@ pub struct Provenance {
     pub networks: BTreeMap<String, (String, i64)>,
     /// Why the grid is a smoke test and not evidence (empty: none of the reasons applies).
     pub not_evidence: Vec<String>,
+}
+
+fn unknown() -> String {
+    "unknown".into()
 }
 
 /// The paper's values of `row` (table, name) on its three datasets.
@@ -190,6 +198,7 @@ fn provenance(grid: &Grid, ds_images: usize, ds_patients: usize) -> Result<Prove
         images: ds_images,
         patients: ds_patients,
         magsd_version: env!("CARGO_PKG_VERSION").to_string(),
+        magsd_commit: env!("MAGSD_GIT_COMMIT").to_string(),
         collected: crate::train::cv::utc_now(),
         devices: devices(grid),
         networks,
@@ -421,7 +430,7 @@ pub fn collect(grid: &Grid, opts: BootstrapOptions) -> Result<Collected> {
             .collect();
         let has_figure = !rows_roc.is_empty();
         if has_figure {
-            let fig = RowsRocFigure { title: format!("Table {}: ROC, pooled out-of-fold (macro average)", t.number), classes: classes.len(), rows: rows_roc };
+            let fig = RowsRocFigure { title: format!("Table {}: ROC, pooled out-of-fold (macro average)", t.number), rows: rows_roc };
             save(&fig, &dir.join("roc"))?;
         }
         let (_, html) = document(&t, &result, grid, has_figure, opts).write(&dir)?;
@@ -468,7 +477,7 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
     }
     doc.p(format!(
         "What was run: `{}` — preset {}, {} epoch(s), {} fold(s), {} px images; data {} ({} images, {} patients; label \
-         column '{}'; {} classes: {}); trained on {}; magsd {}; collected {}.",
+         column '{}'; {} classes: {}); trained on {}; magsd {} (commit {}); collected {}.",
         pv.command,
         pv.preset,
         pv.epochs,
@@ -482,6 +491,7 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
         res.classes.join(", "),
         if pv.devices.is_empty() { "n/a (no unit has finished)".to_string() } else { pv.devices.join(", ") },
         pv.magsd_version,
+        pv.magsd_commit,
         pv.collected
     ));
     doc.p(format!(
@@ -641,7 +651,8 @@ fn document(t: &Table, res: &TableResult, grid: &Grid, has_figure: bool, opts: B
             "Fig. 6: ROC of every row from pooled out-of-fold predictions. With more than two classes each curve is the \
              macro average (one-vs-rest TPR averaged over classes at each FPR); with two, the curve of the second class. \
              Legend: the pooled macro AUC (as in the statistics table); as in the paper's Fig. 6 the three highest AUCs \
-             are drawn thick and marked [top 3].",
+             are drawn thick and marked [top 3]. The paper draws one panel per dataset (A, B, C: 2, 3, 4 classes); \
+             a grid has one class set, so one panel, named by its class count.",
         );
     }
     doc.h(2, "Rows");

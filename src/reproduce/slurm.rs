@@ -33,7 +33,8 @@ pub struct SlurmOptions {
     pub setup: Vec<String>,
     /// The signal Slurm sends before the time limit (`--signal=B:VALUE`; default USR1@120).
     pub signal: Option<String>,
-    /// `#SBATCH --requeue` (default) or `--no-requeue`.
+    /// Requeue (default): `#SBATCH --requeue`, and a task stopped by the time-limit signal
+    /// (when it is USR1) requeues itself. `Some(false)`: `#SBATCH --no-requeue`, and neither.
     pub requeue: Option<bool>,
 }
 
@@ -92,7 +93,9 @@ impl SlurmOptions {
             if !key_ok || !value_ok {
                 return Err(bad("--sbatch", e, "one long option such as --qos=long (letters, digits and _.,:=/@+- in its value, no spaces)"));
             }
-            if ["--array", "--output", "--error", "--wrap", "--job-name", "--signal", "--requeue", "--no-requeue", "--export"].contains(&key) {
+            if ["--array", "--output", "--error", "--wrap", "--job-name", "--signal", "--requeue", "--no-requeue", "--export", "--open-mode"]
+                .contains(&key)
+            {
                 return Err(bad("--sbatch", e, "magsd writes this option itself (see --signal, --no-requeue)"));
             }
         }
@@ -103,7 +106,7 @@ impl SlurmOptions {
         }
         if let Some(sig) = &self.signal {
             let ok = sig.split_once('@').is_some_and(|(name, secs)| {
-                ["USR1", "USR2", "TERM", "INT"].contains(&name) && !secs.is_empty() && secs.len() <= 5 && secs.chars().all(|c| c.is_ascii_digit())
+                ["USR1", "TERM", "INT"].contains(&name) && !secs.is_empty() && secs.len() <= 5 && secs.chars().all(|c| c.is_ascii_digit())
             });
             if !ok {
                 return Err(bad("--signal", sig, "SIGNAL@SECONDS with USR1, TERM or INT, e.g. USR1@120"));
@@ -199,20 +202,31 @@ pub fn write_job(grid: &Grid, exe: &Path, opts: &SlurmOptions) -> Result<Option<
         array += &format!("%{n}");
     }
     let signal = opts.signal.as_deref().unwrap_or("USR1@120");
+    let requeue = opts.requeue.unwrap_or(true);
+    // Only SIGUSR1 says "time limit": SIGTERM and SIGINT also come from scancel and Ctrl-C.
+    let self_requeue = requeue && signal.starts_with("USR1@");
     let mut s = String::from("#!/bin/bash\n");
     s += "# Written by `magsd reproduce --slurm`: one array task = one row × fold unit of the grid.\n";
     s += "# Every value was checked (no spaces, quotes or control characters) and the command's paths are\n";
     s += "# shell-quoted. Tasks inherit the submitting shell's environment (--export=ALL), libtorch's\n";
     s += "# LD_LIBRARY_PATH included. Before the time limit Slurm sends the signal below: the unit saves a\n";
-    s += "# checkpoint after its current step and stops; rerun `magsd reproduce --slurm` to resubmit what is\n";
-    s += "# unfinished. With --requeue a preempted task is requeued and continues from its checkpoint.\n";
+    s += "# checkpoint after its current step and stops.\n";
+    if self_requeue {
+        s += "# With --slurm-requeue it then requeues its own task (scontrol requeue), which continues from\n";
+        s += "# the checkpoint; with --requeue Slurm requeues a preempted task itself. The log is appended to.\n";
+    } else if requeue {
+        s += "# It is not requeued (the signal is not USR1): rerun `magsd reproduce --slurm` to resubmit what is\n";
+        s += "# unfinished. With --requeue Slurm requeues a preempted task, which continues from its checkpoint.\n";
+    } else {
+        s += "# Nothing is requeued (--no-requeue): rerun `magsd reproduce --slurm` to resubmit what is unfinished.\n";
+    }
     s += "#SBATCH --job-name=magsd-reproduce\n";
     s += &format!("#SBATCH --array={array}\n");
     s += &format!("#SBATCH --output={output}\n");
     s += "#SBATCH --ntasks=1\n";
     s += "#SBATCH --export=ALL\n";
     s += &format!("#SBATCH --signal=B:{signal}\n");
-    s += if opts.requeue.unwrap_or(true) { "#SBATCH --requeue\n" } else { "#SBATCH --no-requeue\n" };
+    s += if requeue { "#SBATCH --requeue\n#SBATCH --open-mode=append\n" } else { "#SBATCH --no-requeue\n" };
     if let Some(p) = &opts.partition {
         s += &format!("#SBATCH --partition={p}\n");
     }
@@ -244,9 +258,10 @@ pub fn write_job(grid: &Grid, exe: &Path, opts: &SlurmOptions) -> Result<Option<
         }
     }
     s += &format!(
-        "exec {} reproduce --unit \"$SLURM_ARRAY_TASK_ID\" --out {}\n",
+        "exec {} reproduce --unit \"$SLURM_ARRAY_TASK_ID\" --out {}{}\n",
         shell_quote(&exe.display().to_string()),
-        shell_quote(&dir.display().to_string())
+        shell_quote(&dir.display().to_string()),
+        if self_requeue { " --slurm-requeue" } else { "" }
     );
     let path = slurm.join("job.sh");
     write_atomic(&path, s.as_bytes())?;
@@ -256,6 +271,39 @@ pub fn write_job(grid: &Grid, exe: &Path, opts: &SlurmOptions) -> Result<Option<
     }
     write_json(&slurm.join(OPTIONS_FILE), opts)?;
     Ok(Some(path))
+}
+
+/// The most times a task requeues itself (Slurm's `SLURM_RESTART_COUNT`, which counts
+/// preemptions too): a unit that makes no progress within its time limit stops requeueing.
+pub const MAX_REQUEUES: u32 = 20;
+
+/// Requeues this Slurm task (`scontrol requeue $SLURM_JOB_ID`, as submitit does at the time
+/// limit); returns its job id. Called by a unit that stopped with a checkpoint; the requeued task
+/// runs the same unit, which continues from it. Slurm then ends this run of the task.
+pub fn requeue_self() -> Result<String> {
+    let job = std::env::var("SLURM_JOB_ID").unwrap_or_default();
+    if job.is_empty() || !job.chars().all(|c| c.is_ascii_digit()) {
+        return Err(Error::Config(format!("--slurm-requeue: SLURM_JOB_ID is {job:?}, not a Slurm job id; is this a Slurm task?")));
+    }
+    let restarts: u32 = std::env::var("SLURM_RESTART_COUNT").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    if restarts >= MAX_REQUEUES {
+        return Err(Error::Config(format!(
+            "job {job} has been requeued {restarts} times (the most is {MAX_REQUEUES}); not requeueing it again: give \
+             --time more, then rerun `magsd reproduce --slurm`"
+        )));
+    }
+    let out = Command::new("scontrol")
+        .args(["requeue", &job])
+        .output()
+        .map_err(|e| Error::Config(format!("cannot run scontrol to requeue job {job}: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Config(format!(
+            "scontrol requeue {job} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(job)
 }
 
 /// Submits `job` with `sbatch --parsable` (`--wait`: return when every task has ended);
