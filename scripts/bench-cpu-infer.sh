@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-image=${2:-$(find ../shared/data/cxr/images -name '*.jp*g' 2>/dev/null | sort | head -1)}
+image=${2:-$(find ../shared/data/cxr/images -name '*.jp*g' 2>/dev/null | sort | sed -n 1p)}
 python=${MAGSD_TORCH_PYTHON:-$HOME/.cache/magsd/torch-2.11.0/bin/python}
 anchor=../shared/reference/bench_magsd_torch.py
 magsd=target/release/magsd

@@ -199,7 +199,7 @@ fn graph_parity(ctx: &Ctx) -> Result<Value> {
     }
     let losses = |graph: bool| -> Result<Vec<f64>> {
         let vs = nn::VarStore::new(o.device);
-        let model = seeded_init(&vs, &model_config, o.config.seed)?;
+        let model = seeded_init(&vs, model_config, o.config.seed)?;
         if cl {
             vars_to_channels_last(&vs);
         }
