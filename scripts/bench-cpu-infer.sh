@@ -2,7 +2,8 @@
 # CPU inference against the PyTorch anchor (issue 21 part 0), A B A B interleaved:
 #   A = PyTorch eager, forward alone, batch 1 (../shared/reference/bench_magsd_torch.py --device cpu --infer-batch 1)
 #   B = magsd predict's whole path from the file (decode, preprocess, forward, calibration,
-#       unusual checks, boxes), exact float32 path and fast path (`magsd bench --only predict`).
+#       unusual checks, boxes), exact float32 path, fast path and, on CPUs with AVX-512 BF16,
+#       bfloat16 weights (`magsd bench --only predict`).
 # Both sides run the paper preset's network (ResNet50 MA-Net, 1×224×224, 32 maps, scales 7+14,
 # 3 classes) with fresh random weights of their own (BatchNorm at its initial statistics):
 # latency does not depend on the weights' values. Builds nothing: uses target/release/magsd.
@@ -41,4 +42,9 @@ print(f"magsd predict whole path, fast:       {s(fast)}")
 tm = statistics.median(t)
 print(f"ratio fast/PyTorch {statistics.median(fast)/tm:.3f}, exact/PyTorch {statistics.median(exact)/tm:.3f} (goal: fast <= 0.67)")
 print(f"largest probability difference fast vs exact: {diff:.2e}")
+b = [x["bf16_cpu"] for x in m if x.get("bf16_cpu")]
+if b:
+    bl = [x["latency"]["latency_ms_median"] for x in b]
+    print(f"magsd predict whole path, bf16 (CPU): {s(bl)}; ratio bf16/PyTorch {statistics.median(bl)/tm:.3f}; "
+          f"largest probability difference vs exact {max(x['max_probability_diff_vs_exact'] for x in b):.2e}")
 PY

@@ -347,7 +347,11 @@ fn predict_latency(ctx: &Ctx) -> Result<Value> {
     // The network goes through a model file, as `magsd predict` loads it.
     let file = tmp.path().join("model.safetensors");
     crate::model::weights::save_model(&file, &ctx.vs, &ctx.model_config)?;
-    let precisions = [Precision::Exact, Precision::Fast];
+    // bfloat16 on the CPU only where the CPU has AVX-512 BF16.
+    let mut precisions = vec![Precision::Exact, Precision::Fast];
+    if o.device == Device::Cpu && crate::eval::predictor::cpu_has_bf16() {
+        precisions.push(Precision::Bf16Cpu);
+    }
     let predictors = precisions
         .iter()
         .map(|&precision| -> Result<Predictor> {
@@ -365,7 +369,7 @@ fn predict_latency(ctx: &Ctx) -> Result<Value> {
         }
         probabilities.push(p.predict_file(&path)?.0.assessment.probabilities);
     }
-    let max_diff = probabilities[0].iter().zip(&probabilities[1]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let max_diff = |i: usize| probabilities[0].iter().zip(&probabilities[i]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
     // Milliseconds per image in each trial, per path; the paths alternate trial by trial.
     let mut ms: Vec<Vec<f64>> = vec![Vec::new(); predictors.len()];
     for _ in 0..o.trials.max(1) {
@@ -382,9 +386,12 @@ fn predict_latency(ctx: &Ctx) -> Result<Value> {
         json!({"latency_ms_median": med, "latency_ms_min": lo, "latency_ms_max": hi, "latency_ms_trials": ms})
     };
     let (exact, fast) = (spread(&ms[0]).0, spread(&ms[1]).0);
+    let bf16 = (precisions.len() > 2).then(|| {
+        json!({"latency": summary(&ms[2]), "over_exact": spread(&ms[2]).0 / exact, "max_probability_diff_vs_exact": max_diff(2)})
+    });
     Ok(json!({"bench": "predict", "image": path, "trials": o.trials, "iters_per_trial": o.infer_iters,
         "exact": summary(&ms[0]), "fast": summary(&ms[1]), "fast_over_exact": fast / exact,
-        "latency_ms_median": fast, "max_probability_diff_fast_vs_exact": max_diff,
+        "latency_ms_median": fast, "max_probability_diff_fast_vs_exact": max_diff(1), "bf16_cpu": bf16,
         "includes": "decode + resize + CLAHE + z-score + forward + calibration + unusual checks + boxes"}))
 }
 

@@ -33,6 +33,23 @@ pub enum Precision {
     Fast,
     /// The network as trained, float32, eager, NCHW: bit-identical to `magsd eval`'s forward.
     Exact,
+    /// Measured by `magsd bench --only predict` only, on CPUs with AVX-512 BF16
+    /// ([`cpu_has_bf16`]): every weight but the classifier's in bfloat16 (BatchNorm unfolded),
+    /// the input cast to bfloat16, channels-last; the classifier and what follows in float32.
+    Bf16Cpu,
+}
+
+/// True when this CPU has AVX-512 BF16 instructions (detected at run time), which oneDNN's
+/// bfloat16 convolutions use.
+pub fn cpu_has_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -105,7 +122,18 @@ impl Predictor {
     /// Takes the model over; with [`Precision::Fast`] its BatchNorms are folded (the model is
     /// then for inference only).
     pub fn new(mut model: LoadedModel, reliability: Reliability, pipeline: InputPipeline, opts: PredictorOptions) -> Self {
-        let channels_last = opts.precision == Precision::Fast && opts.device == Device::Cpu;
+        let channels_last = opts.precision != Precision::Exact && opts.device == Device::Cpu;
+        if opts.precision == Precision::Bf16Cpu {
+            crate::device::vars_to_channels_last(&model.vs);
+            tch::no_grad(|| {
+                for (name, mut v) in model.vs.variables() {
+                    if v.is_floating_point() && !name.starts_with("classifier.") {
+                        let half = v.to_kind(Kind::BFloat16);
+                        v.set_data(&half);
+                    }
+                }
+            });
+        }
         if opts.precision == Precision::Fast {
             if channels_last {
                 crate::device::vars_to_channels_last(&model.vs);
@@ -159,7 +187,8 @@ impl Predictor {
             return Err(Error::Config(format!("predict_batch: {n} inputs, {} image statistics, {} sizes", images.len(), sizes.len())));
         }
         let start = Instant::now();
-        let f = forward_map(&self.model.model, x, self.opts.device, self.opts.bf16, self.channels_last, self.opts.map)?; // [B, K], [B, 1, h, w], [B, D]
+        let x = if self.opts.precision == Precision::Bf16Cpu { x.to_kind(Kind::BFloat16) } else { x.shallow_clone() };
+        let f = forward_map(&self.model.model, &x, self.opts.device, self.opts.bf16, self.channels_last, self.opts.map)?; // [B, K], [B, 1, h, w], [B, D]
         // The forward pass ends when its outputs are on the host.
         let logits = rows_f64(&f.logits)?;
         times.forward_s = start.elapsed().as_secs_f64();
