@@ -91,9 +91,9 @@ pub struct ImagePrediction {
 /// Where a batch's time went.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PredictTimes {
-    /// The forward pass (and the copy to the device).
+    /// The forward pass, from the copy to the device until the logits are on the host.
     pub forward_s: f64,
-    /// Copying the outputs back, the assessment and the boxes.
+    /// Copying the other outputs back, the assessment and the boxes.
     pub output_s: f64,
 }
 
