@@ -30,6 +30,8 @@ pub struct DemoOptions {
     pub dataset: DatasetOptions,
     pub per_class: usize,
     pub phantom_size: usize,
+    /// Where the phantoms' lesions sit (`demo --lesion-sites`).
+    pub lesion_sites: crate::data::synth::LesionSites,
     pub config: TrainConfig,
     pub device: Device,
     pub verbose: bool,
@@ -51,6 +53,7 @@ impl DemoOptions {
             dataset: DatasetOptions::default(),
             per_class: 60,
             phantom_size: 160,
+            lesion_sites: crate::data::synth::LesionSites::Class,
             config,
             device: Device::Cpu,
             verbose: true,
@@ -83,7 +86,11 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
         Some(d) => d.clone(),
         None => {
             let dir = o.out.join("data");
-            let s = crate::data::synth::write_dataset(&dir, o.per_class, o.phantom_size, cfg.seed)?;
+            let synth = crate::data::synth::SynthOptions {
+                lesion_sites: o.lesion_sites,
+                ..crate::data::synth::SynthOptions::new(o.per_class, o.phantom_size, cfg.seed)
+            };
+            let s = crate::data::synth::write_dataset_with(&dir, &synth)?;
             if o.verbose {
                 eprintln!("demo: generated {} phantoms in {}", s.images, dir.display());
             }

@@ -4,29 +4,11 @@
 //! learn, the gap closes; grouped folds never put a source in two parts; a held-out source
 //! leaves what needs an absent class `n/a` (never 0 where undefined).
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{json, magsd, ok, s};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_magsd");
-
-fn magsd(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("runs magsd")
-}
-
-fn ok(out: Output) -> String {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{text}");
-    text
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
 
 /// `data synth` of bacterial and normal phantoms (64 px) in two sites (bacterial: a lobar
 /// consolidation, the easiest lesion to learn in a few epochs).

@@ -1,16 +1,12 @@
 //! The `magsd` binary end to end: help, data summary, train → eval → predict on the shared demo
 //! images, and bad input.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
-fn magsd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_magsd")).args(args).output().expect("runs magsd")
-}
+use common::{magsd, text};
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
 
 fn shared(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared").join(rel)
@@ -125,43 +121,20 @@ fn eval_skips_a_corrupt_image_and_strict_fails() {
         }
         a
     };
-    let o = Command::new(env!("CARGO_BIN_EXE_magsd")).args(args(false)).output().unwrap();
+    let o = Command::new(common::BIN).args(args(false)).output().unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("broken.jpg"), "{}", text(&o));
     let m: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(m["overall"]["n"], 4);
     assert!(m["unreadable"][0]["path"].as_str().unwrap().ends_with("broken.jpg"));
-    let o = Command::new(env!("CARGO_BIN_EXE_magsd")).args(args(true)).output().unwrap();
+    let o = Command::new(common::BIN).args(args(true)).output().unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("broken.jpg") && text(&o).contains("strict"), "{}", text(&o));
 }
 
-/// A DICOM copy of a demo JPEG, written with dicom-object.
+/// A DICOM copy of a demo JPEG.
 fn dicom_from(jpg: &Path, out: &Path) {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::{tags, uids};
-    let img = image::open(jpg).unwrap().to_luma8();
-    let mut obj = dicom_object::InMemDicomObject::new_empty();
-    let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
-    obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")));
-    obj.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")));
-    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
-    obj.put(us(tags::ROWS, img.height() as u16));
-    obj.put(us(tags::COLUMNS, img.width() as u16));
-    obj.put(us(tags::BITS_ALLOCATED, 8));
-    obj.put(us(tags::BITS_STORED, 8));
-    obj.put(us(tags::HIGH_BIT, 7));
-    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
-    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(img.into_raw().into())));
-    obj.with_meta(
-        dicom_object::FileMetaTableBuilder::new()
-            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-            .media_storage_sop_class_uid(uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION)
-            .media_storage_sop_instance_uid("1.2.3.4"),
-    )
-    .unwrap()
-    .write_to_file(out)
-    .unwrap();
+    common::dicom::Dicom::gray8(&image::open(jpg).unwrap().to_luma8()).write(out);
 }
 
 #[test]
@@ -243,4 +216,25 @@ fn bench_prints_one_json_line_per_measurement() {
     let stages = lines[4]["stage_ms_per_image"].as_object().unwrap();
     assert_eq!(stages.len(), 5, "{stages:?}");
     assert!(lines[4]["images_per_s_1_thread"].as_f64().unwrap() > 0.0);
+}
+
+/// A run whose estimate is long for its device is warned about once, up front, with the
+/// estimate and what to do; fold numbers in the progress lines count from 0, as the `fold-K`
+/// folders do; the CUDA graph, which every preset turns on, is not mentioned on the CPU.
+#[test]
+fn a_long_run_is_warned_about_up_front_with_fold_numbers_from_0() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("run");
+    // 10⁹ epochs of 2 steps: over an hour at any step time above 2 ns, so nothing here depends
+    // on how fast the machine is; stopped after 6 steps.
+    let o = magsd(&[
+        "train", "--data", shared("data/cxr-demo").to_str().unwrap(), "--preset", "tiny", "--folds", "2",
+        "--epochs", "1000000000", "--device", "cpu", "--max-steps", "6", "--out", out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert_eq!(t.matches("will take about").count(), 1, "one warning:\n{t}");
+    assert!(t.contains("warning: fold 0 of 2: at ") && t.contains("--preset tiny") && t.contains("--device cuda"), "{t}");
+    assert!(!t.contains("fold 1/2") && !t.contains("cuda_graph"), "{t}");
+    assert!(out.join("fold-0").is_dir() && !out.join("fold-1").exists(), "the first fold is fold-0");
 }

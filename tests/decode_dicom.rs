@@ -3,80 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use dicom_core::value::PixelFragmentSequence;
-use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use common::dicom::{Dicom as Spec, Samples};
+use dicom_dictionary_std::uids;
 use magsd::data::decode::{DecodeLimits, Pixels, decode_file};
 
-struct Spec<'a> {
-    photometric: &'a str,
-    pixels: &'a [u16],
-    window: Option<(&'a str, &'a str)>,
-    rescale: Option<(&'a str, &'a str)>,
-    transfer_syntax: &'a str,
-    bits_stored: u16,
-    high_bit: u16,
-}
+mod common;
 
-impl Default for Spec<'_> {
-    fn default() -> Self {
-        Spec {
-            photometric: "MONOCHROME2",
-            pixels: &[0, 1000, 2000, 4000],
-            window: None,
-            rescale: None,
-            transfer_syntax: uids::EXPLICIT_VR_LITTLE_ENDIAN,
-            bits_stored: 12,
-            high_bit: 11,
-        }
-    }
-}
-
+/// Writes `spec` as `dir/name` and returns that path.
 fn write_dicom(dir: &Path, name: &str, spec: Spec) -> PathBuf {
-    let mut obj = InMemDicomObject::new_empty();
-    let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
-    let text = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
-    obj.put(text(tags::SOP_CLASS_UID, VR::UI, uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION));
-    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.2.1"));
-    obj.put(text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, spec.photometric));
-    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
-    obj.put(us(tags::ROWS, 2));
-    obj.put(us(tags::COLUMNS, 2));
-    obj.put(us(tags::BITS_ALLOCATED, 16));
-    obj.put(us(tags::BITS_STORED, spec.bits_stored));
-    obj.put(us(tags::HIGH_BIT, spec.high_bit));
-    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
-    if let Some((c, w)) = spec.window {
-        obj.put(text(tags::WINDOW_CENTER, VR::DS, c));
-        obj.put(text(tags::WINDOW_WIDTH, VR::DS, w));
-    }
-    if let Some((s, i)) = spec.rescale {
-        obj.put(text(tags::RESCALE_SLOPE, VR::DS, s));
-        obj.put(text(tags::RESCALE_INTERCEPT, VR::DS, i));
-    }
-    if spec.transfer_syntax == uids::EXPLICIT_VR_LITTLE_ENDIAN {
-        obj.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::U16(spec.pixels.iter().copied().collect()),
-        ));
-    } else {
-        // Encapsulated (compressed) data: one fragment of bytes that is not a valid codestream.
-        let frag = PixelFragmentSequence::new_fragments(vec![vec![0xFFu8, 0x4F, 0xFF, 0x51, 0, 0, 0, 0]]);
-        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, frag));
-    }
-    let file = obj
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(spec.transfer_syntax)
-                .media_storage_sop_class_uid(uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION)
-                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.2.1"),
-        )
-        .unwrap();
-    let path = dir.join(name);
-    file.write_to_file(&path).unwrap();
-    path
+    spec.write(&dir.join(name))
 }
 
 fn gray16(path: &Path) -> Vec<u16> {
@@ -168,18 +103,7 @@ fn unsupported_transfer_syntax_and_broken_files_give_clear_errors() {
     assert!(big.contains("above the limit"), "{big}");
 
     // A DICOM file with no image in it (a structured report, say).
-    let mut obj = InMemDicomObject::new_empty();
-    obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3")));
-    let file = obj
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-                .media_storage_sop_class_uid("1.2.840.10008.5.1.4.1.1.88.11")
-                .media_storage_sop_instance_uid("1.2.3"),
-        )
-        .unwrap();
-    let sr = dir.path().join("report.dcm");
-    file.write_to_file(&sr).unwrap();
+    let sr = Spec::no_image().write(&dir.path().join("report.dcm"));
     let e = decode_file(&sr, &DecodeLimits::default()).unwrap_err().to_string();
     assert!(e.contains("report.dcm") && e.contains("not an image"), "{e}");
 }
@@ -215,7 +139,7 @@ fn non_finite_or_zero_rescale_slopes_are_refused() {
 #[test]
 fn pixel_data_shorter_than_a_frame_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_dicom(dir.path(), "short.dcm", Spec { pixels: &[0, 1000], ..Default::default() });
+    let p = write_dicom(dir.path(), "short.dcm", Spec { samples: Samples::U16(vec![0, 1000]), ..Default::default() });
     let e = decode_file(&p, &DecodeLimits::default()).unwrap_err().to_string();
     assert!(e.contains("short.dcm") && e.contains("truncated"), "{e}");
 }
@@ -416,7 +340,7 @@ fn first_line(s: &str) -> &str {
 /// (wait4), with its stderr.
 #[allow(clippy::zombie_processes)] // the child is reaped by wait4 below, not by Child::wait
 fn magsd_peak_rss(args: &[&std::ffi::OsStr]) -> (i64, String, i32) {
-    let child = Command::new(env!("CARGO_BIN_EXE_magsd"))
+    let child = Command::new(common::BIN)
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
@@ -463,7 +387,7 @@ fn inspect_writes_the_converted_image_and_never_through_a_link() {
     let dcm = write_dicom(dir.path(), "w.dcm", Spec { window: Some(("2000", "2000")), ..Default::default() });
     let png = dir.path().join("w.png");
     let run = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_magsd"))
+        let out = Command::new(common::BIN)
             .args(["data", "inspect"])
             .arg(&dcm)
             .arg("--write")

@@ -2,20 +2,15 @@
 //! agree, the finer and class maps' shapes, and `magsd localize` / `magsd predict` end to end on
 //! phantoms with lesion masks.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use magsd::eval::saliency::{Layer, grad_cam};
 use magsd::model::{Head, MagSd, MagSdConfig, MapKind};
+use common::{magsd, text};
 use tch::{Device, Tensor, nn};
 
-fn magsd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_magsd")).args(args).output().expect("runs magsd")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
 
 /// The tiny network with weights from magsd's own seeded generator, not libtorch's global one
 /// (which other tests draw from in parallel): the same network on every run.

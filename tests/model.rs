@@ -37,27 +37,43 @@ fn parity_model(name: &str) -> (nn::VarStore, MagSd, HashMap<String, Tensor>) {
     (vs, model, rest.into_iter().collect())
 }
 
-#[test]
-fn forward_matches_torchvision_within_1e4() {
-    for name in ["bottleneck", "basic"] {
-        let (_vs, model, t) = parity_model(name);
-        let out = tch::no_grad(|| model.forward_t(&t["input"], false));
-        for (what, got, want) in [
-            ("eval logits", &out.logits, &t["eval.logits"]),
-            ("eval attention", &out.attention, &t["eval.attention"]),
-            ("eval f4", &out.features, &t["eval.f4"]),
-        ] {
-            let d = max_diff(got, want);
-            assert!(d < 1e-4, "{name}: {what} differs from torch by {d}");
+/// One test per parity fixture (`forward_matches_torchvision_within_1e4::bottleneck`, …).
+macro_rules! forward_matches_torchvision_within_1e4 {
+    ($($name:ident,)*) => {
+        mod forward_matches_torchvision_within_1e4 {
+            $(
+                #[test]
+                fn $name() {
+                    super::forward_matches_torchvision(stringify!($name));
+                }
+            )*
         }
-        let out = tch::no_grad(|| model.forward_t(&t["input"], true));
-        for (what, got, want) in [
-            ("train logits", &out.logits, &t["train.logits"]),
-            ("train attention", &out.attention, &t["train.attention"]),
-        ] {
-            let d = max_diff(got, want);
-            assert!(d < 1e-4, "{name}: {what} (batch statistics) differs from torch by {d}");
-        }
+    };
+}
+
+forward_matches_torchvision_within_1e4! {
+    bottleneck,
+    basic,
+}
+
+fn forward_matches_torchvision(name: &str) {
+    let (_vs, model, t) = parity_model(name);
+    let out = tch::no_grad(|| model.forward_t(&t["input"], false));
+    for (what, got, want) in [
+        ("eval logits", &out.logits, &t["eval.logits"]),
+        ("eval attention", &out.attention, &t["eval.attention"]),
+        ("eval f4", &out.features, &t["eval.f4"]),
+    ] {
+        let d = max_diff(got, want);
+        assert!(d < 1e-4, "{name}: {what} differs from torch by {d}");
+    }
+    let out = tch::no_grad(|| model.forward_t(&t["input"], true));
+    for (what, got, want) in [
+        ("train logits", &out.logits, &t["train.logits"]),
+        ("train attention", &out.attention, &t["train.attention"]),
+    ] {
+        let d = max_diff(got, want);
+        assert!(d < 1e-4, "{name}: {what} (batch statistics) differs from torch by {d}");
     }
 }
 
@@ -164,58 +180,140 @@ fn assert_gradients_reach_what_the_head_trains(vs: &nn::VarStore, head: Head, ta
     }
 }
 
+/// One test per backbone × scale set × head, named after it
+/// (`every_backbone_scale_and_head::resnet34_s7_14_gmp`, …), so that a failure names its case, as
+/// timm parametrises its model tests.
+macro_rules! every_backbone_scale_and_head {
+    ($($name:ident: $backbone:literal, $scales:ident, $head:ident,)*) => {
+        mod every_backbone_scale_and_head {
+            use super::{Head, Scales};
+            $(
+                #[test]
+                fn $name() {
+                    super::shapes_no_nan_and_gradients_where_the_head_sends_them($backbone, Scales::$scales, Head::$head);
+                }
+            )*
+        }
+        /// The cases that have a test in `every_backbone_scale_and_head`.
+        const SWEPT: &[(&str, Scales, Head)] = &[$(($backbone, Scales::$scales, Head::$head)),*];
+    };
+}
+
+every_backbone_scale_and_head! {
+    tiny_s7_bap: "tiny", S7, Bap,
+    tiny_s7_gap: "tiny", S7, Gap,
+    tiny_s7_gmp: "tiny", S7, Gmp,
+    tiny_s7_14_bap: "tiny", S7_14, Bap,
+    tiny_s7_14_gap: "tiny", S7_14, Gap,
+    tiny_s7_14_gmp: "tiny", S7_14, Gmp,
+    tiny_s7_14_28_bap: "tiny", S7_14_28, Bap,
+    tiny_s7_14_28_gap: "tiny", S7_14_28, Gap,
+    tiny_s7_14_28_gmp: "tiny", S7_14_28, Gmp,
+    resnet18_s7_bap: "resnet18", S7, Bap,
+    resnet18_s7_gap: "resnet18", S7, Gap,
+    resnet18_s7_gmp: "resnet18", S7, Gmp,
+    resnet18_s7_14_bap: "resnet18", S7_14, Bap,
+    resnet18_s7_14_gap: "resnet18", S7_14, Gap,
+    resnet18_s7_14_gmp: "resnet18", S7_14, Gmp,
+    resnet18_s7_14_28_bap: "resnet18", S7_14_28, Bap,
+    resnet18_s7_14_28_gap: "resnet18", S7_14_28, Gap,
+    resnet18_s7_14_28_gmp: "resnet18", S7_14_28, Gmp,
+    resnet34_s7_bap: "resnet34", S7, Bap,
+    resnet34_s7_gap: "resnet34", S7, Gap,
+    resnet34_s7_gmp: "resnet34", S7, Gmp,
+    resnet34_s7_14_bap: "resnet34", S7_14, Bap,
+    resnet34_s7_14_gap: "resnet34", S7_14, Gap,
+    resnet34_s7_14_gmp: "resnet34", S7_14, Gmp,
+    resnet34_s7_14_28_bap: "resnet34", S7_14_28, Bap,
+    resnet34_s7_14_28_gap: "resnet34", S7_14_28, Gap,
+    resnet34_s7_14_28_gmp: "resnet34", S7_14_28, Gmp,
+    resnet50_s7_bap: "resnet50", S7, Bap,
+    resnet50_s7_gap: "resnet50", S7, Gap,
+    resnet50_s7_gmp: "resnet50", S7, Gmp,
+    resnet50_s7_14_bap: "resnet50", S7_14, Bap,
+    resnet50_s7_14_gap: "resnet50", S7_14, Gap,
+    resnet50_s7_14_gmp: "resnet50", S7_14, Gmp,
+    resnet50_s7_14_28_bap: "resnet50", S7_14_28, Bap,
+    resnet50_s7_14_28_gap: "resnet50", S7_14_28, Gap,
+    resnet50_s7_14_28_gmp: "resnet50", S7_14_28, Gmp,
+}
+
+/// Every backbone, scale set and head has its own test in `every_backbone_scale_and_head`.
 #[test]
-fn every_backbone_scale_and_head_gives_shapes_no_nan_and_gradients_where_the_head_sends_them() {
-    tch::manual_seed(0);
+fn every_backbone_scale_and_head_has_its_own_test() {
+    let mut want = Vec::new();
     for backbone in ["tiny", "resnet18", "resnet34", "resnet50"] {
         for scales in [Scales::S7, Scales::S7_14, Scales::S7_14_28] {
             for head in [Head::Bap, Head::Gap, Head::Gmp] {
-                let mut cfg = MagSdConfig::paper(3).with_backbone(backbone).unwrap();
-                cfg.scales = scales;
-                cfg.head = head;
-                cfg.image_size = 64; // small input keeps this sweep fast on CPU
-                cfg.num_maps = 4;
-                let vs = nn::VarStore::new(Device::Cpu);
-                let m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
-                let x = Tensor::randn([2, 1, 64, 64], (Kind::Float, Device::Cpu));
-                let out = m.forward_t(&x, true);
-                let tag = format!("{backbone}/{}/{head:?}", scales.name());
-                assert_eq!(out.logits.size(), vec![2, 3], "{tag}");
-                assert_eq!(out.attention.size(), vec![2, 4, 2, 2], "{tag}");
-                assert_eq!(out.features.size()[0], 2, "{tag}");
-                assert!(out.attention.min().double_value(&[]) >= 0.0, "{tag}: negative attention");
-                assert!(!bool::try_from(out.logits.isnan().any()).unwrap(), "{tag}: NaN logits");
-                out.logits.sum(Kind::Float).backward();
-                assert_gradients_reach_what_the_head_trains(&vs, head, &tag);
+                want.push((backbone, scales, head));
             }
         }
     }
+    assert_eq!(SWEPT, &want[..]);
 }
 
-#[test]
-fn gap_and_gmp_heads_leave_the_attention_generator_untrained_through_a_whole_step() {
+fn shapes_no_nan_and_gradients_where_the_head_sends_them(backbone: &str, scales: Scales, head: Head) {
+    tch::manual_seed(0);
+    let mut cfg = MagSdConfig::paper(3).with_backbone(backbone).unwrap();
+    cfg.scales = scales;
+    cfg.head = head;
+    cfg.image_size = 64; // small input keeps these tests fast on CPU
+    cfg.num_maps = 4;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
+    let x = Tensor::randn([2, 1, 64, 64], (Kind::Float, Device::Cpu));
+    let out = m.forward_t(&x, true);
+    let tag = format!("{backbone}/{}/{head:?}", scales.name());
+    assert_eq!(out.logits.size(), vec![2, 3], "{tag}");
+    assert_eq!(out.attention.size(), vec![2, 4, 2, 2], "{tag}");
+    assert_eq!(out.features.size()[0], 2, "{tag}");
+    assert!(out.attention.min().double_value(&[]) >= 0.0, "{tag}: negative attention");
+    assert!(!bool::try_from(out.logits.isnan().any()).unwrap(), "{tag}: NaN logits");
+    out.logits.sum(Kind::Float).backward();
+    assert_gradients_reach_what_the_head_trains(&vs, head, &tag);
+}
+
+/// One test per head (`gap_and_gmp_heads_leave_the_attention_generator_untrained_through_a_whole_step::gap`, …).
+macro_rules! gap_and_gmp_heads_leave_the_attention_generator_untrained_through_a_whole_step {
+    ($($name:ident: $head:ident,)*) => {
+        mod gap_and_gmp_heads_leave_the_attention_generator_untrained_through_a_whole_step {
+            $(
+                #[test]
+                fn $name() {
+                    super::a_whole_step_trains_what_the_head_trains(super::Head::$head);
+                }
+            )*
+        }
+    };
+}
+
+gap_and_gmp_heads_leave_the_attention_generator_untrained_through_a_whole_step! {
+    bap: Bap,
+    gap: Gap,
+    gmp: Gmp,
+}
+
+fn a_whole_step_trains_what_the_head_trains(head: Head) {
     tch::manual_seed(1);
     let mut rng = Rng::new(0);
     let y = Tensor::from_slice(&[0i64, 2]);
-    for head in [Head::Bap, Head::Gap, Head::Gmp] {
-        let mut cfg = MagSdConfig::tiny(3);
-        cfg.head = head;
-        cfg.image_size = 64;
-        let vs = nn::VarStore::new(Device::Cpu);
-        let m = MagSd::new(&vs.root(), cfg).unwrap();
-        let x = Tensor::randn([2, 1, 64, 64], (Kind::Float, Device::Cpu));
-        // The method's training loss: the raw pass plus the three attention-guided views.
-        let out = m.forward_t(&x, true);
-        let r = StepRandom::draw(&mut rng, 2, Device::Cpu);
-        let views = augment_batch(&x, &out.attention, &ALL_AUGS, &AttentionAugConfig::default(), &r);
-        let z_aux: Vec<Tensor> = views.iter().map(|v| m.forward_t(v, true).logits).collect();
-        soft_distance_loss(&out.logits, &z_aux, &y, &LossConfig::default()).total.backward();
-        let tag = format!("tiny/{head:?}");
-        assert_gradients_reach_what_the_head_trains(&vs, head, &tag);
-        // The generator's BatchNorm statistics move in train mode, whatever the head.
-        let moved = vs.variables()["attention.att7.bn.running_mean"].abs().max().double_value(&[]);
-        assert!(moved > 0.0, "{tag}: attention BN statistics did not move");
-    }
+    let mut cfg = MagSdConfig::tiny(3);
+    cfg.head = head;
+    cfg.image_size = 64;
+    let vs = nn::VarStore::new(Device::Cpu);
+    let m = MagSd::new(&vs.root(), cfg).unwrap();
+    let x = Tensor::randn([2, 1, 64, 64], (Kind::Float, Device::Cpu));
+    // The method's training loss: the raw pass plus the three attention-guided views.
+    let out = m.forward_t(&x, true);
+    let r = StepRandom::draw(&mut rng, 2, Device::Cpu);
+    let views = augment_batch(&x, &out.attention, &ALL_AUGS, &AttentionAugConfig::default(), &r);
+    let z_aux: Vec<Tensor> = views.iter().map(|v| m.forward_t(v, true).logits).collect();
+    soft_distance_loss(&out.logits, &z_aux, &y, &LossConfig::default()).total.backward();
+    let tag = format!("tiny/{head:?}");
+    assert_gradients_reach_what_the_head_trains(&vs, head, &tag);
+    // The generator's BatchNorm statistics move in train mode, whatever the head.
+    let moved = vs.variables()["attention.att7.bn.running_mean"].abs().max().double_value(&[]);
+    assert!(moved > 0.0, "{tag}: attention BN statistics did not move");
 }
 
 /// What a fresh parameter of this name and shape must look like (PyTorch/torchvision init,
@@ -249,51 +347,69 @@ fn expected_init(name: &str, shape: &[i64], in_channels: i64) -> Expected {
     }
 }
 
-#[test]
-fn fresh_parameters_are_initialised_as_pytorch_and_torchvision_do() {
-    tch::manual_seed(0);
-    let mut configs = vec![MagSdConfig::paper(3), MagSdConfig::tiny(3)];
-    let mut rgb_gap = MagSdConfig::tiny(3);
-    rgb_gap.in_channels = 3;
-    rgb_gap.head = Head::Gap;
-    rgb_gap.scales = Scales::S7_14_28;
-    configs.push(rgb_gap);
-    for cfg in configs {
-        let vs = nn::VarStore::new(Device::Cpu);
-        let _m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
-        let vars = vs.variables();
-        let classifier_fan_in = vars["classifier.weight"].size()[1] as f64;
-        let tag = format!("{}/{} ch/{:?}", cfg.backbone, cfg.in_channels, cfg.head);
-        // Kaiming-normal convs, pooled: standardised weights over the whole network have std 1.
-        let (mut sum_sq, mut count) = (0.0, 0i64);
-        for (name, t) in &vars {
-            let t = t.to_kind(Kind::Double);
-            let n = t.numel() as f64;
-            let mean = t.mean(Kind::Double).double_value(&[]);
-            let std = t.std(false).double_value(&[]);
-            let (lo, hi) = (t.min().double_value(&[]), t.max().double_value(&[]));
-            match expected_init(name, &t.size(), cfg.in_channels) {
-                Expected::Const(c) => assert!(lo == c && hi == c, "{tag}: {name} should be all {c}, is in [{lo}, {hi}]"),
-                Expected::Normal(s) => {
-                    // Sample std within 6 standard errors (≈ s/√(2n)), mean within 6·s/√n.
-                    assert!((std / s - 1.0).abs() < 6.0 / (2.0 * n).sqrt(), "{tag}: {name} std {std:.4e}, want {s:.4e}");
-                    assert!(mean.abs() < 6.0 * s / n.sqrt(), "{tag}: {name} mean {mean:.3e}");
-                    sum_sq += (&t / s).square().sum(Kind::Double).double_value(&[]);
-                    count += t.numel() as i64;
+/// One test per configuration (`fresh_parameters_are_initialised_as_pytorch_and_torchvision_do::paper`, …).
+macro_rules! fresh_parameters_are_initialised_as_pytorch_and_torchvision_do {
+    ($($name:ident: $cfg:expr,)*) => {
+        mod fresh_parameters_are_initialised_as_pytorch_and_torchvision_do {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    initialised_as_pytorch_and_torchvision_do($cfg);
                 }
-                Expected::Uniform(b) => {
-                    let b = if b.is_nan() { 1.0 / classifier_fan_in.sqrt() } else { b };
-                    assert!(lo >= -b && hi <= b, "{tag}: {name} in [{lo:.3e}, {hi:.3e}], want within ±{b:.3e}");
-                    if n >= 64.0 {
-                        // Roughly uniform: std b/√3, and the values reach towards both bounds.
-                        let s = b / 3f64.sqrt();
-                        assert!((std / s - 1.0).abs() < 6.0 * 0.75 / n.sqrt(), "{tag}: {name} std {std:.4e}, want {s:.4e}");
-                        assert!(lo < -0.8 * b && hi > 0.8 * b, "{tag}: {name} in [{lo:.3e}, {hi:.3e}] does not fill ±{b:.3e}");
-                    }
+            )*
+        }
+    };
+}
+
+fresh_parameters_are_initialised_as_pytorch_and_torchvision_do! {
+    paper: MagSdConfig::paper(3),
+    tiny: MagSdConfig::tiny(3),
+    tiny_rgb_gap_s7_14_28: {
+        let mut rgb_gap = MagSdConfig::tiny(3);
+        rgb_gap.in_channels = 3;
+        rgb_gap.head = Head::Gap;
+        rgb_gap.scales = Scales::S7_14_28;
+        rgb_gap
+    },
+}
+
+fn initialised_as_pytorch_and_torchvision_do(cfg: MagSdConfig) {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
+    let vars = vs.variables();
+    let classifier_fan_in = vars["classifier.weight"].size()[1] as f64;
+    let tag = format!("{}/{} ch/{:?}", cfg.backbone, cfg.in_channels, cfg.head);
+    // Kaiming-normal convs, pooled: standardised weights over the whole network have std 1.
+    let (mut sum_sq, mut count) = (0.0, 0i64);
+    for (name, t) in &vars {
+        let t = t.to_kind(Kind::Double);
+        let n = t.numel() as f64;
+        let mean = t.mean(Kind::Double).double_value(&[]);
+        let std = t.std(false).double_value(&[]);
+        let (lo, hi) = (t.min().double_value(&[]), t.max().double_value(&[]));
+        match expected_init(name, &t.size(), cfg.in_channels) {
+            Expected::Const(c) => assert!(lo == c && hi == c, "{tag}: {name} should be all {c}, is in [{lo}, {hi}]"),
+            Expected::Normal(s) => {
+                // Sample std within 6 standard errors (≈ s/√(2n)), mean within 6·s/√n.
+                assert!((std / s - 1.0).abs() < 6.0 / (2.0 * n).sqrt(), "{tag}: {name} std {std:.4e}, want {s:.4e}");
+                assert!(mean.abs() < 6.0 * s / n.sqrt(), "{tag}: {name} mean {mean:.3e}");
+                sum_sq += (&t / s).square().sum(Kind::Double).double_value(&[]);
+                count += t.numel() as i64;
+            }
+            Expected::Uniform(b) => {
+                let b = if b.is_nan() { 1.0 / classifier_fan_in.sqrt() } else { b };
+                assert!(lo >= -b && hi <= b, "{tag}: {name} in [{lo:.3e}, {hi:.3e}], want within ±{b:.3e}");
+                if n >= 64.0 {
+                    // Roughly uniform: std b/√3, and the values reach towards both bounds.
+                    let s = b / 3f64.sqrt();
+                    assert!((std / s - 1.0).abs() < 6.0 * 0.75 / n.sqrt(), "{tag}: {name} std {std:.4e}, want {s:.4e}");
+                    assert!(lo < -0.8 * b && hi > 0.8 * b, "{tag}: {name} in [{lo:.3e}, {hi:.3e}] does not fill ±{b:.3e}");
                 }
             }
         }
-        let pooled = (sum_sq / count as f64).sqrt();
-        assert!((pooled - 1.0).abs() < 0.02, "{tag}: pooled standardised conv std {pooled:.4}");
     }
+    let pooled = (sum_sq / count as f64).sqrt();
+    assert!((pooled - 1.0).abs() < 0.02, "{tag}: pooled standardised conv std {pooled:.4}");
 }

@@ -2,15 +2,10 @@
 //! on `train`, `reproduce` and `demo` as on `data` and `eval`, recorded for `--resume`; `--device`
 //! and `--deterministic` on `reproduce`; `config.toml` names the device used.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn magsd_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_magsd")).current_dir(dir).args(args).output().expect("runs magsd")
-}
+use common::{magsd_in, text};
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
 
 /// A manifest in `dir/manifest` naming the 32 demo images by absolute path (outside its folder).
 fn absolute_manifest(dir: &Path) -> PathBuf {

@@ -2,30 +2,17 @@
 //! figure and statistics; --plan/--unit/--collect; resuming never redoes a finished unit; units
 //! started together; SIGTERM and the per-unit lock; hostile and tampered input (no training).
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_magsd");
+use common::{BIN, fails, json, magsd, ok};
+
+mod common;
 
 /// Small phantoms (4 classes × `per_class`, 48 px).
 fn phantoms(dir: &Path, per_class: usize) -> PathBuf {
     let data = dir.join("data");
-    let out = Command::new(BIN)
-        .args(["data", "synth", "--per-class", &per_class.to_string(), "--size", "48", "--out"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    ok(magsd(&["data", "synth", "--per-class", &per_class.to_string(), "--size", "48", "--out", common::s(&data)]));
     data
-}
-
-fn magsd(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-fn ok(out: Output) -> String {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{text}");
-    text
 }
 
 /// `magsd reproduce` on the tiny preset at 64 px on CPU, 2 folds, 1 epoch.
@@ -34,10 +21,6 @@ fn grid_args<'a>(data: &'a str, out: &'a str, table: &'a str) -> Vec<&'a str> {
         "reproduce", "--data", data, "--table", table, "--folds", "2", "--epochs", "1", "--out", out, "--preset", "tiny",
         "--set", "model.image_size=64", "--set", "device=\"cpu\"", "--set", "batch_size=4", "--quiet",
     ]
-}
-
-fn json(path: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
 #[test]
@@ -135,7 +118,7 @@ fn plan_unit_collect_round_trip_and_resume_never_redoes_a_unit() {
     let result_time = mtime(&unit_dir.join("fold.json"));
     // Missing units: the tables are written, and the exit status says they are incomplete.
     let out = magsd(&["reproduce", "--out", g, "--collect"]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = common::text(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("3 of 4 units missing") && text.contains("unit 0: row mean-ce, fold 0"), "{text}");
     let md = std::fs::read_to_string(grid.join("table-8/report.md")).unwrap();
@@ -181,12 +164,6 @@ fn slurm_job_script_covers_the_pending_units() {
     assert!(job.contains("reproduce --unit \"$SLURM_ARRAY_TASK_ID\" --out"), "{job}");
 }
 
-fn fails(out: Output) -> String {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(!out.status.success(), "{text}");
-    text
-}
-
 /// Everything here runs without training: hostile values for job.sh, unchecked options, --gpus
 /// on a machine without those GPUs, tampered grid files, changed settings, grids made by many
 /// processes at once, and a paper-preset table page.
@@ -201,7 +178,7 @@ fn grid_input_is_checked_and_job_sh_is_safe() {
         let mut a = grid_args(data, g, "8");
         a.extend(["--slurm", "--no-submit"]);
         a.extend_from_slice(extra);
-        Command::new(BIN).args(&a).current_dir(d.path()).output().unwrap()
+        common::magsd_in(d.path(), &a)
     };
     // Hostile values never reach job.sh: refused before the grid is made.
     let hostile: [(&[&str], &str); 8] = [
@@ -386,7 +363,7 @@ fn sigterm_checkpoints_a_unit_that_resumes_from_its_step_and_a_unit_runs_once() 
 
     let (first, rx) = spawn();
     let mut seen = String::new();
-    wait_for(&rx, &mut seen, "unit 1/2: row magsd, fold 1/2");
+    wait_for(&rx, &mut seen, "unit 0 of 2: row magsd, fold 0 of 2");
     let second = magsd(&["reproduce", "--out", g, "--unit", "0"]);
     let text = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(3), "{text}");

@@ -3,36 +3,18 @@
 //! `--classes`; paths outside the data root; evaluation on the model's own training images;
 //! and reports that use the README's names and state the intended use.
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use magsd::model::config::MagSdConfig;
-use magsd::model::magsd::MagSd;
+use common::{magsd, text};
 
-fn magsd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_magsd")).args(args).output().expect("runs magsd")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
 
 /// A freshly initialised tiny model (64 px) saved as a run folder trained on `data`, so that
 /// `magsd eval` can tell when it is evaluated on its own training images.
 fn model_run(dir: &Path, classes: &[&str], data: &Path) -> PathBuf {
     let run = dir.join("run");
     std::fs::create_dir_all(&run).unwrap();
-    let mut cfg = MagSdConfig::tiny(classes.len() as i64);
-    cfg.image_size = 64;
-    cfg.class_names = classes.iter().map(|c| c.to_string()).collect();
-    tch::manual_seed(0);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _model = MagSd::new(&vs.root(), cfg.clone()).unwrap();
-    magsd::model::weights::save_model(&run.join("model.safetensors"), &vs, &cfg).unwrap();
-    let spec = serde_json::json!({
-        "data": data, "label_column": "label", "classes": classes, "folds": 0, "command": "magsd train (test)",
-    });
-    std::fs::write(run.join("run.json"), serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
-    run.join("model.safetensors")
+    common::run_json(&run, data, classes, 0, "magsd train (test)");
+    common::tiny_model(&run.join("model.safetensors"), 64, classes)
 }
 
 fn png(path: &Path, shade: u8) {
@@ -42,29 +24,8 @@ fn png(path: &Path, shade: u8) {
 
 /// A DICOM whose header claims 99 bits per sample (it used to panic inside dicom-pixeldata).
 fn bad_dicom(path: &Path) {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::{tags, uids};
-    let mut obj = dicom_object::InMemDicomObject::new_empty();
-    let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
-    obj.put(DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from("1.2.3.4")));
-    obj.put(DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, PrimitiveValue::from("MONOCHROME2")));
-    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
-    obj.put(us(tags::ROWS, 8));
-    obj.put(us(tags::COLUMNS, 8));
-    obj.put(us(tags::BITS_ALLOCATED, 16));
-    obj.put(us(tags::BITS_STORED, 99));
-    obj.put(us(tags::HIGH_BIT, 98));
-    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
-    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(vec![7u16; 64].into())));
-    obj.with_meta(
-        dicom_object::FileMetaTableBuilder::new()
-            .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-            .media_storage_sop_class_uid(uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION)
-            .media_storage_sop_instance_uid("1.2.3.4"),
-    )
-    .unwrap()
-    .write_to_file(path)
-    .unwrap();
+    let samples = common::dicom::Samples::U16(vec![7u16; 64]);
+    common::dicom::Dicom { rows: 8, columns: 8, bits_stored: 99, high_bit: 98, samples, ..Default::default() }.write(path);
 }
 
 /// Three good images per class a/b/c, plus a bad DICOM, a JPEG cut in half and a row whose file

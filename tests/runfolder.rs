@@ -3,19 +3,14 @@
 //! exits 0), `predictions.csv` holds the probabilities `metrics.json` was computed from, and a
 //! `magsd reproduce` row's fold model knows its training images (the grid's split).
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use magsd::data::dataset::{Dataset, DatasetOptions};
 use magsd::data::split::Grouping;
+use common::{magsd, text};
 use magsd::runfolder::{RunSpec, SPLIT_FILE, fold_dir, read_predictions};
 
-fn magsd(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_magsd")).args(args).output().expect("runs magsd")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
 
 /// The 32 demo images copied under `dir` with a manifest of two label columns: `label` (4
 /// classes) and `label3` (viral and bacterial as `pneumonia`).

@@ -12,8 +12,6 @@ use axum::http::{Request, StatusCode, header};
 use magsd::data::decode::{DecodeLimits, decode_bytes};
 use magsd::data::loader::InputPipeline;
 use magsd::eval::localize::Threshold;
-use magsd::model::weights::save_model;
-use magsd::model::{MagSd, MagSdConfig};
 use magsd::serve::{AppState, Limits, Loaded, ServeOptions, load, router};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -21,17 +19,11 @@ use tower::ServiceExt;
 const SIZE: i64 = 64;
 const CLASSES: [&str; 3] = ["covid19", "normal", "pneumonia"];
 
+mod common;
+
 /// A tiny MAG-SD with random weights, saved as the library saves models.
 fn tiny_model(dir: &Path) -> PathBuf {
-    let mut cfg = MagSdConfig::tiny(3);
-    cfg.image_size = SIZE;
-    cfg.class_names = CLASSES.iter().map(|s| s.to_string()).collect();
-    tch::manual_seed(0);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _model = MagSd::new(&vs.root(), cfg.clone()).unwrap();
-    let path = dir.join("model.safetensors");
-    save_model(&path, &vs, &cfg).unwrap();
-    path
+    common::tiny_model(&dir.join("model.safetensors"), SIZE, &CLASSES)
 }
 
 fn options(model: &Path) -> ServeOptions {
@@ -48,6 +40,7 @@ fn options(model: &Path) -> ServeOptions {
         bf16: false,
         limits: Limits { max_body_bytes: 2 << 20, max_pixels: 1_000_000, max_request_pixels: 4_000_000, max_parts: 16, timeout: Duration::from_secs(30) },
         threshold: Threshold::default(),
+        map: magsd::model::MapKind::Mean,
     }
 }
 
@@ -281,35 +274,8 @@ async fn bad_uploads_get_clear_json_errors() {
 
 /// A 16-bit MONOCHROME2 DICOM of a phantom, in memory.
 fn phantom_dicom(size: usize) -> Vec<u8> {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::{tags, uids};
-    use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
     let p = magsd::data::synth::render(1, size, &mut magsd::rng::Rng::derive(5, &[2]));
-    let mut obj = InMemDicomObject::new_empty();
-    let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
-    let text = |tag, vr, v: &str| DataElement::new(tag, vr, PrimitiveValue::from(v));
-    obj.put(text(tags::SOP_CLASS_UID, VR::UI, uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION));
-    obj.put(text(tags::SOP_INSTANCE_UID, VR::UI, "1.2.826.0.1.3680043.2.7"));
-    obj.put(text(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2"));
-    obj.put(us(tags::SAMPLES_PER_PIXEL, 1));
-    obj.put(us(tags::ROWS, size as u16));
-    obj.put(us(tags::COLUMNS, size as u16));
-    obj.put(us(tags::BITS_ALLOCATED, 16));
-    obj.put(us(tags::BITS_STORED, 12));
-    obj.put(us(tags::HIGH_BIT, 11));
-    obj.put(us(tags::PIXEL_REPRESENTATION, 0));
-    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(p.image.iter().map(|&v| v as u16 * 16).collect())));
-    let file = obj
-        .with_meta(
-            FileMetaTableBuilder::new()
-                .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)
-                .media_storage_sop_class_uid(uids::DIGITAL_X_RAY_IMAGE_STORAGE_FOR_PRESENTATION)
-                .media_storage_sop_instance_uid("1.2.826.0.1.3680043.2.7"),
-        )
-        .unwrap();
-    let mut out = Vec::new();
-    file.write_all(&mut out).unwrap();
-    out
+    common::dicom::Dicom::gray12(size as u16, p.image.iter().map(|&v| v as u16 * 16).collect()).bytes()
 }
 
 #[tokio::test]
@@ -573,7 +539,7 @@ fn over_the_socket_the_body_limit_answers_413_in_json() {
 
 #[test]
 fn the_command_says_how_to_get_a_model_and_measures_itself_on_loopback() {
-    let magsd = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_magsd")).args(args).output().unwrap();
+    let magsd = common::magsd;
     let o = magsd(&["serve"]);
     let text = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{text}");
@@ -869,11 +835,7 @@ async fn an_empty_token_is_refused_and_the_card_shows_paths_only_with_a_token_or
     // A model in its run folder, whose run.json names the data and the command.
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_model(dir.path());
-    std::fs::write(
-        dir.path().join("run.json"),
-        json!({ "data": "/srv/private/cxr/manifest.csv", "label_column": "label", "classes": CLASSES, "folds": 0, "command": "magsd train --data /srv/private/cxr" }).to_string(),
-    )
-    .unwrap();
+    common::run_json(dir.path(), Path::new("/srv/private/cxr/manifest.csv"), &CLASSES, 0, "magsd train --data /srv/private/cxr");
     let card = |token: Option<&str>, show_paths: bool| {
         let mut o = options(&model);
         o.token = token.map(str::to_string);
@@ -899,11 +861,7 @@ fn a_fold_models_card_has_its_runs_training() {
     let fold = dir.path().join("fold-0");
     std::fs::create_dir_all(&fold).unwrap();
     let model = tiny_model(&fold);
-    std::fs::write(
-        dir.path().join("run.json"),
-        json!({ "data": "manifest.csv", "label_column": "label", "classes": CLASSES, "folds": 2, "command": "magsd train" }).to_string(),
-    )
-    .unwrap();
+    common::run_json(dir.path(), Path::new("manifest.csv"), &CLASSES, 2, "magsd train");
     for arg in [fold.clone(), model] {
         let card = load(&options(&arg)).unwrap().state.card.clone();
         let t = card.training.unwrap_or_else(|| panic!("--model {}: no training on the card", arg.display()));
@@ -1017,14 +975,7 @@ fn every_curl_example_of_the_readme_runs_as_written() {
     assert!(blocks.len() >= 2, "{blocks:?}");
     // A model as the README's examples assume it: 224 px input, 3 classes, named `magsd`.
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = MagSdConfig::tiny(3);
-    cfg.class_names = CLASSES.iter().map(|s| s.to_string()).collect();
-    cfg.image_size = 224;
-    tch::manual_seed(0);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
-    let model = dir.path().join("m224.safetensors");
-    save_model(&model, &vs, &cfg).unwrap();
+    let model = common::tiny_model(&dir.path().join("m224.safetensors"), 224, &CLASSES);
     let state = load(&options(&model)).unwrap().start().unwrap();
     let l224 = listening(Server { _dir: tempfile::tempdir().unwrap(), app: router(state.clone()), state });
     // The files the examples upload, and curl told to fail on an HTTP error (it reads .curlrc
@@ -1050,4 +1001,19 @@ fn every_curl_example_of_the_readme_runs_as_written() {
     let answer = std::fs::read(dir.path().join("answer.bin")).unwrap();
     let p: Vec<f32> = answer[answer.len() - 12..].chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{p:?}");
+}
+
+/// `serve --map` picks the map behind the heatmaps and boxes, as `predict --map` does: the
+/// layer3 head's map is twice as fine as the mean map (issue 20).
+#[tokio::test]
+async fn serve_map_picks_the_map_behind_heatmaps_and_boxes() {
+    let mut sides = Vec::new();
+    for map in [magsd::model::MapKind::Mean, magsd::model::MapKind::Scale14] {
+        let s = server_with(|o| o.map = map);
+        let rx = s.state.batcher.submit((vec![0.0; (SIZE * SIZE) as usize], None)).unwrap();
+        let inf = rx.await.unwrap().unwrap();
+        assert_eq!(inf.attention.len(), inf.attention_side * inf.attention_side);
+        sides.push(inf.attention_side);
+    }
+    assert_eq!(sides, [SIZE as usize / 32, SIZE as usize / 16], "mean, scale14");
 }

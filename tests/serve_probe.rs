@@ -13,8 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use magsd::model::weights::save_model;
-use magsd::model::{MagSd, MagSdConfig};
+mod common;
 
 const MB: u64 = 1 << 20;
 
@@ -36,7 +35,7 @@ impl Drop for Served {
 
 impl Served {
     fn start(model: &std::path::Path, args: &[&str]) -> Served {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_magsd"))
+        let mut child = Command::new(common::BIN)
             .args(["serve", "--model", model.to_str().unwrap(), "--device", "cpu", "--port", "0"])
             .args(args)
             .stdout(Stdio::piped())
@@ -186,14 +185,7 @@ fn rgba16_png(side: u32) -> Vec<u8> {
 }
 
 fn tiny_model(dir: &std::path::Path) -> std::path::PathBuf {
-    let mut cfg = MagSdConfig::tiny(3);
-    cfg.image_size = 64;
-    tch::manual_seed(0);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
-    let path = dir.join("model.safetensors");
-    save_model(&path, &vs, &cfg).unwrap();
-    path
+    common::tiny_model(&dir.join("model.safetensors"), 64, &[])
 }
 
 #[test]

@@ -1,14 +1,20 @@
 //! `magsd reproduce --slurm` against a real one-node Slurm cluster (slurm-wlm + munge) that
 //! `scripts/slurm-test-cluster.sh` installs and starts on this machine (root only; otherwise the
-//! test prints SKIP on the terminal): a Table 8 array of 2 rows × 2 folds on CPU, then
-//! `--collect`; an array whose tasks fail makes `--wait` exit non-zero naming them; and a task
+//! test prints SKIP on the terminal, or fails where `MAGSD_REQUIRE_SLURM` is set, as CI sets
+//! it): a Table 8 array of 2 rows × 2 folds on CPU, then `--collect`; an array whose tasks fail makes `--wait` exit non-zero naming them; and a task
 //! signalled as Slurm does before its time limit checkpoints, and its resubmission resumes
 //! from the step it reached.
 use std::path::Path;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_magsd");
+use common::{BIN, text};
+
+mod common;
+
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/slurm-test-cluster.sh");
+
+/// Set (CI sets it) to make a skip for want of root a failure.
+const REQUIRE: &str = "MAGSD_REQUIRE_SLURM";
 
 /// Stops the daemons the script started, also when the test fails.
 struct Cluster;
@@ -19,17 +25,16 @@ impl Drop for Cluster {
     }
 }
 
-fn text(out: &std::process::Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
-}
-
 #[test]
 fn slurm_array_runs_the_units_and_collect_builds_the_table() {
     let start = Command::new("bash").args([SCRIPT, "start"]).output().unwrap();
     if start.status.code() == Some(77) {
+        // CI sets MAGSD_REQUIRE_SLURM=1 (.ci/run): there a skipped cluster fails the run.
+        let why = text(&start);
+        assert!(std::env::var_os(REQUIRE).is_none(), "{REQUIRE} is set but the Slurm test cluster did not start: {}", why.trim());
         // Written past the test harness's capture, so that a skip is seen.
         use std::io::Write;
-        let _ = writeln!(std::io::stderr().lock(), "\nSKIP tests/slurm.rs: the Slurm test cluster needs root ({})", text(&start).trim());
+        let _ = writeln!(std::io::stderr().lock(), "\nSKIP tests/slurm.rs: the Slurm test cluster needs root ({})", why.trim());
         return;
     }
     let _cluster = Cluster;
@@ -128,7 +133,7 @@ fn slurm_array_runs_the_units_and_collect_builds_the_table() {
         String::from_utf8_lossy(&out.stdout).trim().is_empty()
     };
     // The task's log (stderr, unbuffered) shows the unit has started training.
-    wait("the unit's start", &|| task_logs_of(&long).contains("unit 1/2: row magsd"));
+    wait("the unit's start", &|| task_logs_of(&long).contains("unit 0 of 2: row magsd"));
     std::thread::sleep(std::time::Duration::from_secs(2));
     // Signal the whole array (task 1 waits behind the throttle and is cancelled with it).
     let sig = Command::new("scancel").args(["--batch", "--signal=USR1", &job]).output().unwrap();

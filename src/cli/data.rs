@@ -66,8 +66,9 @@ pub enum DataCommand {
     #[command(after_help = "Examples:\n  magsd data synth --out phantoms --per-class 50\n  magsd data summary --data phantoms\n  \
 magsd data synth --out shortcut --classes covid19,normal --sources 2 --confounding 0.9 --stamp --no-lesions\n\n\
 Classes: covid19 (bilateral peripheral ground-glass), bacterial (lobar consolidation), viral\n\
-(patchy perihilar interstitial), normal. Masks are saved beside the images; the manifest has\n\
-the shared data's columns plus `mask`.\n\n\
+(patchy perihilar interstitial), normal. With --lesion-sites random, one lesion per image whose\n\
+lung, place and extent are drawn alike for every class (only its look tells the classes apart).\n\
+Masks are saved beside the images; the manifest has the shared data's columns plus `mask`.\n\n\
 Shortcut sets (issue 22): --sources K puts each phantom in one of K sites (source_repo\n\
 phantom-site-0, ...); --confounding P sends a share P of class j's phantoms to site j mod K\n\
 (the rest evenly to the others; without it sites are drawn uniformly); --stamp burns each site's\n\
@@ -104,6 +105,10 @@ for every class, so that only a marker can tell the labels apart.")]
         /// Draw no lesions: every class is healthy anatomy (labels only).
         #[arg(long)]
         no_lesions: bool,
+        /// Where the lesions sit: `class` (v1: each class in its own places) or `random` (v2: lung,
+        /// place and extent drawn alike for every class, so only the lesion's look tells them apart).
+        #[arg(long, value_enum, default_value = "class")]
+        lesion_sites: crate::data::synth::LesionSites,
     },
     /// Check a saved split: every image in exactly one fold, no patient in two folds, no image
     /// twice (same bytes), and the number of folds it says it has.
@@ -141,7 +146,7 @@ pub fn run(cmd: DataCommand) -> Result<i32> {
             );
             Ok(0)
         }
-        DataCommand::Synth { out, per_class, size, seed, force, classes, sources, confounding, stamp, no_lesions } => {
+        DataCommand::Synth { out, per_class, size, seed, force, classes, sources, confounding, stamp, no_lesions, lesion_sites } => {
             if !(32..=4096).contains(&size) {
                 return Err(Error::Config(format!("--size {size}: phantoms are 32 to 4096 pixels wide")));
             }
@@ -149,7 +154,7 @@ pub fn run(cmd: DataCommand) -> Result<i32> {
                 return Err(Error::Config("--per-class must be at least 1".into()));
             }
             super::refuse_overwrite(&out.join("manifest.csv"), force)?;
-            let mut opts = crate::data::synth::SynthOptions { sources, confounding, stamp, lesions: !no_lesions, ..crate::data::synth::SynthOptions::new(per_class, size, seed) };
+            let mut opts = crate::data::synth::SynthOptions { sources, confounding, stamp, lesions: !no_lesions, lesion_sites, ..crate::data::synth::SynthOptions::new(per_class, size, seed) };
             if let Some(c) = classes {
                 opts.classes = c;
             }

@@ -23,6 +23,11 @@ pub struct DemoArgs {
     /// Phantoms per class.
     #[arg(long, default_value_t = 60)]
     pub per_class: usize,
+    /// Where the phantoms' lesions sit: `class` (v1, each class in its own places; a model can
+    /// classify them by position) or `random` (v2, only the lesion's look tells the classes apart;
+    /// the tiny model does not learn them in the demo's budget, see BENCHMARKS.md).
+    #[arg(long, value_enum, default_value = "class")]
+    pub lesion_sites: crate::data::synth::LesionSites,
     /// Training epochs.
     #[arg(long, default_value_t = 12)]
     pub epochs: usize,
@@ -49,6 +54,7 @@ pub fn run(a: DemoArgs) -> Result<i32> {
     o.data = a.data.data.clone();
     o.dataset = a.data.options();
     o.per_class = a.per_class;
+    o.lesion_sites = a.lesion_sites;
     eprintln!("magsd demo on {} → {}", crate::device::describe(o.device), out.display());
     super::install_ctrl_c();
     let s = run_demo(&o)?;

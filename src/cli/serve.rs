@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// Attention threshold for the boxes: rel:F or abs:V (as `magsd predict`).
     #[arg(long, default_value = "rel:0.5")]
     pub threshold: String,
+    /// The map behind the heatmaps and boxes (as `magsd predict --map`).
+    #[arg(long, value_enum, default_value = "mean")]
+    pub map: crate::model::MapKind,
     /// Start the server on 127.0.0.1 and measure it instead of serving (JSON lines).
     #[arg(long)]
     pub load_test: bool,
@@ -174,6 +177,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
             timeout: Duration::from_secs(a.timeout_s.max(1)),
         },
         threshold: Threshold::parse(&a.threshold)?,
+        map: a.map,
     };
     let state = load(&opts)?.start()?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -115,7 +115,7 @@ impl AugmentDraw {
             out = rotate(&out, a);
         }
         if let Some((top, left, h, w)) = self.crop {
-            out = crop_resize(&out, top, left, h, w, p.width, p.height);
+            out = crop_resize_plane(&out, top, left, h, w, p.width, p.height);
         }
         if self.hflip {
             hflip(&mut out);
@@ -200,7 +200,7 @@ pub fn random_resized_crop(
 
 /// Bilinear resize of a crop to `out_w`×`out_h` (half-pixel centres, edge clamped — the
 /// `align_corners=False` convention).
-pub fn crop_resize(p: &Plane, top: usize, left: usize, h: usize, w: usize, out_w: usize, out_h: usize) -> Plane {
+pub fn crop_resize_plane(p: &Plane, top: usize, left: usize, h: usize, w: usize, out_w: usize, out_h: usize) -> Plane {
     let (xt, yt) = (half_pixel_taps(w, out_w), half_pixel_taps(h, out_h));
     let mut out = Plane::filled(out_w, out_h, 0.0);
     for (dy, &(y0, y1, fy)) in yt.iter().enumerate() {
@@ -313,7 +313,7 @@ mod tests {
     #[test]
     fn resized_crop_of_the_full_image_is_identity_and_params_stay_inside() {
         let p = ramp(7, 5);
-        assert_eq!(crop_resize(&p, 0, 0, 5, 7, 7, 5), p);
+        assert_eq!(crop_resize_plane(&p, 0, 0, 5, 7, 7, 5), p);
         let mut rng = Rng::new(3);
         for _ in 0..200 {
             let (t, l, h, w) = random_resized_crop(&mut rng, 40, 30, (0.6, 1.0), (0.75, 4.0 / 3.0));

@@ -368,10 +368,10 @@ mod tests {
         }
     }
 
-    /// Many batches in flight come out in order, identical on one thread and on the global
-    /// pool, and every image is counted by the stage clock.
+    /// Many batches in flight come out in order, identical on one thread, on the global pool and
+    /// built one at a time without prefetching, and every image is counted by the stage clock.
     #[test]
-        fn batches_in_flight_keep_their_order_and_content() {
+    fn batches_in_flight_keep_their_order_and_content() {
         let d = tempfile::tempdir().unwrap();
         folder_with_images(d.path());
         let ds = Arc::new(Dataset::open(d.path(), &DatasetOptions::default()).unwrap());
@@ -397,9 +397,42 @@ mod tests {
             assert_eq!(x.indices, y.indices);
             assert!(x.images.equal(&y.images));
         }
+        let plain: Vec<Batch> = order.chunks(3).map(|c| serial.batch(c, Some(2))).collect();
+        assert_eq!(plain.len(), a.len());
+        for (x, y) in a.iter().zip(&plain) {
+            assert_eq!(x.indices, y.indices, "the prefetched batches come in the plain order");
+            assert!(x.images.equal(&y.images));
+            assert!(x.labels.equal(&y.labels));
+        }
         let ok: usize = a.iter().map(|x| x.indices.len()).sum();
-        assert_eq!(serial.stage_times().images.load(Ordering::Relaxed) as usize, ok);
-        assert!(serial.stage_times().per_image_ms().iter().all(|(_, ms)| *ms >= 0.0));
+        assert_eq!(serial.stage_times().images.load(Ordering::Relaxed) as usize, 2 * ok);
+    }
+
+    /// Each stage's clock counts its own work: decoding once per image with the cache, the
+    /// augmentation only for training batches.
+    #[test]
+    fn stage_times_go_to_the_stage_that_spent_them() {
+        let d = tempfile::tempdir().unwrap();
+        folder_with_images(d.path());
+        let ds = Arc::new(Dataset::open(d.path(), &DatasetOptions::default()).unwrap());
+        let pipeline = InputPipeline {
+            preprocess: PreprocessConfig { size: 16, ..Default::default() },
+            augment: AugmentPolicy::AuthorsCode,
+            ..Default::default()
+        };
+        let loader = Loader::new(ds.clone(), pipeline, 1, true);
+        let all: Vec<usize> = (0..ds.samples.len()).collect();
+        let t = loader.stage_times();
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = loader.batch(&all, None);
+        let decode = read(&t.decode);
+        assert!(decode > 0 && read(&t.prepare) > 0 && read(&t.zscore) > 0);
+        assert_eq!(read(&t.augment), 0, "evaluation batches are not augmented");
+        assert_eq!(read(&t.images), 6, "six readable images, the broken one not counted");
+        let _ = loader.batch(&all, Some(0));
+        assert_eq!(read(&t.decode), decode, "cached images are not decoded again");
+        assert!(read(&t.augment) > 0, "training batches are augmented");
+        assert_eq!(read(&t.images), 12);
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! Batches moved to the training device one step ahead: while the model works on batch k, the
-//! upload of batch k + 1 is already queued (pinned memory, non-blocking copy on CUDA; see
-//! `device::upload`), so the host never waits for a copy inside the step.
+//! Batches moved to the training device one step ahead: batch k + 1 is taken from the loader
+//! and its upload queued before batch k is handed to the step. On CUDA the upload is a
+//! non-blocking copy from pinned memory (`device::upload`), so the host never waits for a copy;
+//! the copy runs on the same stream as the step's kernels, in queue order, so it does not
+//! overlap their compute (that would need a second stream). On the CPU it is a plain copy.
 use tch::{Device, Tensor};
 
 use super::loader::Batch;
@@ -15,7 +17,7 @@ pub struct DeviceBatch {
     pub warnings: Vec<(usize, String)>,
 }
 
-/// Wraps an iterator of host batches; yields them on `device`, each uploaded one batch early.
+/// Wraps an iterator of host batches; yields them on `device`, each upload queued one batch early.
 pub struct DeviceBatches<I: Iterator<Item = Batch>> {
     inner: I,
     device: Device,

@@ -2,14 +2,23 @@
 //!
 //! Each image has a thorax outline, two lung fields, ribs, clavicles, the spine and the heart
 //! shadow, with anatomy, contrast, brightness and noise that vary between images, plus a
-//! class-specific lesion pattern inside the lungs:
+//! class-specific lesion inside the lungs. Where the lesion sits is [`LesionSites`]:
 //!
-//! * `covid19`: bilateral, peripheral ground-glass opacities (2–4 soft patches near the outer
-//!   lung borders, both lungs);
-//! * `bacterial`: lobar consolidation (one dense region filling the lower or middle part of one
-//!   lung, with a fairly sharp upper border);
-//! * `viral`: patchy interstitial opacities (many small streaks fanning out from both hila);
-//! * `normal`: none.
+//! * `class` (v1, the default): each class in its own places. `covid19`: bilateral, peripheral
+//!   ground-glass opacities (2–4 soft patches near the outer lung borders, both lungs);
+//!   `bacterial`: lobar consolidation (one dense region filling the lower or middle part of one
+//!   lung, with a fairly sharp upper border); `viral`: patchy interstitial opacities (many small
+//!   streaks fanning out from both hila); `normal`: none. A model can classify these without
+//!   finding the lesion: a linear probe on the mask's centroid, distance from the midline and
+//!   area alone is right on 0.958 of held-out lesion phantoms (chance 0.333), one on six global
+//!   image statistics on 0.553 of all four classes (chance 0.25) (issue 20; the unit test
+//!   `neither_global_statistics_nor_lesion_position_give_the_class_away` measures both).
+//! * `random` (v2): one lesion per image, whose lung (left or right), place in that lung and
+//!   extent (0.07–0.11 of the image side) every class draws from the same distributions, and
+//!   whose mean grey level is taken off the whole image. Only the lesion's look tells the classes
+//!   apart: `covid19` ground glass (2–3 soft, faint, overlapping patches), `bacterial`
+//!   consolidation (one dense opacity with a sharp edge), `viral` interstitial opacity (10–15
+//!   small streaks), `normal` none. The same probes score 0.379 and 0.306.
 //!
 //! The lesion's exact pixel mask (where it raises the image by ≥ 8 grey levels) is saved beside
 //! each image. Everything is a function of the seed. The manifest has the columns of the shared
@@ -60,8 +69,26 @@ struct Lung {
     rv: f32,
 }
 
-/// Renders one phantom of class `class` (an index into [`CLASSES`]).
+/// Where a phantom's lesion sits (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LesionSites {
+    /// v1: each class in its own places; position alone gives the class away.
+    #[default]
+    Class,
+    /// v2: one lesion whose lung, place and extent are drawn alike for every class, its mean
+    /// grey level taken off the image; only the lesion's look tells the classes apart.
+    Random,
+}
+
+/// Renders one phantom of class `class` (an index into [`CLASSES`]) with v1's class-specific
+/// lesion sites.
 pub fn render(class: usize, size: usize, rng: &mut Rng) -> Phantom {
+    render_with(class, size, LesionSites::Class, rng)
+}
+
+/// Renders one phantom of class `class` (an index into [`CLASSES`]), its lesion placed as
+/// `sites` says.
+pub fn render_with(class: usize, size: usize, sites: LesionSites, rng: &mut Rng) -> Phantom {
     let j = |rng: &mut Rng, a: f64| rng.range(-a, a) as f32;
     let body = (0.5 + j(rng, 0.02), 0.56 + j(rng, 0.02), 0.45 + j(rng, 0.03), 0.52 + j(rng, 0.03));
     let tissue = 118.0 + j(rng, 15.0);
@@ -77,7 +104,10 @@ pub fn render(class: usize, size: usize, rng: &mut Rng) -> Phantom {
     // Lesion field (grey levels added), built from a list of Gaussian patches.
     let mut patches: Vec<(f32, f32, f32, f32, f32)> = Vec::new(); // (cu, cv, su, sv, amplitude)
     let mut lobar: Option<(usize, f32, f32)> = None; // (lung, upper border v, amplitude)
-    match CLASSES[class] {
+    let mut consolidation: Option<(f32, f32, f32, f32, f32)> = None; // (cu, cv, ru, rv, amplitude)
+    let classic = if sites == LesionSites::Class { class } else { usize::MAX };
+    // v1 (`LesionSites::Class`): each class in its own places.
+    match CLASSES.get(classic).copied().unwrap_or("") {
         "covid19" => {
             let n = 2 + rng.below(3) as usize;
             for k in 0..n {
@@ -109,6 +139,42 @@ pub fn render(class: usize, size: usize, rng: &mut Rng) -> Phantom {
         _ => {}
     }
 
+    // v2 (`LesionSites::Random`): every lesion class draws its site the same way (a
+    // random lung, a random point well inside it, a random extent), so where a lesion sits, on
+    // which side and how large it is says nothing about its class: only its look does.
+    if sites == LesionSites::Random && class < 3 {
+        let l = &lungs[rng.below(2) as usize];
+        let (r, angle) = (rng.range(0.0, 0.6).sqrt() as f32, rng.range(0.0, std::f64::consts::TAU) as f32);
+        let (cu, cv) = (l.cu + r * l.ru * angle.cos(), l.cv + r * l.rv * angle.sin());
+        let extent = rng.range(0.07, 0.11) as f32;
+        let near = |rng: &mut Rng, spread: f32| {
+            let (a, d) = (rng.range(0.0, std::f64::consts::TAU) as f32, spread * rng.range(0.0, 1.0).sqrt() as f32);
+            (cu + d * a.cos(), cv + d * a.sin())
+        };
+        match CLASSES[class] {
+            // Ground glass: a few soft, faint, overlapping patches.
+            "covid19" => {
+                for _ in 0..2 + rng.below(2) {
+                    let (pu, pv) = near(rng, 0.5 * extent);
+                    let s = extent * rng.range(0.4, 0.55) as f32;
+                    patches.push((pu, pv, s, s * rng.range(0.9, 1.3) as f32, rng.range(26.0, 34.0) as f32));
+                }
+            }
+            // Consolidation: one dense, sharp-edged opacity.
+            "bacterial" => {
+                let ru = extent * rng.range(0.8, 1.0) as f32;
+                consolidation = Some((cu, cv, ru, ru * rng.range(0.9, 1.3) as f32, rng.range(55.0, 70.0) as f32));
+            }
+            // Interstitial: many small streaks.
+            _ => {
+                for _ in 0..10 + rng.below(6) {
+                    let (pu, pv) = near(rng, extent);
+                    patches.push((pu, pv, rng.range(0.01, 0.016) as f32, rng.range(0.02, 0.032) as f32, rng.range(28.0, 40.0) as f32));
+                }
+            }
+        }
+    }
+
     let contrast = rng.range(0.85, 1.15) as f32;
     let brightness = j(rng, 10.0);
     let noise_sd = rng.range(2.0, 6.0);
@@ -116,6 +182,7 @@ pub fn render(class: usize, size: usize, rng: &mut Rng) -> Phantom {
     let s = size as f32;
     let mut img = vec![0f32; size * size];
     let mut mask = vec![false; size * size];
+    let mut lesion_total = 0.0f32;
     for y in 0..size {
         for x in 0..size {
             let (u, v) = ((x as f32 + 0.5) / s, (y as f32 + 0.5) / s);
@@ -145,14 +212,24 @@ pub fn render(class: usize, size: usize, rng: &mut Rng) -> Phantom {
             if let Some((li, top, a)) = lobar {
                 lesion += a * smoothstep(top - 0.015, top + 0.015, v) * lung_in[li];
             }
+            if let Some((cu, cv, ru, rv, a)) = consolidation {
+                lesion += a * ellipse(u, v, cu, cv, ru, rv, 0.15);
+            }
             lesion *= lung;
             if lesion >= MASK_LEVEL {
                 mask[y * size + x] = true;
             }
+            lesion_total += lesion;
             val += lesion;
             img[y * size + x] = val;
         }
     }
+    // v2: the lesion's mean grey level comes off the whole image, so that the mean brightness
+    // (of a random spread anyway) is the same with or without a lesion: no global cue to the class.
+    let brightness = match sites {
+        LesionSites::Class => brightness,
+        LesionSites::Random => brightness - contrast * lesion_total / (size * size) as f32,
+    };
     // Mild blur (3×3 box) for a radiograph's softness, then global contrast, brightness, noise.
     let mut out = vec![0u8; size * size];
     for y in 0..size {
@@ -207,6 +284,8 @@ pub struct SynthOptions {
     /// Draw the class lesions (`false`: every phantom is healthy anatomy, labelled as before, so
     /// the label can only be learned from a marker).
     pub lesions: bool,
+    /// Where the lesions sit: v1's class-specific places, or v2's random ones (see the module docs).
+    pub lesion_sites: LesionSites,
 }
 
 impl SynthOptions {
@@ -221,6 +300,7 @@ impl SynthOptions {
             confounding: None,
             stamp: false,
             lesions: true,
+            lesion_sites: LesionSites::Class,
         }
     }
 
@@ -317,7 +397,7 @@ pub fn write_dataset_with(out: &Path, o: &SynthOptions) -> Result<SynthOutput> {
         .map(|&(pos, c, i)| -> Result<String> {
             let class = CLASSES[c];
             let mut rng = Rng::derive(seed, &[c as u64, i as u64]);
-            let mut p = render(if o.lesions { c } else { normal }, size, &mut rng);
+            let mut p = render_with(if o.lesions { c } else { normal }, size, o.lesion_sites, &mut rng);
             let source = o.source_of(pos, i);
             if o.stamp {
                 stamp_marker(&mut p.image, size, source);
@@ -338,11 +418,18 @@ pub fn write_dataset_with(out: &Path, o: &SynthOptions) -> Result<SynthOutput> {
                 "covid19" | "normal" => class,
                 _ => "other_pneumonia",
             };
-            let finding = match class {
-                "covid19" => "bilateral peripheral ground-glass opacities",
-                "bacterial" => "lobar consolidation",
-                "viral" => "patchy interstitial opacities",
+            let finding = match (class, o.lesion_sites) {
+                ("covid19", LesionSites::Class) => "bilateral peripheral ground-glass opacities",
+                ("bacterial", LesionSites::Class) => "lobar consolidation",
+                ("viral", LesionSites::Class) => "patchy interstitial opacities",
+                ("covid19", LesionSites::Random) => "ground-glass opacity",
+                ("bacterial", LesionSites::Random) => "consolidation",
+                ("viral", LesionSites::Random) => "interstitial opacity",
                 _ => "no finding",
+            };
+            let version = match o.lesion_sites {
+                LesionSites::Class => "v1",
+                LesionSites::Random => "v2",
             };
             let mask_cell = if class == "normal" || !o.lesions { String::new() } else { mask_rel };
             let finding = if o.lesions { finding } else { "none drawn (label only)" };
@@ -353,7 +440,7 @@ pub fn write_dataset_with(out: &Path, o: &SynthOptions) -> Result<SynthOutput> {
                 (false, false) => "synthetic; no lesion",
             };
             Ok(format!(
-                "{img_rel},{class},{label3},train,phantom:{class}-{i},{},seed-{seed},{name},{finding},PA,{size}x{size} L PNG,CC0-1.0,,magsd phantom v1,{note},{mask_cell}",
+                "{img_rel},{class},{label3},train,phantom:{class}-{i},{},seed-{seed},{name},{finding},PA,{size}x{size} L PNG,CC0-1.0,,magsd phantom {version},{note},{mask_cell}",
                 o.source_name(source)
             ))
         })
@@ -379,19 +466,35 @@ mod tests {
         let b = render(0, 96, &mut Rng::new(5));
         assert_eq!(a.image, b.image);
         assert_eq!(a.mask, b.mask);
-        let area = |c: usize, seed: u64| render(c, 96, &mut Rng::new(seed)).mask.iter().filter(|&&m| m).count();
-        for seed in 0..5 {
-            assert_eq!(area(3, seed), 0, "normal has no lesion");
-            for (c, name) in CLASSES.iter().enumerate().take(3) {
-                let n = area(c, seed);
-                assert!(n > 30 && n < 96 * 96 / 3, "class {name} seed {seed}: lesion area {n}");
+        for sites in [LesionSites::Class, LesionSites::Random] {
+            let area = |c: usize, seed: u64| render_with(c, 96, sites, &mut Rng::new(seed)).mask.iter().filter(|&&m| m).count();
+            for seed in 0..5 {
+                assert_eq!(area(3, seed), 0, "normal has no lesion");
+                for (c, name) in CLASSES.iter().enumerate().take(3) {
+                    let n = area(c, seed);
+                    assert!(n > 30 && n < 96 * 96 / 3, "{sites:?} class {name} seed {seed}: lesion area {n}");
+                }
             }
         }
-        // COVID-19 lesions are bilateral: mask pixels in both halves.
+        // v1: COVID-19 lesions are bilateral: mask pixels in both halves.
         let m = render(0, 96, &mut Rng::new(1)).mask;
         let left = m.iter().enumerate().filter(|&(i, &v)| v && i % 96 < 48).count();
         let right = m.iter().enumerate().filter(|&(i, &v)| v && i % 96 >= 48).count();
         assert!(left > 0 && right > 0);
+        // v2: one lesion, in one lung: mask pixels in one half of the image only, and both
+        // sides occur for every class.
+        for (c, name) in CLASSES.iter().enumerate().take(3) {
+            let sides: Vec<bool> = (0..12)
+                .map(|seed| {
+                    let m = render_with(c, 96, LesionSites::Random, &mut Rng::new(seed)).mask;
+                    let left = m.iter().enumerate().filter(|&(i, &v)| v && i % 96 < 48).count();
+                    let right = m.iter().enumerate().filter(|&(i, &v)| v && i % 96 >= 48).count();
+                    assert!(left == 0 || right == 0, "class {name} seed {seed}: lesion in both lungs");
+                    left > 0
+                })
+                .collect();
+            assert!(sides.contains(&true) && sides.contains(&false), "class {name}: always on one side {sides:?}");
+        }
     }
 
     #[test]
@@ -444,5 +547,100 @@ mod tests {
         assert!((160..=195).contains(&home), "{home} of 200 at home");
         assert!(write_dataset_with(d.path(), &SynthOptions { sources: 5, ..o.clone() }).is_err());
         assert!(write_dataset_with(d.path(), &SynthOptions { classes: vec!["flu".into()], ..o }).is_err());
+    }
+    /// Features a classifier could use without finding the lesion: global intensity and
+    /// texture statistics of the whole image (mean, spread, percentiles, mean gradient).
+    fn global_features(p: &Phantom) -> Vec<f64> {
+        let n = p.size;
+        let v: Vec<f64> = p.image.iter().map(|&x| x as f64).collect();
+        let mean = v.iter().sum::<f64>() / v.len() as f64;
+        let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+        let mut s = v.clone();
+        s.sort_by(f64::total_cmp);
+        let q = |f: f64| s[((s.len() - 1) as f64 * f) as usize];
+        let mut grad = 0.0;
+        for y in 0..n {
+            for x in 1..n {
+                grad += (v[y * n + x] - v[y * n + x - 1]).abs();
+            }
+        }
+        vec![mean, sd, q(0.1), q(0.5), q(0.9), grad / (n * (n - 1)) as f64]
+    }
+
+    /// Where the lesion is and how big, from its mask, ignoring what it looks like: centroid,
+    /// distance from the midline, and area (in image units). Its shape (compact or scattered) is
+    /// its look, and left out.
+    fn position_features(p: &Phantom) -> Vec<f64> {
+        let n = p.size as f64;
+        let pts: Vec<(f64, f64)> =
+            p.mask.iter().enumerate().filter(|(_, m)| **m).map(|(i, _)| ((i % p.size) as f64 / n, (i / p.size) as f64 / n)).collect();
+        let k = pts.len().max(1) as f64;
+        let (cu, cv) = (pts.iter().map(|p| p.0).sum::<f64>() / k, pts.iter().map(|p| p.1).sum::<f64>() / k);
+        vec![cu, cv, (cu - 0.5).abs(), pts.len() as f64 / (n * n)]
+    }
+
+    /// Held-out accuracy of a multinomial logistic regression (standardised features, full-batch
+    /// gradient descent) trained on `train` and scored on `test`, given as (features, class).
+    fn probe_accuracy(train: &[(Vec<f64>, usize)], test: &[(Vec<f64>, usize)], classes: usize) -> f64 {
+        let d = train[0].0.len();
+        let mean: Vec<f64> = (0..d).map(|j| train.iter().map(|r| r.0[j]).sum::<f64>() / train.len() as f64).collect();
+        let sd: Vec<f64> = (0..d)
+            .map(|j| (train.iter().map(|r| (r.0[j] - mean[j]).powi(2)).sum::<f64>() / train.len() as f64).sqrt().max(1e-9))
+            .collect();
+        let z = |x: &[f64]| -> Vec<f64> { (0..d).map(|j| (x[j] - mean[j]) / sd[j]).chain([1.0]).collect() };
+        let logits = |w: &[Vec<f64>], x: &[f64]| -> Vec<f64> { w.iter().map(|wc| wc.iter().zip(x).map(|(a, b)| a * b).sum()).collect() };
+        let mut w = vec![vec![0.0; d + 1]; classes];
+        let xs: Vec<(Vec<f64>, usize)> = train.iter().map(|(x, c)| (z(x), *c)).collect();
+        for _ in 0..500 {
+            let mut g = vec![vec![0.0; d + 1]; classes];
+            for (x, c) in &xs {
+                let l = logits(&w, x);
+                let m = l.iter().cloned().fold(f64::MIN, f64::max);
+                let e: Vec<f64> = l.iter().map(|v| (v - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                for k in 0..classes {
+                    let r = e[k] / s - if k == *c { 1.0 } else { 0.0 };
+                    for j in 0..=d {
+                        g[k][j] += r * x[j];
+                    }
+                }
+            }
+            for k in 0..classes {
+                for j in 0..=d {
+                    w[k][j] -= 0.5 * g[k][j] / xs.len() as f64;
+                }
+            }
+        }
+        let hits = test
+            .iter()
+            .filter(|(x, c)| {
+                let l = logits(&w, &z(x));
+                (0..classes).max_by(|&a, &b| l[a].total_cmp(&l[b])) == Some(*c)
+            })
+            .count();
+        hits as f64 / test.len() as f64
+    }
+
+    /// Issue 20, item 4: with random sites nothing but the lesion itself tells the classes apart.
+    /// A linear probe on global image statistics must stay near chance over all four classes,
+    /// and one on the lesion's position, side and area near chance over the three lesion
+    /// classes; on v1's class-specific sites both probes find the class.
+    #[test]
+    fn neither_global_statistics_nor_lesion_position_give_the_class_away() {
+        let probes = |sites: LesionSites| -> (f64, f64) {
+            let draw = |c: usize, i: u64| render_with(c, 64, sites, &mut Rng::derive(77, &[c as u64, i]));
+            let set = |classes: usize, from: u64, f: &dyn Fn(&Phantom) -> Vec<f64>| -> Vec<(Vec<f64>, usize)> {
+                (0..classes).flat_map(|c| (from..from + 80).map(move |i| (c, i))).map(|(c, i)| (f(&draw(c, i)), c)).collect()
+            };
+            let global = probe_accuracy(&set(4, 0, &global_features), &set(4, 1000, &global_features), 4);
+            let position = probe_accuracy(&set(3, 0, &position_features), &set(3, 1000, &position_features), 3);
+            eprintln!("{sites:?} sites, probe accuracy: global statistics {global:.3} (chance 0.25), lesion position {position:.3} (chance 0.333)");
+            (global, position)
+        };
+        let (global, position) = probes(LesionSites::Class);
+        assert!(global > 0.45 && position > 0.9, "v1's shortcuts: global {global:.3}, position {position:.3}");
+        let (global, position) = probes(LesionSites::Random);
+        assert!(global < 0.40, "global statistics classify the phantoms: accuracy {global:.3} (chance 0.25)");
+        assert!(position < 0.45, "the lesion's position classifies the phantoms: accuracy {position:.3} (chance 0.333)");
     }
 }

@@ -10,7 +10,8 @@ extern "C" {
 
 // One step over n parameters. `params`, `grads` and `bufs` are arrays of n `at::Tensor*`
 // (tch's tensor handles); `bufs` may be null when momentum is 0. Every buffer must already
-// exist (zeros before the first step give `buf = grad`, PyTorch's first-step rule, exactly).
+// exist (zeros before the first step give `buf = d = grad + wd·p`, PyTorch's first-step rule,
+// exactly).
 //   d = g + wd·p;  buf = m·buf + d;  d = d + m·buf (Nesterov) or buf;  p -= lr·d
 // Returns 0, or -1 on error (e.g. tensors on different devices).
 int magsd_sgd_foreach(at::Tensor **params, at::Tensor **grads, at::Tensor **bufs, int n, double lr,

@@ -554,11 +554,11 @@ impl<'a> UnitRunner<'a> {
         let device = cfg.device.resolve()?;
         if self.verbose {
             eprintln!(
-                "unit {}/{}: row {}, fold {}/{} on {}",
-                u.index + 1,
+                "unit {} of {}: row {}, fold {} of {} on {}",
+                u.index,
                 grid.units.len(),
                 u.row,
-                u.fold + 1,
+                u.fold,
                 grid.spec.folds,
                 crate::device::describe(device)
             );

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::metrics::{BatchTimes, Metrics};
+use super::metrics::{BatchTimes, ServeCounters};
 use crate::data::input_stats::ImageFeatures;
 use crate::eval::predictor::{ImagePrediction, PredictTimes, Predictor};
 use crate::eval::reliability::Assessment;
+use crate::model::MapKind;
 
 #[derive(Clone, Copy, Debug)]
 pub struct BatchOptions {
@@ -28,6 +29,8 @@ pub struct BatchOptions {
     pub input_size: usize,
     /// bf16 autocast (CUDA).
     pub bf16: bool,
+    /// The map sent back for each image, for its predicted class (`serve --map`, as `predict --map`).
+    pub map: MapKind,
 }
 
 /// What the model said about one image.
@@ -36,7 +39,7 @@ pub struct Inference {
     /// Calibrated probabilities, the predicted class, the `unusual` verdict and the operating
     /// points' decisions (`Reliability::assess`).
     pub assessment: Assessment,
-    /// Mean attention map, `attention_side²` values, row-major.
+    /// The localisation map ([`BatchOptions::map`]), `attention_side²` values, row-major.
     pub attention: Vec<f32>,
     pub attention_side: usize,
     /// Time the image waited in the queue.
@@ -88,11 +91,11 @@ pub struct BatchWorker {
     length: Arc<AtomicUsize>,
     ready: Arc<AtomicBool>,
     opts: BatchOptions,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ServeCounters>,
 }
 
 /// A queue of `opts.queue` images (at least 1) and its two ends.
-pub fn queue(opts: BatchOptions, metrics: Arc<Metrics>) -> (Batcher, BatchWorker) {
+pub fn queue(opts: BatchOptions, metrics: Arc<ServeCounters>) -> (Batcher, BatchWorker) {
     let opts = BatchOptions { max_batch: opts.max_batch.max(1), queue: opts.queue.max(1), ..opts };
     let (tx, rx) = sync_channel(opts.queue);
     let length = Arc::new(AtomicUsize::new(0));

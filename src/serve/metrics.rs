@@ -121,13 +121,13 @@ struct Inner {
 
 /// The server's counters.
 #[derive(Debug)]
-pub struct Metrics {
+pub struct ServeCounters {
     inner: Mutex<Inner>,
 }
 
-impl Default for Metrics {
+impl Default for ServeCounters {
     fn default() -> Self {
-        Metrics {
+        ServeCounters {
             inner: Mutex::new(Inner {
                 requests: BTreeMap::new(),
                 errors: BTreeMap::new(),
@@ -142,7 +142,7 @@ impl Default for Metrics {
     }
 }
 
-impl Metrics {
+impl ServeCounters {
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
         // A panic elsewhere while holding the lock leaves plain counters: keep using them.
         let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative_and_render_in_prometheus_form() {
-        let m = Metrics::default();
+        let m = ServeCounters::default();
         m.batch(3, BatchTimes { input_s: 0.0, infer_s: 0.02, output_s: 0.0 });
         m.batch(8, BatchTimes { input_s: 0.05, infer_s: 0.1, output_s: 0.05 });
         m.request("/api/v1/predict", 200, 0.03);

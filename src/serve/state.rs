@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use super::batcher::{BatchOptions, BatchWorker, Batcher, queue};
 use super::host::AllowedHosts;
-use super::metrics::Metrics;
+use super::metrics::ServeCounters;
 use crate::data::decode::DecodeLimits;
 use crate::data::loader::InputPipeline;
 use crate::error::{Error, Result};
@@ -76,6 +76,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Attention threshold for the boxes (as `magsd predict --threshold`).
     pub threshold: Threshold,
+    /// The map behind the heatmaps and boxes (`serve --map`, as `predict --map`).
+    pub map: crate::model::MapKind,
 }
 
 /// How the server prepares an image, in words (for people and for clients that preprocess).
@@ -133,7 +135,7 @@ pub struct AppState {
     pub batcher: Batcher,
     /// How the batcher was set up (for the model configuration).
     pub batching: BatchOptions,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<ServeCounters>,
     pub token: Option<String>,
     pub hosts: Arc<AllowedHosts>,
     pub limits: Limits,
@@ -244,13 +246,14 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         limits: DecodeLimits { max_pixels: opts.limits.max_pixels },
         ..Default::default()
     };
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(ServeCounters::default());
     let batching = BatchOptions {
         max_batch: opts.max_batch.max(1),
         max_wait: opts.max_wait,
         queue: opts.queue.max(1),
         input_size: config.image_size as usize,
         bf16: opts.bf16,
+        map: opts.map,
     };
     let (batcher, worker) = queue(batching, metrics.clone());
     let state = Arc::new(AppState {
@@ -271,7 +274,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         device: opts.device,
         precision: Precision::Fast,
         bf16: opts.bf16,
-        map: crate::model::MapKind::Mean,
+        map: opts.map,
         threshold: opts.threshold,
     };
     let predictor = Predictor::new(model, reliability, state.pipeline.clone(), predictor_opts);

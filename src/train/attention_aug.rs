@@ -115,7 +115,8 @@ pub fn sample_maps(attention: &Tensor, u: &Tensor) -> Tensor {
 
 /// The random numbers of one training step, uniform in [0, 1), on the images' device.
 pub struct StepRandom {
-    /// `[B, 3]`: which map each of mix-up, dimming and patching uses.
+    /// `[B, 3]`: the uniforms that choose (through [`sample_maps`]'s inverse CDF) the map of
+    /// mix-up, dimming and patching.
     pub maps: Tensor,
     /// `[B, 3]`: the thresholds θ of mix-up, dimming and patching (scaled to their ranges later).
     pub theta: Tensor,
@@ -126,7 +127,7 @@ pub struct StepRandom {
 impl StepRandom {
     pub fn draw(rng: &mut Rng, b: i64, device: Device) -> Self {
         let u: Vec<f64> = (0..b * 8).map(|_| rng.uniform()).collect();
-        let all = crate::device::upload(&Tensor::from_slice(&u).view([b, 8]), device); // one non-blocking upload
+        let all = crate::device::upload(&Tensor::from_slice(&u).view([b, 8]), device); // one upload (non-blocking on CUDA)
         StepRandom { maps: all.narrow(1, 0, 3), theta: all.narrow(1, 3, 3), offset: all.narrow(1, 6, 2) }
     }
 
@@ -222,7 +223,7 @@ fn gather2d(img: &Tensor, rows: &Tensor, cols: &Tensor) -> Tensor {
 }
 
 /// Each image's box `[y0, y1) × [x0, x1)` resized bilinearly to the full size (no antialias).
-pub fn crop_resize(img: &Tensor, y0: &Tensor, y1: &Tensor, x0: &Tensor, x1: &Tensor) -> Tensor {
+pub fn crop_resize_batch(img: &Tensor, y0: &Tensor, y1: &Tensor, x0: &Tensor, x1: &Tensor) -> Tensor {
     let (_, _, h, w) = img.size4().expect("images [B, C, H, W]");
     let (r0, r1, ly0, ly1) = linear_axis(y0, y1, h);
     let (c0, c1, lx0, lx1) = linear_axis(x0, x1, w);
@@ -240,7 +241,7 @@ pub fn attention_mixup(images: &Tensor, map: &Tensor, u: &Tensor, cfg: &Attentio
     let (up, thr) = upsample_and_threshold(map, u, size, cfg.mixup_theta, cfg.map_norm);
     let mask = up.ge_tensor(&thr).squeeze_dim(1); // [B, S, S]
     let (y0, y1, x0, x1) = padded_boxes(&mask, cfg.pad);
-    &x * cfg.mixup_gamma + crop_resize(&x, &y0, &y1, &x0, &x1) * (1.0 - cfg.mixup_gamma)
+    &x * cfg.mixup_gamma + crop_resize_batch(&x, &y0, &y1, &x0, &x1) * (1.0 - cfg.mixup_gamma)
 }
 
 /// Attention dimming (Eq. 4, spec §2.2): pixels with `up(A) ≥ θ·max A` × `dim_inside`, the
@@ -345,7 +346,7 @@ mod tests {
 
     #[test]
     fn all_zero_map_mixes_the_whole_image_with_itself() {
-        // θ·max = 0, every pixel ≥ 0 → box = whole image → crop_resize is the identity.
+        // θ·max = 0, every pixel ≥ 0 → box = whole image → crop_resize_batch is the identity.
         let x = ramp(2, 32);
         let map = Tensor::zeros([2, 1, 4, 4], (Kind::Float, Device::Cpu));
         let cfg = AttentionAugConfig::default();
@@ -385,17 +386,17 @@ mod tests {
         // pad = 2 → box [0, min(9 + 2, 20)) = [0, 11) on both axes.
         let y = Tensor::from_slice(&[0i64]);
         let e = Tensor::from_slice(&[11i64]);
-        let want = &x * 0.6 + crop_resize(&x, &y, &e, &y, &e) * 0.4;
+        let want = &x * 0.6 + crop_resize_batch(&x, &y, &e, &y, &e) * 0.4;
         assert!((got - want).abs().max().double_value(&[]) < 1e-6);
     }
 
     #[test]
-    fn crop_resize_matches_libtorch_interpolate() {
+    fn crop_resize_batch_matches_libtorch_interpolate() {
         let x = Tensor::randn([1, 1, 30, 30], (Kind::Float, Device::Cpu));
         let (y0, y1, x0, x1) = (5, 17, 3, 29);
         let want = x.narrow(2, y0, y1 - y0).narrow(3, x0, x1 - x0).upsample_bilinear2d([30, 30], false, None, None);
         let t = |v: i64| Tensor::from_slice(&[v]);
-        let got = crop_resize(&x, &t(y0), &t(y1), &t(x0), &t(x1));
+        let got = crop_resize_batch(&x, &t(y0), &t(y1), &t(x0), &t(x1));
         assert!((got - want).abs().max().double_value(&[]) < 1e-5);
     }
 
@@ -444,10 +445,18 @@ mod tests {
         }
         let frac = heavy as f64 / 600.0;
         assert!((0.85..0.97).contains(&frac), "{frac}"); // 10/11 ≈ 0.909
+        // Maps of zero mass (the 1e-12 keeps the CDF defined): uniform; u = 0.6 of 2 maps falls
+        // in the second half of the CDF, u = 0.4 in the first. Map 0 is [1, −1], map 1 [−1, 1],
+        // both summing to 0, so the value picked tells which map was chosen.
+        let zero_mass = Tensor::from_slice(&[1.0f32, -1.0, -1.0, 1.0]).view([1, 2, 1, 2]);
+        let chosen = |v: f64| {
+            let s = sample_maps(&zero_mass, &Tensor::full([1, 3], v, (Kind::Double, Device::Cpu)));
+            assert_eq!(s.size(), vec![1, 3, 1, 2]);
+            Vec::<f32>::try_from(s.flatten(0, -1)).unwrap()
+        };
+        assert_eq!(chosen(0.6), [-1.0, 1.0].repeat(3), "u = 0.6 picks map 1 for all three");
+        assert_eq!(chosen(0.4), [1.0, -1.0].repeat(3), "u = 0.4 picks map 0 for all three");
         a = a.zeros_like();
-        // All-zero maps: uniform; u = 0.6 of 2 maps falls in the second half of the CDF.
-        let s = sample_maps(&a, &Tensor::full([1, 3], 0.6, (Kind::Double, Device::Cpu)));
-        assert_eq!(s.size(), vec![1, 3, 1, 1]);
         // Inverse CDF: with masses 100 and 1, p = 10/11 and 1/11; u < 10/11 picks map 0.
         let _ = a.narrow(1, 0, 1).fill_(100.0);
         let _ = a.narrow(1, 1, 1).fill_(1.0);

@@ -4,9 +4,11 @@
 //! each step's batch and random numbers are copied into. CUDA only; on in every preset, and
 //! `magsd bench` uses it only when asked.
 //!
-//! The first steps run eagerly on the graph's side stream (as PyTorch's whole-network capture
-//! recommends, so that cuDNN and cuBLAS set up their workspaces there); then the step is
-//! recorded and replayed. A change of learning rate (a scheduled epoch) records it again, since
+//! The first steps run eagerly on a side stream, not the default one (as PyTorch's
+//! whole-network capture example warms up), so that lazy one-time set-up (library handles,
+//! algorithm choices, autograd's state) happens before recording; then the step is
+//! recorded, on the recorded graph's own side stream (a different one from the pool, as
+//! `torch.cuda.graph` also captures on its own stream), and replayed on the current stream. A change of learning rate (a scheduled epoch) records it again, since
 //! the rate is a constant inside the graph. A batch of another size (images that failed to
 //! load) runs eagerly.
 use std::ffi::c_void;
@@ -32,10 +34,10 @@ unsafe extern "C" {
     fn magsd_graph_replay(g: *mut c_void) -> i32;
 }
 
-/// Eager steps on the side stream before the first recording.
-const WARMUP_STEPS: usize = 3;
+/// Eager steps on the warm-up side stream before the first recording.
+pub(crate) const WARMUP_STEPS: usize = 3;
 
-/// A libtorch CUDA graph with its side stream.
+/// A libtorch CUDA graph with its own side stream (from libtorch's stream pool).
 struct Graph(*mut c_void);
 
 impl Graph {
@@ -67,8 +69,8 @@ impl Drop for Graph {
     }
 }
 
-/// What every graphed computation shares: eager runs on the side stream while warming up, then
-/// one recording per `key` (the learning rate, a constant inside the graph), then replays.
+/// What every graphed computation shares: eager runs on the side stream of `side` while warming
+/// up, then one recording per `key` (the learning rate, a constant inside the graph), then replays.
 struct Replayer<T> {
     device: Device,
     side: Graph,

@@ -242,13 +242,14 @@ impl FoldRunner {
             (rest, Vec::new())
         };
         check_split(ds, &[train_idx.clone(), val_idx.clone(), test.clone()])?;
-        let label = format!("fold {}/{folds}", k + 1);
+        // Fold numbers count from 0, as the fold-K folders, fold.json and the reports do.
+        let label = format!("fold {k} of {folds}");
         let absent_from_training = absent_classes(ds, &train_idx);
         let absent_from_test = absent_classes(ds, &test);
         if opts.verbose {
             for (names, part) in [(&absent_from_training, "training"), (&absent_from_test, "test")] {
                 if !names.is_empty() {
-                    eprintln!("fold {}/{folds}: class(es) {} have no image in its {part} part; their metrics are n/a", k + 1, names.join(", "));
+                    eprintln!("{label}: class(es) {} have no image in its {part} part; their metrics are n/a", names.join(", "));
                 }
             }
         }
@@ -282,8 +283,7 @@ impl FoldRunner {
         r.save(dir)?;
         if opts.verbose {
             eprintln!(
-                "fold {}/{folds}: held-out accuracy {:.4}, macro F1 {}, AUC {}",
-                k + 1,
+                "fold {k} of {folds}: held-out accuracy {:.4}, macro F1 {}, AUC {}",
                 r.metrics.accuracy,
                 fixed4_or_na(r.metrics.f1),
                 fixed4_or_na(r.metrics.auc)

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cuda_graph;
 pub mod cv;
+pub mod eta;
 pub mod loss;
 pub mod optim;
 pub mod sampling;

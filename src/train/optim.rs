@@ -93,7 +93,8 @@ impl Sgd {
             return;
         }
         if self.momentum != 0.0 {
-            // A zero buffer makes the first update `buf = grad`, PyTorch's first-step rule.
+            // A zero buffer makes the first update `buf = m·0 + d = d` (d = grad + wd·p),
+            // PyTorch's first-step rule `buf = d`.
             for &i in &idx {
                 if self.buffers[i].is_none() {
                     self.buffers[i] = Some(tch::no_grad(|| self.params[i].1.zeros_like()));

@@ -6,10 +6,13 @@
 //!
 //! Reproducibility: each step's random numbers come from our RNG keyed by (seed, epoch, step),
 //! the epoch's image order and image augmentation from (seed, epoch), the initial weights from
-//! libtorch's generator seeded under a process-wide lock; so on the CPU (and on CUDA with
-//! `--deterministic`, which fixes cuDNN's algorithms) a run is a function of its seed and data
-//! (even with other runs in the same process), and a resumed run repeats exactly what the
-//! uninterrupted run does.
+//! libtorch's process-wide generator, seeded from the run's seed under a lock (`TORCH_RNG`); so
+//! on the CPU (and on CUDA with `--deterministic`, which fixes cuDNN's algorithms) a run is a
+//! function of its seed and data, and a resumed run repeats exactly what the uninterrupted run
+//! does. The lock only orders the seedings: whatever draws from that generator without it in the
+//! same process at the same time (a baseline's dropout in another run, `Tensor::randn` in a
+//! parallel unit test) can interleave with a draw and change it (see `train::step`'s
+//! `CrossEntropyStep`). MA-Net's steps draw nothing from it.
 //!
 //! Files written to the job's folder: `train.jsonl` (one record per logged step and per epoch),
 //! `checkpoint-last.safetensors` (every epoch end and on stop), `checkpoint-best.safetensors`
@@ -28,6 +31,7 @@ use super::checkpoint::{self, Best, PartialEpoch, TrainState};
 use super::config::TrainConfig;
 use super::optim::Sgd;
 use super::cuda_graph::GraphedMagSdStep;
+use super::eta;
 use super::step::{CrossEntropyStep, MagSdStep, TORCH_RNG, TrainStep};
 use crate::data::loader::Loader;
 use crate::data::prefetch::DeviceBatches;
@@ -41,6 +45,9 @@ use crate::rng::{Rng, mix};
 
 /// Set by the command line's Ctrl-C handler: training stops after the current step and saves.
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Set once the long-run warning was printed: one warning per process, not one per fold.
+static LONG_RUN_WARNED: AtomicBool = AtomicBool::new(false);
 
 pub use crate::runfolder::{BEST_CHECKPOINT, LAST_CHECKPOINT, LOG_FILE, MODEL_FILE};
 
@@ -59,7 +66,7 @@ pub struct TrainJob {
     pub resume: bool,
     /// Stop (with a checkpoint) once this many steps of the whole run are done.
     pub stop_after_steps: Option<u64>,
-    /// Shown in progress bars and messages ("fold 2/5").
+    /// Shown in progress bars and messages ("fold 1 of 5": folds count from 0).
     pub label: String,
     /// Print a line per epoch to stderr.
     pub verbose: bool,
@@ -92,11 +99,16 @@ pub fn seeded_init(vs: &nn::VarStore, config: &MagSdConfig, seed: u64) -> Result
 pub fn step_for(arch: Arch, cfg: &TrainConfig, device: Device) -> Result<Box<dyn TrainStep>> {
     Ok(if arch.is_baseline() {
         Box::new(CrossEntropyStep)
-    } else if cfg.performance.cuda_graph && device.is_cuda() {
+    } else if graphed_step(arch, cfg, device) {
         Box::new(GraphedMagSdStep::new(device)?)
     } else {
         Box::new(MagSdStep)
     })
+}
+
+/// Whether [`step_for`] replays `arch`'s step as a CUDA graph.
+fn graphed_step(arch: Arch, cfg: &TrainConfig, device: Device) -> bool {
+    !arch.is_baseline() && cfg.performance.cuda_graph && device.is_cuda()
 }
 
 /// The image order of one epoch: seeded shuffles of `train_idx`, repeated as needed to fill
@@ -173,6 +185,25 @@ struct Session {
     state: TrainState,
     log: Log,
     last_path: PathBuf,
+    /// The steps timed for the long-run estimate (see [`StepClock`]).
+    clock: StepClock,
+}
+
+/// Times [`eta::TIMED_STEPS`] steps of a run, once, after the steps that pay for set-up: the
+/// first, and with the CUDA-graph step its eager warm-up and the recording.
+struct StepClock {
+    /// Steps still to run before the clock starts.
+    skip: usize,
+    since: Option<Instant>,
+    timed: usize,
+    done: bool,
+}
+
+impl StepClock {
+    fn new(job: &TrainJob) -> Self {
+        let graphed = graphed_step(job.model_config.arch, &job.config, job.device);
+        StepClock { skip: if graphed { super::cuda_graph::WARMUP_STEPS + 1 } else { 1 }, since: None, timed: 0, done: false }
+    }
 }
 
 /// Trains (or continues training) the job's model. Returns when every epoch is done or when it
@@ -282,7 +313,7 @@ fn start(job: &TrainJob) -> Result<Session> {
         log.record(json!({"type": "start", "global_step": 0, "label": job.label, "arch": job.model_config.arch.name(),
             "train_images": job.train_idx.len(), "val_images": job.val_idx.len(), "device": crate::device::describe(job.device)}))?;
     }
-    Ok(Session { vs, model, sgd, state, log, last_path })
+    Ok(Session { vs, model, sgd, state, log, last_path, clock: StepClock::new(job) })
 }
 
 /// Device-side sums of one epoch's training losses, read back at its end.
@@ -377,6 +408,9 @@ fn run_epoch(job: &TrainJob, s: &mut Session, stepper: &mut dyn TrainStep, iters
             ep_ce += c;
             ep_correct += out.correct;
             ep_n += n;
+            if let Some(per_step) = time_step(&mut s.clock, &out.loss.total) {
+                warn_if_long(job, &bar, (epoch, iters), step + 1, per_step);
+            }
         }
         s.state.step = step + 1;
         s.state.global_step += 1;
@@ -396,7 +430,10 @@ fn run_epoch(job: &TrainJob, s: &mut Session, stepper: &mut dyn TrainStep, iters
             s.log.record(json!({"type": "step", "epoch": epoch, "step": s.state.step, "global_step": s.state.global_step,
                 "lr": lr, "loss": loss, "ce": ce, "distance": loss - ce, "accuracy": acc,
                 "images_per_s": win_n as f64 / secs.max(1e-9)}))?;
-            bar.set_message(format!("loss {loss:.4} acc {acc:.3} {:.1} img/s", win_n as f64 / secs.max(1e-9)));
+            // Synced just now (the loss was read back): this epoch's mean step time so far.
+            let left = eta::steps_left(cfg.epochs, iters, epoch, s.state.step);
+            let eta = eta::estimate(left, offset + 1, ep_t.elapsed().as_secs_f64()).map(eta::human).unwrap_or_else(|| "n/a".into());
+            bar.set_message(format!("loss {loss:.4} acc {acc:.3} {:.1} img/s, ETA {eta}", win_n as f64 / secs.max(1e-9)));
             (win_loss, win_ce, win_correct, win_n) = (zero(), zero(), zero(), 0);
             win_t = Instant::now();
         }
@@ -475,6 +512,45 @@ fn end_epoch(job: &TrainJob, s: &mut Session, sums: EpochSums, lr: f64) -> Resul
     Ok(())
 }
 
+/// Counts one finished step on `clock`; after the set-up steps and [`eta::TIMED_STEPS`] more,
+/// waits for the device (reading `loss` back) and returns their mean time, once; None at every
+/// other step.
+fn time_step(clock: &mut StepClock, loss: &Tensor) -> Option<f64> {
+    if clock.done {
+        return None;
+    }
+    if clock.skip > 0 {
+        clock.skip -= 1;
+        if clock.skip == 0 {
+            let _ = loss.double_value(&[]); // the set-up steps' work is done before the clock starts
+            clock.since = Some(Instant::now());
+        }
+        return None;
+    }
+    let since = clock.since?;
+    clock.timed += 1;
+    if clock.timed < eta::TIMED_STEPS {
+        return None;
+    }
+    let _ = loss.double_value(&[]);
+    clock.done = true;
+    Some(since.elapsed().as_secs_f64() / clock.timed as f64)
+}
+
+/// Prints (once per process, verbose runs only) the warning for a run that will take long on
+/// its device, from the measured `per_step` and the steps left after `step` of `epoch` (of
+/// `iters` steps).
+fn warn_if_long(job: &TrainJob, bar: &ProgressBar, (epoch, iters): (usize, usize), step: usize, per_step: f64) {
+    let left = eta::steps_left(job.config.epochs, iters, epoch, step);
+    let Some(total) = eta::estimate(left, 1, per_step) else { return };
+    if let Some(w) = eta::long_run_warning(&job.label, job.device, left, per_step, total)
+        && job.verbose
+        && !LONG_RUN_WARNED.swap(true, Ordering::SeqCst)
+    {
+        bar.suspend(|| eprintln!("{w}"));
+    }
+}
+
 fn progress_bar(job: &TrainJob, epoch: usize, iters: usize, done: usize) -> ProgressBar {
     let bar = if job.verbose { ProgressBar::new(iters as u64) } else { ProgressBar::hidden() };
     bar.set_style(
@@ -511,6 +587,20 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
     use tch::{Device, Kind, Tensor};
+
+    /// The long-run estimate comes after the set-up steps (4 with the CUDA graph's warm-up and
+    /// recording) and then `TIMED_STEPS` timed ones, exactly once.
+    #[test]
+    fn the_step_clock_skips_the_set_up_steps_and_answers_once() {
+        let loss = Tensor::from(1.5f32);
+        for skip in [1, crate::train::cuda_graph::WARMUP_STEPS + 1] {
+            let mut clock = StepClock { skip, since: None, timed: 0, done: false };
+            let answers: Vec<bool> = (0..skip + eta::TIMED_STEPS + 2).map(|_| time_step(&mut clock, &loss).is_some()).collect();
+            let first = answers.iter().position(|&a| a);
+            assert_eq!(first, Some(skip + eta::TIMED_STEPS - 1), "skip {skip}: {answers:?}");
+            assert_eq!(answers.iter().filter(|&&a| a).count(), 1, "skip {skip}: {answers:?}");
+        }
+    }
 
     /// MAG-SD(0AUG) is MA-Net trained on the raw branch's cross-entropy alone: with no
     /// augmentations, MAG-SD's step must do exactly what the plain cross-entropy step does.
