@@ -183,6 +183,32 @@ fn predict_json_gives_the_same_boxes_with_and_without_a_heatmap() {
     }
 }
 
+/// `predict`'s default fast path (BatchNorm folded, channels-last on the CPU) gives the exact
+/// path's (`--exact`) classes and probabilities up to float32 rounding.
+#[test]
+fn predict_fast_path_agrees_with_exact() {
+    let (_d, data, run) = phantoms_and_model();
+    let images: Vec<PathBuf> = ["covid19/covid19_0000.png", "bacterial/bacterial_0001.png", "normal/normal_0002.png"]
+        .iter()
+        .map(|p| data.join("images").join(p))
+        .collect();
+    let mut args = vec!["predict", "--model", run.to_str().unwrap(), "--device", "cpu", "--json"];
+    args.extend(images.iter().map(|p| p.to_str().unwrap()));
+    let fast = magsd(&args);
+    args.push("--exact");
+    let exact = magsd(&args);
+    assert!(fast.status.success() && exact.status.success(), "{}\n{}", text(&fast), text(&exact));
+    let (f, e) = (json_lines(&fast), json_lines(&exact));
+    assert_eq!(f.len(), images.len());
+    for (f, e) in f.iter().zip(&e) {
+        assert_eq!(f["predicted"], e["predicted"]);
+        for (class, p) in e["probabilities"].as_object().unwrap() {
+            let (p, q) = (p.as_f64().unwrap(), f["probabilities"][class].as_f64().unwrap());
+            assert!((p - q).abs() < 1e-5, "{class}: exact {p}, fast {q}");
+        }
+    }
+}
+
 #[test]
 fn localize_compares_the_methods_with_intervals_and_n_a() {
     let (d, data, run) = phantoms_and_model();

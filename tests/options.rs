@@ -72,6 +72,18 @@ fn the_outside_root_refusal_names_the_folder() {
     assert!(t.contains("manifest's folder .;") && !t.contains("folder ;"), "{t}");
 }
 
+/// The commands that infer take the same device and determinism options as those that train.
+#[test]
+fn every_inference_command_takes_device_and_deterministic() {
+    for cmd in ["eval", "localize", "predict", "ood-eval", "serve"] {
+        let o = magsd_in(Path::new("."), &[cmd, "--help"]);
+        let t = text(&o);
+        for flag in ["--device", "--deterministic"] {
+            assert!(t.contains(flag), "{cmd} --help lacks {flag}");
+        }
+    }
+}
+
 /// `reproduce`, `demo` and `bench` take the same device and determinism options as `train`.
 #[test]
 fn every_training_command_takes_device_and_deterministic() {

@@ -24,9 +24,9 @@ pub struct BenchArgs {
     /// Inference batch (default: --batch-size).
     #[arg(long)]
     pub infer_batch: Option<usize>,
-    /// Output classes.
+    /// Number of output classes.
     #[arg(long, default_value_t = 3)]
-    pub classes: usize,
+    pub num_classes: usize,
     #[command(flatten)]
     pub model: ModelArgs,
     /// bf16 autocast (CUDA; ignored with a note on CPU).
@@ -97,7 +97,7 @@ pub fn run(a: BenchArgs) -> Result<i32> {
     let o = BenchOptions {
         device,
         config,
-        classes: a.classes,
+        classes: a.num_classes,
         batch: a.batch_size,
         infer_batch: a.infer_batch.unwrap_or(a.batch_size),
         warmup: a.warmup,

@@ -5,6 +5,9 @@ pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod localize;
+pub mod predict;
+pub mod report;
 pub mod model;
 pub mod ood_eval;
 pub mod train;
@@ -42,9 +45,9 @@ pub enum Command {
     /// Evaluate a model on a dataset: metrics, figures, attention overlays, report.
     Eval(eval::EvalArgs),
     /// Evaluate localisation: IoU of attention boxes against lesion masks or boxes.
-    Localize(eval::LocalizeArgs),
+    Localize(localize::LocalizeArgs),
     /// Classify X-rays and show where the model looked.
-    Predict(eval::PredictArgs),
+    Predict(predict::PredictArgs),
     /// Measure how well the model flags images unlike its training X-rays (AUROC, FPR at 95 % TPR).
     OodEval(ood_eval::OodEvalArgs),
     /// (Re)write report.md and report.html of a training run folder.
@@ -69,9 +72,9 @@ pub fn run(cli: Cli) -> crate::Result<i32> {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::eval(a, false),
         Command::Localize(a) => eval::eval(a.try_into()?, true),
-        Command::Predict(a) => eval::predict_images(a),
+        Command::Predict(a) => predict::predict_images(a),
         Command::OodEval(a) => ood_eval::run(a),
-        Command::Report { run } => eval::report(&run),
+        Command::Report { run } => report::report(&run),
         Command::Reproduce(a) => reproduce::run(a),
         Command::Serve(a) => serve::run(a),
     }
@@ -126,11 +129,13 @@ impl DataArgs {
     }
 }
 
-/// The device and determinism options of every command that trains: `train`, `reproduce`,
-/// `demo` and `bench`; [`crate::device::set_up`] acts on them.
+/// The device and determinism options of every command that trains or infers: `train`,
+/// `reproduce`, `demo`, `bench`, `eval`, `localize`, `predict`, `ood-eval` and `serve`;
+/// [`crate::device::set_up`] acts on them.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct DeviceArgs {
-    /// cpu, cuda or auto (setting `device`; default: the config's, auto in every preset).
+    /// cpu, cuda or auto (training: setting `device`, default the config's, auto in every
+    /// preset; inference: default auto).
     #[arg(long, value_enum)]
     pub device: Option<crate::device::DeviceChoice>,
     /// Deterministic cuDNN and libtorch algorithms, cuDNN benchmarking off (setting
@@ -141,6 +146,12 @@ pub struct DeviceArgs {
 }
 
 impl DeviceArgs {
+    /// Sets up determinism and the device for a command without a training config (`auto`
+    /// when --device is not given).
+    pub fn set_up(&self) -> crate::error::Result<tch::Device> {
+        crate::device::set_up(self.device.unwrap_or_default(), self.deterministic)
+    }
+
     /// The flags given, as `key=value` settings.
     pub fn overrides(&self) -> Vec<String> {
         let mut o = Vec::new();

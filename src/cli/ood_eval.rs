@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::DataArgs;
-use super::eval::{ModelRun, expand_inputs};
+use super::eval::ModelRun;
+use super::predict::expand_inputs;
 use crate::runfolder::resolve_model;
 use crate::data::decode::{GrayImage, decode_file};
 use crate::data::loader::{InputPipeline, Loader};
@@ -97,7 +98,7 @@ pub fn run(args: OodEvalArgs) -> Result<i32> {
             super::refuse_overwrite(&out.join(f), args.force)?;
         }
     }
-    let device = args.run.device.resolve()?;
+    let device = args.run.device.set_up()?;
     let path = resolve_model(&args.run.model)?;
     let m = load_model(&path, device)?;
     let reliability = Reliability::of(&m, &path)?;

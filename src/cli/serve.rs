@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::eval::localize::Threshold;
 use crate::serve::load::{LoadOptions, load_test};
@@ -72,9 +71,8 @@ pub struct ServeArgs {
     /// request's headers within it.
     #[arg(long, default_value_t = 30)]
     pub timeout_s: u64,
-    /// cpu, cuda or auto (CUDA when a GPU is visible).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: super::DeviceArgs,
     /// bf16 autocast (CUDA).
     #[arg(long)]
     pub bf16: bool,
@@ -151,7 +149,7 @@ pub fn run(a: ServeArgs) -> Result<i32> {
     let Some(model) = a.model.clone() else {
         return Ok(no_model());
     };
-    let device = a.device.resolve()?;
+    let device = a.device.set_up()?;
     let token = match (&a.token, std::env::var("MAGSD_TOKEN")) {
         (Some(t), _) => Some(t.clone()),
         (None, Ok(t)) if t.trim().is_empty() => {

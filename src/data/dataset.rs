@@ -109,7 +109,9 @@ pub struct Dataset {
 
 const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "dcm", "dicom"];
 
-fn looks_like_image(path: &Path) -> bool {
+/// True when a file name has an image extension or none (the folder scan's test; content is
+/// checked when the image is read).
+fn has_image_name(path: &Path) -> bool {
     match path.extension().and_then(|e| e.to_str()) {
         None => true,
         Some(e) => IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()),
@@ -175,7 +177,7 @@ impl Dataset {
                 ));
             }
             let label = classes.iter().position(|c| c == folder);
-            let (images, others): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| looks_like_image(f));
+            let (images, others): (Vec<_>, Vec<_>) = files.into_iter().partition(|f| has_image_name(f));
             if !others.is_empty() {
                 problems.push(format!(
                     "{}: {} file(s) skipped, not named like images (e.g. {})",

@@ -130,6 +130,25 @@ fn sniff(bytes: &[u8]) -> Option<Format> {
     }
 }
 
+/// True when the file's first bytes are a PNG, JPEG or DICOM signature (the test the decoder
+/// itself uses to choose its format); false when it cannot be read.
+pub fn has_image_content(path: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 132];
+    let mut n = 0;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    // `read` may return fewer bytes than there are; read until the buffer is full or the file ends.
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => n += k,
+        }
+    }
+    sniff(&head[..n]).is_some()
+}
+
 /// Reads and decodes one image file.
 pub fn decode_file(path: &Path, limits: &DecodeLimits) -> Result<GrayImage> {
     let bytes = crate::files::read_image(path)?;

@@ -11,6 +11,7 @@ pub mod ood;
 pub mod ood_eval;
 pub mod operating_point;
 pub mod overlap;
+pub mod predictor;
 pub mod probe;
 pub mod reliability;
 pub mod stats;

@@ -55,6 +55,16 @@ impl MagSd {
         Ok(MagSd { config, net: Network::MaNet(MaNet { backbone, attention, classifier }) })
     }
 
+    /// Folds the backbone's BatchNorms into its convolutions, for inference only
+    /// (`super::resnet::ResNet::fold_batch_norm`; the attention heads' BatchNorms stay). MA-Net
+    /// only: a baseline is left as it is. Returns the number of BatchNorms folded.
+    pub fn fold_batch_norm(&mut self) -> usize {
+        match &mut self.net {
+            Network::MaNet(net) => net.backbone.fold_batch_norm(),
+            Network::Baseline(_) => 0,
+        }
+    }
+
     /// `x: [B, in_channels, S, S]`. `train` selects batch statistics in BatchNorm (and updates
     /// the running ones); `false` uses the running statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> MagSdOutput {
@@ -129,5 +139,52 @@ impl MagSd {
             }
         };
         Ok((out, map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Folding BatchNorm into the convolutions gives the same eval-mode outputs as the unfolded
+    /// network, up to float32 rounding. Trained-like running statistics and affine parameters are
+    /// drawn at random, so that a folding with a wrong sign, ε or axis cannot pass.
+    #[test]
+    fn folded_batch_norm_gives_the_same_outputs() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let mut model = MagSd::new(&vs.root(), MagSdConfig::tiny(3)).unwrap();
+        tch::no_grad(|| {
+            for (name, mut t) in vs.variables() {
+                let c = t.size();
+                let r = Tensor::rand(&c[..], (Kind::Float, tch::Device::Cpu));
+                if name.ends_with("running_var") {
+                    t.copy_(&(r * 2.0 + 0.1));
+                } else if name.ends_with("running_mean") || (name.contains("bn") || name.contains("downsample.1")) && name.ends_with("bias") {
+                    t.copy_(&(r - 0.5));
+                } else if (name.contains("bn") || name.contains("downsample.1")) && name.ends_with("weight") {
+                    t.copy_(&(r + 0.5));
+                }
+            }
+        });
+        let s = model.config.image_size;
+        let x = Tensor::randn([2, model.config.in_channels, s, s], (Kind::Float, tch::Device::Cpu));
+        let before = tch::no_grad(|| model.forward_t(&x, false));
+        let folded = model.fold_batch_norm();
+        assert!(folded > 0, "nothing folded");
+        let after = tch::no_grad(|| model.forward_t(&x, false));
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let diff = (a - b).abs().max().double_value(&[]);
+            let scale = a.abs().max().double_value(&[]).max(1e-6);
+            // float32 rounding through a few layers: a relative 1e-4 of the largest value.
+            assert!(diff <= 1e-4 * scale, "{what}: max difference {diff} at scale {scale}");
+        };
+        close(&before.logits, &after.logits, "logits");
+        close(&before.attention, &after.attention, "attention");
+        close(&before.features, &after.features, "features");
+        // A fold of an already folded network changes nothing.
+        model.fold_batch_norm();
+        let again = tch::no_grad(|| model.forward_t(&x, false));
+        assert!(again.logits.equal(&after.logits));
     }
 }

@@ -9,15 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
-use tch::{Device, Kind};
 use tokio::sync::oneshot;
 
 use super::metrics::{BatchTimes, ServeCounters};
 use crate::data::input_stats::ImageFeatures;
-use crate::eval::evaluate::{forward_map, rows_f64};
-use crate::eval::reliability::{Assessment, Reliability};
+use crate::eval::predictor::{ImagePrediction, PredictTimes, Predictor};
+use crate::eval::reliability::Assessment;
 use crate::model::MapKind;
-use crate::model::weights::LoadedModel;
 
 #[derive(Clone, Copy, Debug)]
 pub struct BatchOptions {
@@ -151,19 +149,19 @@ impl Batcher {
 }
 
 impl BatchWorker {
-    /// Starts the model thread, which owns the model and what its file says about trusting it.
-    /// It ends when every [`Batcher`] is gone (server shut down).
-    pub fn spawn(self, model: LoadedModel, reliability: Reliability, device: Device) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// Starts the model thread, which owns the predictor (the model and what its file says
+    /// about trusting it). It ends when every [`Batcher`] is gone (server shut down).
+    pub fn spawn(self, predictor: Predictor) -> std::io::Result<std::thread::JoinHandle<()>> {
         let ready = self.ready.clone();
         ready.store(true, Ordering::SeqCst); // the thread owns a loaded model from its first instruction
-        let handle = std::thread::Builder::new().name("magsd-batcher".into()).spawn(move || self.run(&model, &reliability, device));
+        let handle = std::thread::Builder::new().name("magsd-batcher".into()).spawn(move || self.run(&predictor));
         if handle.is_err() {
             ready.store(false, Ordering::SeqCst);
         }
         handle
     }
 
-    fn run(self, m: &LoadedModel, reliability: &Reliability, device: Device) {
+    fn run(self, predictor: &Predictor) {
         while let Ok(first) = self.rx.recv() {
             let mut jobs = vec![first];
             let deadline = Instant::now() + self.opts.max_wait;
@@ -177,42 +175,32 @@ impl BatchWorker {
             // A caller that gave up (timeout, closed connection) needs no forward pass.
             jobs.retain(|j| !j.reply.is_closed());
             if !jobs.is_empty() {
-                self.run_batch(m, reliability, device, jobs);
+                self.run_batch(predictor, jobs);
             }
         }
         self.ready.store(false, Ordering::SeqCst);
     }
 
-    fn run_batch(&self, m: &LoadedModel, reliability: &Reliability, device: Device, jobs: Vec<Job>) {
+    fn run_batch(&self, predictor: &Predictor, jobs: Vec<Job>) {
         let (n, s) = (jobs.len(), self.opts.input_size);
         let taken = Instant::now();
         let mut t = BatchTimes::default();
         // libtorch reports failures (e.g. out of GPU memory) by panicking through tch: answer
         // this batch's callers with the message and keep serving.
-        let classes = m.model.config.class_labels();
-        type BatchOut = (Vec<Result<Assessment, String>>, Vec<f32>, usize);
-        let out = catch_unwind(AssertUnwindSafe(|| -> Result<BatchOut, String> {
+        let out = catch_unwind(AssertUnwindSafe(|| -> Result<Vec<Result<ImagePrediction, String>>, String> {
             let mut data = Vec::with_capacity(n * s * s);
             for j in &jobs {
                 data.extend_from_slice(&j.input);
             }
             let x = tch::Tensor::from_slice(&data).view([n as i64, 1, s as i64, s as i64]); // [B, 1, S, S]
             t.input_s = taken.elapsed().as_secs_f64();
-            let start = Instant::now();
-            let f = forward_map(&m.model, &x, device, self.opts.bf16, false, self.opts.map).map_err(|e| e.to_string())?; // [B, K], [B, 1, h, w], [B, D]
-            t.infer_s = start.elapsed().as_secs_f64();
-            let start = Instant::now();
-            let side = f.attention.size()[2] as usize;
-            let logits = rows_f64(&f.logits).map_err(|e| e.to_string())?;
-            let features = f.features.to_device(Device::Cpu);
             // Calibration, the pixel screen and the detector, the operating points; a non-finite
-            // output is this image's error.
-            let assessed = (0..n)
-                .map(|i| reliability.assess(&logits[i], Some(&features.get(i as i64)), jobs[i].image.as_ref(), &classes).map_err(|e| e.to_string()))
-                .collect();
-            let att: Vec<f32> = Vec::try_from(f.attention.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).map_err(|e: tch::TchError| e.to_string())?;
-            t.output_s = start.elapsed().as_secs_f64();
-            Ok((assessed, att, side))
+            // output is this image's error. The web API draws its boxes at the image's size itself.
+            let images: Vec<_> = jobs.iter().map(|j| j.image.as_ref()).collect();
+            let mut pt = PredictTimes::default();
+            let predicted = predictor.predict_batch(&x, &images, &vec![None; n], &mut pt).map_err(|e| e.to_string())?;
+            (t.infer_s, t.output_s) = (pt.forward_s, pt.output_s);
+            Ok(predicted.into_iter().map(|r| r.map_err(|e| e.to_string())).collect())
         }))
         .unwrap_or_else(|p| {
             let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
@@ -225,12 +213,12 @@ impl BatchWorker {
             self.metrics.answered(out.is_ok(), j.enqueued.elapsed().as_secs_f64());
         }
         match out {
-            Ok((assessed, att, side)) => {
-                for ((i, j), a) in jobs.into_iter().enumerate().zip(assessed) {
-                    let _ = j.reply.send(a.map(|assessment| Inference {
-                        assessment,
-                        attention: att[i * side * side..(i + 1) * side * side].to_vec(),
-                        attention_side: side,
+            Ok(predicted) => {
+                for (j, p) in jobs.into_iter().zip(predicted) {
+                    let _ = j.reply.send(p.map(|p| Inference {
+                        assessment: p.assessment,
+                        attention: p.attention,
+                        attention_side: p.attention_side,
                         queue_s: taken.duration_since(j.enqueued).as_secs_f64(),
                         inference_s,
                         batch_size: n,

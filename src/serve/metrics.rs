@@ -71,9 +71,10 @@ impl DurationStat {
 pub struct BatchTimes {
     /// Gathering the inputs into one tensor.
     pub input_s: f64,
-    /// The forward pass (and the copy to the device).
+    /// The forward pass, from the copy to the device until the logits are on the host
+    /// (`crate::eval::predictor::PredictTimes::forward_s`).
     pub infer_s: f64,
-    /// Copying the outputs back and splitting them per image.
+    /// Copying the other outputs back, the assessment of each image and splitting them per image.
     pub output_s: f64,
 }
 

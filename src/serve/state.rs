@@ -16,9 +16,10 @@ use crate::data::decode::DecodeLimits;
 use crate::data::loader::InputPipeline;
 use crate::error::{Error, Result};
 use crate::eval::localize::Threshold;
+use crate::eval::predictor::{Precision, Predictor, PredictorOptions};
 use crate::eval::reliability::{Reliability, ReliabilitySummary};
 use crate::model::MagSdConfig;
-use crate::model::weights::{LoadedModel, load_model, unfinished};
+use crate::model::weights::{load_model, unfinished};
 use crate::runfolder::{CvSummary, RunSpec, resolve_model, run_of_model};
 
 /// The notice shown with every answer and on the page.
@@ -148,15 +149,13 @@ pub struct AppState {
 pub struct Loaded {
     pub state: Arc<AppState>,
     worker: BatchWorker,
-    model: LoadedModel,
-    reliability: Reliability,
-    device: Device,
+    predictor: Predictor,
 }
 
 impl Loaded {
     /// Starts the batcher thread (which owns the model from now on).
     pub fn start(self) -> Result<Arc<AppState>> {
-        self.worker.spawn(self.model, self.reliability, self.device).map_err(|e| Error::Model(format!("cannot start the batcher thread: {e}")))?;
+        self.worker.spawn(self.predictor).map_err(|e| Error::Model(format!("cannot start the batcher thread: {e}")))?;
         Ok(self.state)
     }
 }
@@ -270,5 +269,14 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         decode_budget: Arc::new(Semaphore::new(opts.limits.max_request_pixels as usize)),
         threshold: opts.threshold,
     });
-    Ok(Loaded { state, worker, model, reliability, device: opts.device })
+    // The fast path (BatchNorm folded; channels-last on the CPU), as `magsd predict` by default.
+    let predictor_opts = PredictorOptions {
+        device: opts.device,
+        precision: Precision::Fast,
+        bf16: opts.bf16,
+        map: opts.map,
+        threshold: opts.threshold,
+    };
+    let predictor = Predictor::new(model, reliability, state.pipeline.clone(), predictor_opts);
+    Ok(Loaded { state, worker, predictor })
 }
