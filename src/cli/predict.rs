@@ -54,8 +54,8 @@ pub struct PredictArgs {
     #[arg(long)]
     pub strict: bool,
     /// The network exactly as trained (float32, eager, BatchNorm unfolded): bit-comparable with
-    /// `magsd eval`. By default BatchNorm is folded into the convolutions and the CPU uses the
-    /// channels-last layout, which changes probabilities by float32 rounding only.
+    /// `magsd eval`. By default BatchNorm is folded into the convolutions, which changes
+    /// probabilities by float32 rounding only.
     #[arg(long)]
     pub exact: bool,
 }

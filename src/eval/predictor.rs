@@ -7,9 +7,10 @@
 //! * exact ([`Precision::Exact`]): the network as trained, float32, eager, NCHW: the same numbers
 //!   as `magsd eval` and as magsd before the fast path existed;
 //! * fast ([`Precision::Fast`], the default): the backbone's BatchNorms folded into their
-//!   convolutions (exact in real arithmetic, float32 rounding apart) and, on the CPU, the
-//!   channels-last layout that oneDNN's convolutions prefer. Probabilities differ from the exact
-//!   path by float32 rounding only (see BENCHMARKS.md, "CPU inference (issue 21 part 0)").
+//!   convolutions (exact in real arithmetic, float32 rounding apart), NCHW. Probabilities differ
+//!   from the exact path by float32 rounding only. (Channels-last was measured too and left out:
+//!   on the 2-core development CPU it made a single-image predict 5 % slower than exact; see
+//!   BENCHMARKS.md, "CPU inference (issue 21 part 0)".)
 use std::path::Path;
 use std::time::Instant;
 
@@ -28,7 +29,7 @@ use crate::model::weights::LoadedModel;
 /// How the network runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
-    /// BatchNorm folded into the convolutions; channels-last on the CPU. Float32.
+    /// BatchNorm folded into the convolutions. Float32, NCHW.
     #[default]
     Fast,
     /// The network as trained, float32, eager, NCHW: bit-identical to `magsd eval`'s forward.
@@ -122,7 +123,7 @@ impl Predictor {
     /// Takes the model over; with [`Precision::Fast`] its BatchNorms are folded (the model is
     /// then for inference only).
     pub fn new(mut model: LoadedModel, reliability: Reliability, pipeline: InputPipeline, opts: PredictorOptions) -> Self {
-        let channels_last = opts.precision != Precision::Exact && opts.device == Device::Cpu;
+        let channels_last = opts.precision == Precision::Bf16Cpu && opts.device == Device::Cpu;
         if opts.precision == Precision::Bf16Cpu {
             crate::device::vars_to_channels_last(&model.vs);
             tch::no_grad(|| {
@@ -135,10 +136,6 @@ impl Predictor {
             });
         }
         if opts.precision == Precision::Fast {
-            if channels_last {
-                crate::device::vars_to_channels_last(&model.vs);
-            }
-            // After the layout change, so that the folded weights keep it.
             model.model.fold_batch_norm();
         }
         let classes = model.model.config.class_labels();
@@ -225,7 +222,7 @@ impl Predictor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::MagSdConfig;
+    use crate::model::NetworkConfig;
     use crate::model::weights::{load_model, save_model};
 
     fn predictor(dir: &Path, precision: Precision) -> Predictor {
@@ -233,8 +230,8 @@ mod tests {
         if !path.exists() {
             tch::manual_seed(11);
             let vs = tch::nn::VarStore::new(Device::Cpu);
-            let _ = crate::model::MagSd::new(&vs.root(), MagSdConfig::tiny(3)).unwrap();
-            save_model(&path, &vs, &MagSdConfig::tiny(3)).unwrap();
+            let _ = crate::model::Network::new(&vs.root(), NetworkConfig::tiny(3)).unwrap();
+            save_model(&path, &vs, &NetworkConfig::tiny(3)).unwrap();
         }
         let m = load_model(&path, Device::Cpu).unwrap();
         let reliability = Reliability::of(&m, &path).unwrap();
