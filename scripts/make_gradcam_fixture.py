@@ -2,7 +2,7 @@
 """Writes tests/fixtures/gradcam_bottleneck.safetensors: what pytorch-grad-cam computes on the
 parity network (run only to regenerate it; CI never runs it).
 
-The network is `make_parity_fixture.py`'s `MagSd` (torchvision's ResNet code, Bottleneck, one
+The network is `make_parity_fixture.py`'s `Network` (torchvision's ResNet code, Bottleneck, one
 block per stage, 64x64 one-channel input, scales 7+14+28, BAP head, 3 classes) with the weights
 stored in `tests/fixtures/parity_bottleneck.safetensors`, in eval mode. pytorch-grad-cam's
 `GradCAM` and `GradCAMPlusPlus` run on `backbone.layer4` and `backbone.layer3` for the stored
@@ -60,7 +60,7 @@ def main():
     t = load_file(path)
     r = cfg["resnet"]
     block = torchvision.models.resnet.Bottleneck if r["block"] == "bottleneck" else torchvision.models.resnet.BasicBlock
-    m = mpf.MagSd(block, r["layers"], r["stem_width"], r["widths"], cfg["in_channels"], cfg["num_maps"], cfg["scales"], cfg["num_classes"])
+    m = mpf.Network(block, r["layers"], r["stem_width"], r["widths"], cfg["in_channels"], cfg["num_maps"], cfg["scales"], cfg["num_classes"])
     backbone = {k: v for k, v in t.items() if k in m.backbone.state_dict()}
     missing = m.backbone.load_state_dict(backbone, strict=False)
     assert all(k.startswith("fc.") or k.endswith("num_batches_tracked") for k in missing.missing_keys), missing

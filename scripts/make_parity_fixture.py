@@ -15,7 +15,7 @@ f3, f4, attention, logits. The metadata holds the magsd model config. A torchvis
 
 `parity_step.safetensors` records one whole training step of the PyTorch reference
 (`../shared/reference/bench_magsd_torch.py`, imported by path; override with $MAGSD_BENCH) on the
-tiny preset (magsd's `MagSdConfig::tiny(3)`: ResNet50's code with one block per stage and 1/8 of
+tiny preset (magsd's `NetworkConfig::tiny(3)`: ResNet50's code with one block per stage and 1/8 of
 the width, 8 maps, scales 7+14, 1 channel, 96x96). The bench's `MAGSDNet` hard-codes ResNet50
 (94 MB at this size), so the network is that class with its layers swapped for the tiny ones,
 built and initialised as the bench builds its own: torchvision's ResNet init (convs
@@ -80,7 +80,7 @@ def att_head(cin, m):
     return nn.ModuleDict({"conv": nn.Conv2d(cin, m, 1, bias=False), "bn": nn.BatchNorm2d(m, eps=1e-3)})
 
 
-class MagSd(nn.Module):
+class Network(nn.Module):
     def __init__(self, block, layers, stem, widths, in_chans, maps, scales, classes):
         super().__init__()
         self.backbone = SmallResNet(block, layers, stem, widths, in_chans)
@@ -139,7 +139,7 @@ def randomise(model, g):
 
 def write(name, block, block_name, layers, stem, widths, in_chans, maps, scales, classes, size, seed):
     g = torch.Generator().manual_seed(seed)
-    m = MagSd(block, layers, stem, widths, in_chans, maps, scales, classes)
+    m = Network(block, layers, stem, widths, in_chans, maps, scales, classes)
     randomise(m, g)
     x = torch.randn(2, in_chans, size, size, generator=g)
     tensors = {k: v.detach().clone().contiguous() for k, v in m.magsd_state().items()}

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::eval::localize::Threshold;
 use crate::eval::predictor::{Precision, Predictor, PredictorOptions};
 use crate::model::weights::parameter_count;
-use crate::model::{MagSd, MagSdConfig, MapKind};
+use crate::model::{Network, NetworkConfig, MapKind};
 use crate::rng::Rng;
 use crate::train::attention_aug::{StepRandom, attention_mixup};
 use crate::train::config::TrainConfig;
@@ -102,14 +102,14 @@ fn merge(mut a: Value, b: Value) -> Value {
 struct Ctx<'a> {
     o: &'a BenchOptions,
     vs: nn::VarStore,
-    model: Option<MagSd>,
-    model_config: MagSdConfig,
+    model: Option<Network>,
+    model_config: NetworkConfig,
     cl: bool,
     bf16: bool,
 }
 
 impl Ctx<'_> {
-    fn model(&self) -> &MagSd {
+    fn model(&self) -> &Network {
         self.model.as_ref().expect("model built")
     }
 

@@ -2,14 +2,14 @@
 //! small input (output shape, no NaN, a gradient for every parameter, a non-negative map, a
 //! save/load round trip), torchvision's parameter counts, and the import of torchvision-named
 //! weights.
-use magsd::model::config::{Arch, MagSdConfig};
+use magsd::model::config::{Arch, NetworkConfig};
 use magsd::model::weights::{import_torchvision, load_model, parameter_count, save_model, save_tensors};
-use magsd::model::MagSd;
+use magsd::model::Network;
 use tch::{Device, Kind, Tensor, nn};
 
 /// The smallest input each network takes comfortably on CPU.
-fn small(arch: Arch) -> MagSdConfig {
-    let mut cfg = MagSdConfig::paper(3).with_arch(arch);
+fn small(arch: Arch) -> NetworkConfig {
+    let mut cfg = NetworkConfig::paper(3).with_arch(arch);
     cfg.image_size = if arch == Arch::InceptionV3 { 75 } else { 64 };
     cfg.num_maps = 4;
     cfg
@@ -59,7 +59,7 @@ fn shapes_no_nan_gradients_everywhere_and_loads_back(arch: Arch) {
     let cfg = small(arch);
     let s = cfg.image_size;
     let vs = nn::VarStore::new(Device::Cpu);
-    let m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
+    let m = Network::new(&vs.root(), cfg.clone()).unwrap();
     let x = Tensor::randn([2, 1, s, s], (Kind::Float, Device::Cpu));
     let out = m.forward_t(&x, true);
     let tag = arch.name();
@@ -95,11 +95,11 @@ fn a_model_file_of_another_arch_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r18.safetensors");
     let vs = nn::VarStore::new(Device::Cpu);
-    let _m = MagSd::new(&vs.root(), small(Arch::Resnet18)).unwrap();
+    let _m = Network::new(&vs.root(), small(Arch::Resnet18)).unwrap();
     save_model(&path, &vs, &small(Arch::Resnet18)).unwrap();
     let (tensors, _) = magsd::model::weights::load_tensors(&path).unwrap();
     let vs2 = nn::VarStore::new(Device::Cpu);
-    let _m2 = MagSd::new(&vs2.root(), small(Arch::Resnet50)).unwrap();
+    let _m2 = Network::new(&vs2.root(), small(Arch::Resnet50)).unwrap();
     let e = magsd::model::weights::copy_exact(&vs2, &tensors, &path).unwrap_err().to_string();
     assert!(e.contains("r18.safetensors"), "{e}");
     assert!(!small(Arch::Resnet18).same_architecture(&small(Arch::Resnet50)));
@@ -114,10 +114,10 @@ macro_rules! parameter_count_matches_torchvision {
             $(
                 #[test]
                 fn $test() {
-                    let mut cfg = MagSdConfig::paper(1000).with_arch(Arch::$arch);
+                    let mut cfg = NetworkConfig::paper(1000).with_arch(Arch::$arch);
                     cfg.in_channels = 3;
                     let vs = nn::VarStore::new(Device::Cpu);
-                    let _m = MagSd::new(&vs.root(), cfg).unwrap();
+                    let _m = Network::new(&vs.root(), cfg).unwrap();
                     assert_eq!(parameter_count(&vs), $want, "{}", Arch::$arch.name());
                 }
             )*
@@ -142,13 +142,13 @@ fn torchvision_names_import_with_the_rgb_stem_summed_and_the_class_layer_left_fr
     rgb.in_channels = 3;
     rgb.num_classes = 1000;
     let src = nn::VarStore::new(Device::Cpu);
-    let _s = MagSd::new(&src.root(), rgb).unwrap();
+    let _s = Network::new(&src.root(), rgb).unwrap();
     let path = dir.path().join("resnet18.safetensors");
     let tensors: Vec<(String, Tensor)> = src.variables().into_iter().collect();
     save_tensors(&path, &tensors, Default::default()).unwrap();
 
     let vs = nn::VarStore::new(Device::Cpu);
-    let _m = MagSd::new(&vs.root(), small(Arch::Resnet18)).unwrap();
+    let _m = Network::new(&vs.root(), small(Arch::Resnet18)).unwrap();
     let r = import_torchvision(&vs, &path).unwrap();
     assert!(r.adapted.contains_key("conv1.weight"), "{r:?}");
     assert!(r.unused.contains(&"fc.weight".to_string()) && r.missing.contains(&"fc.weight".to_string()), "{r:?}");

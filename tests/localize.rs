@@ -6,7 +6,7 @@ use std::process::Output;
 use std::sync::OnceLock;
 
 use magsd::eval::saliency::{Layer, grad_cam};
-use magsd::model::{Head, MagSd, MagSdConfig, MapKind};
+use magsd::model::{Head, Network, NetworkConfig, MapKind};
 use common::{magsd, text};
 use tch::{Device, Tensor, nn};
 
@@ -14,10 +14,10 @@ mod common;
 
 /// The tiny network with weights from magsd's own seeded generator, not libtorch's global one
 /// (which other tests draw from in parallel): the same network on every run.
-fn tiny(head: Head) -> (nn::VarStore, MagSd) {
+fn tiny(head: Head) -> (nn::VarStore, Network) {
     let vs = nn::VarStore::new(Device::Cpu);
-    let cfg = MagSdConfig { head, ..MagSdConfig::tiny(3) };
-    let m = MagSd::new(&vs.root(), cfg).unwrap();
+    let cfg = NetworkConfig { head, ..NetworkConfig::tiny(3) };
+    let m = Network::new(&vs.root(), cfg).unwrap();
     let mut rng = magsd::rng::Rng::new(7);
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -91,7 +91,7 @@ fn grad_cam_and_grad_cam_plus_plus_match_pytorch_grad_cam() {
     let (tensors, meta) = load_tensors(&path).unwrap();
     let config = model_config(&meta, &path).unwrap().unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = MagSd::new(&vs.root(), config).unwrap();
+    let model = Network::new(&vs.root(), config).unwrap();
     let input = tensors.iter().find(|(n, _)| n == "input").unwrap().1.shallow_clone();
     let weights: Vec<_> = tensors.into_iter().filter(|(n, _)| !(n == "input" || n.starts_with("eval.") || n.starts_with("train."))).collect();
     copy_exact(&vs, &weights, &path).unwrap();

@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use magsd::model::config::{Head, MagSdConfig, Scales};
+use magsd::model::config::{Head, NetworkConfig, Scales};
 use magsd::model::weights::{
     copy_exact, import_torchvision, load_model, load_tensors, model_config, parameter_count, save_model,
 };
-use magsd::model::MagSd;
+use magsd::model::Network;
 use magsd::rng::Rng;
 use magsd::train::attention_aug::{augment_batch, AttentionAug, AttentionAugConfig, StepRandom};
 use magsd::train::loss::{soft_distance_loss, LossConfig};
@@ -25,12 +25,12 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 /// Builds the fixture's model with its weights; returns it with the fixture's other tensors.
-fn parity_model(name: &str) -> (nn::VarStore, MagSd, HashMap<String, Tensor>) {
+fn parity_model(name: &str) -> (nn::VarStore, Network, HashMap<String, Tensor>) {
     let path = fixture(&format!("parity_{name}.safetensors"));
     let (tensors, meta) = load_tensors(&path).unwrap();
     let config = model_config(&meta, &path).unwrap().unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
-    let model = MagSd::new(&vs.root(), config).unwrap();
+    let model = Network::new(&vs.root(), config).unwrap();
     let (weights, rest): (Vec<_>, Vec<_>) =
         tensors.into_iter().partition(|(n, _)| !(n == "input" || n.starts_with("eval.") || n.starts_with("train.")));
     copy_exact(&vs, &weights, &path).unwrap();
@@ -80,7 +80,7 @@ fn forward_matches_torchvision(name: &str) {
 #[test]
 fn torchvision_pth_imports_into_the_backbone_with_a_full_report() {
     let (ref_vs, _m, _) = parity_model("bottleneck");
-    let config = MagSd::new(&nn::VarStore::new(Device::Cpu).root(), {
+    let config = Network::new(&nn::VarStore::new(Device::Cpu).root(), {
         let (t, meta) = load_tensors(&fixture("parity_bottleneck.safetensors")).unwrap();
         drop(t);
         model_config(&meta, Path::new("x")).unwrap().unwrap()
@@ -88,7 +88,7 @@ fn torchvision_pth_imports_into_the_backbone_with_a_full_report() {
     .unwrap()
     .config;
     let vs = nn::VarStore::new(Device::Cpu);
-    let _model = MagSd::new(&vs.root(), config).unwrap();
+    let _model = Network::new(&vs.root(), config).unwrap();
     let report = import_torchvision(&vs, &fixture("torchvision_bottleneck.pth")).unwrap();
     assert!(report.loaded.contains(&"layer3.0.downsample.1.running_var".to_string()));
     assert!(report.adapted.is_empty());
@@ -114,7 +114,7 @@ fn rgb_stem_is_summed_for_gray_input_and_mismatches_are_refused() {
     };
     config.in_channels = 1;
     let vs = nn::VarStore::new(Device::Cpu);
-    let _gray = MagSd::new(&vs.root(), config).unwrap();
+    let _gray = Network::new(&vs.root(), config).unwrap();
     let report = import_torchvision(&vs, &fixture("torchvision_basic.pth")).unwrap();
     assert!(report.adapted.contains_key("conv1.weight"));
     let want = rgb_vs.variables()["conv1.weight"].sum_dim_intlist(&[1i64][..], true, Kind::Float);
@@ -135,7 +135,7 @@ fn rgb_stem_is_summed_for_gray_input_and_mismatches_are_refused() {
 #[test]
 fn paper_resnet50_has_23_796_800_parameters() {
     let vs = nn::VarStore::new(Device::Cpu);
-    let _m = MagSd::new(&vs.root(), MagSdConfig::paper(3)).unwrap();
+    let _m = Network::new(&vs.root(), NetworkConfig::paper(3)).unwrap();
     assert_eq!(parameter_count(&vs), 23_796_800);
 }
 
@@ -154,7 +154,7 @@ fn saved_model_loads_back_identically() {
     let mut other = model.config.clone();
     other.num_maps += 1;
     let vs2 = nn::VarStore::new(Device::Cpu);
-    let _m2 = MagSd::new(&vs2.root(), other).unwrap();
+    let _m2 = Network::new(&vs2.root(), other).unwrap();
     let (tensors, _) = load_tensors(&path).unwrap();
     let e = copy_exact(&vs2, &tensors, &path).unwrap_err().to_string();
     assert!(e.contains("shape"), "{e}");
@@ -254,13 +254,13 @@ fn every_backbone_scale_and_head_has_its_own_test() {
 
 fn shapes_no_nan_and_gradients_where_the_head_sends_them(backbone: &str, scales: Scales, head: Head) {
     tch::manual_seed(0);
-    let mut cfg = MagSdConfig::paper(3).with_backbone(backbone).unwrap();
+    let mut cfg = NetworkConfig::paper(3).with_backbone(backbone).unwrap();
     cfg.scales = scales;
     cfg.head = head;
     cfg.image_size = 64; // small input keeps these tests fast on CPU
     cfg.num_maps = 4;
     let vs = nn::VarStore::new(Device::Cpu);
-    let m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
+    let m = Network::new(&vs.root(), cfg.clone()).unwrap();
     let x = Tensor::randn([2, 1, 64, 64], (Kind::Float, Device::Cpu));
     let out = m.forward_t(&x, true);
     let tag = format!("{backbone}/{}/{head:?}", scales.name());
@@ -297,11 +297,11 @@ fn a_whole_step_trains_what_the_head_trains(head: Head) {
     tch::manual_seed(1);
     let mut rng = Rng::new(0);
     let y = Tensor::from_slice(&[0i64, 2]);
-    let mut cfg = MagSdConfig::tiny(3);
+    let mut cfg = NetworkConfig::tiny(3);
     cfg.head = head;
     cfg.image_size = 64;
     let vs = nn::VarStore::new(Device::Cpu);
-    let m = MagSd::new(&vs.root(), cfg).unwrap();
+    let m = Network::new(&vs.root(), cfg).unwrap();
     let x = Tensor::randn([2, 1, 64, 64], (Kind::Float, Device::Cpu));
     // The method's training loss: the raw pass plus the three attention-guided views.
     let out = m.forward_t(&x, true);
@@ -363,10 +363,10 @@ macro_rules! fresh_parameters_are_initialised_as_pytorch_and_torchvision_do {
 }
 
 fresh_parameters_are_initialised_as_pytorch_and_torchvision_do! {
-    paper: MagSdConfig::paper(3),
-    tiny: MagSdConfig::tiny(3),
+    paper: NetworkConfig::paper(3),
+    tiny: NetworkConfig::tiny(3),
     tiny_rgb_gap_s7_14_28: {
-        let mut rgb_gap = MagSdConfig::tiny(3);
+        let mut rgb_gap = NetworkConfig::tiny(3);
         rgb_gap.in_channels = 3;
         rgb_gap.head = Head::Gap;
         rgb_gap.scales = Scales::S7_14_28;
@@ -374,10 +374,10 @@ fresh_parameters_are_initialised_as_pytorch_and_torchvision_do! {
     },
 }
 
-fn initialised_as_pytorch_and_torchvision_do(cfg: MagSdConfig) {
+fn initialised_as_pytorch_and_torchvision_do(cfg: NetworkConfig) {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
-    let _m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
+    let _m = Network::new(&vs.root(), cfg.clone()).unwrap();
     let vars = vs.variables();
     let classifier_fan_in = vars["classifier.weight"].size()[1] as f64;
     let tag = format!("{}/{} ch/{:?}", cfg.backbone, cfg.in_channels, cfg.head);

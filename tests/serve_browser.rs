@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use magsd::eval::localize::Threshold;
 use magsd::data::input_stats::{InputStats, STATS_KEY, image_features};
 use magsd::model::weights::{load_tensors, save_model, save_tensors};
-use magsd::model::{MagSd, MagSdConfig};
+use magsd::model::{Network, NetworkConfig};
 use magsd::serve::{Limits, ServeOptions, load, serve};
 use serde_json::{Value, json};
 
@@ -79,12 +79,12 @@ fn the_page_shows_probabilities_heatmap_and_per_image_errors_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
 
     // A tiny model with named classes, and the files to upload.
-    let mut cfg = MagSdConfig::tiny(3);
+    let mut cfg = NetworkConfig::tiny(3);
     cfg.image_size = 64;
     cfg.class_names = vec!["covid19".into(), "normal".into(), "pneumonia".into()];
     tch::manual_seed(0);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
+    let _m = Network::new(&vs.root(), cfg.clone()).unwrap();
     let model = dir.path().join("model.safetensors");
     save_model(&model, &vs, &cfg).unwrap();
     // The pixel statistics of eight phantoms, as `magsd train` stores its training images'.

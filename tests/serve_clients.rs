@@ -12,7 +12,7 @@ use magsd::data::decode::{DecodeLimits, decode_bytes};
 use magsd::data::loader::InputPipeline;
 use magsd::eval::localize::Threshold;
 use magsd::model::weights::save_model;
-use magsd::model::{MagSd, MagSdConfig};
+use magsd::model::{Network, NetworkConfig};
 use magsd::serve::{Limits, ServeOptions, load, serve};
 use serde_json::{Value, json};
 
@@ -42,12 +42,12 @@ fn tritonclient_and_the_kserve_sdk_make_every_call_and_agree_with_the_v1_api() {
     let python = client_python();
     let dir = tempfile::tempdir().unwrap();
 
-    let mut cfg = MagSdConfig::tiny(3);
+    let mut cfg = NetworkConfig::tiny(3);
     cfg.image_size = SIZE as i64;
     cfg.class_names = vec!["covid19".into(), "normal".into(), "pneumonia".into()];
     tch::manual_seed(0);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _m = MagSd::new(&vs.root(), cfg.clone()).unwrap();
+    let _m = Network::new(&vs.root(), cfg.clone()).unwrap();
     let model = dir.path().join("model.safetensors");
     save_model(&model, &vs, &cfg).unwrap();
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use magsd::model::weights::{copy_exact, load_tensors, model_config};
-use magsd::model::{MagSd, MagSdConfig};
+use magsd::model::{Network, NetworkConfig};
 use magsd::train::attention_aug::{augment_batch, sample_maps, StepRandom};
 use magsd::train::config::TrainConfig;
 use magsd::train::loss::soft_distance_loss;
@@ -16,7 +16,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 struct Fixture {
     path: PathBuf,
-    config: MagSdConfig,
+    config: NetworkConfig,
     t: HashMap<String, Tensor>,
 }
 
@@ -33,9 +33,9 @@ impl Fixture {
     }
 
     /// A fresh network holding the reference's weights before the step.
-    fn model(&self) -> (nn::VarStore, MagSd) {
+    fn model(&self) -> (nn::VarStore, Network) {
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = MagSd::new(&vs.root(), self.config.clone()).unwrap();
+        let model = Network::new(&vs.root(), self.config.clone()).unwrap();
         let weights: Vec<(String, Tensor)> = self
             .t
             .iter()

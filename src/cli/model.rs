@@ -5,9 +5,9 @@ use clap::Subcommand;
 use tch::{Device, nn};
 
 use crate::error::{Error, Result};
-use crate::model::config::{Arch, Head, MagSdConfig, Scales};
+use crate::model::config::{Arch, Head, NetworkConfig, Scales};
 use crate::model::weights::{copy_exact, import_torchvision, load_tensors, model_config, parameter_count, split_variables};
-use crate::model::MagSd;
+use crate::model::Network;
 
 /// Architecture options; each overrides the preset it is applied to.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -68,7 +68,7 @@ impl ModelArgs {
         o
     }
 
-    pub fn apply(&self, mut cfg: MagSdConfig) -> Result<MagSdConfig> {
+    pub fn apply(&self, mut cfg: NetworkConfig) -> Result<NetworkConfig> {
         if let Some(a) = self.arch {
             cfg = cfg.with_arch(a);
         }
@@ -117,7 +117,7 @@ pub enum ModelCommand {
 
 pub fn run(cmd: ModelCommand) -> Result<i32> {
     let ModelCommand::Info { weights, classes, model, json } = cmd;
-    let mut cfg = model.apply(MagSdConfig::paper(classes))?;
+    let mut cfg = model.apply(NetworkConfig::paper(classes))?;
     let mut source = None;
     let mut report = None;
     let vs = nn::VarStore::new(Device::Cpu);
@@ -133,18 +133,18 @@ pub fn run(cmd: ModelCommand) -> Result<i32> {
         match embedded {
             Some((c, tensors)) => {
                 cfg = c;
-                model = MagSd::new(&vs.root(), cfg.clone())?;
+                model = Network::new(&vs.root(), cfg.clone())?;
                 copy_exact(&vs, &split_variables(tensors).0, path)?;
                 source = Some("magsd model");
             }
             None => {
-                model = MagSd::new(&vs.root(), cfg.clone())?;
+                model = Network::new(&vs.root(), cfg.clone())?;
                 report = Some(import_torchvision(&vs, path)?);
                 source = Some("torchvision checkpoint, imported by name");
             }
         }
     } else {
-        model = MagSd::new(&vs.root(), cfg.clone())?;
+        model = Network::new(&vs.root(), cfg.clone())?;
     }
     let count = |prefix: &dyn Fn(&str) -> bool| -> i64 {
         vs.variables().iter().filter(|(n, t)| prefix(n) && t.requires_grad()).map(|(_, t)| t.numel() as i64).sum()

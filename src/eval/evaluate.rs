@@ -15,7 +15,7 @@ use crate::eval::metrics::{Metrics, compute_over, try_compute_over};
 use crate::eval::probe::{ProbeInput, SourceProbe, source_probe};
 use crate::eval::within_source::{self, Scored, WithinSource, within_source};
 use crate::eval::overlap::TrainingOverlap;
-use crate::model::{MagSd, MapKind};
+use crate::model::{Network, MapKind};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PredictOptions {
@@ -92,13 +92,13 @@ pub struct Forward {
 pub const INPUT_GRID: i64 = 8;
 
 /// Forward pass in eval mode without gradients, with the mean attention map.
-pub fn forward(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> Forward {
+pub fn forward(model: &Network, x: &Tensor, device: Device, bf16: bool, cl: bool) -> Forward {
     forward_map(model, x, device, bf16, cl, MapKind::Mean).expect("every network has its mean map")
 }
 
 /// Forward pass in eval mode without gradients, with the localisation map `map` drawn for each
 /// image's predicted class; an error when the network has no such map.
-pub fn forward_map(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool, map: MapKind) -> Result<Forward> {
+pub fn forward_map(model: &Network, x: &Tensor, device: Device, bf16: bool, cl: bool, map: MapKind) -> Result<Forward> {
     tch::no_grad(|| {
         let x = x.to_device(device);
         let x = if cl { channels_last(&x) } else { x };
@@ -116,7 +116,7 @@ pub fn forward_map(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bo
 }
 
 /// Forward pass in eval mode without gradients: `(probabilities [B, K], mean attention [B, 1, h, w])`.
-pub fn infer(model: &MagSd, x: &Tensor, device: Device, bf16: bool, cl: bool) -> (Tensor, Tensor) {
+pub fn infer(model: &Network, x: &Tensor, device: Device, bf16: bool, cl: bool) -> (Tensor, Tensor) {
     let f = forward(model, x, device, bf16, cl);
     (f.probs, f.attention)
 }
@@ -129,7 +129,7 @@ pub fn rows_f64(t: &Tensor) -> Result<Vec<Vec<f64>>> {
 }
 
 /// Predicts `indices` of the loader's dataset with `model` on `device`.
-pub fn predict(model: &MagSd, loader: &Loader, indices: &[usize], device: Device, opts: &PredictOptions) -> Result<Predictions> {
+pub fn predict(model: &Network, loader: &Loader, indices: &[usize], device: Device, opts: &PredictOptions) -> Result<Predictions> {
     let mut out = Predictions::default();
     let ds = loader.dataset().clone();
     for batch in loader.batches(indices.to_vec(), opts.batch_size.max(1), None, 2) {

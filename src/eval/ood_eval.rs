@@ -15,7 +15,7 @@ use crate::data::decode::GrayImage;
 use crate::data::input_stats::image_features;
 use crate::data::loader::InputPipeline;
 use crate::error::Result;
-use crate::model::MagSd;
+use crate::model::Network;
 
 /// Scores of one image.
 #[derive(Clone, Debug)]
@@ -56,7 +56,7 @@ impl Comparison {
 
 /// Runs `images` through the model in batches and scores each one.
 pub fn score_images(
-    model: &MagSd,
+    model: &Network,
     reliability: &Reliability,
     comparison: Option<&Comparison>,
     pipeline: &InputPipeline,

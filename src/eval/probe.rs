@@ -1,7 +1,7 @@
 //! Linear probes on a model's features (issue 22): can the source of an image be read from what
 //! the network computes, and can the class be read within one source?
 //!
-//! The features are the global average of the network's last feature map (`MagSdOutput::
+//! The features are the global average of the network's last feature map (`NetworkOutput::
 //! features`, layer4 for MA-Net, 256 numbers for the tiny preset and 2048 for ResNet50: what a
 //! GAP head classifies, and what the BAP head pools under its attention maps), on the held-out
 //! images. A probe is a cross-validated multinomial logistic regression (`eval::logistic`,

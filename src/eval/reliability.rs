@@ -388,7 +388,7 @@ impl Reliability {
 /// [`Reliability::assess_predictions`] (so the returned probabilities are calibrated) and
 /// [`Reliability::evaluate_set`].
 pub fn predict_assessed(
-    model: &crate::model::MagSd,
+    model: &crate::model::Network,
     reliability: &Reliability,
     loader: &crate::data::loader::Loader,
     indices: &[usize],

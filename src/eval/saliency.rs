@@ -15,7 +15,7 @@ use crate::eval::localize::{
     saliency_auroc, threshold_mask, upsample,
 };
 use crate::eval::stats::{BootstrapCi, bootstrap_ci};
-use crate::model::{MagSd, MapKind};
+use crate::model::{Network, MapKind};
 
 /// The backbone stage a gradient method reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,7 +83,7 @@ impl Method {
 }
 
 /// Every method the model supports, in the order of the comparison table.
-pub fn available(model: &MagSd) -> Vec<Method> {
+pub fn available(model: &Network) -> Vec<Method> {
     use crate::model::{Arch, Head};
     let c = &model.config;
     let mut out = vec![Method::Map(MapKind::Mean)];
@@ -114,7 +114,7 @@ pub fn available(model: &MagSd) -> Vec<Method> {
 /// Maps `[B, 1, h, w]` (f32, ≥ 0, on the CPU) of `method` for `x` (`[B, C, S, S]`, on `device`)
 /// and `class[b]` (int64 `[B]`, on `device`). Model in eval mode (BatchNorm running statistics),
 /// f32.
-pub fn saliency(model: &MagSd, x: &Tensor, method: Method, class: &Tensor) -> Result<Tensor> {
+pub fn saliency(model: &Network, x: &Tensor, method: Method, class: &Tensor) -> Result<Tensor> {
     let b = x.size()[0];
     let s = x.size()[2];
     let map = match method {
@@ -147,7 +147,7 @@ pub fn saliency(model: &MagSd, x: &Tensor, method: Method, class: &Tensor) -> Re
 /// where `g ≠ 0`, else 0 (Chattopadhay et al. 2018, Eq. 19 with exponential scores, as
 /// pytorch-grad-cam 1.5 computes it). Returned unnormalised (`[B, 1, h, w]`, ≥ 0); the metrics
 /// here do not depend on a positive scale.
-pub fn grad_cam(model: &MagSd, x: &Tensor, layer: Layer, plus_plus: bool, class: &Tensor) -> Result<Tensor> {
+pub fn grad_cam(model: &Network, x: &Tensor, layer: Layer, plus_plus: bool, class: &Tensor) -> Result<Tensor> {
     // The input requires a gradient, so that the graph exists even for frozen weights.
     let x = x.to_kind(Kind::Float).detach().set_requires_grad(true);
     let out = tch::with_grad(|| model.forward_t(&x, false));
@@ -183,7 +183,7 @@ pub const DELETION_STEPS: i64 = 10;
 /// `DELETION_STEPS` equal steps; the area under the class's probability against the share
 /// removed (trapezoids, 0..1). Lower is better: a faithful map removes the evidence first. Ties
 /// in the map are removed in raster order.
-pub fn deletion_auc(model: &MagSd, x: &Tensor, map: &Tensor, class: &Tensor) -> Result<Vec<f64>> {
+pub fn deletion_auc(model: &Network, x: &Tensor, map: &Tensor, class: &Tensor) -> Result<Vec<f64>> {
     let (b, _, s, _) = x.size4()?;
     let n = s * s;
     let up = map.to_device(x.device()).upsample_bilinear2d([s, s], false, None, None).reshape([b, n]); // [B, 1, h, w] -> [B, S*S]
@@ -267,7 +267,7 @@ fn ci(values: &[Option<f64>], seed: u64) -> Option<BootstrapCi> {
 /// deletion scores.
 #[allow(clippy::too_many_arguments)]
 pub fn compare(
-    model: &MagSd,
+    model: &Network,
     loader: &Loader,
     ds: &Dataset,
     indices: &[usize],

@@ -11,7 +11,7 @@
 use tch::nn::{self, Module, ModuleT};
 use tch::Tensor;
 
-use super::config::{MagSdConfig, Scales};
+use super::config::{NetworkConfig, Scales};
 use super::init::{batch_norm2d, conv_default};
 use super::resnet::Features;
 
@@ -40,7 +40,7 @@ pub struct AttentionGenerator {
 }
 
 impl AttentionGenerator {
-    pub fn new(p: &nn::Path, cfg: &MagSdConfig) -> Self {
+    pub fn new(p: &nn::Path, cfg: &NetworkConfig) -> Self {
         let (c2, c3, c4) = cfg.resnet.channels();
         let m = cfg.num_maps;
         AttentionGenerator {

@@ -224,7 +224,7 @@ impl Arch {
 
 /// Everything that defines a MAG-SD network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MagSdConfig {
+pub struct NetworkConfig {
     /// The network: MA-Net or a baseline. The fields below that describe MA-Net's backbone,
     /// maps, scales and head apply to MA-Net (BCNN(Attention) uses `num_maps` and `scales`);
     /// baselines have their published structure.
@@ -269,10 +269,10 @@ fn default_true() -> bool {
     true
 }
 
-impl MagSdConfig {
+impl NetworkConfig {
     /// The paper's network: ResNet50, 1 channel, 32 maps, scales 7+14, BAP, 224×224.
     pub fn paper(num_classes: i64) -> Self {
-        MagSdConfig {
+        NetworkConfig {
             arch: Arch::Magsd,
             backbone: "resnet50".into(),
             resnet: ResNetConfig::resnet50(),
@@ -290,7 +290,7 @@ impl MagSdConfig {
 
     /// A small network on 96×96 inputs with 8 maps, for CPU tests and the demo.
     pub fn tiny(num_classes: i64) -> Self {
-        MagSdConfig {
+        NetworkConfig {
             backbone: "tiny".into(),
             resnet: ResNetConfig::tiny(),
             num_maps: 8,
@@ -403,7 +403,7 @@ impl MagSdConfig {
     /// True when two configs build networks with the same parameters (names and shapes).
     /// The image size counts only where a parameter's shape depends on it: COVID-Net's `fc1`
     /// reads the flattened last stage (`424 · (S/32)²`); every other network pools first.
-    pub fn same_architecture(&self, other: &MagSdConfig) -> bool {
+    pub fn same_architecture(&self, other: &NetworkConfig) -> bool {
         self.arch == other.arch
             && self.resnet == other.resnet
             && self.in_channels == other.in_channels
@@ -454,7 +454,7 @@ mod tests {
 
     #[test]
     fn same_architecture_counts_the_image_size_only_where_a_shape_depends_on_it() {
-        let mut a = MagSdConfig::tiny(3);
+        let mut a = NetworkConfig::tiny(3);
         a.arch = Arch::CovidNet;
         a.image_size = 224;
         let mut b = a.clone();
@@ -462,7 +462,7 @@ mod tests {
         assert!(!a.same_architecture(&b), "COVID-Net's fc1 has another shape at 96 px");
         b.image_size = 230; // the same 7×7 last stage
         assert!(a.same_architecture(&b));
-        let (mut m, mut n) = (MagSdConfig::tiny(3), MagSdConfig::tiny(3));
+        let (mut m, mut n) = (NetworkConfig::tiny(3), NetworkConfig::tiny(3));
         m.image_size = 224;
         n.image_size = 96;
         assert!(m.same_architecture(&n), "MAG-SD pools before its classifier");

@@ -1,29 +1,29 @@
 //! MA-Net, the MAG-SD network (paper §3.2; spec §1): ResNet backbone → multiscale attention
-//! generator → classification head; and [`MagSd`], the one network type the trainer, evaluation,
+//! generator → classification head; and [`Network`], the one network type the trainer, evaluation,
 //! prediction and serving use, which holds MA-Net or a baseline (`super::baselines`).
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use super::attention::AttentionGenerator;
 use super::baselines::Baseline;
-use super::config::{Arch, Head, MagSdConfig};
+use super::config::{Arch, Head, NetworkConfig};
 use super::init::linear;
 use super::maps::{MapKind, bap_map_weights, cam, weighted_map};
 use super::pooling::{bilinear_attention_pool, global_avg_pool, global_max_pool};
 use super::resnet::{Features, ResNet};
-use super::MagSdOutput;
+use super::NetworkOutput;
 
 /// The network magsd trains: MA-Net (MAG-SD) or a baseline, chosen by `config.arch`.
 #[derive(Debug)]
-pub struct MagSd {
-    pub config: MagSdConfig,
-    net: Network,
+pub struct Network {
+    pub config: NetworkConfig,
+    net: Variant,
 }
 
 // One value per model, built once: the variants' sizes do not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-enum Network {
+enum Variant {
     MaNet(MaNet),
     Baseline(Baseline),
 }
@@ -35,14 +35,14 @@ struct MaNet {
     classifier: nn::Linear,
 }
 
-impl MagSd {
+impl Network {
     /// Builds the network with fresh weights in `vs`. MA-Net: backbone at the root (torchvision
     /// names), attention heads under `attention.`, the classifier as `classifier.`; a baseline:
     /// see its file in `super::baselines`.
-    pub fn new(vs: &nn::Path, config: MagSdConfig) -> crate::Result<Self> {
+    pub fn new(vs: &nn::Path, config: NetworkConfig) -> crate::Result<Self> {
         config.validate()?;
         if config.arch != Arch::Magsd {
-            return Ok(MagSd { net: Network::Baseline(Baseline::new(vs, &config)), config });
+            return Ok(Network { net: Variant::Baseline(Baseline::new(vs, &config)), config });
         }
         let (_, _, c4) = config.resnet.channels();
         let backbone = ResNet::new(vs, &config.resnet, config.in_channels);
@@ -52,7 +52,7 @@ impl MagSd {
             Head::Bap => linear(vs / "classifier", config.num_maps * c4, config.num_classes, false),
             Head::Gap | Head::Gmp => linear(vs / "classifier", c4, config.num_classes, true),
         };
-        Ok(MagSd { config, net: Network::MaNet(MaNet { backbone, attention, classifier }) })
+        Ok(Network { config, net: Variant::MaNet(MaNet { backbone, attention, classifier }) })
     }
 
     /// Folds the backbone's BatchNorms into its convolutions, for inference only
@@ -60,23 +60,23 @@ impl MagSd {
     /// only: a baseline is left as it is. Returns the number of BatchNorms folded.
     pub fn fold_batch_norm(&mut self) -> usize {
         match &mut self.net {
-            Network::MaNet(net) => net.backbone.fold_batch_norm(),
-            Network::Baseline(_) => 0,
+            Variant::MaNet(net) => net.backbone.fold_batch_norm(),
+            Variant::Baseline(_) => 0,
         }
     }
 
     /// `x: [B, in_channels, S, S]`. `train` selects batch statistics in BatchNorm (and updates
     /// the running ones); `false` uses the running statistics.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> MagSdOutput {
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> NetworkOutput {
         match &self.net {
-            Network::MaNet(net) => self.manet_forward(net, x, train).0,
-            Network::Baseline(b) => b.forward_t(x, train),
+            Variant::MaNet(net) => self.manet_forward(net, x, train).0,
+            Variant::Baseline(b) => b.forward_t(x, train),
         }
     }
 
     /// The forward pass and, for MA-Net, each scale's maps before pooling and what the
     /// classifier reads (`[B, M·C]` for BAP, `[B, C]` for GAP/GMP).
-    fn manet_forward(&self, net: &MaNet, x: &Tensor, train: bool) -> (MagSdOutput, Vec<Tensor>, Tensor) {
+    fn manet_forward(&self, net: &MaNet, x: &Tensor, train: bool) -> (NetworkOutput, Vec<Tensor>, Tensor) {
         let [f1, f2, f3, f4] = net.backbone.forward_stages(x, train);
         let f = Features { f2, f3, f4 };
         let scales = net.attention.forward_scales(&f, train);
@@ -89,17 +89,17 @@ impl MagSd {
         .to_kind(Kind::Float);
         let logits = net.classifier.forward(&pooled); // [B, K]
         let stages = vec![f1, f.f2, f.f3, f.f4.shallow_clone()];
-        (MagSdOutput { logits, attention, features: f.f4, stages }, scales, pooled)
+        (NetworkOutput { logits, attention, features: f.f4, stages }, scales, pooled)
     }
 
     /// The forward pass and a localisation map `[B, 1, h, w]` (f32, ≥ 0) of the kind asked for
     /// (`super::maps`), for `class[b]` (int64 `[B]`) or, when `None`, each image's predicted class.
     /// A baseline has only its own map (`MapKind::Mean`); a GAP/GMP head's class map is CAM on
     /// layer4, and it has no finer class maps.
-    pub fn forward_map(&self, x: &Tensor, train: bool, kind: MapKind, class: Option<&Tensor>) -> crate::Result<(MagSdOutput, Tensor)> {
+    pub fn forward_map(&self, x: &Tensor, train: bool, kind: MapKind, class: Option<&Tensor>) -> crate::Result<(NetworkOutput, Tensor)> {
         let net = match &self.net {
-            Network::MaNet(net) => net,
-            Network::Baseline(b) => {
+            Variant::MaNet(net) => net,
+            Variant::Baseline(b) => {
                 let out = b.forward_t(x, train);
                 if kind != MapKind::Mean {
                     return Err(crate::Error::Config(format!(
@@ -153,7 +153,7 @@ mod tests {
     fn folded_batch_norm_gives_the_same_outputs() {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let mut model = MagSd::new(&vs.root(), MagSdConfig::tiny(3)).unwrap();
+        let mut model = Network::new(&vs.root(), NetworkConfig::tiny(3)).unwrap();
         tch::no_grad(|| {
             for (name, mut t) in vs.variables() {
                 let c = t.size();

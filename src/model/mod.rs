@@ -10,14 +10,14 @@ pub mod pth;
 pub mod resnet;
 pub mod weights;
 
-pub use config::{Arch, Head, MagSdConfig, Scales};
-pub use magsd::MagSd;
+pub use config::{Arch, Head, NetworkConfig, Scales};
+pub use magsd::Network;
 pub use maps::MapKind;
 
 use tch::{Kind, Tensor};
 
 /// What one forward pass returns.
-pub struct MagSdOutput {
+pub struct NetworkOutput {
     /// `[B, K]` class scores (before softmax).
     pub logits: Tensor,
     /// `[B, M, S/32, S/32]` attention maps, all ≥ 0 (7×7 at 224). For a baseline, its
@@ -32,7 +32,7 @@ pub struct MagSdOutput {
     pub stages: Vec<Tensor>,
 }
 
-impl MagSdOutput {
+impl NetworkOutput {
     /// The mean over the M maps, `[B, 1, S/32, S/32]`: what evaluation and localisation use.
     pub fn mean_attention(&self) -> Tensor {
         self.attention.to_kind(Kind::Float).mean_dim(&[1i64][..], true, None)

@@ -6,13 +6,13 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use tch::{Device, Kind, Tensor, nn};
 
-use super::{MagSd, MagSdConfig};
+use super::{Network, NetworkConfig};
 use crate::error::{Error, IoContext, Result};
 
 /// Tensors with their names, as files store them.
 pub type NamedTensors = Vec<(String, Tensor)>;
 
-/// Metadata key under which a model file stores its [`MagSdConfig`] as JSON.
+/// Metadata key under which a model file stores its [`NetworkConfig`] as JSON.
 pub const CONFIG_KEY: &str = "magsd.config";
 /// `format` metadata of training checkpoints (`crate::train::checkpoint`), which hold the model
 /// variables under their own names plus optimizer tensors under [`OPTIM_PREFIX`].
@@ -107,7 +107,7 @@ pub fn parameter_count(vs: &nn::VarStore) -> i64 {
 }
 
 /// Saves a whole model: all variables plus its config in the file's metadata.
-pub fn save_model(path: &Path, vs: &nn::VarStore, config: &MagSdConfig) -> Result<()> {
+pub fn save_model(path: &Path, vs: &nn::VarStore, config: &NetworkConfig) -> Result<()> {
     save_model_with(path, vs, config, None)
 }
 
@@ -116,7 +116,7 @@ pub fn save_model(path: &Path, vs: &nn::VarStore, config: &MagSdConfig) -> Resul
 pub const UNFINISHED_KEY: &str = "magsd.unfinished";
 
 /// [`save_model`], marking the file unfinished with `progress` when given.
-pub fn save_model_with(path: &Path, vs: &nn::VarStore, config: &MagSdConfig, progress: Option<&str>) -> Result<()> {
+pub fn save_model_with(path: &Path, vs: &nn::VarStore, config: &NetworkConfig, progress: Option<&str>) -> Result<()> {
     let mut meta = HashMap::from([
         (CONFIG_KEY.to_string(), serde_json::to_string(config).expect("config serialises")),
         ("format".to_string(), "magsd-model".to_string()),
@@ -145,7 +145,7 @@ pub fn unfinished(meta: &HashMap<String, String>) -> Option<String> {
 }
 
 /// The config embedded in a model file, if it is one.
-pub fn model_config(meta: &HashMap<String, String>, path: &Path) -> Result<Option<MagSdConfig>> {
+pub fn model_config(meta: &HashMap<String, String>, path: &Path) -> Result<Option<NetworkConfig>> {
     meta.get(CONFIG_KEY)
         .map(|s| serde_json::from_str(s).map_err(|e| Error::bad_file(path, format!("model config unreadable: {e}"))))
         .transpose()
@@ -187,7 +187,7 @@ pub fn copy_exact(vs: &nn::VarStore, tensors: &[(String, Tensor)], path: &Path) 
 /// A model loaded from a file, with the store that owns its weights.
 pub struct LoadedModel {
     pub vs: nn::VarStore,
-    pub model: MagSd,
+    pub model: Network,
     /// The file's metadata (its config, and what training stored beside it: input statistics,
     /// calibration, operating points, the detector's settings).
     pub metadata: HashMap<String, String>,
@@ -232,7 +232,7 @@ pub fn load_model(path: &Path, device: Device) -> Result<LoadedModel> {
         )
     })?;
     let vs = nn::VarStore::new(device);
-    let model = MagSd::new(&vs.root(), config)?;
+    let model = Network::new(&vs.root(), config)?;
     copy_exact(&vs, &tensors, path)?;
     refuse_non_finite(&vs, path)?;
     Ok(LoadedModel { vs, model, metadata: meta, extra })

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::eval::localize::Threshold;
 use crate::eval::predictor::{Precision, Predictor, PredictorOptions};
 use crate::eval::reliability::{Reliability, ReliabilitySummary};
-use crate::model::MagSdConfig;
+use crate::model::NetworkConfig;
 use crate::model::weights::{load_model, unfinished};
 use crate::runfolder::{CvSummary, RunSpec, resolve_model, run_of_model};
 
@@ -130,7 +130,7 @@ pub struct ModelCard {
 /// Shared by every handler.
 pub struct AppState {
     pub card: ModelCard,
-    pub config: MagSdConfig,
+    pub config: NetworkConfig,
     pub pipeline: InputPipeline,
     pub batcher: Batcher,
     /// How the batcher was set up (for the model configuration).
@@ -180,7 +180,7 @@ fn training(run: &Path, show_paths: bool) -> Result<Training> {
     })
 }
 
-fn preprocessing(c: &MagSdConfig) -> Preprocessing {
+fn preprocessing(c: &NetworkConfig) -> Preprocessing {
     let p = c.preprocess();
     Preprocessing {
         decode: "PNG, JPEG or DICOM recognised by content; colour to gray (BT.601); DICOM modality rescale, VOI window, MONOCHROME1 inverted".into(),

@@ -11,7 +11,7 @@ use tch::{Tensor, nn};
 use super::config::TrainConfig;
 use super::optim::Sgd;
 use crate::error::{Error, Result};
-use crate::model::MagSdConfig;
+use crate::model::NetworkConfig;
 use crate::model::weights::{CHECKPOINT_FORMAT, CONFIG_KEY, OPTIM_PREFIX, load_tensors, model_config, named_variables, save_tensors};
 
 pub const TRAIN_KEY: &str = "magsd.train";
@@ -54,12 +54,12 @@ pub struct PartialEpoch {
 pub struct Checkpoint {
     pub model: Vec<(String, Tensor)>,
     pub optim: Vec<(String, Tensor)>,
-    pub model_config: MagSdConfig,
+    pub model_config: NetworkConfig,
     pub train_config: TrainConfig,
     pub state: TrainState,
 }
 
-pub fn save(path: &Path, vs: &nn::VarStore, sgd: &Sgd, model_config: &MagSdConfig, cfg: &TrainConfig, state: &TrainState) -> Result<()> {
+pub fn save(path: &Path, vs: &nn::VarStore, sgd: &Sgd, model_config: &NetworkConfig, cfg: &TrainConfig, state: &TrainState) -> Result<()> {
     let mut tensors = named_variables(vs);
     tensors.extend(sgd.state().into_iter().map(|(n, t)| (format!("{OPTIM_PREFIX}{n}"), t)));
     let meta = HashMap::from([

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::eval::calibration::CalibrationMethod;
 use crate::eval::ood::OodMethod;
 use crate::eval::operating_point::OperatingPointSpec;
-use crate::model::config::{Arch, Head, MagSdConfig, Scales};
+use crate::model::config::{Arch, Head, NetworkConfig, Scales};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,7 +252,7 @@ impl TrainConfig {
     pub fn tiny() -> Self {
         let mut c = Self::paper();
         c.preset = "tiny".into();
-        let tiny = MagSdConfig::tiny(2);
+        let tiny = NetworkConfig::tiny(2);
         c.model.backbone = tiny.backbone;
         c.model.maps = tiny.num_maps;
         c.model.image_size = tiny.image_size;
@@ -419,9 +419,9 @@ impl TrainConfig {
     }
 
     /// The network this config trains, for `class_names`.
-    pub fn model_config(&self, num_classes: usize) -> Result<MagSdConfig> {
+    pub fn model_config(&self, num_classes: usize) -> Result<NetworkConfig> {
         let m = &self.model;
-        let cfg = MagSdConfig {
+        let cfg = NetworkConfig {
             arch: m.arch,
             num_maps: m.maps,
             scales: m.scales,
@@ -430,15 +430,15 @@ impl TrainConfig {
             image_size: m.image_size,
             clahe: self.data.clahe,
             zscore: self.data.zscore,
-            ..MagSdConfig::paper(num_classes as i64).with_backbone(&m.backbone)?
+            ..NetworkConfig::paper(num_classes as i64).with_backbone(&m.backbone)?
         };
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// The network for a dataset's classes (names kept, so outputs stay in this order).
-    pub fn model_config_for(&self, classes: &[String]) -> Result<MagSdConfig> {
-        Ok(MagSdConfig { class_names: classes.to_vec(), ..self.model_config(classes.len())? })
+    pub fn model_config_for(&self, classes: &[String]) -> Result<NetworkConfig> {
+        Ok(NetworkConfig { class_names: classes.to_vec(), ..self.model_config(classes.len())? })
     }
 
     /// How this run predicts (validation and held-out evaluation): its batch size and precision.

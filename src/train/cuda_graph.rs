@@ -21,7 +21,7 @@ use super::loss::LossParts;
 use super::optim::Sgd;
 use super::step::{StepOutput, TrainStep, train_step};
 use crate::error::{Error, Result};
-use crate::model::MagSd;
+use crate::model::Network;
 use crate::rng::Rng;
 
 unsafe extern "C" {
@@ -139,7 +139,7 @@ impl GraphedStep {
     /// One training step, the same as [`train_step`]; the returned tensors are valid until the
     /// next call (they are the graph's outputs).
     #[allow(clippy::too_many_arguments)]
-    pub fn step(&mut self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, random: &StepRandom, cfg: &TrainConfig, lr: f64) -> Result<StepOutput> {
+    pub fn step(&mut self, model: &Network, sgd: &mut Sgd, x: &Tensor, y: &Tensor, random: &StepRandom, cfg: &TrainConfig, lr: f64) -> Result<StepOutput> {
         let same_shape = self.x.as_ref().is_none_or(|s| s.size() == x.size());
         if !same_shape {
             return Ok(train_step(model, sgd, x, y, random, cfg, self.device, lr));
@@ -197,7 +197,7 @@ impl GraphedMagSdStep {
 }
 
 impl TrainStep for GraphedMagSdStep {
-    fn step(&mut self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
+    fn step(&mut self, model: &Network, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
         let random = StepRandom::draw(rng, x.size()[0], device);
         self.0.step(model, sgd, x, y, &random, cfg, lr)
     }

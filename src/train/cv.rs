@@ -190,7 +190,7 @@ pub fn prepare_run_dir(out: &Path, spec: &RunSpec, cfg: &TrainConfig, resume: bo
 pub struct FoldRunner {
     cfg: TrainConfig,
     ds: Arc<Dataset>,
-    model_config: crate::model::MagSdConfig,
+    model_config: crate::model::NetworkConfig,
     loader: Loader,
 }
 

@@ -21,7 +21,7 @@ use crate::eval::evaluate::{PredictOptions, Predictions, predict};
 use crate::eval::ood::{Mahalanobis, OOD_KEY, OodDetector, OodMethod, ThresholdSource};
 use crate::eval::operating_point::{OperatingPointSpec, choose};
 use crate::eval::reliability::{RELIABILITY_KEY, RELIABILITY_VERSION, ReliabilityInfo};
-use crate::model::MagSd;
+use crate::model::Network;
 use crate::model::weights::{OOD_PREFIX, load_model, load_tensors, save_tensors};
 
 /// Refuses, before anything is trained, operating points that cannot be chosen: without a
@@ -91,7 +91,7 @@ pub fn fit_and_store(
 }
 
 fn fit_detector(
-    model: &MagSd,
+    model: &Network,
     loader: &Loader,
     train_idx: &[usize],
     val: &Predictions,

@@ -10,7 +10,7 @@ use super::loss::{LossParts, soft_distance_loss};
 use super::optim::Sgd;
 use crate::device::{autocast_bf16, channels_last};
 use crate::error::Result;
-use crate::model::MagSd;
+use crate::model::Network;
 use crate::rng::Rng;
 
 /// Serialises use of libtorch's process-wide generator (weight initialisation, the baselines'
@@ -30,7 +30,7 @@ pub trait TrainStep {
     /// `rng` is this step's generator, keyed by (seed, epoch, step): a step's random numbers
     /// come from it alone, so a resumed run repeats them.
     #[allow(clippy::too_many_arguments)]
-    fn step(&mut self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64)
+    fn step(&mut self, model: &Network, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64)
     -> Result<StepOutput>;
 }
 
@@ -39,7 +39,7 @@ pub trait TrainStep {
 pub struct MagSdStep;
 
 impl TrainStep for MagSdStep {
-    fn step(&mut self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
+    fn step(&mut self, model: &Network, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
         let random = StepRandom::draw(rng, x.size()[0], device);
         Ok(train_step(model, sgd, x, y, &random, cfg, device, lr))
     }
@@ -52,7 +52,7 @@ impl TrainStep for MagSdStep {
 pub struct CrossEntropyStep;
 
 impl TrainStep for CrossEntropyStep {
-    fn step(&mut self, model: &MagSd, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
+    fn step(&mut self, model: &Network, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
         {
             let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
             tch::manual_seed((rng.next_u64() >> 1) as i64);
@@ -71,7 +71,7 @@ impl TrainStep for CrossEntropyStep {
 /// attention-guided views → three more forwards → soft-distance loss → backward → SGD.
 #[allow(clippy::too_many_arguments)]
 pub fn train_step(
-    model: &MagSd,
+    model: &Network,
     sgd: &mut Sgd,
     x: &Tensor,
     y: &Tensor,

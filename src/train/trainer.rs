@@ -40,7 +40,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::eval::evaluate::predict;
 use crate::eval::metrics;
 use crate::model::weights::{copy_exact, import_torchvision, mark_finished, save_model_with};
-use crate::model::{Arch, MagSd, MagSdConfig};
+use crate::model::{Arch, Network, NetworkConfig};
 use crate::rng::{Rng, mix};
 
 /// Set by the command line's Ctrl-C handler: training stops after the current step and saves.
@@ -55,7 +55,7 @@ pub use crate::runfolder::{BEST_CHECKPOINT, LAST_CHECKPOINT, LOG_FILE, MODEL_FIL
 pub struct TrainJob {
     pub config: TrainConfig,
     /// The network (with class names).
-    pub model_config: MagSdConfig,
+    pub model_config: NetworkConfig,
     /// Loader over the dataset; training batches are augmented, validation batches are not.
     pub loader: Loader,
     pub train_idx: Vec<usize>,
@@ -87,10 +87,10 @@ pub struct TrainOutcome {
 }
 
 /// Builds the model with initial weights that depend only on `seed`.
-pub fn seeded_init(vs: &nn::VarStore, config: &MagSdConfig, seed: u64) -> Result<MagSd> {
+pub fn seeded_init(vs: &nn::VarStore, config: &NetworkConfig, seed: u64) -> Result<Network> {
     let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(mix(seed, &[0]) as i64);
-    MagSd::new(&vs.root(), config.clone())
+    Network::new(&vs.root(), config.clone())
 }
 
 /// The step for `arch`, chosen here and nowhere else: MA-Net trains with MAG-SD's step (replayed
@@ -170,7 +170,7 @@ struct Validation {
     failures: usize,
 }
 
-fn validate(job: &TrainJob, model: &MagSd) -> Result<Validation> {
+fn validate(job: &TrainJob, model: &Network) -> Result<Validation> {
     let cfg = &job.config;
     let p = predict(model, &job.loader, &job.val_idx, job.device, &cfg.predict_options())?;
     let metrics = metrics::compute(&p.labels, &p.probs, &job.model_config.class_names);
@@ -180,7 +180,7 @@ fn validate(job: &TrainJob, model: &MagSd) -> Result<Validation> {
 /// Everything a run carries from one epoch to the next.
 struct Session {
     vs: nn::VarStore,
-    model: MagSd,
+    model: Network,
     sgd: Sgd,
     state: TrainState,
     log: Log,
@@ -262,7 +262,7 @@ fn start(job: &TrainJob) -> Result<Session> {
     if resumed {
         let ck = checkpoint::load(&last_path)?;
         if !ck.model_config.same_architecture(&job.model_config) {
-            let describe = |c: &MagSdConfig| {
+            let describe = |c: &NetworkConfig| {
                 format!("{} {} {} maps, scales {}, {} head", c.arch.name(), c.backbone, c.num_maps, c.scales.name(), c.head)
             };
             return Err(Error::Model(format!(
@@ -608,7 +608,7 @@ mod tests {
     fn magsd_without_augmentations_is_the_cross_entropy_step() {
         let mut cfg = TrainConfig::tiny();
         cfg.method.augmentations.clear();
-        let mut model_cfg = MagSdConfig::tiny(2);
+        let mut model_cfg = NetworkConfig::tiny(2);
         model_cfg.image_size = 64;
         let x = Tensor::randn([4, 1, 64, 64], (Kind::Float, Device::Cpu));
         let y = Tensor::from_slice(&[0i64, 1, 1, 0]);
@@ -619,7 +619,7 @@ mod tests {
         seeded_init(&start, &model_cfg, 7).unwrap();
         let run = |stepper: &mut dyn TrainStep| {
             let mut vs = nn::VarStore::new(Device::Cpu);
-            let model = MagSd::new(&vs.root(), model_cfg.clone()).unwrap();
+            let model = Network::new(&vs.root(), model_cfg.clone()).unwrap();
             vs.copy(&start).unwrap();
             let params = vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
             let mut sgd = Sgd::new(params, 0.9, 5e-4, true);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use magsd::model::{MagSd, MagSdConfig};
+use magsd::model::{Network, NetworkConfig};
 use magsd::runfolder::RunSpec;
 
 /// The built `magsd`, for tests that spawn it themselves.
@@ -56,14 +56,14 @@ pub fn json(path: &Path) -> serde_json::Value {
 /// class names (the preset's names when empty; 3 classes then), saved as the library saves
 /// models at `path`.
 pub fn tiny_model(path: &Path, image_size: i64, classes: &[&str]) -> PathBuf {
-    let mut cfg = MagSdConfig::tiny(if classes.is_empty() { 3 } else { classes.len() as i64 });
+    let mut cfg = NetworkConfig::tiny(if classes.is_empty() { 3 } else { classes.len() as i64 });
     cfg.image_size = image_size;
     if !classes.is_empty() {
         cfg.class_names = classes.iter().map(|c| c.to_string()).collect();
     }
     tch::manual_seed(0);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _model = MagSd::new(&vs.root(), cfg.clone()).unwrap();
+    let _model = Network::new(&vs.root(), cfg.clone()).unwrap();
     magsd::model::weights::save_model(path, &vs, &cfg).unwrap();
     path.to_path_buf()
 }

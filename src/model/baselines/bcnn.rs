@@ -15,7 +15,7 @@ use tch::Tensor;
 use super::init::linear;
 use super::vgg::VggFeatures;
 use crate::model::attention::AttentionGenerator;
-use crate::model::config::MagSdConfig;
+use crate::model::config::NetworkConfig;
 use crate::model::pooling::bilinear_attention_pool;
 use crate::model::resnet::Features;
 
@@ -28,7 +28,7 @@ pub struct Bcnn {
 }
 
 impl Bcnn {
-    pub fn new(p: &nn::Path, cfg: &MagSdConfig, with_attention: bool) -> Self {
+    pub fn new(p: &nn::Path, cfg: &NetworkConfig, with_attention: bool) -> Self {
         let features = VggFeatures::new(p, cfg.in_channels);
         if with_attention {
             let attention = AttentionGenerator::for_channels(&(p / "attention"), (256, 512, 512), cfg.num_maps, cfg.scales);

@@ -1,5 +1,5 @@
 //! The paper's baseline networks (Table 3), each in its own file citing its paper, built and
-//! run through one enum so that `crate::model::MagSd` can hold any of them.
+//! run through one enum so that `crate::model::Network` can hold any of them.
 //!
 //! Every baseline returns MA-Net's outputs: logits, its last convolutional feature map, and as
 //! `attention` a class-agnostic activation map — the channel mean of those features after ReLU,
@@ -18,8 +18,8 @@ pub mod vgg;
 
 use tch::{Kind, Tensor, nn};
 
-use super::config::{Arch, MagSdConfig, ResNetConfig};
-use super::MagSdOutput;
+use super::config::{Arch, NetworkConfig, ResNetConfig};
+use super::NetworkOutput;
 
 /// One of the baselines, built for a config whose `arch` is not `magsd`.
 // One value per model, built once: the variants' sizes do not matter.
@@ -38,7 +38,7 @@ pub enum Baseline {
 impl Baseline {
     /// Builds `cfg.arch` with fresh weights under `p` (torchvision names at the root where the
     /// network has a torchvision counterpart). `cfg` must be valid and not MA-Net.
-    pub fn new(p: &nn::Path, cfg: &MagSdConfig) -> Self {
+    pub fn new(p: &nn::Path, cfg: &NetworkConfig) -> Self {
         let (c, k) = (cfg.in_channels, cfg.num_classes);
         match cfg.arch {
             Arch::Vgg16 => Baseline::Vgg16(vgg::Vgg16::new(p, c, k)),
@@ -50,12 +50,12 @@ impl Baseline {
             Arch::BcnnAttention => Baseline::Bcnn(bcnn::Bcnn::new(p, cfg, true)),
             Arch::Fpn => Baseline::Fpn(fpn::Fpn::new(p, c, k)),
             Arch::Unet => Baseline::UNet(unet::UNet::new(p, c, k)),
-            Arch::Magsd => unreachable!("MA-Net is built by MagSd::new"),
+            Arch::Magsd => unreachable!("MA-Net is built by Network::new"),
         }
     }
 
     /// `x: [B, in_channels, S, S]`; `train` selects batch statistics and dropout.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> MagSdOutput {
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> NetworkOutput {
         let (logits, features) = match self {
             Baseline::Vgg16(m) => m.forward_t(x, train),
             Baseline::ResNet(m) => m.forward_t(x, train),
@@ -67,17 +67,17 @@ impl Baseline {
                 // that kept maps stay small (56×56 instead of 224×224 floats per image).
                 let (logits, features) = m.forward_t(x, train);
                 let attention = activation_map(&features).avg_pool2d([4, 4], [4, 4], [0, 0], false, true, None); // [B, 1, S, S] -> [B, 1, S/4, S/4]
-                return MagSdOutput { logits, attention, stages: vec![features.shallow_clone()], features };
+                return NetworkOutput { logits, attention, stages: vec![features.shallow_clone()], features };
             }
             Baseline::Bcnn(m) => {
                 let (logits, attention, features) = m.forward_t(x, train);
                 if let Some(attention) = attention {
-                    return MagSdOutput { logits, attention, stages: vec![features.shallow_clone()], features };
+                    return NetworkOutput { logits, attention, stages: vec![features.shallow_clone()], features };
                 }
                 (logits, features)
             }
         };
-        MagSdOutput { logits, attention: activation_map(&features), stages: vec![features.shallow_clone()], features }
+        NetworkOutput { logits, attention: activation_map(&features), stages: vec![features.shallow_clone()], features }
     }
 }
 
