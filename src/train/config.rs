@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use super::attention_aug::{AttentionAug, AttentionAugConfig};
 use super::loss::LossConfig;
-use super::optim::LrSchedule;
 use super::sampling::{Sampling, default_source_column};
 use crate::data::augment::AugmentPolicy;
 use crate::data::preprocess::{PreprocessConfig, ZScore};
@@ -63,6 +62,32 @@ pub struct DataSection {
 
 fn is_default_source_column(c: &str) -> bool {
     c == default_source_column()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LrSchedule {
+    Constant,
+    /// ×`gamma` at each epoch in `milestones` (epoch `e` uses `gamma^(#milestones ≤ e)`).
+    MultiStep { milestones: Vec<usize>, gamma: f64 },
+    /// Cosine annealing from the base rate to `min_lr` over the run.
+    Cosine { min_lr: f64 },
+}
+
+impl LrSchedule {
+    /// The learning rate of (0-based) `epoch` out of `epochs`.
+    pub fn lr_at(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::MultiStep { milestones, gamma } => {
+                base * gamma.powi(milestones.iter().filter(|&&m| m <= epoch).count() as i32)
+            }
+            LrSchedule::Cosine { min_lr } => {
+                let t = epoch as f64 / epochs.max(1) as f64;
+                min_lr + (base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

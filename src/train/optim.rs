@@ -1,7 +1,6 @@
-//! SGD with momentum, weight decay and optional Nesterov, with PyTorch's update rule, and the
-//! learning-rate schedules. Written here (not tch's optimiser) so that the momentum buffers can
-//! be saved in checkpoints and restored exactly.
-use serde::{Deserialize, Serialize};
+//! SGD with momentum, weight decay and optional Nesterov, with PyTorch's update rule (the
+//! learning-rate schedules are settings: `LrSchedule` in `train::config`). Written here (not
+//! tch's optimiser) so that the momentum buffers can be saved in checkpoints and restored exactly.
 use tch::Tensor;
 
 use crate::error::{Error, Result};
@@ -18,32 +17,6 @@ unsafe extern "C" {
         weight_decay: f64,
         nesterov: i32,
     ) -> i32;
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum LrSchedule {
-    Constant,
-    /// ×`gamma` at each epoch in `milestones` (epoch `e` uses `gamma^(#milestones ≤ e)`).
-    MultiStep { milestones: Vec<usize>, gamma: f64 },
-    /// Cosine annealing from the base rate to `min_lr` over the run.
-    Cosine { min_lr: f64 },
-}
-
-impl LrSchedule {
-    /// The learning rate of (0-based) `epoch` out of `epochs`.
-    pub fn lr_at(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
-        match self {
-            LrSchedule::Constant => base,
-            LrSchedule::MultiStep { milestones, gamma } => {
-                base * gamma.powi(milestones.iter().filter(|&&m| m <= epoch).count() as i32)
-            }
-            LrSchedule::Cosine { min_lr } => {
-                let t = epoch as f64 / epochs.max(1) as f64;
-                min_lr + (base - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
-            }
-        }
-    }
 }
 
 /// `torch.optim.SGD` semantics: `d = g + wd·p`; `buf = d` on the first step, else
@@ -186,6 +159,7 @@ impl Sgd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::config::LrSchedule;
     use tch::{Device, Kind};
 
     #[test]
