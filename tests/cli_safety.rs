@@ -20,7 +20,7 @@ fn second_ctrl_c_exits_130_without_crashing() {
     let (_, data, _) = tiny_phantom_model();
     for attempt in 0..3 {
         let d = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_magsd"))
+        let mut child = Command::new(common::BIN)
             .args([
                 "train", "--data", s(data), "--preset", "tiny", "--folds", "0", "--epochs", "100", "--image-size", "128",
                 "--batch-size", "4", "--device", "cpu", "--out", s(&d.path().join("run")),

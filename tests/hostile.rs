@@ -22,7 +22,7 @@ const MAX_RUN: Duration = Duration::from_secs(120);
 /// Runs magsd and kills it when its resident memory passes [`MAX_RSS_KB`] or it runs past
 /// [`MAX_RUN`]; a killed run fails the test with the reason.
 fn bounded(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_magsd"))
+    let mut child = Command::new(common::BIN)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -164,7 +164,7 @@ fn csv_cells_that_start_a_formula_are_quoted_and_truncated_jpegs_are_warned_abou
 
     let csv = tmp.path().join("p.csv");
     // Relative paths, as a user in that folder types them: the cells start with the names.
-    let o = Command::new(env!("CARGO_BIN_EXE_magsd"))
+    let o = Command::new(common::BIN)
         .current_dir(&dir)
         .args(["predict", "=HYPERLINK(1).png", "@x.png", "cut.jpg", "--model", s(run), "--device", "cpu", "--out", s(&csv)])
         .output()
@@ -229,7 +229,7 @@ fn absurd_model_sizes_thresholds_and_schedules_are_refused_with_a_message() {
 #[test]
 fn a_closed_pipe_ends_quietly() {
     let (_, data, _) = tiny_phantom_model();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_magsd"))
+    let mut child = Command::new(common::BIN)
         .args(["data", "summary", "--data", s(data), "--folds", "2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

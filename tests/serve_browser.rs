@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use magsd::eval::localize::Threshold;
 use magsd::data::input_stats::{InputStats, STATS_KEY, image_features};
-use magsd::model::weights::{load_tensors, save_model, save_tensors};
-use magsd::model::{Network, NetworkConfig};
+use magsd::model::weights::{load_tensors, save_tensors};
 use magsd::serve::{Limits, ServeOptions, load, serve};
 use serde_json::{Value, json};
+
+mod common;
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -79,14 +80,8 @@ fn the_page_shows_probabilities_heatmap_and_per_image_errors_in_chromium() {
     let dir = tempfile::tempdir().unwrap();
 
     // A tiny model with named classes, and the files to upload.
-    let mut cfg = NetworkConfig::tiny(3);
-    cfg.image_size = 64;
-    cfg.class_names = vec!["covid19".into(), "normal".into(), "pneumonia".into()];
-    tch::manual_seed(0);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _m = Network::new(&vs.root(), cfg.clone()).unwrap();
-    let model = dir.path().join("model.safetensors");
-    save_model(&model, &vs, &cfg).unwrap();
+    let model = common::tiny_model(&dir.path().join("model.safetensors"), 64, &["covid19", "normal", "pneumonia"]);
+    let cfg = magsd::model::weights::load_model(&model, tch::Device::Cpu).unwrap().model.config;
     // The pixel statistics of eight phantoms, as `magsd train` stores its training images'.
     let pipeline = magsd::data::loader::InputPipeline { preprocess: cfg.preprocess(), ..Default::default() };
     let phantoms: Vec<_> = (0..8)

@@ -11,10 +11,10 @@ use std::time::Duration;
 use magsd::data::decode::{DecodeLimits, decode_bytes};
 use magsd::data::loader::InputPipeline;
 use magsd::eval::localize::Threshold;
-use magsd::model::weights::save_model;
-use magsd::model::{Network, NetworkConfig};
 use magsd::serve::{Limits, ServeOptions, load, serve};
 use serde_json::{Value, json};
+
+mod common;
 
 const SIZE: usize = 64;
 const CLIENTS: [&str; 2] = ["tritonclient[http]==2.73.0", "kserve==0.21.0"];
@@ -42,14 +42,7 @@ fn tritonclient_and_the_kserve_sdk_make_every_call_and_agree_with_the_v1_api() {
     let python = client_python();
     let dir = tempfile::tempdir().unwrap();
 
-    let mut cfg = NetworkConfig::tiny(3);
-    cfg.image_size = SIZE as i64;
-    cfg.class_names = vec!["covid19".into(), "normal".into(), "pneumonia".into()];
-    tch::manual_seed(0);
-    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-    let _m = Network::new(&vs.root(), cfg.clone()).unwrap();
-    let model = dir.path().join("model.safetensors");
-    save_model(&model, &vs, &cfg).unwrap();
+    let model = common::tiny_model(&dir.path().join("model.safetensors"), SIZE as i64, &["covid19", "normal", "pneumonia"]);
 
     let opts = ServeOptions {
         model,
