@@ -98,3 +98,26 @@ fn every_training_command_takes_device_and_deterministic() {
         }
     }
 }
+
+/// Issue 16: every option and argument of every command says what it is in `--help`.
+#[test]
+fn every_option_of_every_command_has_a_help_line() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let id = a.get_id().as_str();
+            if a.is_hide_set() || id == "help" || id == "version" {
+                continue;
+            }
+            if a.get_help().is_none() && a.get_long_help().is_none() {
+                missing.push(format!("{path} {id}"));
+            }
+        }
+        for s in cmd.get_subcommands() {
+            walk(s, &format!("{path} {}", s.get_name()), missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&magsd::cli::Cli::command(), "magsd", &mut missing);
+    assert!(missing.is_empty(), "options without a help line: {missing:?}");
+}
