@@ -14,5 +14,6 @@ pub mod overlap;
 pub mod predictor;
 pub mod probe;
 pub mod reliability;
+pub mod results;
 pub mod stats;
 pub mod within_source;

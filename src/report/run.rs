@@ -11,7 +11,7 @@ use super::evaluation::reliability_curves;
 use super::reliability_plot::ReliabilityFigure;
 use crate::data::dataset::{Dataset, DatasetOptions};
 use crate::eval::calibration::CalibrationReport;
-use crate::eval::evaluate::EvalReport;
+use crate::eval::results::EvalReport;
 use crate::eval::metrics::{compute, fixed4_or_na};
 use crate::eval::probe::SourceProbe;
 use crate::eval::reliability::{CalibrationComparison, Reliability};
