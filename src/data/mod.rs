@@ -5,6 +5,7 @@ pub mod augment;
 pub mod dataset;
 pub mod decode;
 pub mod dicom;
+pub mod gray;
 pub mod loader;
 pub mod ood_sets;
 pub mod prefetch;

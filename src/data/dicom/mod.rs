@@ -25,7 +25,7 @@ use std::path::Path;
 use dicom_dictionary_std::tags;
 use dicom_object::InMemDicomObject;
 
-use super::decode::{DecodeLimits, GrayImage, Pixels, SourceInfo, check_size, luma8};
+use super::gray::{DecodeLimits, GrayImage, Pixels, SourceInfo, check_size, luma8};
 use crate::error::{Error, Result};
 use frame::Frame;
 use lut::Window;
