@@ -116,6 +116,25 @@ fn describe(m: &LoadedModel, path: &Path) -> Vec<String> {
     )]
 }
 
+/// How `eval` and `localize` localise: the ground truth, the boxes' threshold and the map.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LocalizationArgs {
+    /// Manifest column with lesion mask paths (default: `mask`, where the manifest has one).
+    #[arg(long)]
+    pub masks_column: Option<String>,
+    /// CSV of lesion boxes (path,x0,y0,x1,y1).
+    #[arg(long, conflicts_with = "masks_column")]
+    pub boxes: Option<PathBuf>,
+    /// Attention threshold: rel:F (fraction of the map's maximum) or abs:V.
+    #[arg(long, default_value = "rel:0.5")]
+    pub threshold: String,
+    /// The localisation map for the boxes, overlays and localization.json: mean (the paper's),
+    /// class (attention maps weighted by their share of the predicted class's logit),
+    /// scale14/scale28 (one scale's maps before pooling), class14/class28.
+    #[arg(long, value_enum, default_value = "mean")]
+    pub map: MapKind,
+}
+
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
   magsd eval --model runs/final --data ../shared/data/cxr-demo\n  \
@@ -143,20 +162,8 @@ pub struct EvalArgs {
     /// Attention overlays to draw.
     #[arg(long, default_value_t = 8)]
     pub overlays: usize,
-    /// Manifest column with lesion mask paths, for localisation.
-    #[arg(long)]
-    pub masks_column: Option<String>,
-    /// CSV of lesion boxes (path,x0,y0,x1,y1), for localisation.
-    #[arg(long, conflicts_with = "masks_column")]
-    pub boxes: Option<PathBuf>,
-    /// Attention threshold: rel:F (fraction of the map's maximum) or abs:V.
-    #[arg(long, default_value = "rel:0.5")]
-    pub threshold: String,
-    /// The localisation map for overlays and localisation: mean (the paper's), class (attention
-    /// maps weighted by their share of the predicted class's logit), scale14/scale28 (one
-    /// scale's maps before pooling), class14/class28.
-    #[arg(long, value_enum, default_value = "mean")]
-    pub map: MapKind,
+    #[command(flatten)]
+    pub localization: LocalizationArgs,
     /// Write into --out even if it holds metrics.json or is a training run's folder.
     #[arg(long)]
     pub force: bool,
@@ -271,11 +278,11 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
         Some(why) => Error::Config(format!("{e}\n{why}")),
         None => e,
     })?);
-    let gt = ground_truth(&ds, &args.masks_column, &args.boxes)?;
+    let gt = ground_truth(&ds, &args.localization.masks_column, &args.localization.boxes)?;
     if require_truth && gt.is_none() {
         return Err(Error::Config("localisation needs ground truth: --masks-column COLUMN or --boxes CSV".into()));
     }
-    let threshold = Threshold::parse(&args.threshold)?;
+    let threshold = Threshold::parse(&args.localization.threshold)?;
     let pipeline = InputPipeline {
         preprocess: m.model.config.preprocess(),
         augment: crate::data::augment::AugmentPolicy::None,
@@ -291,7 +298,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
         keep_attention: true,
         keep_features: true,
         strict: false,
-        map: args.map,
+        map: args.localization.map,
         ..Default::default()
     };
     let reliability = Reliability::of(&m, &path)?;
@@ -335,7 +342,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
             intro: Vec::new(),
             training_overlap: overlap,
             reliability: Some(trust),
-            map: args.map,
+            map: args.localization.map,
             saliency,
         },
     )?;

@@ -2,10 +2,9 @@
 use std::path::PathBuf;
 
 use super::DataArgs;
-use super::eval::{EvalArgs, ModelRun};
+use super::eval::{EvalArgs, LocalizationArgs, ModelRun};
 use crate::error::{Error, Result};
 use crate::eval::saliency::Method;
-use crate::model::MapKind;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
@@ -22,24 +21,14 @@ pub struct LocalizeArgs {
     pub run: ModelRun,
     #[command(flatten)]
     pub data: DataArgs,
-    /// Manifest column with lesion mask paths (default: `mask`, where the manifest has one).
-    #[arg(long)]
-    pub masks_column: Option<String>,
-    /// CSV of lesion boxes (path,x0,y0,x1,y1).
-    #[arg(long, conflicts_with = "masks_column")]
-    pub boxes: Option<PathBuf>,
-    /// Attention threshold: rel:F (fraction of the map's maximum) or abs:V.
-    #[arg(long, default_value = "rel:0.5")]
-    pub threshold: String,
+    #[command(flatten)]
+    pub localization: LocalizationArgs,
     /// Output folder (default: eval-<data name> beside the model).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Attention overlays to draw.
     #[arg(long, default_value_t = 8)]
     pub overlays: usize,
-    /// The map for the boxes, overlays and localization.json (see eval --map).
-    #[arg(long, value_enum, default_value = "mean")]
-    pub map: MapKind,
     /// Comma-separated saliency methods to compare: mean, class, scale14, scale28, class14,
     /// class28, gradcam, gradcam-layer3, gradcam++, gradcam++-layer3, uniform, centre
     /// (default: every one this model has).
@@ -68,10 +57,7 @@ impl TryFrom<LocalizeArgs> for EvalArgs {
             by: Vec::new(),
             strict: a.strict,
             overlays: a.overlays,
-            masks_column: a.masks_column,
-            boxes: a.boxes,
-            threshold: a.threshold,
-            map: a.map,
+            localization: a.localization,
             force: a.force,
             methods,
         })
