@@ -16,6 +16,12 @@
 //! - [`batch_norm2d`]: `nn.BatchNorm2d`: γ 1, β 0, running mean 0, running variance 1,
 //!   momentum 0.1.
 //! - [`linear`]: PyTorch's `nn.Linear` default: weight and bias U(±1/√fan_in).
+/// Serialises use of libtorch's process-wide generator: whatever seeds it or draws from it
+/// (a training run's weight initialisation and its baselines' dropout, the throw-away weights a
+/// model file's are copied over in `model::weights::load_model`) holds this lock, so that runs
+/// and loads sharing one process do not change each other's draws.
+pub static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 use std::borrow::Borrow;
 
 use tch::nn::{self, init::FanInOut, init::NonLinearity, init::NormalOrUniform, Init};

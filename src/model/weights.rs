@@ -232,7 +232,12 @@ pub fn load_model(path: &Path, device: Device) -> Result<LoadedModel> {
         )
     })?;
     let vs = nn::VarStore::new(device);
-    let model = Network::new(&vs.root(), config)?;
+    // The fresh weights are overwritten at once, but drawing them moves libtorch's generator:
+    // under the lock, so that a training run in this process keeps its draws.
+    let model = {
+        let _guard = super::init::TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        Network::new(&vs.root(), config)?
+    };
     copy_exact(&vs, &tensors, path)?;
     refuse_non_finite(&vs, path)?;
     Ok(LoadedModel { vs, model, metadata: meta, extra })

@@ -11,11 +11,8 @@ use super::optim::Sgd;
 use crate::device::{autocast_bf16, channels_last};
 use crate::error::Result;
 use crate::model::Network;
+use crate::model::init::TORCH_RNG;
 use crate::rng::Rng;
-
-/// Serialises use of libtorch's process-wide generator (weight initialisation, the baselines'
-/// dropout seeds).
-pub(crate) static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// What one step returns (on the device; reading them back costs a sync).
 pub struct StepOutput {
@@ -47,17 +44,18 @@ impl TrainStep for MagSdStep {
 
 /// The baselines' step: one forward in training mode, cross-entropy, backward, SGD. Dropout
 /// (VGG16, InceptionV3) draws from libtorch's generator, which is seeded from the step's `rng`
-/// first so that a resumed run repeats the masks; runs sharing one process also share that
-/// generator, and may then interleave their draws.
+/// first so that a resumed run repeats the masks. The seeding and the forward that draws the
+/// masks hold `TORCH_RNG` together, so that another run in the same process (whose weight
+/// initialisation holds it too) cannot draw from the generator in between.
 pub struct CrossEntropyStep;
 
 impl TrainStep for CrossEntropyStep {
     fn step(&mut self, model: &Network, sgd: &mut Sgd, x: &Tensor, y: &Tensor, rng: &mut Rng, cfg: &TrainConfig, device: Device, lr: f64) -> Result<StepOutput> {
-        {
+        let out = {
             let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
             tch::manual_seed((rng.next_u64() >> 1) as i64);
-        }
-        let out = autocast_bf16(cfg.performance.bf16, device, || model.forward_t(x, true));
+            autocast_bf16(cfg.performance.bf16, device, || model.forward_t(x, true))
+        };
         let ce = out.logits.to_kind(Kind::Float).cross_entropy_for_logits(y);
         sgd.zero_grad();
         ce.backward();

@@ -9,10 +9,12 @@
 //! libtorch's process-wide generator, seeded from the run's seed under a lock (`TORCH_RNG`); so
 //! on the CPU (and on CUDA with `--deterministic`, which fixes cuDNN's algorithms) a run is a
 //! function of its seed and data, and a resumed run repeats exactly what the uninterrupted run
-//! does. The lock only orders the seedings: whatever draws from that generator without it in the
-//! same process at the same time (a baseline's dropout in another run, `Tensor::randn` in a
-//! parallel unit test) can interleave with a draw and change it (see `train::step`'s
-//! `CrossEntropyStep`). MA-Net's steps draw nothing from it.
+//! does. Everything of magsd's that draws from that generator holds the lock from its seeding to
+//! its last draw (the weight initialisation here; a baseline's dropout in `train::step`'s
+//! `CrossEntropyStep`; the throw-away initialisation of `model::weights::load_model`), so runs
+//! and loads sharing a process do not change each other's draws; code that
+//! draws without the lock (`Tensor::randn` in a parallel unit test) still can. MA-Net's steps
+//! draw nothing from it.
 //!
 //! Files written to the job's folder: `train.jsonl` (one record per logged step and per epoch),
 //! `checkpoint-last.safetensors` (every epoch end and on stop), `checkpoint-best.safetensors`
@@ -32,7 +34,8 @@ use super::config::TrainConfig;
 use super::optim::Sgd;
 use super::cuda_graph::GraphedMagSdStep;
 use super::eta;
-use super::step::{CrossEntropyStep, MagSdStep, TORCH_RNG, TrainStep};
+use super::step::{CrossEntropyStep, MagSdStep, TrainStep};
+use crate::model::init::TORCH_RNG;
 use crate::data::loader::Loader;
 use crate::data::prefetch::DeviceBatches;
 use crate::device::vars_to_channels_last;
