@@ -55,16 +55,7 @@ fn slurm_array_runs_the_units_and_collect_builds_the_table() {
         .output()
         .unwrap();
     let log = text(&out);
-    let task_logs = || -> String {
-        std::fs::read_dir(grid.join("slurm"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.path().extension().is_some_and(|x| x == "out"))
-                    .map(|e| format!("{}:\n{}", e.path().display(), std::fs::read_to_string(e.path()).unwrap_or_default()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let task_logs = || task_logs_of(&grid);
     assert!(out.status.success(), "{log}\n{}", task_logs());
     assert!(log.contains("submitted job "), "{log}");
     assert!(log.contains("all 4 units finished"), "{log}\n{}", task_logs());
