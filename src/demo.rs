@@ -70,7 +70,9 @@ pub struct DemoSummary {
     pub chance_accuracy: f64,
     pub f1: Option<f64>,
     pub auc: Option<f64>,
-    /// Mean IoU of attention boxes with the lesion masks, and of a uniform map (whole image).
+    /// The localisation map behind the boxes (the model's default, `Network::default_map`).
+    pub map: String,
+    /// Mean IoU of the map's boxes with the lesion masks, and of a uniform map (whole image).
     pub mean_iou: Option<f64>,
     pub uniform_iou: Option<f64>,
     pub frac_iou_above_025: Option<f64>,
@@ -146,8 +148,9 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
     // The baseline a map without information gets: uniform attention selects the whole image.
     let uniform = match &gt {
         Some(gt) => {
-            let flat = vec![vec![1.0f32; p.attention_side * p.attention_side]; p.indices.len()];
-            Some(localize(&ds, &p.indices, &flat, p.attention_side, gt, threshold)?)
+            let side = p.attention_grid.side;
+            let flat = vec![vec![1.0f32; side * side]; p.indices.len()];
+            Some(localize(&ds, &p.indices, &flat, crate::model::MapGrid::plain(side), gt, threshold)?)
         }
         None => None,
     };
@@ -204,6 +207,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoSummary> {
         chance_accuracy: chance,
         f1: o_eval.report.overall.f1,
         auc: o_eval.report.overall.auc,
+        map: popts.map.name().to_string(),
         mean_iou: o_eval.localization.as_ref().map(|l| l.mean_iou),
         uniform_iou: uniform.as_ref().map(|u| u.mean_iou),
         frac_iou_above_025: o_eval.localization.as_ref().map(|l| l.frac_iou_above_025),
@@ -227,7 +231,8 @@ pub fn summary_table(s: &DemoSummary) -> String {
     );
     if s.mean_iou.is_some() {
         t += &format!(
-            "| lesion IoU of attention boxes | {} (uniform map: {}) |\n| IoU > 0.25 | {} |\n",
+            "| lesion IoU of {} map boxes | {} (uniform map: {}) |\n| IoU > 0.25 | {} |\n",
+            s.map,
             opt(s.mean_iou),
             opt(s.uniform_iou),
             s.frac_iou_above_025.map(|f| format!("{:.1} %", 100.0 * f)).unwrap_or_default()

@@ -80,7 +80,7 @@ fn as_pytorch_grad_cam_shows_it(map: &[f32], side: usize, size: usize) -> Vec<f3
         let max = v.iter().map(|x| x - min).fold(f32::NEG_INFINITY, f32::max);
         v.iter().map(|x| (x - min) / (1e-7 + max)).collect()
     };
-    scale(&magsd::eval::localize::upsample(&scale(map), side, size, size))
+    scale(&magsd::eval::localize::upsample(&scale(map), magsd::model::MapGrid::plain(side), size, size))
 }
 
 #[test]

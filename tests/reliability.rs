@@ -200,7 +200,7 @@ fn serve_options(model: &Path) -> ServeOptions {
         bf16: false,
         limits: Limits { max_body_bytes: 64 << 20, max_parts: 256, timeout: Duration::from_secs(120), ..Limits::default() },
         threshold: Threshold::default(),
-        map: magsd::model::MapKind::Mean,
+        map: Some(magsd::model::MapKind::Mean),
     }
 }
 

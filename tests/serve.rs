@@ -40,7 +40,7 @@ fn options(model: &Path) -> ServeOptions {
         bf16: false,
         limits: Limits { max_body_bytes: 2 << 20, max_pixels: 1_000_000, max_request_pixels: 4_000_000, max_parts: 16, timeout: Duration::from_secs(30) },
         threshold: Threshold::default(),
-        map: magsd::model::MapKind::Mean,
+        map: Some(magsd::model::MapKind::Mean),
     }
 }
 
@@ -1004,16 +1004,19 @@ fn every_curl_example_of_the_readme_runs_as_written() {
 }
 
 /// `serve --map` picks the map behind the heatmaps and boxes, as `predict --map` does: the
-/// layer3 head's map is twice as fine as the mean map (issue 20).
+/// layer3 head's map is twice as fine as the mean map, and without `--map` an MA-Net serves its
+/// evidence map, on the finest head's grid (issue 20).
 #[tokio::test]
 async fn serve_map_picks_the_map_behind_heatmaps_and_boxes() {
+    use magsd::model::MapKind;
     let mut sides = Vec::new();
-    for map in [magsd::model::MapKind::Mean, magsd::model::MapKind::Scale14] {
+    for map in [Some(MapKind::Mean), Some(MapKind::Scale14), None] {
         let s = server_with(|o| o.map = map);
+        assert_eq!(s.state.batching.map, map.unwrap_or(MapKind::Evidence));
         let rx = s.state.batcher.submit((vec![0.0; (SIZE * SIZE) as usize], None)).unwrap();
         let inf = rx.await.unwrap().unwrap();
-        assert_eq!(inf.attention.len(), inf.attention_side * inf.attention_side);
-        sides.push(inf.attention_side);
+        assert_eq!(inf.attention.len(), inf.attention_grid.side * inf.attention_grid.side);
+        sides.push(inf.attention_grid.side);
     }
-    assert_eq!(sides, [SIZE as usize / 32, SIZE as usize / 16], "mean, scale14");
+    assert_eq!(sides, [SIZE as usize / 32, SIZE as usize / 16, SIZE as usize / 16], "mean, scale14, default");
 }

@@ -124,7 +124,7 @@ fn the_page_shows_probabilities_heatmap_and_per_image_errors_in_chromium() {
         bf16: false,
         limits: Limits { max_body_bytes: 8 << 20, max_pixels: 4_000_000, max_parts: 16, ..Limits::default() },
         threshold: Threshold::default(),
-        map: magsd::model::MapKind::Mean,
+        map: Some(magsd::model::MapKind::Mean),
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let start_server = |opts: &ServeOptions| {

@@ -57,7 +57,7 @@ fn tritonclient_and_the_kserve_sdk_make_every_call_and_agree_with_the_v1_api() {
         bf16: false,
         limits: Limits { max_parts: 8, ..Limits::default() },
         threshold: Threshold::default(),
-        map: magsd::model::MapKind::Mean,
+        map: Some(magsd::model::MapKind::Mean),
     };
     let state = load(&opts).unwrap().start().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

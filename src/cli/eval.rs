@@ -128,11 +128,13 @@ pub struct LocalizationArgs {
     /// Attention threshold: rel:F (fraction of the map's maximum) or abs:V.
     #[arg(long, default_value = "rel:0.5")]
     pub threshold: String,
-    /// The localisation map for the boxes, overlays and localization.json: mean (the paper's),
-    /// class (attention maps weighted by their share of the predicted class's logit),
-    /// scale14/scale28 (one scale's maps before pooling), class14/class28.
-    #[arg(long, value_enum, default_value = "mean")]
-    pub map: MapKind,
+    /// The localisation map for the boxes, overlays and localization.json: evidence (the class's
+    /// logit split over the finest attention grid), mean (the paper's), class (attention maps
+    /// weighted by their share of the predicted class's logit), scale14/scale28 (one scale's maps
+    /// before pooling), class14/class28. Default: evidence where the model has it (MA-Net with
+    /// BAP), else mean.
+    #[arg(long, value_enum)]
+    pub map: Option<MapKind>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -292,13 +294,14 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
     let all: Vec<usize> = (0..ds.samples.len()).collect();
     // Every image is read before deciding, so that --strict can list all the bad ones at once.
     // Features for the source probe (`eval::probe`), kept whether or not the model has a detector.
+    let map = args.localization.map.unwrap_or_else(|| m.model.default_map());
     let opts = PredictOptions {
         batch_size: args.run.batch_size,
         bf16: args.run.bf16,
         keep_attention: true,
         keep_features: true,
         strict: false,
-        map: args.localization.map,
+        map,
         ..Default::default()
     };
     let reliability = Reliability::of(&m, &path)?;
@@ -342,7 +345,7 @@ pub fn eval(args: EvalArgs, require_truth: bool) -> Result<i32> {
             intro: Vec::new(),
             training_overlap: overlap,
             reliability: Some(trust),
-            map: args.localization.map,
+            map,
             saliency,
         },
     )?;

@@ -29,8 +29,8 @@ pub struct LocalizeArgs {
     /// Attention overlays to draw.
     #[arg(long, default_value_t = 8)]
     pub overlays: usize,
-    /// Comma-separated saliency methods to compare: mean, class, scale14, scale28, class14,
-    /// class28, gradcam, gradcam-layer3, gradcam++, gradcam++-layer3, uniform, centre
+    /// Comma-separated saliency methods to compare: evidence, mean, class, scale14, scale28,
+    /// class14, class28, gradcam, gradcam-layer3, gradcam++, gradcam++-layer3, uniform, centre
     /// (default: every one this model has).
     #[arg(long)]
     pub method: Option<String>,

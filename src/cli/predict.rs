@@ -46,9 +46,10 @@ pub struct PredictArgs {
     /// Attention threshold for the overlay's contour and boxes: rel:F or abs:V.
     #[arg(long, default_value = "rel:0.5")]
     pub threshold: String,
-    /// The map behind the boxes and the heatmap (see eval --map).
-    #[arg(long, value_enum, default_value = "mean")]
-    pub map: MapKind,
+    /// The map behind the boxes and the heatmap (see eval --map; default: evidence where the
+    /// model has it, else mean).
+    #[arg(long, value_enum)]
+    pub map: Option<MapKind>,
     /// Refuse images that do not look like the model's training X-rays (no prediction for them,
     /// exit status 1) instead of predicting them with a warning.
     #[arg(long)]
@@ -193,7 +194,8 @@ pub fn predict_images(args: PredictArgs) -> Result<i32> {
     }
     let pipeline = InputPipeline { preprocess: m.model.config.preprocess(), ..Default::default() };
     let precision = if args.exact { Precision::Exact } else { Precision::Fast };
-    let opts = PredictorOptions { device, precision, bf16: args.run.bf16, map: args.map, threshold };
+    let map = args.map.unwrap_or_else(|| m.model.default_map());
+    let opts = PredictorOptions { device, precision, bf16: args.run.bf16, map, threshold };
     let predictor = Predictor::new(m, reliability, pipeline, opts);
     let classes = predictor.classes().to_vec();
     let mut csv = match &args.out {
@@ -319,14 +321,14 @@ fn predict_one(predictor: &Predictor, args: &PredictArgs, p: &Prepared, path: &P
     let mut out = Prediction { heatmap: None, warnings: p.image.source.warnings.clone(), result };
     if let Some(file) = heatmap {
         let r = &out.result;
-        let (panel, _) = attention_overlay(&p.image, &r.attention, r.attention_side, threshold, None);
+        let (panel, _) = attention_overlay(&p.image, &r.attention, r.attention_grid, threshold, None);
         let classes = predictor.classes();
         let a = &r.assessment;
         let panel = with_caption(
             &panel,
             &[
                 format!("predicted {} ({:.1} %)", classes[a.predicted], 100.0 * a.probabilities[a.predicted]),
-                format!("{side}×{side} {} map, upsampled; colours 0..1 of its maximum; contour {threshold}", args.map, side = r.attention_side),
+                format!("{side}×{side} {} map, upsampled; colours 0..1 of its maximum; contour {threshold}", predictor.map(), side = r.attention_grid.side),
             ],
         );
         let mut png = std::io::Cursor::new(Vec::new());

@@ -79,9 +79,10 @@ pub struct ServeArgs {
     /// Attention threshold for the boxes: rel:F or abs:V (as `magsd predict`).
     #[arg(long, default_value = "rel:0.5")]
     pub threshold: String,
-    /// The map behind the heatmaps and boxes (as `magsd predict --map`).
-    #[arg(long, value_enum, default_value = "mean")]
-    pub map: crate::model::MapKind,
+    /// The map behind the heatmaps and boxes (as `magsd predict --map`; default: evidence where
+    /// the model has it, else mean).
+    #[arg(long, value_enum)]
+    pub map: Option<crate::model::MapKind>,
     /// Start the server on 127.0.0.1 and measure it instead of serving (JSON lines).
     #[arg(long)]
     pub load_test: bool,

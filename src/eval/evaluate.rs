@@ -7,7 +7,7 @@ use tch::{Device, Kind, Tensor};
 use crate::data::loader::Loader;
 use crate::device::{autocast_bf16, channels_last};
 use crate::error::{Error, Result};
-use crate::model::{Network, MapKind};
+use crate::model::{MapGrid, MapKind, Network};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PredictOptions {
@@ -43,7 +43,8 @@ pub struct Predictions {
     /// Localisation map per image (`PredictOptions::map`, for the predicted class where it
     /// depends on the class), `side × side`, row-major (when asked for).
     pub attention: Vec<Vec<f32>>,
-    pub attention_side: usize,
+    /// Where the maps' cells sit on the input (`attention_grid.side²` values each).
+    pub attention_grid: MapGrid,
     /// Images that could not be read: (dataset index, reason).
     pub failures: Vec<(usize, String)>,
     /// Images used although their decoder warned (e.g. a truncated JPEG): (dataset index, warning).
@@ -71,6 +72,8 @@ pub struct Forward {
     pub probs: Tensor,
     /// `[B, 1, h, w]` localisation map ([`forward_map`]'s kind; the mean attention map for [`forward`]).
     pub attention: Tensor,
+    /// Where `attention`'s cells sit on the input.
+    pub grid: MapGrid,
     /// `[B, C·G² + Σ C_i]`, f32, what `crate::eval::ood` scores: the model input averaged over a
     /// G × G grid ([`INPUT_GRID`]), then the global average of each backbone stage's output (a
     /// baseline's last feature map alone), concatenated.
@@ -103,7 +106,8 @@ pub fn forward_map(model: &Network, x: &Tensor, device: Device, bf16: bool, cl: 
         let features = Tensor::cat(&pooled, 1); // [B, C·G² + Σ C_i]
         // The last stage is the last feature map (`out.features`).
         let penultimate_width = out.features.size()[1] as usize;
-        Ok(Forward { probs: logits.softmax(1, Kind::Float), logits, attention: attention.to_kind(Kind::Float), features, penultimate_width })
+        let grid = model.map_grid(attention.size()[2] as usize, x.size()[2] as usize);
+        Ok(Forward { probs: logits.softmax(1, Kind::Float), logits, attention: attention.to_kind(Kind::Float), grid, features, penultimate_width })
     })
 }
 
@@ -145,8 +149,8 @@ pub fn predict(model: &Network, loader: &Loader, indices: &[usize], device: Devi
             out.penultimate_width = f.penultimate_width;
         }
         if opts.keep_attention {
-            let side = att.size()[2] as usize;
-            out.attention_side = side;
+            let side = f.grid.side;
+            out.attention_grid = f.grid;
             let flat: Vec<f32> = Vec::try_from(att.to_device(Device::Cpu).flatten(0, -1))?;
             out.attention.extend(flat.chunks(side * side).map(|c| c.to_vec()));
         }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::preprocess::half_pixel_taps;
+use crate::model::MapGrid;
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -92,9 +92,20 @@ impl BBox {
     }
 }
 
-/// `F.interpolate(bilinear, align_corners=False)` of a `side × side` map to `w × h`.
-pub fn upsample(map: &[f32], side: usize, w: usize, h: usize) -> Vec<f32> {
-    let (xt, yt) = (half_pixel_taps(side, w), half_pixel_taps(side, h));
+/// A map on `grid` resampled bilinearly to `w × h`, each cell's value at the cell's centre
+/// ([`MapGrid`]); on a plain grid this is `F.interpolate(bilinear, align_corners=False)`.
+pub fn upsample(map: &[f32], grid: MapGrid, w: usize, h: usize) -> Vec<f32> {
+    let side = grid.side;
+    let taps = |n_out: usize| -> Vec<(usize, usize, f32)> {
+        (0..n_out)
+            .map(|d| {
+                let src = grid.position((d as f32 + 0.5) / n_out as f32);
+                let i0 = (src as usize).min(side - 1);
+                (i0, (i0 + 1).min(side - 1), src - i0 as f32)
+            })
+            .collect()
+    };
+    let (xt, yt) = (taps(w), taps(h));
     let mut out = vec![0.0; w * h];
     for (y, &(y0, y1, fy)) in yt.iter().enumerate() {
         for (x, &(x0, x1, fx)) in xt.iter().enumerate() {
@@ -173,9 +184,9 @@ pub fn iou(a: &[bool], b: &[bool]) -> Option<f64> {
     (union > 0).then(|| inter as f64 / union as f64)
 }
 
-/// Predicted boxes of one image from its `side × side` localisation map.
-pub fn predict_boxes(map: &[f32], side: usize, w: usize, h: usize, t: Threshold) -> Vec<BBox> {
-    component_boxes(&threshold_mask(&upsample(map, side, w, h), t), w, h)
+/// Predicted boxes of one image from its localisation map on `grid`.
+pub fn predict_boxes(map: &[f32], grid: MapGrid, w: usize, h: usize, t: Threshold) -> Vec<BBox> {
+    component_boxes(&threshold_mask(&upsample(map, grid, w, h), t), w, h)
 }
 
 /// The pointing game (Zhang et al. 2018, "Top-down neural attention by excitation backprop",
@@ -324,12 +335,12 @@ impl LocalizationReport {
 }
 
 /// Localises every predicted image that has ground truth. `attention[i]` is the localisation map of
-/// `indices[i]` (`side × side`); image sizes are read from the files' headers.
+/// `indices[i]` (on `grid`); image sizes are read from the files' headers.
 pub fn localize(
     ds: &crate::data::dataset::Dataset,
     indices: &[usize],
     attention: &[Vec<f32>],
-    side: usize,
+    grid: MapGrid,
     gt: &GroundTruth,
     t: Threshold,
 ) -> Result<LocalizationReport> {
@@ -342,7 +353,7 @@ pub fn localize(
         if !truth.iter().any(|&v| v) {
             continue;
         }
-        let boxes = predict_boxes(map, side, w, h, t);
+        let boxes = predict_boxes(map, grid, w, h, t);
         let pred = boxes_mask(&boxes, w, h);
         images.push(ImageLocalization { path: s.name.clone(), iou: iou(&pred, &truth).unwrap_or(0.0), boxes });
     }
@@ -368,7 +379,7 @@ mod tests {
     #[test]
     fn a_corner_peak_gives_the_known_box_and_iou() {
         // Top-left peak of a 2×2 map over 20×20: up(A) ≥ 0.5·max on rows/cols 0..=9.
-        let boxes = predict_boxes(&[1.0, 0.0, 0.0, 0.0], 2, 20, 20, Threshold::Relative(0.5));
+        let boxes = predict_boxes(&[1.0, 0.0, 0.0, 0.0], MapGrid::plain(2), 20, 20, Threshold::Relative(0.5));
         assert_eq!(boxes, vec![BBox { x0: 0, y0: 0, x1: 10, y1: 10 }]);
         let pred = boxes_mask(&boxes, 20, 20);
         assert_eq!(iou(&pred, &boxes_mask(&boxes, 20, 20)), Some(1.0));
@@ -376,7 +387,7 @@ mod tests {
         let truth = boxes_mask(&[BBox { x0: 5, y0: 5, x1: 15, y1: 15 }], 20, 20);
         assert!((iou(&pred, &truth).unwrap() - 25.0 / 175.0).abs() < 1e-12);
         // A uniform map selects everything: IoU = truth area / image area.
-        let all = predict_boxes(&[1.0; 4], 2, 20, 20, Threshold::Relative(0.5));
+        let all = predict_boxes(&[1.0; 4], MapGrid::plain(2), 20, 20, Threshold::Relative(0.5));
         assert!((iou(&boxes_mask(&all, 20, 20), &truth).unwrap() - 100.0 / 400.0).abs() < 1e-12);
     }
 
@@ -408,6 +419,21 @@ mod tests {
         assert_eq!(saliency_auroc(&[0.2, 0.1, 0.9, 0.3], &truth), Some(1.0 / 3.0)); // above 1 of 3 background pixels
         assert_eq!(saliency_auroc(&[0.5; 4], &truth), Some(0.5));
         assert_eq!(pointing_game(&[0.9, 0.1, 0.2, 0.3], &[false; 4]), None);
+    }
+
+    /// A plain grid samples at the cells' middles (`F.interpolate`'s half-pixel rule); a ResNet's
+    /// grid, whose cell i is centred on input pixel `stride · i`, lays the same map half a cell
+    /// minus half a pixel further up and left.
+    #[test]
+    fn upsampling_puts_each_cell_at_its_centre() {
+        let map = [0.0f32, 4.0, 0.0, 4.0]; // 2×2: left column 0, right column 4
+        let row = |grid: MapGrid| upsample(&map, grid, 8, 1)[..8].to_vec();
+        // Plain, 2 cells over 8 px: centres at 1.5 and 5.5 px.
+        assert_eq!(row(MapGrid::plain(2)), vec![0.0, 0.0, 0.5, 1.5, 2.5, 3.5, 4.0, 4.0]);
+        // A stride-4 ResNet map of an 8-px input: centres on pixels 0 and 4 (continuous 0.5, 4.5).
+        let resnet = MapGrid::resnet(2, 8);
+        assert_eq!(resnet.centre, 0.125);
+        assert_eq!(row(resnet), vec![0.0, 1.0, 2.0, 3.0, 4.0, 4.0, 4.0, 4.0]);
     }
 
     #[test]

@@ -82,9 +82,9 @@ pub struct ImagePrediction {
     pub assessment: Assessment,
     /// The raw logits (before calibration).
     pub logits: Vec<f64>,
-    /// The localisation map (`PredictorOptions::map`), `attention_side²` values, row-major.
+    /// The localisation map (`PredictorOptions::map`), `attention_grid.side²` values, row-major.
     pub attention: Vec<f32>,
-    pub attention_side: usize,
+    pub attention_grid: crate::model::MapGrid,
     /// The map's boxes at the image's own size (empty when the size was not given).
     pub boxes: Vec<BBox>,
 }
@@ -120,6 +120,11 @@ pub struct Predictor {
 }
 
 impl Predictor {
+    /// The map it draws (`PredictorOptions::map`).
+    pub fn map(&self) -> MapKind {
+        self.opts.map
+    }
+
     /// Takes the model over; with [`Precision::Fast`] its BatchNorms are folded (the model is
     /// then for inference only).
     pub fn new(mut model: LoadedModel, reliability: Reliability, pipeline: InputPipeline, opts: PredictorOptions) -> Self {
@@ -190,15 +195,15 @@ impl Predictor {
         let logits = rows_f64(&f.logits)?;
         times.forward_s = start.elapsed().as_secs_f64();
         let start = Instant::now();
-        let side = f.attention.size()[2] as usize;
+        let (grid, side) = (f.grid, f.grid.side);
         let features = f.features.to_device(Device::Cpu);
         let att: Vec<f32> = Vec::try_from(f.attention.to_device(Device::Cpu).to_kind(Kind::Float).contiguous().flatten(0, -1))?;
         let out = (0..n)
             .map(|i| {
                 let assessment = self.reliability.assess(&logits[i], Some(&features.get(i as i64)), images[i], &self.classes)?;
                 let attention = att[i * side * side..(i + 1) * side * side].to_vec();
-                let boxes = sizes[i].map(|(w, h)| predict_boxes(&attention, side, w, h, self.opts.threshold)).unwrap_or_default();
-                Ok(ImagePrediction { assessment, logits: logits[i].clone(), attention, attention_side: side, boxes })
+                let boxes = sizes[i].map(|(w, h)| predict_boxes(&attention, grid, w, h, self.opts.threshold)).unwrap_or_default();
+                Ok(ImagePrediction { assessment, logits: logits[i].clone(), attention, attention_grid: grid, boxes })
             })
             .collect();
         times.output_s = start.elapsed().as_secs_f64();

@@ -15,7 +15,7 @@ use crate::eval::localize::{
     saliency_auroc, threshold_mask, upsample,
 };
 use crate::eval::stats::{BootstrapCi, bootstrap_ci};
-use crate::model::{Network, MapKind};
+use crate::model::{MapGrid, MapKind, Network};
 
 /// The backbone stage a gradient method reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +62,7 @@ impl Method {
             "centre" | "center" => Method::CentrePrior,
             other => Method::Map(other.parse().map_err(|_| {
                 Error::Config(format!(
-                    "--method '{other}': use mean, class, scale14, scale28, class14, class28, gradcam, gradcam-layer3, \
+                    "--method '{other}': use mean, class, scale14, scale28, class14, class28, evidence, gradcam, gradcam-layer3, \
                      gradcam++, gradcam++-layer3, uniform or centre"
                 ))
             })?),
@@ -102,6 +102,9 @@ pub fn available(model: &Network) -> Vec<Method> {
                 out.push(Method::Map(MapKind::Class28));
             }
         }
+        if bap {
+            out.push(Method::Map(MapKind::Evidence));
+        }
     }
     out.extend([Method::GradCam(Layer::Layer4), Method::GradCamPlusPlus(Layer::Layer4)]);
     if c.arch == Arch::Magsd {
@@ -109,6 +112,22 @@ pub fn available(model: &Network) -> Vec<Method> {
     }
     out.extend([Method::Uniform, Method::CentrePrior]);
     out
+}
+
+/// Where `method`'s `side × side` maps sit on an `input × input` input: the network's grid
+/// ([`Network::map_grid`]) for its own maps and Grad-CAM, the plain grid for the two priors.
+pub fn grid(model: &Network, method: Method, side: usize, input: usize) -> MapGrid {
+    match method {
+        Method::Uniform | Method::CentrePrior => MapGrid::plain(side),
+        Method::Map(_) | Method::GradCam(_) | Method::GradCamPlusPlus(_) => model.map_grid(side, input),
+    }
+}
+
+/// Each map of `maps` (`[B, 1, h, w]`, on `grid`) laid on the `s × s` input, `[B, s·s]` on the CPU.
+fn on_input(maps: &Tensor, grid: MapGrid, s: usize) -> Result<Vec<Vec<f32>>> {
+    let flat: Vec<f32> = Vec::try_from(maps.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))?;
+    let n = grid.side * grid.side;
+    Ok(flat.chunks(n.max(1)).map(|m| upsample(m, grid, s, s)).collect())
 }
 
 /// Maps `[B, 1, h, w]` (f32, ≥ 0, on the CPU) of `method` for `x` (`[B, C, S, S]`, on `device`)
@@ -179,14 +198,15 @@ pub fn grad_cam(model: &Network, x: &Tensor, layer: Layer, plus_plus: bool, clas
 pub const DELETION_STEPS: i64 = 10;
 
 /// The deletion curve (Petsiuk et al. 2018, RISE §4.1) of each image: its pixels removed (set to
-/// the image's mean) in the order of the map, upsampled to the input, most salient first, in
+/// the image's mean) in the order of the map (on `grid`), upsampled to the input, most salient first, in
 /// `DELETION_STEPS` equal steps; the area under the class's probability against the share
 /// removed (trapezoids, 0..1). Lower is better: a faithful map removes the evidence first. Ties
 /// in the map are removed in raster order.
-pub fn deletion_auc(model: &Network, x: &Tensor, map: &Tensor, class: &Tensor) -> Result<Vec<f64>> {
+pub fn deletion_auc(model: &Network, x: &Tensor, map: &Tensor, grid: MapGrid, class: &Tensor) -> Result<Vec<f64>> {
     let (b, _, s, _) = x.size4()?;
     let n = s * s;
-    let up = map.to_device(x.device()).upsample_bilinear2d([s, s], false, None, None).reshape([b, n]); // [B, 1, h, w] -> [B, S*S]
+    let up: Vec<f32> = on_input(map, grid, s as usize)?.concat();
+    let up = Tensor::from_slice(&up).reshape([b, n]).to_device(x.device()); // [B, 1, h, w] -> [B, S*S]
     let rank = up.argsort(1, true).argsort(1, false).reshape([b, 1, s, s]); // 0 = most salient
     let fill = x.mean_dim(&[1i64, 2, 3][..], true, Kind::Float).to_kind(x.kind()); // [B, 1, 1, 1]
     let mut probs = Vec::with_capacity(DELETION_STEPS as usize + 1);
@@ -234,8 +254,8 @@ pub struct MethodScores {
     pub pointing_game: Option<BootstrapCi>,
     pub energy_pointing_game: Option<BootstrapCi>,
     pub saliency_auroc: Option<BootstrapCi>,
-    /// Pearson correlation between the map of the mirrored image and the mirrored map, on the
-    /// native grid (1 = the map follows the image).
+    /// Pearson correlation between the map of the mirrored image and the mirrored map, both laid
+    /// on the input ([`grid`]; 1 = the map follows the image).
     pub flip_consistency: Option<BootstrapCi>,
     /// Area under the deletion curve of the class's probability (lower is better).
     pub deletion_auc: Option<BootstrapCi>,
@@ -297,19 +317,20 @@ pub fn compare(
         for (mi, &method) in methods.iter().enumerate() {
             let map = saliency(model, &x, method, &class)?;
             let map_flipped = saliency(model, &flipped, method, &class)?;
-            let deletion = deletion_auc(model, &x, &map, &class)?;
             let side = map.size()[2] as usize;
+            let input = x.size()[2] as usize;
+            let grid = grid(model, method, side, input);
+            let deletion = deletion_auc(model, &x, &map, grid, &class)?;
             sides[mi] = side;
             let flat: Vec<f32> = Vec::try_from(map.flatten(0, -1))?;
-            let flat_flipped: Vec<f32> = Vec::try_from(map_flipped.flatten(0, -1))?;
+            let (on, on_flipped) = (on_input(&map, grid, input)?, on_input(&map_flipped, grid, input)?);
             let sc = &mut scores[mi];
             for (j, (w, h, truth)) in truths.iter().enumerate() {
                 let m = &flat[j * side * side..(j + 1) * side * side];
-                let mf = &flat_flipped[j * side * side..(j + 1) * side * side];
-                sc.flip.push(pearson(&flip_lr(mf, side), m));
+                sc.flip.push(pearson(&flip_lr(&on_flipped[j], input), &on[j]));
                 sc.deletion.push(Some(deletion[j]));
                 let Some(truth) = truth else { continue };
-                let up = upsample(m, side, *w, *h);
+                let up = upsample(m, grid, *w, *h);
                 let boxes = component_boxes(&threshold_mask(&up, threshold), *w, *h);
                 sc.iou.push(Some(iou(&boxes_mask(&boxes, *w, *h), truth).unwrap_or(0.0)));
                 sc.pointing.push(pointing_game(&up, truth));

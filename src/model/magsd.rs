@@ -8,7 +8,7 @@ use super::attention::AttentionGenerator;
 use super::baselines::Baseline;
 use super::config::{Arch, Head, NetworkConfig};
 use super::init::linear;
-use super::maps::{MapKind, bap_map_weights, cam, weighted_map};
+use super::maps::{MapKind, bap_map_weights, cam, evidence_map, weighted_map};
 use super::pooling::{bilinear_attention_pool, global_avg_pool, global_max_pool};
 use super::resnet::{Features, ResNet};
 use super::NetworkOutput;
@@ -92,6 +92,27 @@ impl Network {
         (NetworkOutput { logits, attention, features: f.f4, stages }, scales, pooled)
     }
 
+    /// The map shown when none is asked for: the evidence map where the network has one (MA-Net
+    /// with a BAP head; it localised best on the demo's phantoms, BENCHMARKS.md), otherwise the
+    /// mean map (a baseline's own activation map).
+    pub fn default_map(&self) -> MapKind {
+        match (&self.net, self.config.head) {
+            (Variant::MaNet(_), Head::Bap) => MapKind::Evidence,
+            _ => MapKind::Mean,
+        }
+    }
+
+    /// Where the cells of this network's `side × side` maps sit on an `input × input` input
+    /// ([`super::maps::MapGrid`]): MA-Net's ResNet backbone and the ResNet classifiers centre
+    /// cell i on input pixel `stride · i`; the other baselines keep the plain grid (not measured).
+    pub fn map_grid(&self, side: usize, input: usize) -> super::maps::MapGrid {
+        use super::config::Arch;
+        match self.config.arch {
+            Arch::Magsd | Arch::Resnet18 | Arch::Resnet50 => super::maps::MapGrid::resnet(side, input),
+            _ => super::maps::MapGrid::plain(side),
+        }
+    }
+
     /// The forward pass and a localisation map `[B, 1, h, w]` (f32, ≥ 0) of the kind asked for
     /// (`super::maps`), for `class[b]` (int64 `[B]`) or, when `None`, each image's predicted class.
     /// A baseline has only its own map (`MapKind::Mean`); a GAP/GMP head's class map is CAM on
@@ -132,6 +153,7 @@ impl Network {
             (_, Head::Gap | Head::Gmp) => {
                 return Err(crate::Error::Config(format!("--map {kind}: a {} head has only the layer4 class map (--map class)", self.config.head)));
             }
+            (MapKind::Evidence, Head::Bap) => evidence_map(&scales, &out.features, &net.classifier.ws, &class),
             (_, Head::Bap) => {
                 let shares = bap_map_weights(&pooled, &net.classifier.ws, &class, self.config.num_maps); // [B, M]
                 let maps = if kind == MapKind::Class { out.attention.shallow_clone() } else { of_scale(kind.refinement())?.shallow_clone() };
@@ -186,5 +208,48 @@ mod tests {
         model.fold_batch_norm();
         let again = tch::no_grad(|| model.forward_t(&x, false));
         assert!(again.logits.equal(&after.logits));
+    }
+
+    /// Where a ResNet map's cell looks: with every weight positive (so the network is linear and
+    /// its receptive fields symmetric), the centroid over 16 images of the input gradient of one interior cell
+    /// of layer3 (stride 16) and layer4 (stride 32) is input pixel `stride · i`, where
+    /// `Network::map_grid` puts the cell's centre, and not the middle of the cell's square
+    /// (`stride · i + (stride − 1)/2`, the plain grid's), which is 7.5 and 15.5 px away.
+    #[test]
+    fn a_resnet_cell_is_centred_where_its_map_grid_says() {
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let mut config = NetworkConfig::tiny(2);
+        config.image_size = 256;
+        let model = Network::new(&vs.root(), config).unwrap();
+        tch::no_grad(|| {
+            for (name, mut t) in vs.variables() {
+                let v = if name.ends_with("running_var") { 1.0 } else if name.ends_with("running_mean") || name.ends_with("bias") { 0.0 } else { 0.05 };
+                let _ = t.fill_(v);
+            }
+        });
+        let s = 256i64;
+        // A positive input with some texture: on a constant one, the max pool's ties all go to the
+        // top-left element of each window and pull every gradient 2 px up and left.
+        tch::manual_seed(11);
+        let x = (Tensor::rand([16, 1, s, s], (Kind::Float, tch::Device::Cpu)) * 0.1 + 1.0).set_requires_grad(true);
+        let out = model.forward_t(&x, false);
+        for (stage, stride) in [(2usize, 16i64), (3, 32)] {
+            let f = &out.stages[stage];
+            let side = f.size()[2];
+            let i = side / 2;
+            let cell = f.narrow(2, i, 1).narrow(3, i, 1).sum(Kind::Float);
+            let g = Tensor::run_backward(&[cell], &[&x], true, false).remove(0).abs().sum_dim_intlist(&[0i64, 1][..], false, Kind::Float); // [S, S]
+            let total = g.sum(Kind::Double).double_value(&[]);
+            assert!(total > 0.0, "stride {stride}: no gradient reaches the input");
+            let coords = Tensor::arange(s, (Kind::Double, tch::Device::Cpu));
+            let cx = (g.sum_dim_intlist(&[0i64][..], false, Kind::Double) * &coords).sum(Kind::Double).double_value(&[]) / total;
+            let cy = (g.sum_dim_intlist(&[1i64][..], false, Kind::Double) * &coords).sum(Kind::Double).double_value(&[]) / total;
+            let grid = model.map_grid(side as usize, s as usize);
+            // Cell i's centre in pixel indices (pixel p covers [p, p + 1)).
+            let centre = (i as f64 + f64::from(grid.centre)) * (s / side) as f64 - 0.5;
+            // The max pool's picks make it noisy by about half a pixel; the plain grid is 7.5 px away or more.
+            assert!((cx - centre).abs() < 1.5 && (cy - centre).abs() < 1.5, "stride {stride}: gradient centroid ({cx:.2}, {cy:.2}), grid centre {centre:.2}");
+            assert!((cx - (stride * i) as f64).abs() < 1.5, "stride {stride}: centroid {cx:.2}, expected {}", stride * i);
+        }
     }
 }

@@ -12,7 +12,7 @@ pub mod weights;
 
 pub use config::{Arch, Head, NetworkConfig, Scales};
 pub use magsd::Network;
-pub use maps::MapKind;
+pub use maps::{MapGrid, MapKind};
 
 use tch::{Kind, Tensor};
 

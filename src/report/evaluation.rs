@@ -216,7 +216,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
 
     let localization = match (opts.ground_truth, p.attention.is_empty()) {
         (Some(gt), false) => {
-            let l = localize(ds, &p.indices, &p.attention, p.attention_side, gt, opts.threshold)?;
+            let l = localize(ds, &p.indices, &p.attention, p.attention_grid, gt, opts.threshold)?;
             l.save(&dir.join("localization.json"))?;
             Some(l)
         }
@@ -320,7 +320,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
         doc.h(2, "Saliency methods compared");
         doc.p(format!(
             "Each method's map on the same model and images, drawn for the predicted class, upsampled bilinearly to \
-             the image. Box IoU: the union of the boxes of the map thresholded at {} against the lesion; pointing \
+             the image from the centres of its cells' receptive fields. Box IoU: the union of the boxes of the map thresholded at {} against the lesion; pointing \
              game: the map's maximum inside the lesion (ties shared); energy pointing game: share of the map's mass \
              inside the lesion; saliency AUROC: the map as a pixel classifier of the lesion (0.5 = chance); flip \
              consistency: correlation between the map of the mirrored image and the mirrored map (1 = the map \
@@ -340,13 +340,13 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
         doc.h(1, "Attention");
         doc.p(format!(
             "Chosen to show every class, right and wrong predictions{}. Left: the X-ray. Right: the {} ({}×{} map, \
-             upsampled bilinearly), coloured on a fixed scale (0 = none, 1 = the map's maximum; the threshold {} is \
+             upsampled bilinearly from the centres of its cells' receptive fields), coloured on a fixed scale (0 = none, 1 = the map's maximum; the threshold {} is \
              the black tick on the colour bar), threshold contour (white), predicted boxes (green), ground truth \
              (magenta).",
             source_column(ds).map(|c| format!(" and every {c}")).unwrap_or_default(),
             opts.map.describe(),
-            p.attention_side,
-            p.attention_side,
+            p.attention_grid.side,
+            p.attention_grid.side,
             opts.threshold
         ));
         std::fs::create_dir_all(dir.join("overlays")).at(dir.join("overlays"))?;
@@ -358,7 +358,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
                 Some(gt) => gt.mask(s, &base, img.width, img.height)?,
                 None => None,
             };
-            let (panel, _) = attention_overlay(&img, &p.attention[row], p.attention_side, opts.threshold, truth.as_deref());
+            let (panel, _) = attention_overlay(&img, &p.attention[row], p.attention_grid, opts.threshold, truth.as_deref());
             let pred = argmax(&p.probs[row]);
             let iou = localization
                 .as_ref()
@@ -371,7 +371,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
                 ds.classes[pred],
                 100.0 * p.probs[row][pred]
             );
-            let native = format!("{0}×{0} {1} map, upsampled; colours 0..1 of its maximum", p.attention_side, opts.map);
+            let native = format!("{0}×{0} {1} map, upsampled; colours 0..1 of its maximum", p.attention_grid.side, opts.map);
             let panel = with_caption(&panel, &[verdict.clone(), native, s.name.clone()]);
             let stem = s.path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let rel = PathBuf::from("overlays").join(format!("{row:04}_{stem}.png"));

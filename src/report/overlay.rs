@@ -11,6 +11,7 @@ use plotters::prelude::*;
 
 use crate::data::decode::{GrayImage, Pixels};
 use crate::eval::localize::{BBox, Threshold, boxes_mask, component_boxes, threshold_mask, upsample};
+use crate::model::MapGrid;
 
 /// Longest side of the drawn panels.
 const DISPLAY: usize = 384;
@@ -93,12 +94,12 @@ pub fn with_caption(panel: &RgbImage, lines: &[String]) -> RgbImage {
     out
 }
 
-/// Draws the two panels and the colour bar. `map` is the `side × side` localisation map; `truth`, if given, is
+/// Draws the two panels and the colour bar. `map` is the localisation map on `grid`; `truth`, if given, is
 /// the ground-truth mask at the image's original size. Returns the panel and the predicted
 /// boxes in original-image coordinates.
-pub fn attention_overlay(img: &GrayImage, map: &[f32], side: usize, t: Threshold, truth: Option<&[bool]>) -> (RgbImage, Vec<BBox>) {
+pub fn attention_overlay(img: &GrayImage, map: &[f32], grid: MapGrid, t: Threshold, truth: Option<&[bool]>) -> (RgbImage, Vec<BBox>) {
     let (gray, w, h) = display_gray(img);
-    let up = upsample(map, side, w, h);
+    let up = upsample(map, grid, w, h);
     let max = up.iter().cloned().fold(f32::MIN, f32::max).max(1e-12);
     let mask = threshold_mask(&up, t);
     let contour = outline(&mask, w, h);
@@ -185,9 +186,9 @@ pub struct AttentionLayers {
 }
 
 /// Splits the overlay into its layers; see [`AttentionLayers`].
-pub fn attention_layers(img: &GrayImage, map: &[f32], side: usize, t: Threshold) -> AttentionLayers {
+pub fn attention_layers(img: &GrayImage, map: &[f32], grid: MapGrid, t: Threshold) -> AttentionLayers {
     let (gray, w, h) = display_gray(img);
-    let up = upsample(map, side, w, h);
+    let up = upsample(map, grid, w, h);
     let max = up.iter().cloned().fold(f32::MIN, f32::max).max(1e-12);
     // The same fixed scale as the overlay: 0 = no attention, 1 = the map's maximum.
     let heat = RgbImage::from_fn(w as u32, h as u32, |x, y| Rgb(colormap(up[y as usize * w + x as usize] / max)));
@@ -202,7 +203,7 @@ mod tests {
     #[test]
     fn overlay_has_two_panels_and_marks_the_hot_corner() {
         let img = GrayImage::from_u8(96, 96, vec![100; 96 * 96]);
-        let (panel, boxes) = attention_overlay(&img, &[1.0, 0.0, 0.0, 0.0], 2, Threshold::Relative(0.5), None);
+        let (panel, boxes) = attention_overlay(&img, &[1.0, 0.0, 0.0, 0.0], MapGrid::plain(2), Threshold::Relative(0.5), None);
         assert_eq!(panel.dimensions(), (2 * 384 + 8 + 8 + 16 + 40, 384)); // shown at 384 px, then the colour bar
         assert_eq!(boxes, vec![BBox { x0: 0, y0: 0, x1: 48, y1: 48 }]);
         // Left panel is the plain image; the right panel is warmer top-left than bottom-right.
@@ -227,7 +228,7 @@ mod tests {
         // A map from 0.5 to 1: its lowest value is colour 0.5 of the bar, not the bar's bottom
         // (which it was when the scale ran from the map's own minimum).
         let img = GrayImage::from_u8(96, 96, vec![0; 96 * 96]);
-        let l = attention_layers(&img, &[1.0, 0.5, 0.5, 0.5], 2, Threshold::Relative(0.5));
+        let l = attention_layers(&img, &[1.0, 0.5, 0.5, 0.5], MapGrid::plain(2), Threshold::Relative(0.5));
         assert_eq!(l.heat.get_pixel(383, 383).0, colormap(0.5));
         assert_eq!(l.heat.get_pixel(0, 0).0, colormap(1.0));
     }
@@ -237,8 +238,8 @@ mod tests {
         let img = GrayImage::from_u8(120, 80, (0..120 * 80).map(|i| (i % 251) as u8).collect());
         let map = [0.1, 0.9, 0.2, 0.3, 0.0, 0.8, 0.4, 0.1, 0.2];
         let t = Threshold::Relative(0.5);
-        let l = attention_layers(&img, &map, 3, t);
-        let (panel, boxes) = attention_overlay(&img, &map, 3, t, None);
+        let l = attention_layers(&img, &map, MapGrid::plain(3), t);
+        let (panel, boxes) = attention_overlay(&img, &map, MapGrid::plain(3), t, None);
         assert_eq!(l.boxes, boxes);
         assert_eq!(l.gray.dimensions(), (384, 256));
         assert_eq!(l.heat.dimensions(), (384, 256));

@@ -305,7 +305,7 @@ fn finish(state: &AppState, it: Item, heatmap: bool, arrived: Instant) -> Result
     let name = it.name;
     let inf = it.outcome.map_err(|e| (name.clone(), e))?;
     let img = it.image.expect("a queued image was decoded");
-    let layers = attention_layers(&img, &inf.attention, inf.attention_side, state.threshold);
+    let layers = attention_layers(&img, &inf.attention, inf.attention_grid, state.threshold);
     let (heatmap_png, image_png) = if heatmap {
         let enc = |i| png_base64(i).map_err(|e| (name.clone(), e));
         (Some(enc(image::DynamicImage::ImageRgb8(layers.heat))?), Some(enc(image::DynamicImage::ImageLuma8(layers.gray))?))

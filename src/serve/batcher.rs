@@ -39,9 +39,9 @@ pub struct Inference {
     /// Calibrated probabilities, the predicted class, the `unusual` verdict and the operating
     /// points' decisions (`Reliability::assess`).
     pub assessment: Assessment,
-    /// The localisation map ([`BatchOptions::map`]), `attention_side²` values, row-major.
+    /// The localisation map ([`BatchOptions::map`]), `attention_grid.side²` values, row-major.
     pub attention: Vec<f32>,
-    pub attention_side: usize,
+    pub attention_grid: crate::model::MapGrid,
     /// Time the image waited in the queue.
     pub queue_s: f64,
     /// Model time of the batch it ran in.
@@ -218,7 +218,7 @@ impl BatchWorker {
                     let _ = j.reply.send(p.map(|p| Inference {
                         assessment: p.assessment,
                         attention: p.attention,
-                        attention_side: p.attention_side,
+                        attention_grid: p.attention_grid,
                         queue_s: taken.duration_since(j.enqueued).as_secs_f64(),
                         inference_s,
                         batch_size: n,

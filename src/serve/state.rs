@@ -76,8 +76,9 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Attention threshold for the boxes (as `magsd predict --threshold`).
     pub threshold: Threshold,
-    /// The map behind the heatmaps and boxes (`serve --map`, as `predict --map`).
-    pub map: crate::model::MapKind,
+    /// The map behind the heatmaps and boxes (`serve --map`, as `predict --map`); `None`: the
+    /// model's default (`Network::default_map`).
+    pub map: Option<crate::model::MapKind>,
 }
 
 /// How the server prepares an image, in words (for people and for clients that preprocess).
@@ -218,6 +219,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
     let model = load_model(&file, opts.device)?;
     let reliability = Reliability::of(&model, &file)?;
     let config = model.model.config.clone();
+    let map = opts.map.unwrap_or_else(|| model.model.default_map());
     let run = run_of_model(&file).map(|(run, _)| run);
     let unfinished = unfinished(&model.metadata);
     if let Some(u) = &unfinished {
@@ -253,7 +255,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         queue: opts.queue.max(1),
         input_size: config.image_size as usize,
         bf16: opts.bf16,
-        map: opts.map,
+        map,
     };
     let (batcher, worker) = queue(batching, metrics.clone());
     let state = Arc::new(AppState {
@@ -274,7 +276,7 @@ pub fn load(opts: &ServeOptions) -> Result<Loaded> {
         device: opts.device,
         precision: Precision::Fast,
         bf16: opts.bf16,
-        map: opts.map,
+        map,
         threshold: opts.threshold,
     };
     let predictor = Predictor::new(model, reliability, state.pipeline.clone(), predictor_opts);

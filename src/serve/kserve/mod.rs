@@ -277,7 +277,7 @@ pub async fn infer(
         let a = &inf.assessment;
         probs.extend(a.probabilities.iter().map(|&p| p as f32));
         att.extend_from_slice(&inf.attention);
-        side = inf.attention_side;
+        side = inf.attention_grid.side;
         scores.push(a.unusual.ood.as_ref().map_or(f32::NAN, |v| v.score as f32));
         unusual.push(a.unusual.unusual);
         decisions.extend(a.decisions.iter().map(|d| d.positive));
