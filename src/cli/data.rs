@@ -105,8 +105,9 @@ for every class, so that only a marker can tell the labels apart.")]
         /// Draw no lesions: every class is healthy anatomy (labels only).
         #[arg(long)]
         no_lesions: bool,
-        /// Where the lesions sit: `class` (v1: each class in its own places) or `random` (v2: lung,
-        /// place and extent drawn alike for every class, so only the lesion's look tells them apart).
+        /// Where the lesions sit: `class` (v1: each class in its own places) or `random` (v3: lung,
+        /// place, extent and brightness drawn alike for every class, so only the texture inside
+        /// the lesion tells them apart; `magsd demo`'s default).
         #[arg(long, value_enum, default_value = "class")]
         lesion_sites: crate::data::synth::LesionSites,
     },

@@ -7,7 +7,7 @@ use crate::train::config::TrainConfig;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
-  magsd demo                                   # phantoms, tiny model, a few minutes on a laptop CPU\n  \
+  magsd demo                                   # phantoms, tiny model, about 7 minutes on 2 CPU cores\n  \
   magsd demo --out demo-report\n  \
   magsd demo --data ../shared/data/cxr-demo --epochs 20\n  \
   magsd demo --data my.csv --label-column label3 --set model.image_size=128")]
@@ -21,15 +21,15 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub data: super::DataArgs,
     /// Phantoms per class.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 600)]
     pub per_class: usize,
-    /// Where the phantoms' lesions sit: `class` (v1, each class in its own places; a model can
-    /// classify them by position) or `random` (v2, only the lesion's look tells the classes apart;
-    /// the tiny model does not learn them in the demo's budget, see BENCHMARKS.md).
-    #[arg(long, value_enum, default_value = "class")]
+    /// Where the phantoms' lesions sit: `random` (v3, at random places; only the texture inside a
+    /// lesion tells the classes apart, so a model must find it) or `class` (v1, each class in its
+    /// own places; a model can classify them by position alone, see BENCHMARKS.md).
+    #[arg(long, value_enum, default_value = "random")]
     pub lesion_sites: crate::data::synth::LesionSites,
     /// Training epochs.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 6)]
     pub epochs: usize,
     /// Seed of the phantoms, the split and the training.
     #[arg(long, default_value_t = 0)]

@@ -27,6 +27,9 @@ pub enum AugmentPolicy {
     AuthorsCode,
     /// The paper's Table 2 ranges, each transform independently with p = 0.5.
     Paper,
+    /// A horizontal flip with p = 0.5 and nothing else (the demo's phantoms, whose lesions can
+    /// sit in either lung).
+    Flip,
     /// No image-level augmentation.
     None,
 }
@@ -37,6 +40,7 @@ impl std::fmt::Display for AugmentPolicy {
         f.write_str(match self {
             AugmentPolicy::AuthorsCode => "authors-code",
             AugmentPolicy::Paper => "paper",
+            AugmentPolicy::Flip => "flip",
             AugmentPolicy::None => "none",
         })
     }
@@ -66,6 +70,7 @@ impl AugmentPolicy {
         let mut d = AugmentDraw::default();
         match self {
             AugmentPolicy::None => {}
+            AugmentPolicy::Flip => d.hflip = rng.bernoulli(0.5),
             AugmentPolicy::AuthorsCode => {
                 if rng.bernoulli(0.5) {
                     let b = Jitter::Brightness(rng.range(0.5, 1.5));
