@@ -192,7 +192,7 @@ pub fn render_with(class: usize, size: usize, sites: LesionSites, rng: &mut Rng)
         let tex = match CLASSES[class] {
             // Ground glass: an even haze.
             "covid19" => Texture::Haze { amplitude },
-            // Consolidation with air bronchograms... no: nodular, a grid of small dense spots.
+            // Nodular: a grid of spots, coarser than the lines.
             "bacterial" => Texture::Spots { amplitude, angle, period: rng.range(0.06, 0.075) as f32, phase },
             // Interstitial: parallel lines.
             _ => Texture::Lines { amplitude, angle, period, phase },

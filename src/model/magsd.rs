@@ -211,9 +211,9 @@ mod tests {
     }
 
     /// Where a ResNet map's cell looks: with every weight positive (so the network is linear and
-    /// its receptive fields symmetric), the centroid over 16 images of the input gradient of one interior cell
-    /// of layer3 (stride 16) and layer4 (stride 32) is input pixel `stride · i`, where
-    /// `Network::map_grid` puts the cell's centre, and not the middle of the cell's square
+    /// its receptive fields symmetric), the centroid over 16 images of the input gradient of one
+    /// interior cell of layer3 (stride 16) and layer4 (stride 32) is input pixel `stride · i`,
+    /// where `Network::map_grid` puts the cell's centre, and not the middle of the cell's square
     /// (`stride · i + (stride − 1)/2`, the plain grid's), which is 7.5 and 15.5 px away.
     #[test]
     fn a_resnet_cell_is_centred_where_its_map_grid_says() {

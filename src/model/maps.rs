@@ -29,7 +29,8 @@ use crate::error::{Error, Result};
 /// opens layer2–4, each padded by `k / 2`) centres output j on input `2j`, so cell i of a
 /// stride-`s` map is centred on input pixel `s·i` (`i + 0.5/s` cells), not on `s·i + (s − 1)/2`.
 /// Laid on the plain grid, such a map sits `(s − 1)/2` pixels right of and below where the network
-/// looked: 7.5 px at stride 16, 15.5 px at stride 32 (`tests/model.rs` measures the receptive
+/// looked: 7.5 px at stride 16, 15.5 px at stride 32 (the unit test
+/// `model::magsd::tests::a_resnet_cell_is_centred_where_its_map_grid_says` measures the receptive
 /// field's centre).
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MapGrid {
@@ -119,13 +120,14 @@ impl MapKind {
         matches!(self, MapKind::Class | MapKind::Class14 | MapKind::Class28 | MapKind::Evidence)
     }
 
-    /// How many times finer than the 7×7 (S/32) grid the map is.
+    /// How many times finer than the 7×7 (S/32) grid the head a map reads is (`forward_map` picks
+    /// the head by it; the evidence map, on the finest head the model has, is found otherwise).
     pub(crate) fn refinement(self) -> i64 {
         match self {
             MapKind::Mean | MapKind::Class => 1,
             MapKind::Scale14 | MapKind::Class14 => 2,
             MapKind::Scale28 | MapKind::Class28 => 4,
-            // The finest head the model has; `forward_map` reads it from the scales.
+            // Not a single head's grid: `forward_map` puts it on the finest head the model has.
             MapKind::Evidence => 1,
         }
     }

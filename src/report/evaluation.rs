@@ -320,7 +320,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
         doc.h(2, "Saliency methods compared");
         doc.p(format!(
             "Each method's map on the same model and images, drawn for the predicted class, upsampled bilinearly to \
-             the image from the centres of its cells' receptive fields. Box IoU: the union of the boxes of the map thresholded at {} against the lesion; pointing \
+             the image from its cells' centres (a ResNet's at their receptive fields' centres). Box IoU: the union of the boxes of the map thresholded at {} against the lesion; pointing \
              game: the map's maximum inside the lesion (ties shared); energy pointing game: share of the map's mass \
              inside the lesion; saliency AUROC: the map as a pixel classifier of the lesion (0.5 = chance); flip \
              consistency: correlation between the map of the mirrored image and the mirrored map (1 = the map \
@@ -340,7 +340,7 @@ pub fn write_evaluation(dir: &Path, ds: &Dataset, p: &Predictions, opts: &EvalOp
         doc.h(1, "Attention");
         doc.p(format!(
             "Chosen to show every class, right and wrong predictions{}. Left: the X-ray. Right: the {} ({}×{} map, \
-             upsampled bilinearly from the centres of its cells' receptive fields), coloured on a fixed scale (0 = none, 1 = the map's maximum; the threshold {} is \
+             upsampled bilinearly from its cells' centres; a ResNet's at their receptive fields' centres), coloured on a fixed scale (0 = none, 1 = the map's maximum; the threshold {} is \
              the black tick on the colour bar), threshold contour (white), predicted boxes (green), ground truth \
              (magenta).",
             source_column(ds).map(|c| format!(" and every {c}")).unwrap_or_default(),
