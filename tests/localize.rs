@@ -153,6 +153,11 @@ fn phantoms_and_model() -> &'static (tempfile::TempDir, PathBuf, PathBuf) {
     })
 }
 
+/// Three of the phantoms, of three classes, for the `predict` tests.
+fn three_phantoms(data: &Path) -> Vec<PathBuf> {
+    ["covid19/covid19_0000.png", "bacterial/bacterial_0001.png", "normal/normal_0002.png"].iter().map(|p| data.join("images").join(p)).collect()
+}
+
 fn json_lines(o: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&o.stdout).lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -160,10 +165,7 @@ fn json_lines(o: &Output) -> Vec<serde_json::Value> {
 #[test]
 fn predict_json_gives_the_same_boxes_with_and_without_a_heatmap() {
     let (d, data, run) = phantoms_and_model();
-    let images: Vec<PathBuf> = ["covid19/covid19_0000.png", "bacterial/bacterial_0001.png", "normal/normal_0002.png"]
-        .iter()
-        .map(|p| data.join("images").join(p))
-        .collect();
+    let images = three_phantoms(data);
     for map in ["mean", "class"] {
         let mut args = vec!["predict", "--model", run.to_str().unwrap(), "--device", "cpu", "--json", "--map", map];
         args.extend(images.iter().map(|p| p.to_str().unwrap()));
@@ -188,10 +190,7 @@ fn predict_json_gives_the_same_boxes_with_and_without_a_heatmap() {
 #[test]
 fn predict_fast_path_agrees_with_exact() {
     let (_d, data, run) = phantoms_and_model();
-    let images: Vec<PathBuf> = ["covid19/covid19_0000.png", "bacterial/bacterial_0001.png", "normal/normal_0002.png"]
-        .iter()
-        .map(|p| data.join("images").join(p))
-        .collect();
+    let images = three_phantoms(data);
     let mut args = vec!["predict", "--model", run.to_str().unwrap(), "--device", "cpu", "--json"];
     args.extend(images.iter().map(|p| p.to_str().unwrap()));
     let fast = magsd(&args);

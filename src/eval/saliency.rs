@@ -124,7 +124,7 @@ pub fn grid(model: &Network, method: Method, side: usize, input: usize) -> MapGr
 }
 
 /// Each map of `maps` (`[B, 1, h, w]`, on `grid`) laid on the `s × s` input, `[B, s·s]` on the CPU.
-fn on_input(maps: &Tensor, grid: MapGrid, s: usize) -> Result<Vec<Vec<f32>>> {
+pub fn on_input(maps: &Tensor, grid: MapGrid, s: usize) -> Result<Vec<Vec<f32>>> {
     let flat: Vec<f32> = Vec::try_from(maps.to_device(Device::Cpu).to_kind(Kind::Float).flatten(0, -1))?;
     let n = grid.side * grid.side;
     Ok(flat.chunks(n.max(1)).map(|m| upsample(m, grid, s, s)).collect())
@@ -198,15 +198,14 @@ pub fn grad_cam(model: &Network, x: &Tensor, layer: Layer, plus_plus: bool, clas
 pub const DELETION_STEPS: i64 = 10;
 
 /// The deletion curve (Petsiuk et al. 2018, RISE §4.1) of each image: its pixels removed (set to
-/// the image's mean) in the order of the map (on `grid`), upsampled to the input, most salient first, in
-/// `DELETION_STEPS` equal steps; the area under the class's probability against the share
-/// removed (trapezoids, 0..1). Lower is better: a faithful map removes the evidence first. Ties
-/// in the map are removed in raster order.
-pub fn deletion_auc(model: &Network, x: &Tensor, map: &Tensor, grid: MapGrid, class: &Tensor) -> Result<Vec<f64>> {
+/// the image's mean) in the order of its map, most salient first, in `DELETION_STEPS` equal
+/// steps; the area under the class's probability against the share removed (trapezoids, 0..1).
+/// Lower is better: a faithful map removes the evidence first. Ties in the map are removed in
+/// raster order. `on_input[b]` is image b's map laid on the `S × S` input ([`on_input`]).
+pub fn deletion_auc(model: &Network, x: &Tensor, on_input: &[Vec<f32>], class: &Tensor) -> Result<Vec<f64>> {
     let (b, _, s, _) = x.size4()?;
     let n = s * s;
-    let up: Vec<f32> = on_input(map, grid, s as usize)?.concat();
-    let up = Tensor::from_slice(&up).reshape([b, n]).to_device(x.device()); // [B, 1, h, w] -> [B, S*S]
+    let up = Tensor::from_slice(&on_input.concat()).reshape([b, n]).to_device(x.device()); // [B, S*S]
     let rank = up.argsort(1, true).argsort(1, false).reshape([b, 1, s, s]); // 0 = most salient
     let fill = x.mean_dim(&[1i64, 2, 3][..], true, Kind::Float).to_kind(x.kind()); // [B, 1, 1, 1]
     let mut probs = Vec::with_capacity(DELETION_STEPS as usize + 1);
@@ -320,10 +319,10 @@ pub fn compare(
             let side = map.size()[2] as usize;
             let input = x.size()[2] as usize;
             let grid = grid(model, method, side, input);
-            let deletion = deletion_auc(model, &x, &map, grid, &class)?;
+            let (on, on_flipped) = (on_input(&map, grid, input)?, on_input(&map_flipped, grid, input)?);
+            let deletion = deletion_auc(model, &x, &on, &class)?;
             sides[mi] = side;
             let flat: Vec<f32> = Vec::try_from(map.flatten(0, -1))?;
-            let (on, on_flipped) = (on_input(&map, grid, input)?, on_input(&map_flipped, grid, input)?);
             let sc = &mut scores[mi];
             for (j, (w, h, truth)) in truths.iter().enumerate() {
                 let m = &flat[j * side * side..(j + 1) * side * side];
